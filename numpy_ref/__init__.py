@@ -1,0 +1,20 @@
+"""The NumPy reference: every component and model as plain, float64-capable NumPy.
+
+This is the math, readable line by line; `torch_impl` and `tf_impl` mirror it name for
+name. Its module tree is also the declaration of every canonical weight name and shape.
+"""
+from numpy_ref.activations import Activation, Dropout, Softmax
+from numpy_ref.attention import MultiHeadAttention, ScaledDotProductAttention
+from numpy_ref.bert import Bert
+from numpy_ref.blocks import DecoderLayer, EncoderLayer
+from numpy_ref.embeddings import (PositionEmbedding, SegmentEmbedding, SinusoidalPositionalEncoding,
+                                  TokenEmbedding)
+from numpy_ref.feed_forward import FeedForward
+from numpy_ref.gpt2 import GPT2
+from numpy_ref.linear import Linear
+from numpy_ref.normalization import LayerNorm
+from numpy_ref.transformer import Transformer
+
+__all__ = ["Activation", "Bert", "DecoderLayer", "Dropout", "EncoderLayer", "FeedForward", "GPT2",
+           "LayerNorm", "Linear", "MultiHeadAttention", "PositionEmbedding", "ScaledDotProductAttention",
+           "SegmentEmbedding", "SinusoidalPositionalEncoding", "Softmax", "TokenEmbedding", "Transformer"]

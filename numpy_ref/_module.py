@@ -1,0 +1,72 @@
+"""A minimal Module for the NumPy reference: named children and named parameters.
+
+Just enough of `torch.nn.Module` to give the reference the same tree, the same
+dotted names and the same `named_parameters()` as its twins. A parameter is declared
+by shape (`Param`) and holds no data until weights are loaded, so the reference also
+serves as the declaration of every model's canonical names and shapes: describing
+gpt2-xl allocates nothing.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Param:
+    """A declared, not yet loaded, parameter."""
+
+    def __init__(self, *shape: int):
+        self.shape = tuple(shape)
+
+    def __repr__(self):
+        return f"Param{self.shape}"
+
+
+class Module:
+    def __init__(self):
+        self._param_names: list[str] = []
+        self.training = False
+
+    def param(self, name: str, *shape: int) -> Param:
+        self._param_names.append(name)
+        return Param(*shape)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def named_children(self):
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, list) and value and isinstance(value[0], Module):
+                for i, child in enumerate(value):
+                    yield f"{name}.{i}", child
+
+    def named_modules(self, prefix: str = ""):
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self):
+        """(canonical name, ndarray or Param) for every parameter, in declaration order."""
+        for path, module in self.named_modules():
+            for name in module._param_names:
+                yield (f"{path}.{name}" if path else name), getattr(module, name)
+
+    def param_shapes(self) -> dict[str, tuple]:
+        return {name: tuple(p.shape) for name, p in self.named_parameters()}
+
+    def load_weights(self, weights: dict[str, np.ndarray], dtype="float64") -> "Module":
+        """Set every parameter from `weights` (already checked by `conformance.weights`)."""
+        for path, module in self.named_modules():
+            for name in module._param_names:
+                key = f"{path}.{name}" if path else name
+                setattr(module, name, np.asarray(weights[key], dtype=dtype))
+        return self
+
+    def train(self, mode: bool = True) -> "Module":
+        for _, module in self.named_modules():
+            module.training = mode
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)

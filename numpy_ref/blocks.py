@@ -1,0 +1,74 @@
+"""Encoder and decoder layers: attention and feed-forward, each wrapped in a residual
+connection and a layer norm.
+
+Post-norm (2017 paper, BERT), the norm after the residual sum:
+    x = LN(x + Attention(x));      x = LN(x + FFN(x))
+Pre-norm (GPT-2), the norm on the branch only:
+    x = x + Attention(LN(x));      x = x + FFN(LN(x))
+Pre-norm leaves an unnormalized identity path from input to output, which is why deep
+pre-norm stacks train without warm-up and need one final layer norm at the top.
+
+The decoder layer adds cross-attention between its causal self-attention and its
+feed-forward: queries from the decoder, keys and values from the encoder's output.
+"""
+from conformance import trace
+from numpy_ref._module import Module
+from numpy_ref.activations import Dropout
+from numpy_ref.attention import MultiHeadAttention
+from numpy_ref.feed_forward import FeedForward
+from numpy_ref.normalization import LayerNorm
+
+
+def residual(x, sublayer, norm, dropout, norm_first):
+    """One residual sub-block: post-norm LN(x + f(x)) or pre-norm x + f(LN(x))."""
+    if norm_first:
+        return x + dropout(sublayer(norm(x)))
+    return norm(x + dropout(sublayer(x)))
+
+
+class EncoderLayer(Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.norm_first = cfg.norm_first
+        self.attention = MultiHeadAttention(cfg)
+        self.attention_norm = LayerNorm(cfg)
+        self.attention_dropout = Dropout(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.feed_forward_norm = LayerNorm(cfg)
+        self.feed_forward_dropout = Dropout(cfg)
+
+    def forward(self, x, mask=None, cache=None):
+        """x: (B, T, D)  mask: (B, S) padding, True = attend."""
+        tap = trace.tap_for(self)
+        x = residual(x, lambda h: self.attention(h, mask=mask, cache=cache),
+                     self.attention_norm, self.attention_dropout, self.norm_first)    # (B, T, D)
+        x = residual(x, self.feed_forward, self.feed_forward_norm,
+                     self.feed_forward_dropout, self.norm_first)                      # (B, T, D)
+        return tap("output", x)
+
+
+class DecoderLayer(Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.norm_first = cfg.norm_first
+        self.self_attention = MultiHeadAttention(cfg, causal=True)
+        self.self_attention_norm = LayerNorm(cfg)
+        self.self_attention_dropout = Dropout(cfg)
+        self.cross_attention = MultiHeadAttention(cfg, causal=False)
+        self.cross_attention_norm = LayerNorm(cfg)
+        self.cross_attention_dropout = Dropout(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.feed_forward_norm = LayerNorm(cfg)
+        self.feed_forward_dropout = Dropout(cfg)
+
+    def forward(self, x, memory, mask=None, memory_mask=None):
+        """x: (B, T, D) decoder side  memory: (B, S, D) encoder output.
+        mask: (B, T) decoder padding  memory_mask: (B, S) encoder padding."""
+        tap = trace.tap_for(self)
+        x = residual(x, lambda h: self.self_attention(h, mask=mask),
+                     self.self_attention_norm, self.self_attention_dropout, self.norm_first)
+        x = residual(x, lambda h: self.cross_attention(h, context=memory, mask=memory_mask),
+                     self.cross_attention_norm, self.cross_attention_dropout, self.norm_first)
+        x = residual(x, self.feed_forward, self.feed_forward_norm,
+                     self.feed_forward_dropout, self.norm_first)                      # (B, T, D)
+        return tap("output", x)

@@ -1,0 +1,67 @@
+"""Token, learned-position and segment embeddings, and the sinusoidal encoding.
+
+An embedding is a table lookup: row `i` of a (num, D) table for id `i`. Token, position
+and segment embeddings differ only in what indexes them (token ids, positions
+0..T-1, segment ids) and how many rows they have, so they are one class. An id
+outside the table is an error naming the argument, never a wrapped or clipped index.
+
+The 2017 paper's fixed encoding needs no table:
+    PE(pos, 2i)   = sin(pos / 10000^(2i/D))
+    PE(pos, 2i+1) = cos(pos / 10000^(2i/D))
+Each pair of channels is a rotation at its own frequency, so PE(pos + k) is a linear
+function of PE(pos) for every offset k.
+"""
+import numpy as np
+
+from conformance import checks, trace
+from numpy_ref._module import Module
+
+
+class Embedding(Module):
+    def __init__(self, num: int, d_model: int, arg: str, what: str):
+        super().__init__()
+        self.num, self.arg, self.what = num, arg, what
+        self.table = self.param("table", num, d_model)
+
+    def forward(self, ids):
+        checks.integer(self.arg, checks.dtype_name(ids))
+        if ids.size:
+            checks.index_range(self.arg, int(ids.min()), int(ids.max()), self.num, self.what)
+        return trace.tap_for(self)("output", self.table[ids])  # (*ids.shape, D)
+
+
+class TokenEmbedding(Embedding):
+    def __init__(self, cfg):
+        super().__init__(cfg.vocab_size, cfg.d_model, "input_ids", "vocab_size")
+
+
+class PositionEmbedding(Embedding):
+    def __init__(self, cfg):
+        super().__init__(cfg.max_positions, cfg.d_model, "position_ids",
+                         "max_positions: the sequence is longer than the position table")
+
+
+class SegmentEmbedding(Embedding):
+    def __init__(self, cfg):
+        super().__init__(cfg.type_vocab_size, cfg.d_model, "token_type_ids", "type_vocab_size")
+
+
+def sinusoidal_encoding(positions, d_model):
+    """positions (...) int -> (..., D) float64."""
+    inv_freq = 1.0 / 10000 ** (np.arange(0, d_model, 2) / d_model)   # (D/2,)
+    angles = positions[..., None] * inv_freq                          # (..., D/2)
+    pe = np.stack([np.sin(angles), np.cos(angles)], axis=-1)          # (..., D/2, 2)
+    return pe.reshape(*positions.shape, d_model)                      # (..., D)
+
+
+class SinusoidalPositionalEncoding(Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.d_model = cfg.d_model
+
+    def forward(self, positions):
+        checks.integer("position_ids", checks.dtype_name(positions))
+        if positions.size and positions.min() < 0:
+            raise ValueError(f"position_ids must be >= 0; received minimum {positions.min()}")
+        pe = sinusoidal_encoding(positions, self.d_model)  # float64: callers cast
+        return trace.tap_for(self)("output", pe)  # (*positions.shape, D)

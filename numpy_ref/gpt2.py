@@ -1,0 +1,63 @@
+"""GPT-2 (Radford et al. 2019): a pre-norm causal decoder-only stack.
+
+    h0 = E_token[ids] + E_position[past .. past+T-1]
+    h_l = h + Attention(LN(h)),  h + FFN(LN(h))        (causal, tanh GELU, eps 1e-5)
+    logits = LN_final(h_L) E_token^T                   (the head is tied to the table)
+
+The key/value cache: at step t only the new token's query is needed, but it attends
+to the keys and values of every earlier position. Keeping those (one (B, H, S, Dh)
+pair per layer) makes each generation step O(S) instead of recomputing O(S^2); the
+cached result equals the full recomputation, which the conformance suite checks.
+"""
+import numpy as np
+
+from conformance import checks, trace
+from numpy_ref._module import Module
+from numpy_ref.activations import Dropout
+from numpy_ref.blocks import EncoderLayer
+from numpy_ref.embeddings import PositionEmbedding, TokenEmbedding
+from numpy_ref.normalization import LayerNorm
+
+
+class GPT2Embeddings(Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.token = TokenEmbedding(cfg)
+        self.position = PositionEmbedding(cfg)
+        self.dropout = Dropout(cfg)
+
+    def forward(self, input_ids, past):
+        T = input_ids.shape[1]
+        positions = past + np.arange(T)[None, :]                              # (1, T)
+        x = self.token(input_ids) + self.position(positions)                  # (B, T, D)
+        return trace.tap_for(self)("output", self.dropout(x))
+
+
+class GPT2(Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.embeddings = GPT2Embeddings(cfg)
+        self.layers = [EncoderLayer(cfg) for _ in range(cfg.num_layers)]
+        self.final_norm = LayerNorm(cfg)
+
+    def forward(self, input_ids, attention_mask=None, cache=None):
+        """input_ids: (B, T)  attention_mask: (B, past + T), 1 = attend.
+
+        `cache`: a list, filled on the first call with one dict per layer holding
+        that layer's keys and values; pass it back to continue from where it ended.
+        """
+        past = cache_length(cache)
+        checks.token_inputs(checks.spec(input_ids), checks.spec(attention_mask), past=past)
+        if cache is not None and not cache:
+            cache.extend({} for _ in self.layers)
+        h = self.embeddings(input_ids, past)                                  # (B, T, D)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, mask=attention_mask, cache=None if cache is None else cache[i])
+        h = self.final_norm(h)                                                # (B, T, D)
+        logits = h @ self.embeddings.token.table.T                            # (B, T, V)
+        return {"logits": trace.tap_for(self)("logits", logits), "last_hidden_state": h}
+
+
+def cache_length(cache) -> int:
+    return cache[0]["key"].shape[2] if cache else 0

@@ -1,0 +1,30 @@
+"""Linear: y = x @ kernel + bias.
+
+Shapes: (..., d_in) -> (..., d_out). The kernel is stored `[in, out]` ("math layout"),
+so the product reads left to right as it does on paper. PyTorch's `nn.Linear` stores
+`[out, in]` and computes `x @ W.T`; the transpose lives in `conformance.mapping`, never
+in model code.
+"""
+import numpy as np
+
+from conformance import checks, trace
+from numpy_ref._module import Module
+
+
+def linear(x, kernel, bias=None):
+    y = x @ kernel                          # (..., d_out)
+    return y if bias is None else y + bias  # (..., d_out)
+
+
+class Linear(Module):
+    def __init__(self, d_in: int, d_out: int, use_bias: bool = True):
+        super().__init__()
+        self.d_in, self.d_out = d_in, d_out
+        self.kernel = self.param("kernel", d_in, d_out)
+        self.bias = self.param("bias", d_out) if use_bias else None
+
+    def forward(self, x):
+        checks.floating("x", checks.dtype_name(x))
+        checks.last_axis("x", checks.shape_of(x), self.d_in, "d_in")
+        tap = trace.tap_for(self)
+        return tap("output", linear(x, self.kernel, self.bias))  # (..., d_out)

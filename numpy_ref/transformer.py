@@ -1,0 +1,62 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al. 2017).
+
+    src = E[src_ids] sqrt(D) + PE             tgt = E[tgt_ids] sqrt(D) + PE
+    memory = Encoder(src)                     (post-norm layers, ReLU feed-forward)
+    h = Decoder(tgt, memory)                  (causal self-attn, cross-attn, feed-forward)
+    logits = h E^T                            (output projection tied to the embeddings)
+
+Scaling the embeddings by sqrt(D) brings table entries initialised at about 1/sqrt(D)
+to unit scale, comparable with the sinusoidal encoding they are added to. With
+`share_embeddings` source and target use one table (a joint BPE vocabulary);
+with `tie_embeddings` the output projection is that table transposed.
+"""
+import numpy as np
+
+from conformance import checks, trace
+from numpy_ref._module import Module
+from numpy_ref.activations import Dropout
+from numpy_ref.blocks import DecoderLayer, EncoderLayer
+from numpy_ref.embeddings import PositionEmbedding, SinusoidalPositionalEncoding, TokenEmbedding
+from numpy_ref.linear import Linear
+
+
+class Transformer(Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.source_embedding = TokenEmbedding(cfg)
+        self.target_embedding = None if cfg.share_embeddings else TokenEmbedding(cfg)
+        self.position = (SinusoidalPositionalEncoding(cfg) if cfg.position == "sinusoidal"
+                         else PositionEmbedding(cfg))
+        self.dropout = Dropout(cfg)
+        self.encoder = [EncoderLayer(cfg) for _ in range(cfg.num_layers)]
+        self.decoder = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
+        self.output_projection = (None if cfg.tie_embeddings
+                                  else Linear(cfg.d_model, cfg.vocab_size, use_bias=False))
+
+    def embed(self, ids, table):
+        x = table(ids)                                                        # (B, T, D)
+        if self.cfg.scale_embeddings:
+            x = x * np.sqrt(self.cfg.d_model)
+        positions = np.arange(ids.shape[1])[None, :]                          # (1, T)
+        return self.dropout(x + self.position(positions).astype(x.dtype))     # (B, T, D)
+
+    def forward(self, input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None):
+        """input_ids, attention_mask: (B, S) source; decoder_*: (B, T) target."""
+        checks.token_inputs(checks.spec(input_ids), checks.spec(attention_mask))
+        checks.token_inputs(checks.spec(decoder_input_ids), checks.spec(decoder_attention_mask),
+                            prefix="decoder_")
+        tap = trace.tap_for(self)
+        target_table = self.target_embedding or self.source_embedding
+        memory = self.embed(input_ids, self.source_embedding)                 # (B, S, D)
+        for layer in self.encoder:
+            memory = layer(memory, mask=attention_mask)                       # (B, S, D)
+        h = self.embed(decoder_input_ids, target_table)                       # (B, T, D)
+        for layer in self.decoder:
+            h = layer(h, memory, mask=decoder_attention_mask, memory_mask=attention_mask)
+        if self.output_projection is None:
+            logits = h @ target_table.table.T                                 # (B, T, V)
+        else:
+            logits = self.output_projection(h)                                # (B, T, V)
+        return {"logits": tap("logits", logits), "last_hidden_state": h,
+                "encoder_last_hidden_state": memory}
