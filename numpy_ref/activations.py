@@ -3,7 +3,8 @@
 GELU(x) = x * Phi(x), Phi the standard normal CDF.
   exact ("gelu", BERT):      0.5 x (1 + erf(x / sqrt 2))
   tanh ("gelu_tanh", GPT-2): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-The two differ by up to about 1e-3 (near |x| = 2): enough to fail a float32
+(Python floats, not np.sqrt: a NumPy float64 scalar would silently promote float32
+arrays to float64.) The two differ by up to about 1e-3 (near |x| = 2): enough to fail a float32
 comparison, so which one a model uses is a config field.
 
 softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x). Subtracting the row maximum
@@ -17,6 +18,8 @@ Dropout in training keeps each unit with probability 1 - rate and scales the kep
 ones by 1 / (1 - rate), so the expected activation is unchanged and inference needs
 no rescaling. A supplied `keep` mask makes all three frameworks drop the same units.
 """
+import math
+
 import numpy as np
 from scipy.special import erf
 
@@ -25,11 +28,11 @@ from numpy_ref._module import Module
 
 
 def gelu(x):
-    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
 
 
 def gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def relu(x):
@@ -46,7 +49,8 @@ def softmax(x, mask=None, fill=-1e9):
     row_max = x.max(axis=-1, keepdims=True)
     row_max = np.where(np.isfinite(row_max), row_max, 0)  # rows masked with -inf
     e = np.exp(x - row_max)
-    probs = e / e.sum(axis=-1, keepdims=True)
+    total = e.sum(axis=-1, keepdims=True)  # >= 1 (the max term is exp(0)) unless the row is all -inf
+    probs = e / np.where(total > 0, total, 1)
     if mask is not None:  # fully masked rows are defined as zeros
         probs = np.where(np.any(mask, axis=-1, keepdims=True), probs, 0)
     return probs.astype(x.dtype, copy=False)

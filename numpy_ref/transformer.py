@@ -10,6 +10,8 @@ to unit scale, comparable with the sinusoidal encoding they are added to. With
 `share_embeddings` source and target use one table (a joint BPE vocabulary);
 with `tie_embeddings` the output projection is that table transposed.
 """
+import math
+
 import numpy as np
 
 from conformance import checks, trace
@@ -37,7 +39,7 @@ class Transformer(Module):
     def embed(self, ids, table):
         x = table(ids)                                                        # (B, T, D)
         if self.cfg.scale_embeddings:
-            x = x * np.sqrt(self.cfg.d_model)
+            x = x * math.sqrt(self.cfg.d_model)
         positions = np.arange(ids.shape[1])[None, :]                          # (1, T)
         return self.dropout(x + self.position(positions).astype(x.dtype))     # (B, T, D)
 

@@ -1,0 +1,200 @@
+"""`build`: the framework-neutral door to every implementation.
+
+    m = build("torch", cfg, w, device="cpu", dtype="float32")
+    out = m(input_ids=ids, attention_mask=mask)   # NumPy in, dict of NumPy out
+    records = m.trace(input_ids=ids)               # {op name: tensor}, same names everywhere
+
+A `Backend` knows the few things that differ per framework: how to construct and load
+a module, how to turn NumPy inputs into its tensors and back, how to walk its module
+tree for trace names, and how to count its parameters. Everything else is shared.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from conformance import registry, trace
+from conformance import weights as weights_lib
+from conformance.config import Config
+
+FRAMEWORKS = ("numpy", "torch", "tf")
+DTYPES = ("float64", "float32")
+
+
+class Built:
+    """A module of one framework with canonical weights loaded, called with NumPy."""
+
+    def __init__(self, backend, entry, cfg, module, dtype, training):
+        self.backend, self.entry, self.cfg = backend, entry, cfg
+        self.module, self.dtype, self.training = module, dtype, training
+        self.framework = backend.name
+
+    def __call__(self, **inputs) -> dict[str, np.ndarray]:
+        out = self.backend.run(self.module, self.backend.inputs(inputs, self.dtype), self.training)
+        if not isinstance(out, dict):
+            out = {"output": out}
+        return {k: self.backend.to_numpy(v) for k, v in out.items()}
+
+    def trace(self, **inputs) -> tuple[dict, dict]:
+        """(outputs, records): the outputs and every tapped tensor, by trace name."""
+        with trace.recording(self.backend.named_modules(self.module), self.backend.to_numpy) as t:
+            out = self(**inputs)
+        return out, t.records
+
+    def num_parameters(self) -> int:
+        return self.backend.num_parameters(self.module)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The loaded weights back out, under canonical names and in canonical layout."""
+        return self.backend.export(self.module, registry.param_shapes(self.cfg))
+
+
+class NumpyBackend:
+    name = "numpy"
+
+    def construct(self, cls, args, dtype, device):
+        _cpu_only(self.name, device)
+        return cls(*args)
+
+    def load(self, module, weights, dtype):
+        module.load_weights(weights, dtype)
+
+    def inputs(self, inputs, dtype):
+        return {k: _cast(v, dtype) for k, v in inputs.items()}
+
+    def run(self, module, inputs, training):
+        module.train(training)
+        return module(**inputs)
+
+    def to_numpy(self, x):
+        return np.asarray(x)
+
+    def named_modules(self, module):
+        return module.named_modules()
+
+    def num_parameters(self, module):
+        return sum(int(np.prod(p.shape)) for _, p in module.named_parameters())
+
+    def export(self, module, shapes):
+        return {k: np.asarray(v) for k, v in module.named_parameters()}
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self):
+        import torch
+        self.torch = torch
+
+    def construct(self, cls, args, dtype, device):
+        if device == "cuda" and not self.torch.cuda.is_available():
+            raise ValueError("device='cuda' requested but torch sees no CUDA device")
+        self.device = device
+        return cls(*args).to(device=device, dtype=getattr(self.torch, dtype))
+
+    def load(self, module, weights, dtype):
+        from conformance import mapping
+        state = {}
+        for name, array in weights.items():
+            key, value = mapping.to_torch(name, array)
+            state[key] = self.torch.from_numpy(np.ascontiguousarray(value))
+        module.load_state_dict(state, strict=True)
+
+    def inputs(self, inputs, dtype):
+        torch = self.torch
+        return {k: torch.from_numpy(np.ascontiguousarray(_cast(v, dtype))).to(self.device)
+                for k, v in inputs.items()}
+
+    def run(self, module, inputs, training):
+        module.train(training)
+        with self.torch.no_grad():
+            return module(**inputs)
+
+    def to_numpy(self, x):
+        x = x.detach().cpu()
+        return (x.float() if x.dtype == self.torch.bfloat16 else x).numpy()
+
+    def named_modules(self, module):
+        return module.named_modules()
+
+    def num_parameters(self, module):
+        return sum(p.numel() for p in module.parameters())
+
+    def export(self, module, shapes):
+        from conformance import mapping
+        state = module.state_dict()
+        return {name: mapping.from_torch(name, self.to_numpy(state[mapping.torch_name(name)]))
+                for name in shapes}
+
+
+class TFBackend:
+    name = "tf"
+
+    def __init__(self):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        import keras
+        from tf_impl import _layer
+        self.keras, self.layer = keras, _layer
+
+    def construct(self, cls, args, dtype, device):
+        _cpu_only(self.name, device)
+        return cls(*args, dtype=dtype)
+
+    def load(self, module, weights, dtype):
+        self.layer.load_weights(module, weights)
+
+    def inputs(self, inputs, dtype):
+        return {k: self.keras.ops.convert_to_tensor(_cast(v, dtype)) for k, v in inputs.items()}
+
+    def run(self, module, inputs, training):
+        return module(**inputs, training=training)
+
+    def to_numpy(self, x):
+        return self.keras.ops.convert_to_numpy(x)
+
+    def named_modules(self, module):
+        return self.layer.named_layers(module)
+
+    def num_parameters(self, module):
+        return sum(int(np.prod(v.shape)) for _, v in self.layer.named_weights(module))
+
+    def export(self, module, shapes):
+        return self.layer.get_weights_dict(module)
+
+
+BACKENDS = {"numpy": NumpyBackend, "torch": TorchBackend, "tf": TFBackend}
+_instances: dict = {}
+
+
+def backend(framework: str):
+    if framework not in BACKENDS:
+        raise ValueError(f"framework must be one of {list(BACKENDS)}; received framework={framework!r}")
+    if framework not in _instances:
+        _instances[framework] = BACKENDS[framework]()
+    return _instances[framework]
+
+
+def build(framework: str, cfg: Config, weights: dict, device: str = "cpu", dtype: str = "float32",
+          training: bool | None = None) -> Built:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}; received dtype={dtype!r}")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda'; received device={device!r}")
+    entry = registry.get(cfg.kind)
+    weights_lib.check(cfg, weights)
+    b = backend(framework)
+    module = b.construct(entry.implementation(framework), entry.args(cfg), dtype, device)
+    b.load(module, weights, dtype)
+    return Built(b, entry, cfg, module, dtype, entry.training if training is None else training)
+
+
+def _cast(x, dtype):
+    x = np.asarray(x)
+    return x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x
+
+
+def _cpu_only(framework, device):
+    if device != "cpu":
+        raise ValueError(f"the {framework} framework runs on device='cpu' here; received device={device!r}")

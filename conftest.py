@@ -1,0 +1,82 @@
+"""Options of `pytest conformance` (and of `pytest tests`).
+
+  --frameworks numpy,torch,tf   which implementations to check against the reference
+  --dtype float64,float32       which dtypes
+  --device cpu|cuda             where torch runs; without a GPU, cuda cases are skipped, with the reason
+  --full                        also run bert-base and gpt2 at full size (minutes)
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import pytest  # noqa: E402
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("transformer-mirror")
+    group.addoption("--frameworks", default="numpy,torch,tf", help="comma-separated frameworks")
+    group.addoption("--dtype", default="float64,float32", help="comma-separated dtypes")
+    group.addoption("--device", default="cpu", help="comma-separated devices: cpu, cuda")
+    group.addoption("--full", action="store_true", help="run the full-size model tier")
+
+
+def _listed(config, name, allowed):
+    values = [v.strip() for v in config.getoption(name).split(",") if v.strip()]
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise pytest.UsageError(f"--{name.lstrip('-')} values must be in {list(allowed)}; received {unknown}")
+    return values
+
+
+def pytest_configure(config):
+    from conformance.build import DTYPES, FRAMEWORKS
+    config.mirror_frameworks = _listed(config, "--frameworks", FRAMEWORKS)
+    config.mirror_dtypes = _listed(config, "--dtype", DTYPES)
+    config.mirror_devices = _listed(config, "--device", ("cpu", "cuda"))
+    config.addinivalue_line("markers", "full: full-size models, run only with --full")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--full"):
+        return
+    skip = pytest.mark.skip(reason="full-size tier: run with --full")
+    for item in items:
+        if "full" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_generate_tests(metafunc):
+    """Every test that asks for `framework`, `dtype` or `device` runs over the chosen ones."""
+    config = metafunc.config
+    names = metafunc.fixturenames
+    frameworks = config.mirror_frameworks
+    if "framework_twins_only" in names:
+        frameworks = [f for f in frameworks if f != "numpy"]
+    if "framework" in names and "dtype" in names:
+        # numpy in float64 is the reference itself: that pair is not generated, not skipped
+        pairs = [(f, d) for f in frameworks for d in config.mirror_dtypes if (f, d) != ("numpy", "float64")]
+        metafunc.parametrize("framework,dtype", pairs, ids=[f"{f}-{d}" for f, d in pairs])
+    elif "framework" in names:
+        metafunc.parametrize("framework", frameworks)
+    elif "dtype" in names:
+        metafunc.parametrize("dtype", config.mirror_dtypes)
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", config.mirror_devices)
+
+
+@pytest.fixture
+def framework_twins_only():
+    """Ask for this fixture to run a test over torch and tf only (not the reference itself)."""
+    return True
+
+
+@pytest.fixture(autouse=True)
+def _cuda_available(request):
+    if "device" in request.fixturenames and request.getfixturevalue("device") == "cuda":
+        fw = request.getfixturevalue("framework") if "framework" in request.fixturenames else "torch"
+        if fw != "torch":
+            pytest.skip(f"{fw} runs on CPU only in this harness; cuda cases cover torch")
+        import torch
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device on this machine (torch.cuda.is_available() is False)")

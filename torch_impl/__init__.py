@@ -1,0 +1,21 @@
+"""The PyTorch mirror of `numpy_ref`: every component and model as a `torch.nn.Module`.
+
+Mirrors `numpy_ref` name for name: the same classes, attributes, forward signatures, trace
+taps and shape comments. Weights are `nn.Linear`, `nn.LayerNorm` and `nn.Embedding`
+parameters; `conformance.mapping` translates canonical names and layouts to this state_dict.
+"""
+from torch_impl.activations import Activation, Dropout, Softmax
+from torch_impl.attention import MultiHeadAttention, ScaledDotProductAttention
+from torch_impl.bert import Bert
+from torch_impl.blocks import DecoderLayer, EncoderLayer
+from torch_impl.embeddings import (PositionEmbedding, SegmentEmbedding, SinusoidalPositionalEncoding,
+                                   TokenEmbedding)
+from torch_impl.feed_forward import FeedForward
+from torch_impl.gpt2 import GPT2
+from torch_impl.linear import Linear
+from torch_impl.normalization import LayerNorm
+from torch_impl.transformer import Transformer
+
+__all__ = ["Activation", "Bert", "DecoderLayer", "Dropout", "EncoderLayer", "FeedForward", "GPT2",
+           "LayerNorm", "Linear", "MultiHeadAttention", "PositionEmbedding", "ScaledDotProductAttention",
+           "SegmentEmbedding", "SinusoidalPositionalEncoding", "Softmax", "TokenEmbedding", "Transformer"]

@@ -1,0 +1,61 @@
+"""Mirrors `numpy_ref.embeddings`.
+
+Differs: `Embedding` subclasses `nn.Embedding` (the table is `weight`) and looks up with
+`F.embedding`, which takes int32 / int64 ids only. The sinusoidal encoding is computed in
+`torch.float64` on the positions' device.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conformance import checks, trace
+
+
+class Embedding(nn.Embedding):
+    def __init__(self, num: int, d_model: int, arg: str, what: str):
+        super().__init__(num, d_model)
+        self.num, self.arg, self.what = num, arg, what
+
+    def forward(self, ids):
+        checks.integer(self.arg, checks.dtype_name(ids))
+        if ids.numel():
+            checks.index_range(self.arg, int(ids.min()), int(ids.max()), self.num, self.what)
+        return trace.tap_for(self)("output", F.embedding(ids, self.weight))  # (*ids.shape, D)
+
+
+class TokenEmbedding(Embedding):
+    def __init__(self, cfg):
+        super().__init__(cfg.vocab_size, cfg.d_model, "input_ids", "vocab_size")
+
+
+class PositionEmbedding(Embedding):
+    def __init__(self, cfg):
+        super().__init__(cfg.max_positions, cfg.d_model, "position_ids",
+                         "max_positions: the sequence is longer than the position table")
+
+
+class SegmentEmbedding(Embedding):
+    def __init__(self, cfg):
+        super().__init__(cfg.type_vocab_size, cfg.d_model, "token_type_ids", "type_vocab_size")
+
+
+def sinusoidal_encoding(positions, d_model):
+    """positions (...) int -> (..., D) float64."""
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float64, device=positions.device)  # (D/2,)
+    inv_freq = 1.0 / 10000 ** (two_i / d_model)                               # (D/2,)
+    angles = positions[..., None] * inv_freq                                  # (..., D/2)
+    pe = torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1)          # (..., D/2, 2)
+    return pe.reshape(*positions.shape, d_model)                              # (..., D)
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.d_model = cfg.d_model
+
+    def forward(self, positions):
+        checks.integer("position_ids", checks.dtype_name(positions))
+        if positions.numel() and positions.min() < 0:
+            raise ValueError(f"position_ids must be >= 0; received minimum {int(positions.min())}")
+        pe = sinusoidal_encoding(positions, self.d_model)  # float64: callers cast
+        return trace.tap_for(self)("output", pe)  # (*positions.shape, D)

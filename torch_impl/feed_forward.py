@@ -1,0 +1,21 @@
+"""Mirrors `numpy_ref.feed_forward`. No differences beyond the torch building blocks."""
+from torch import nn
+
+from conformance import checks, trace
+from torch_impl.activations import Activation, Dropout
+from torch_impl.linear import Linear
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.inner = Linear(cfg.d_model, cfg.d_ff)
+        self.activation = Activation(cfg)
+        self.dropout = Dropout(cfg)
+        self.outer = Linear(cfg.d_ff, cfg.d_model)
+
+    def forward(self, x):
+        checks.last_axis("x", checks.shape_of(x), self.inner.d_in, "d_model")
+        tap = trace.tap_for(self)
+        h = self.activation(self.inner(x))       # (B, T, F)
+        return tap("output", self.outer(self.dropout(h)))  # (B, T, D)
