@@ -49,7 +49,9 @@ def pytest_collection_modifyitems(config, items):
 def pytest_generate_tests(metafunc):
     """Every test that asks for `framework`, `dtype` or `device` runs over the chosen ones."""
     config = metafunc.config
-    names = metafunc.fixturenames
+    explicit = {n.strip() for m in metafunc.definition.iter_markers("parametrize")
+                for n in (m.args[0].split(",") if isinstance(m.args[0], str) else m.args[0])}
+    names = [n for n in metafunc.fixturenames if n not in explicit]
     frameworks = config.mirror_frameworks
     if "framework_twins_only" in names:
         frameworks = [f for f in frameworks if f != "numpy"]

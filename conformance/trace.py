@@ -5,7 +5,9 @@ Model code calls `tap = trace.tap_for(self)` once per forward and then
 recorded `tap_for` returns `untraced`, a function that does nothing, so tracing off
 costs one global lookup per module call. While a `Tracer` is active each tap records
 `(path.name, tensor)` where `path` is the module's dotted weight path, so a NumPy
-trace and a Keras trace line up by name with no mapping table.
+trace and a Keras trace line up by name with no mapping table. A module called more
+than once in one forward (the 2017 Transformer's shared embedding) records its later
+calls as `path.name#1`, `#2`, ...: the order of calls is the same in every framework.
 """
 from __future__ import annotations
 
@@ -43,9 +45,11 @@ class Tracer:
         path = self.paths.get(id(module), "")
 
         def tap(name, x):
-            key = f"{path}.{name}" if path else name
-            if key in self.records:
-                raise RuntimeError(f"trace name {key!r} recorded twice in one forward")
+            key = base = f"{path}.{name}" if path else name
+            calls = 0
+            while key in self.records:
+                calls += 1
+                key = f"{base}#{calls}"
             self.records[key] = np.asarray(self.to_numpy(x))
             return x
 
