@@ -1,8 +1,7 @@
 """Mirrors `numpy_ref.transformer`.
 
 Differs: encoder and decoder are `nn.ModuleList`s; positions are created on the ids'
-device; the sqrt(D) scale is a Python float (`math.sqrt`), so it keeps x's dtype; the
-tied projection reads the token `nn.Embedding.weight`.
+device; the tied projection reads the token `nn.Embedding.weight`.
 """
 import math
 
