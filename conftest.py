@@ -38,12 +38,13 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    """Without --full the full-size tier is deselected (not collected), so it never shows as skipped."""
     if config.getoption("--full"):
         return
-    skip = pytest.mark.skip(reason="full-size tier: run with --full")
-    for item in items:
-        if "full" in item.keywords:
-            item.add_marker(skip)
+    full = [item for item in items if "full" in item.keywords]
+    if full:
+        config.hook.pytest_deselected(items=full)
+        items[:] = [item for item in items if "full" not in item.keywords]
 
 
 def pytest_generate_tests(metafunc):

@@ -36,6 +36,20 @@ class Built:
             out = {"output": out}
         return {k: self.backend.to_numpy(v) for k, v in out.items()}
 
+    def step(self, input_ids, cache: list, attention_mask=None) -> dict[str, np.ndarray]:
+        """One decoding call that continues from `cache` (GPT-2's key/value list).
+
+        `__call__` converts every input from NumPy; the cache instead stays in the
+        framework's own tensors between calls (the model fills the list on the first
+        call and appends to it after), so only the new tokens cross the boundary.
+        """
+        inputs = {"input_ids": input_ids}
+        if attention_mask is not None:
+            inputs["attention_mask"] = attention_mask
+        tensors = self.backend.inputs(inputs, self.dtype)
+        out = self.backend.run(self.module, {**tensors, "cache": cache}, False)
+        return {k: self.backend.to_numpy(v) for k, v in out.items()}
+
     def trace(self, **inputs) -> tuple[dict, dict]:
         """(outputs, records): the outputs and every tapped tensor, by trace name."""
         with trace.recording(self.backend.named_modules(self.module), self.backend.to_numpy) as t:
@@ -149,7 +163,16 @@ class TFBackend:
         return {k: self.keras.ops.convert_to_tensor(_cast(v, dtype)) for k, v in inputs.items()}
 
     def run(self, module, inputs, training):
-        return module(**inputs, training=training)
+        # Keras decorates an exception raised inside call() with argument info and ANSI codes;
+        # with filtering off it passes the mirror's ValueError through word for word.
+        config = self.keras.config
+        filtering = config.is_traceback_filtering_enabled()
+        config.disable_traceback_filtering()
+        try:
+            return module(**inputs, training=training)
+        finally:
+            if filtering:
+                config.enable_traceback_filtering()
 
     def to_numpy(self, x):
         return self.keras.ops.convert_to_numpy(x)

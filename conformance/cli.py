@@ -1,0 +1,157 @@
+"""`tmirror` (also `python -m conformance`): list presets, compare frameworks, trace ops,
+write reports. Bad input exits with status 2 and one line on stderr, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def _csv(allowed):
+    def parse(text):
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in values if v not in allowed]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {list(allowed)}; received {text!r}")
+        return values
+    return parse
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; received {text}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    from conformance.build import DTYPES
+    p = argparse.ArgumentParser(prog="tmirror", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list presets with their parameter counts")
+
+    def common(cmd, frameworks="numpy,torch,tf", dtypes="float32"):
+        cmd.add_argument("preset", help="a preset name (see `tmirror models`)")
+        cmd.add_argument("--weights", help="a safetensors file or a Hugging Face directory (default: seeded init)")
+        cmd.add_argument("--batch", type=_positive, default=1)
+        cmd.add_argument("--seq-len", type=_positive, default=128)
+        cmd.add_argument("--frameworks", type=_csv(("numpy", "torch", "tf")), default=frameworks.split(","))
+        cmd.add_argument("--dtype", type=_csv(DTYPES), default=dtypes.split(","))
+        cmd.add_argument("--device", choices=["cpu"], default="cpu", help="cuda: see issue 7")
+        cmd.add_argument("--seed", type=int, default=0)
+
+    rep = sub.add_parser("report", help="write PRESET.md/.json/.html: conformance, parameters, timing")
+    common(rep)
+    rep.add_argument("--out", default="reports", help="output directory (default: reports/)")
+    cmp_ = sub.add_parser("compare", help="per-op error table and the first op out of tolerance")
+    common(cmp_)
+    cmp_.add_argument("--top", type=_positive, default=15, help="how many of the worst ops to list")
+    tr = sub.add_parser("trace", help="traced outputs of ops matching PATTERN, frameworks side by side")
+    common(tr)
+    tr.add_argument("--op", required=True, help="glob over trace names, e.g. 'encoder.0.attention.*'")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"tmirror {args.command}: error: {str(e).splitlines()[0] if len(str(e).splitlines()) == 1 else e}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_models(args) -> int:
+    import numpy as np
+    from tabulate import tabulate
+
+    from conformance import presets, registry
+    rows = []
+    for name in presets.names():
+        cfg = presets.get(name)
+        params = sum(int(np.prod(s)) for s in registry.param_shapes(cfg).values())
+        rows.append((name, cfg.kind, cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.d_ff, cfg.vocab_size,
+                     f"{params:,}"))
+    print(tabulate(rows, ["preset", "kind", "layers", "d_model", "heads", "d_ff", "vocab", "parameters"],
+                   tablefmt="github", colalign=("left", "left") + ("right",) * 6))
+    return 0
+
+
+def _run(args):
+    from tqdm import tqdm
+
+    from conformance import runner
+    cfg, w, source = runner.resolve(args.preset, args.weights, args.seed)
+    inputs = runner.model_inputs(cfg, args.batch, args.seq_len, args.seed)
+    steps = len(args.frameworks) * len(args.dtype)
+    with tqdm(total=steps + 1, desc="reference float64", file=sys.stderr, leave=False) as bar:
+        def progress(label):
+            bar.update(1)
+            bar.set_description(label)
+        reference, runs = runner.run(cfg, w, inputs, args.frameworks, args.dtype, progress=progress)
+        bar.update(1)
+    return cfg, w, source, inputs, reference, runs
+
+
+def cmd_report(args) -> int:
+    from conformance import report, runner, weights
+    cfg, w, source, inputs, _, runs = _run(args)
+    env = runner.environment(args.seed, weights.fingerprint(w), source)
+    paths = report.write(report.record(args.preset, cfg, w, inputs, env, runs), args.out)
+    for r in runs:
+        first = r.first_divergence
+        print(f"{r.framework:>6} {r.dtype}: {'pass' if r.passed else 'FAIL'}  "
+              f"worst output error {max(c.max_abs for c in r.comparisons):.2e}  "
+              f"first op out of tolerance: {first.name if first else 'none'}  "
+              f"forward {1e3 * r.seconds:.1f} ms")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0 if all(r.passed for r in runs) else 1
+
+
+def cmd_compare(args) -> int:
+    from tabulate import tabulate
+    _, _, source, _, _, runs = _run(args)
+    print(f"weights: {source}")
+    for r in runs:
+        worst = sorted(r.ops, key=lambda c: -c.max_abs)[:args.top]
+        print(f"\n{r.framework} {r.dtype}: {len(r.ops)} ops traced; outputs "
+              + ", ".join(f"{c.name.split('.', 1)[1]} {c.max_abs:.2e}" for c in r.comparisons))
+        print(tabulate([(c.name, f"{c.max_abs:.2e}", f"{c.max_rel:.2e}", "ok" if c.passed else "OUT")
+                        for c in worst], ["op (worst first)", "max abs", "max rel", ""], tablefmt="simple"))
+        first = r.first_divergence
+        print(f"first op out of tolerance: {first if first else 'none'}")
+    return 0 if all(r.passed for r in runs) else 1
+
+
+def cmd_trace(args) -> int:
+    import numpy as np
+    from tabulate import tabulate
+
+    from conformance import runner
+    from conformance.build import build
+    cfg, w, _ = runner.resolve(args.preset, args.weights, args.seed)
+    inputs = runner.model_inputs(cfg, args.batch, args.seq_len, args.seed)
+    traces = {f"{fw} {dt}": build(fw, cfg, w, dtype=dt).trace(**inputs)[1]
+              for fw in args.frameworks for dt in args.dtype}
+    names = [n for n in next(iter(traces.values())) if fnmatch.fnmatch(n, args.op)]
+    if not names:
+        raise ValueError(f"no traced op matches --op {args.op!r}; e.g. {list(next(iter(traces.values())))[:3]}")
+    for name in names:
+        rows = [(label, str(t[name].shape), f"{t[name].mean():+.6e}", f"{t[name].std():.6e}",
+                 np.array2string(t[name].ravel()[:4], precision=6)) for label, t in traces.items()]
+        print(f"\n{name}")
+        print(tabulate(rows, ["framework", "shape", "mean", "std", "first values"], tablefmt="simple"))
+    return 0
+
+
+COMMANDS = {"models": cmd_models, "report": cmd_report, "compare": cmd_compare, "trace": cmd_trace}
+
+if __name__ == "__main__":
+    sys.exit(main())

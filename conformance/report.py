@@ -1,0 +1,132 @@
+"""`tmirror report`: PRESET.md, PRESET.json and PRESET.html from one `runner.run`.
+
+The JSON is the record (schema in README.md); the Markdown and the HTML are views of it.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from tabulate import tabulate
+
+from conformance import registry, weights
+from conformance.tolerance import TOLERANCES
+
+SCHEMA = 1
+
+
+def record(preset, cfg, w, inputs, env, runs) -> dict:
+    return {
+        "schema": SCHEMA,
+        "preset": preset,
+        "config": cfg.to_dict(),
+        "environment": env,
+        "inputs": {k: list(v.shape) for k, v in inputs.items()},
+        "parameters": {"canonical": weights.count(w),
+                       "declared": sum(int(__import__("numpy").prod(s)) for s in registry.param_shapes(cfg).values()),
+                       **{r.framework: r.params for r in runs}},
+        "runs": [{
+            "framework": r.framework, "dtype": r.dtype, "passed": r.passed,
+            "outputs": {c.name.split(".", 1)[1]: {"max_abs": c.max_abs, "max_rel": c.max_rel, "passed": c.passed}
+                        for c in r.comparisons},
+            "first_divergence": None if r.first_divergence is None else r.first_divergence.name,
+            "ops": [{"name": c.name, "max_abs": c.max_abs, "max_rel": c.max_rel, "passed": c.passed} for c in r.ops],
+            "forward_seconds": r.seconds, "build_seconds": r.build_seconds,
+        } for r in runs],
+        "tolerances": {k: {"atol": t.atol, "rtol": t.rtol, "reason": t.reason} for k, t in TOLERANCES.items()},
+    }
+
+
+def markdown(rec: dict) -> str:
+    cfg, env = rec["config"], rec["environment"]
+    lines = [f"# {rec['preset']}: conformance report", "",
+             "Every framework runs the same weights and inputs; each is compared with the float64 NumPy "
+             "reference, output by output and op by op.", "", "## Environment", "",
+             tabulate([(k, v) for k, v in env.items() if k != "tolerances"], ["", ""], tablefmt="github"), "",
+             "## Model", "",
+             tabulate([(k, v) for k, v in cfg.items()], ["field", "value"], tablefmt="github"), "",
+             f"Inputs: {', '.join(f'{k} {tuple(v)}' for k, v in rec['inputs'].items())}", "",
+             "## Parameters", "",
+             tabulate([(k, f"{v:,}") for k, v in rec["parameters"].items()], ["counted by", "parameters"],
+                      tablefmt="github"), "",
+             "## Outputs against the float64 reference", ""]
+    rows = [(r["framework"], r["dtype"], key, f"{o['max_abs']:.2e}", f"{o['max_rel']:.2e}",
+             "pass" if o["passed"] else "FAIL") for r in rec["runs"] for key, o in r["outputs"].items()]
+    lines += [tabulate(rows, ["framework", "dtype", "output", "max abs", "max rel", ""], tablefmt="github"), "",
+              "## First op out of tolerance", ""]
+    lines += [tabulate([(r["framework"], r["dtype"], len(r["ops"]), r["first_divergence"] or "none")
+                        for r in rec["runs"]], ["framework", "dtype", "ops traced", "first op out of tolerance"],
+                       tablefmt="github"), "", "## Largest per-op errors", ""]
+    for r in rec["runs"]:
+        worst = sorted(r["ops"], key=lambda o: -o["max_abs"])[:8]
+        lines += [f"**{r['framework']} {r['dtype']}**", "",
+                  tabulate([(o["name"], f"{o['max_abs']:.2e}", f"{o['max_rel']:.2e}") for o in worst],
+                           ["op", "max abs", "max rel"], tablefmt="github"), ""]
+    lines += ["## Forward time (CPU, median of 3, untraced)", "",
+              tabulate([(r["framework"], r["dtype"], f"{1e3 * r['forward_seconds']:.1f}",
+                         f"{r['build_seconds']:.2f}") for r in rec["runs"]],
+                       ["framework", "dtype", "forward ms", "build s"], tablefmt="github"), "",
+              "## Tolerance table", "",
+              tabulate([(k, t["atol"], t["rtol"], t["reason"]) for k, t in rec["tolerances"].items()],
+                       ["dtype", "atol", "rtol", "why"], tablefmt="github"), ""]
+    return "\n".join(lines)
+
+
+def error_plot(rec: dict) -> str:
+    """Max abs error of every traced op along execution order, one line per run, as base64 PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for r in rec["runs"]:
+        errors = [max(o["max_abs"], 1e-18) for o in r["ops"]]
+        ax.semilogy(errors, label=f"{r['framework']} {r['dtype']}", linewidth=1)
+    for dtype, tol in rec["tolerances"].items():
+        ax.axhline(tol["atol"], linestyle=":", linewidth=0.8, color="grey")
+        ax.annotate(f"{dtype} atol", (0, tol["atol"]), fontsize=7, color="grey")
+    ax.set_xlabel("traced op, in execution order (input -> output)")
+    ax.set_ylabel("max |error| vs float64 reference")
+    ax.set_title(f"{rec['preset']}: error per op along depth")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def html_page(rec: dict, md: str) -> str:
+    """A self-contained page: the plot inline, the tables rendered from the same record."""
+    body = []
+    for block in md.split("\n\n"):
+        if block.startswith("# "):
+            body.append(f"<h1>{html.escape(block[2:])}</h1>")
+        elif block.startswith("## "):
+            body.append(f"<h2>{html.escape(block[3:])}</h2>")
+        elif block.startswith("|"):
+            rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()]
+            body.append(tabulate(rows[2:], rows[0], tablefmt="unsafehtml"))
+        else:
+            body.append(f"<p>{html.escape(block)}</p>")
+        if block.startswith("## First op"):
+            body.append(f'<img alt="error per op" src="data:image/png;base64,{error_plot(rec)}">')
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"
+             "img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(rec['preset'])}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+
+
+def write(rec: dict, out_dir) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = markdown(rec)
+    paths = [out_dir / f"{rec['preset']}.{ext}" for ext in ("md", "json", "html")]
+    paths[0].write_text(md)
+    paths[1].write_text(json.dumps(rec, indent=1, sort_keys=True, default=float))
+    paths[2].write_text(html_page(rec, md))
+    return paths

@@ -1,0 +1,66 @@
+"""The `tmirror` command line, run as a user runs it: a subprocess, exit codes, output files."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def tmirror(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "conformance", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.mark.parametrize("command", ["models", "report", "compare", "trace"])
+def test_help(command):
+    r = tmirror(command, "--help")
+    assert r.returncode == 0 and "usage: tmirror" in r.stdout
+
+
+def test_models_lists_presets_with_published_counts():
+    r = tmirror("models")
+    assert r.returncode == 0
+    assert "109,482,240" in r.stdout and "124,439,808" in r.stdout and "1,557,611,200" in r.stdout
+
+
+@pytest.mark.parametrize("args,words", [
+    (["report", "bert-huge"], "unknown preset 'bert-huge'; known presets: bert-tiny"),
+    (["compare", "bert-tiny", "--weights", "/nonexistent/w.safetensors"], "weights file not found: /nonexistent/w.safetensors"),
+    (["report", "bert-tiny", "--seq-len", "600"], "--seq-len must be <= max_positions=512; received 600"),
+    (["report", "bert-tiny", "--frameworks", "torch,jax"], "expected a comma-separated subset of ['numpy', 'torch', 'tf']"),
+    (["trace", "bert-tiny", "--op", "nothing.*", "--frameworks", "numpy"], "no traced op matches --op 'nothing.*'"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, words):
+    r = tmirror(*args)
+    assert r.returncode == 2, r.stderr
+    assert words in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_report_writes_md_json_html(tmp_path):
+    r = tmirror("report", "bert-tiny", "--seq-len", "16", "--batch", "2", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "bert-tiny.json").read_text())
+    assert rec["schema"] == 1 and rec["parameters"]["canonical"] == 4_385_920
+    assert {(run["framework"], run["dtype"]) for run in rec["runs"]} == {("numpy", "float32"), ("torch", "float32"),
+                                                                       ("tf", "float32")}
+    assert all(run["passed"] and run["first_divergence"] is None for run in rec["runs"])
+    assert rec["environment"]["weights_fingerprint"] and "TF_ENABLE_ONEDNN_OPTS" in rec["environment"]
+    assert "## Outputs against the float64 reference" in (tmp_path / "bert-tiny.md").read_text()
+    assert "data:image/png;base64," in (tmp_path / "bert-tiny.html").read_text()
+
+
+def test_compare_pins_nothing_on_correct_frameworks(tmp_path):
+    from conformance import presets, weights
+    cfg = presets.get("gpt2-tiny")
+    weights.save(weights.initialize(cfg, seed=5), tmp_path / "g.safetensors", cfg)
+    r = tmirror("compare", "gpt2-tiny", "--weights", str(tmp_path / "g.safetensors"), "--seq-len", "8",
+                "--frameworks", "torch,tf", "--dtype", "float64")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("first op out of tolerance: none") == 2 and "ops traced" in r.stdout
+
+
+def test_trace_shows_frameworks_side_by_side():
+    r = tmirror("trace", "bert-tiny", "--op", "encoder.0.attention.probs", "--seq-len", "8")
+    assert r.returncode == 0, r.stderr
+    assert all(f"{fw} float32" in r.stdout for fw in ("numpy", "torch", "tf"))

@@ -1,0 +1,21 @@
+"""The Keras 3 mirror of `numpy_ref`: every component a `keras.layers.Layer`, every model a
+`keras.Model`, written with `keras.ops` only.
+
+Its variables carry the canonical names (`tf_impl._layer.named_weights`), so its weight mapping
+is the identity.
+"""
+from tf_impl.activations import Activation, Dropout, Softmax
+from tf_impl.attention import MultiHeadAttention, ScaledDotProductAttention
+from tf_impl.bert import Bert
+from tf_impl.blocks import DecoderLayer, EncoderLayer
+from tf_impl.embeddings import (PositionEmbedding, SegmentEmbedding, SinusoidalPositionalEncoding,
+                                TokenEmbedding)
+from tf_impl.feed_forward import FeedForward
+from tf_impl.gpt2 import GPT2
+from tf_impl.linear import Linear
+from tf_impl.normalization import LayerNorm
+from tf_impl.transformer import Transformer
+
+__all__ = ["Activation", "Bert", "DecoderLayer", "Dropout", "EncoderLayer", "FeedForward", "GPT2",
+           "LayerNorm", "Linear", "MultiHeadAttention", "PositionEmbedding", "ScaledDotProductAttention",
+           "SegmentEmbedding", "SinusoidalPositionalEncoding", "Softmax", "TokenEmbedding", "Transformer"]

@@ -1,0 +1,21 @@
+"""Mirrors `numpy_ref.feed_forward`. No differences beyond the Keras layer plumbing."""
+from conformance import checks, trace
+from tf_impl._layer import Layer
+from tf_impl.activations import Activation, Dropout
+from tf_impl.linear import Linear
+
+
+class FeedForward(Layer):
+    def __init__(self, cfg, **kwargs):
+        super().__init__(**kwargs)
+        self.cfg = cfg
+        self.inner = Linear(cfg.d_model, cfg.d_ff, name="inner", dtype=self.dtype_policy)
+        self.activation = Activation(cfg, name="activation", dtype=self.dtype_policy)
+        self.dropout = Dropout(cfg, name="dropout", dtype=self.dtype_policy)
+        self.outer = Linear(cfg.d_ff, cfg.d_model, name="outer", dtype=self.dtype_policy)
+
+    def call(self, x):
+        checks.last_axis("x", checks.shape_of(x), self.inner.d_in, "d_model")
+        tap = trace.tap_for(self)
+        h = self.activation(self.inner(x))       # (B, T, F)
+        return tap("output", self.outer(self.dropout(h)))  # (B, T, D)
