@@ -3,6 +3,7 @@
     w = weights.initialize(cfg, seed=0)      # deterministic, float32, kernels [in, out]
     weights.save(w, "bert.safetensors", cfg) ; w = weights.load("bert.safetensors")
     weights.check(cfg, w)                     # every missing / unexpected / mis-shaped name at once
+    cfg, w = weights.from_hf("hf_dir")        # and weights.to_hf(cfg, w, "hf_dir"): conformance.checkpoints
 
 Files are safetensors: a header and raw buffers, nothing executable, nothing unpickled.
 The config travels in the file's metadata, so a weights file says what it is.
@@ -92,6 +93,18 @@ def load_config(path) -> Config | None:
     except Exception as e:
         raise WeightsError(f"weights file {path} is not a readable safetensors file: {e}") from None
     return Config.from_dict(json.loads(meta["config"])) if "config" in meta else None
+
+
+def from_hf(path) -> tuple[Config, dict[str, np.ndarray]]:
+    """(Config, canonical weights) from a Hugging Face BERT / GPT-2 directory; see `conformance.checkpoints`."""
+    from conformance import checkpoints
+    return checkpoints.from_hf(path)
+
+
+def to_hf(cfg: Config, weights: dict[str, np.ndarray], path, architecture: str | None = None):
+    """Write a directory `transformers` loads (config.json + model.safetensors); see `conformance.checkpoints`."""
+    from conformance import checkpoints
+    return checkpoints.to_hf(cfg, weights, path, architecture)
 
 
 def fingerprint(weights: dict[str, np.ndarray]) -> str:
