@@ -10,6 +10,7 @@ tree for trace names, and how to count its parameters. Everything else is shared
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -50,11 +51,33 @@ class Built:
         out = self.backend.run(self.module, {**tensors, "cache": cache}, False)
         return {k: self.backend.to_numpy(v) for k, v in out.items()}
 
-    def trace(self, **inputs) -> tuple[dict, dict]:
-        """(outputs, records): the outputs and every tapped tensor, by trace name."""
-        with trace.recording(self.backend.named_modules(self.module), self.backend.to_numpy) as t:
+    def trace(self, *, summary=False, keep=None, capture=None, **inputs) -> tuple[dict, dict]:
+        """(outputs, records): the outputs and every tapped tensor, by trace name.
+
+        summary=True keeps statistics (`trace.Summary`) instead of tensors, except for names
+        matching the glob `keep`; modules whose path matches `capture` also record their
+        inputs and output in `self.calls`, for `replay`.
+        """
+        modules = self.backend.named_modules(self.module)
+        with trace.recording(modules, self.backend.to_numpy, summary=summary, keep=keep,
+                             capture=capture) as t, self.backend.capturing(self.module, capture):
             out = self(**inputs)
+        self.calls = t.calls
         return out, t.records
+
+    def submodule(self, path: str):
+        modules = dict(self.backend.named_modules(self.module))
+        if path not in modules:
+            raise ValueError(f"no module at path {path!r}; e.g. {list(modules)[1:4]}")
+        return modules[path]
+
+    def replay(self, path: str, args: list, kwargs: dict):
+        """Run the submodule at `path` alone on NumPy inputs (another framework's recorded call)."""
+        convert = lambda v: self.backend.inputs({"v": v}, self.dtype)["v"] if isinstance(v, np.ndarray) else v  # noqa: E731
+        out = self.backend.run(self.submodule(path), None, self.training,
+                               call=([convert(a) for a in args], {k: convert(v) for k, v in kwargs.items()}))
+        return {k: self.backend.to_numpy(v) for k, v in out.items()} if isinstance(out, dict) \
+            else self.backend.to_numpy(out)
 
     def num_parameters(self) -> int:
         return self.backend.num_parameters(self.module)
@@ -77,9 +100,14 @@ class NumpyBackend:
     def inputs(self, inputs, dtype):
         return {k: _cast(v, dtype) for k, v in inputs.items()}
 
-    def run(self, module, inputs, training):
+    def run(self, module, inputs, training, call=None):
+        """Call `module(**inputs)`, or `module(*args, **kwargs)` for call=(args, kwargs)."""
+        args, kwargs = call or ((), inputs)
         module.train(training)
-        return module(**inputs)
+        return module(*args, **kwargs)
+
+    def capturing(self, module, pattern):
+        return contextlib.nullcontext()  # Module.__call__ reports to the tracer itself
 
     def to_numpy(self, x):
         return np.asarray(x)
@@ -120,10 +148,33 @@ class TorchBackend:
         return {k: torch.from_numpy(np.ascontiguousarray(_cast(v, dtype))).to(self.device)
                 for k, v in inputs.items()}
 
-    def run(self, module, inputs, training):
+    def run(self, module, inputs, training, call=None):
+        args, kwargs = call or ((), inputs)
         module.train(training)
         with self.torch.no_grad():
-            return module(**inputs)
+            return module(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def capturing(self, module, pattern):
+        """Forward hooks report each module's inputs and output to the tracer, while it records."""
+        handles = []
+        if pattern is not None:
+            def pre(m, args, kwargs):
+                m._tmirror_leave = trace.entering(m, args, kwargs)
+
+            def post(m, args, kwargs, output):
+                if getattr(m, "_tmirror_leave", None):
+                    m._tmirror_leave(output)
+                    m._tmirror_leave = None
+
+            for m in module.modules():
+                handles += [m.register_forward_pre_hook(pre, with_kwargs=True),
+                            m.register_forward_hook(post, with_kwargs=True)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     def to_numpy(self, x):
         x = x.detach().cpu()
@@ -162,14 +213,18 @@ class TFBackend:
     def inputs(self, inputs, dtype):
         return {k: self.keras.ops.convert_to_tensor(_cast(v, dtype)) for k, v in inputs.items()}
 
-    def run(self, module, inputs, training):
+    def capturing(self, module, pattern):
+        return contextlib.nullcontext()  # tf_impl's Layer.__call__ reports to the tracer itself
+
+    def run(self, module, inputs, training, call=None):
+        args, kwargs = call or ((), inputs)
         # Keras decorates an exception raised inside call() with argument info and ANSI codes;
         # with filtering off it passes the mirror's ValueError through word for word.
         config = self.keras.config
         filtering = config.is_traceback_filtering_enabled()
         config.disable_traceback_filtering()
         try:
-            return module(**inputs, training=training)
+            return module(*args, **kwargs, training=training)
         finally:
             if filtering:
                 config.enable_traceback_filtering()

@@ -8,10 +8,18 @@ costs one global lookup per module call. While a `Tracer` is active each tap rec
 trace and a Keras trace line up by name with no mapping table. A module called more
 than once in one forward (the 2017 Transformer's shared embedding) records its later
 calls as `path.name#1`, `#2`, ...: the order of calls is the same in every framework.
+
+Memory is bounded on request: in summary mode a record is a `Summary` (shape, dtype,
+statistics, a checksum) unless its name matches `keep`, a glob; full tensors otherwise.
+Modules whose path matches `capture` also record their call's inputs and output, which
+is what `replay` needs to run one module of another framework on the reference's inputs.
 """
 from __future__ import annotations
 
+import fnmatch
+import zlib
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -29,17 +37,52 @@ def tap_for(module) -> Callable:
     return _active.scope(module)
 
 
+def entering(module, args, kwargs):
+    """Called by a module's `__call__`; returns a function to call with the module's output."""
+    if _active is None:
+        return None
+    return _active.enter(module, args, kwargs)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What summary mode keeps of a tensor: enough to compare scale and spot NaN, not the values."""
+    shape: tuple
+    dtype: str
+    mean: float
+    std: float
+    abs_max: float
+    nonfinite: int
+    checksum: int  # crc32 of the bytes: equal checksums, identical tensors
+
+    @classmethod
+    def of(cls, a: np.ndarray) -> "Summary":
+        finite = a[np.isfinite(a)] if a.dtype.kind == "f" else a
+        return cls(a.shape, str(a.dtype), float(finite.mean()) if finite.size else 0.0,
+                   float(finite.std()) if finite.size else 0.0,
+                   float(np.abs(finite).max()) if finite.size else 0.0,
+                   int(a.size - finite.size), zlib.crc32(np.ascontiguousarray(a).tobytes()))
+
+
 class Tracer:
     """Records the tapped tensors of one forward, in execution order.
 
-    `named_modules` yields (dotted path, module) for the traced root; `to_numpy`
-    turns a framework tensor into a NumPy array.
+    `named_modules` yields (dotted path, module) for the traced root; `to_numpy` turns a
+    framework tensor into a NumPy array.
     """
 
-    def __init__(self, named_modules: Iterable, to_numpy: Callable):
+    def __init__(self, named_modules: Iterable, to_numpy: Callable, summary: bool = False,
+                 keep: str | None = None, capture: str | None = None):
         self.paths = {id(module): path for path, module in named_modules}
-        self.to_numpy = to_numpy
-        self.records: dict[str, np.ndarray] = {}
+        self.to_numpy, self.summary, self.keep, self.capture = to_numpy, summary, keep, capture
+        self.records: dict[str, np.ndarray | Summary] = {}
+        self.calls: dict[str, tuple] = {}  # path -> (args, kwargs, output), NumPy, for `capture`
+
+    def store(self, name, x):
+        a = np.asarray(self.to_numpy(x))
+        if self.summary and not (self.keep and fnmatch.fnmatch(name, self.keep)):
+            return Summary.of(a)
+        return a
 
     def scope(self, module) -> Callable:
         path = self.paths.get(id(module), "")
@@ -50,18 +93,37 @@ class Tracer:
             while key in self.records:
                 calls += 1
                 key = f"{base}#{calls}"
-            self.records[key] = np.asarray(self.to_numpy(x))
+            self.records[key] = self.store(key, x)
             return x
 
         return tap
 
+    def enter(self, module, args, kwargs):
+        path = self.paths.get(id(module))
+        if path is None or self.capture is None or not fnmatch.fnmatch(path, self.capture):
+            return None
+        if path in self.calls:  # a repeated call: keep the first, as `replay` runs the first
+            return None
+        convert = lambda v: np.asarray(self.to_numpy(v)) if _is_tensor(v) else v  # noqa: E731
+        inputs = ([convert(a) for a in args], {k: convert(v) for k, v in kwargs.items()})
+
+        def leave(output):
+            out = {k: convert(v) for k, v in output.items()} if isinstance(output, dict) else convert(output)
+            self.calls[path] = (*inputs, out)
+
+        return leave
+
+
+def _is_tensor(x) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, (dict, list))
+
 
 @contextmanager
-def recording(named_modules: Iterable, to_numpy: Callable):
+def recording(named_modules: Iterable, to_numpy: Callable, **options):
     global _active
     if _active is not None:
         raise RuntimeError("a trace is already being recorded")
-    _active = Tracer(named_modules, to_numpy)
+    _active = Tracer(named_modules, to_numpy, **options)
     try:
         yield _active
     finally:

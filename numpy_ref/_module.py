@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from conformance import trace
+
 
 class Param:
     """A declared, not yet loaded, parameter."""
@@ -31,7 +33,11 @@ class Module:
         return Param(*shape)
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        leave = trace.entering(self, args, kwargs)  # None unless a trace captures this module
+        out = self.forward(*args, **kwargs)
+        if leave:
+            leave(out)
+        return out
 
     def named_children(self):
         for name, value in vars(self).items():

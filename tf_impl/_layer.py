@@ -8,9 +8,8 @@ How it differs:
   by every layer for this); `from_config` rebuilds the Config.
 - Keras's `__call__` converts array arguments to tensors of the layer's dtype and rebuilds every
   dict and list on the way: a `cache` would reach `call` as a copy and the caller's would stay
-  empty. A layer whose `call` takes `cache` gets its arguments as passed (its sublayers still
-  convert), so it expects inputs in its own dtype. Non-tensor positional arguments (GPT-2's
-  `past`, the MLM head's `table`) are accepted, as in numpy_ref.
+  empty. `__call__` here converts the same arrays itself and hands dicts and lists over as they
+  are. Non-tensor positional arguments (GPT-2's `past`, the MLM head's `table`) are accepted.
 - `mask` is our own argument (True = attend), not Keras's implicit masking: `compute_mask`
   returns None, so no Keras mask is attached to outputs (and Keras does not warn that one is lost).
 - Module's methods are functions of a layer: `named_layers`, `named_weights`, `param_shapes`,
@@ -25,6 +24,7 @@ import dataclasses
 
 import keras
 
+from conformance import trace
 from conformance.config import Config
 
 
@@ -34,8 +34,21 @@ class _Twin:
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.built = True  # every weight is made in __init__
+        self._convert_input_args = False  # done in __call__ below
         self._allow_non_tensor_positional_args = True
-        self._convert_input_args = "cache" not in self.call_signature_parameters
+
+    def __call__(self, *args, **kwargs):
+        def convert(x):  # as Keras converts, but a dict or list (a cache) stays the caller's object
+            if isinstance(x, (dict, list)):
+                return x
+            return self.dtype_policy.convert_input(x, self.autocast, self.input_dtype)
+
+        args, kwargs = list(map(convert, args)), {k: convert(v) for k, v in kwargs.items()}
+        leave = trace.entering(self, args, kwargs)  # None unless a trace captures this layer
+        out = super().__call__(*args, **kwargs)
+        if leave:
+            leave(out)
+        return out
 
     def compute_mask(self, inputs, previous_mask):
         return None
@@ -60,8 +73,25 @@ class Model(_Twin, keras.Model):
     """The twin of `Module` for whole models: a real `keras.Model` (summary, fit, save)."""
 
 
+class Shadow:
+    """A class attribute that hides a Keras property of the same name (`Layer.output`,
+    `Model.layers`) so a sublayer can keep numpy_ref's attribute name. The instance's own value
+    wins: TensorFlow and JAX keep it in `__dict__`, torch (an `nn.Module`) in `_modules`."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, layer, owner=None):
+        return self if layer is None else getattr(layer, "_modules", {}).get(self.name)
+
+
+def attributes(layer) -> dict:
+    """The instance's attributes in assignment order (torch keeps sublayers apart, in `_modules`)."""
+    return {**vars(layer), **getattr(layer, "_modules", {})}
+
+
 def named_children(layer):
-    for name, value in vars(layer).items():
+    for name, value in attributes(layer).items():
         if name.startswith("_"):  # Keras's own bookkeeping (`_layers`, `_tracker`, ...)
             continue
         if isinstance(value, keras.layers.Layer):
@@ -81,7 +111,7 @@ def named_layers(layer, prefix: str = ""):
 def named_weights(layer):
     """(canonical name, keras.Variable) for every weight, in creation order: path + leaf name."""
     for path, sublayer in named_layers(layer):
-        for name, value in vars(sublayer).items():
+        for name, value in attributes(sublayer).items():
             if not name.startswith("_") and isinstance(value, keras.Variable):
                 yield (f"{path}.{value.name}" if path else value.name), value
 
