@@ -53,6 +53,10 @@ def parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("trace", help="traced outputs of ops matching PATTERN, frameworks side by side")
     common(tr)
     tr.add_argument("--op", required=True, help="glob over trace names, e.g. 'encoder.0.attention.*'")
+    mat = sub.add_parser("matrix", help="the summary matrix of every component and model (reports/README.md)")
+    mat.add_argument("--frameworks", type=_csv(("numpy", "torch", "tf")), default=["numpy", "torch", "tf"])
+    mat.add_argument("--dtype", type=_csv(DTYPES), default=["float64", "float32"])
+    mat.add_argument("--out", default="reports/README.md")
     return p
 
 
@@ -91,20 +95,22 @@ def _run(args):
     cfg, w, source = runner.resolve(args.preset, args.weights, args.seed)
     inputs = runner.model_inputs(cfg, args.batch, args.seq_len, args.seed)
     steps = len(args.frameworks) * len(args.dtype)
-    with tqdm(total=steps + 1, desc="reference float64", file=sys.stderr, leave=False) as bar:
+    with tqdm(total=steps + 1, desc="reference float64", file=sys.stderr, leave=False, disable=None) as bar:
         def progress(label):
             bar.update(1)
             bar.set_description(label)
-        reference, runs = runner.run(cfg, w, inputs, args.frameworks, args.dtype, progress=progress)
+        reference, reference_trace, runs = runner.run(cfg, w, inputs, args.frameworks, args.dtype,
+                                                      progress=progress)
         bar.update(1)
-    return cfg, w, source, inputs, reference, runs
+    return cfg, w, source, inputs, reference_trace, runs
 
 
 def cmd_report(args) -> int:
     from conformance import report, runner, weights
-    cfg, w, source, inputs, _, runs = _run(args)
+    cfg, w, source, inputs, reference_trace, runs = _run(args)
     env = runner.environment(args.seed, weights.fingerprint(w), source)
-    paths = report.write(report.record(args.preset, cfg, w, inputs, env, runs), args.out)
+    paths = report.write(report.record(args.preset, cfg, w, inputs, env, runs), args.out,
+                         figures=report.figures(cfg, reference_trace))
     for r in runs:
         first = r.first_divergence
         print(f"{r.framework:>6} {r.dtype}: {'pass' if r.passed else 'FAIL'}  "
@@ -151,7 +157,28 @@ def cmd_trace(args) -> int:
     return 0
 
 
-COMMANDS = {"models": cmd_models, "report": cmd_report, "compare": cmd_compare, "trace": cmd_trace}
+def cmd_matrix(args) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from conformance import matrix, runner
+    from conformance.suite import CASES
+    total = len(CASES) * sum((f, d) != ("numpy", "float64") for f in args.frameworks for d in args.dtype)
+    with tqdm(total=total, file=sys.stderr, leave=False, disable=None) as bar:
+        def progress(label):
+            bar.update(1)
+            bar.set_description(label)
+        m = matrix.measure(args.frameworks, args.dtype, progress=progress)
+    env = runner.environment(0, "registry weights", "weights.initialize per case")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(matrix.markdown(m, env))
+    failed = [k for k, (_, ok) in m["cells"].items() if not ok]
+    print(f"{len(m['cells']) - len(failed)} of {len(m['cells'])} cells pass; wrote {args.out}")
+    return 0 if not failed else 1
+
+
+COMMANDS = {"matrix": cmd_matrix, "models": cmd_models, "report": cmd_report, "compare": cmd_compare, "trace": cmd_trace}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -92,14 +92,58 @@ def error_plot(rec: dict) -> str:
     ax.set_title(f"{rec['preset']}: error per op along depth")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def html_page(rec: dict, md: str) -> str:
-    """A self-contained page: the plot inline, the tables rendered from the same record."""
+def figures(cfg, reference_trace: dict) -> dict[str, str]:
+    """Study figures from the reference run: attention patterns and the positional encoding."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from numpy_ref.embeddings import sinusoidal_encoding
+    out = {}
+    probs = [(n, v) for n, v in reference_trace.items() if n.endswith(".probs") and isinstance(v, np.ndarray)]
+    if probs:
+        name, p = probs[0]                                  # (B, H, T, S), batch row 0
+        heads = min(p.shape[1], 4)
+        fig, axes = plt.subplots(1, heads, figsize=(3.2 * heads, 3.2), squeeze=False)
+        for h in range(heads):
+            axes[0, h].imshow(p[0, h], cmap="viridis", vmin=0, vmax=p[0, h].max())
+            axes[0, h].set_title(f"head {h}", fontsize=9)
+            axes[0, h].set_xlabel("key position", fontsize=8)
+        axes[0, 0].set_ylabel("query position", fontsize=8)
+        fig.suptitle(f"{name} (reference, batch row 0): rows sum to 1; padded keys get 0", fontsize=10)
+        fig.tight_layout()
+        out["Attention patterns"] = _png(fig)
+    T = 128 if cfg.position == "learned" else min(cfg.max_positions, 256)
+    pe = sinusoidal_encoding(np.arange(T), cfg.d_model)     # (T, D)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.4))
+    a.imshow(pe.T, aspect="auto", cmap="RdBu", vmin=-1, vmax=1)
+    a.set_xlabel("position")
+    a.set_ylabel("channel (sin even, cos odd)")
+    a.set_title(f"Sinusoidal encoding, D={cfg.d_model}", fontsize=10)
+    b.imshow(pe @ pe.T, cmap="viridis")
+    b.set_title("PE(i) . PE(j): depends only on i - j", fontsize=10)
+    b.set_xlabel("position j")
+    b.set_ylabel("position i")
+    fig.tight_layout()
+    used = "used by this model" if cfg.position == "sinusoidal" else "shown for study; this model learns its table"
+    out[f"Positional encoding ({used})"] = _png(fig)
+    return out
+
+
+def html_page(rec: dict, md: str, figures: dict[str, str] | None = None) -> str:
+    """A self-contained page: the plots inline, the tables rendered from the same record."""
     body = []
     for block in md.split("\n\n"):
         if block.startswith("# "):
@@ -113,6 +157,8 @@ def html_page(rec: dict, md: str) -> str:
             body.append(f"<p>{html.escape(block)}</p>")
         if block.startswith("## First op"):
             body.append(f'<img alt="error per op" src="data:image/png;base64,{error_plot(rec)}">')
+    for title, png in (figures or {}).items():
+        body.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"
@@ -121,12 +167,12 @@ def html_page(rec: dict, md: str) -> str:
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 
-def write(rec: dict, out_dir) -> list[Path]:
+def write(rec: dict, out_dir, figures: dict[str, str] | None = None) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = markdown(rec)
     paths = [out_dir / f"{rec['preset']}.{ext}" for ext in ("md", "json", "html")]
     paths[0].write_text(md)
     paths[1].write_text(json.dumps(rec, indent=1, sort_keys=True, default=float))
-    paths[2].write_text(html_page(rec, md))
+    paths[2].write_text(html_page(rec, md, figures))
     return paths

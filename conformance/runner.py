@@ -62,10 +62,22 @@ def model_inputs(cfg: Config, batch: int, length: int, seed: int = 0) -> dict:
     return entry.make_inputs(cfg, np.random.default_rng(seed), batch, length, segments=cfg.kind == "bert")
 
 
-def run(cfg, w, inputs, frameworks, dtypes, repeats=3, progress=None) -> tuple[dict, list[Run]]:
-    """Reference trace in float64 NumPy, then each framework x dtype against it."""
+SUMMARY_ABOVE_PARAMS = 200_000_000  # larger models trace in summary mode by default
+SUMMARY_ABOVE_TOKENS = 4096          # so do batches of more tokens (probs grow as B H T^2)
+KEEP = ("*.0.attention.probs", "*.0.self_attention.probs")  # full tensors kept for the heatmaps
+
+
+def run(cfg, w, inputs, frameworks, dtypes, repeats=3, progress=None, summary=None):
+    """Reference trace in float64 NumPy, then each framework x dtype against it.
+
+    Returns (reference outputs, reference trace, runs). `summary=None` picks summary mode
+    for models over SUMMARY_ABOVE_PARAMS parameters or inputs over SUMMARY_ABOVE_TOKENS.
+    """
+    if summary is None:
+        tokens = max(v.size for v in inputs.values())
+        summary = weights.count(w) > SUMMARY_ABOVE_PARAMS or tokens > SUMMARY_ABOVE_TOKENS
     reference_model = build("numpy", cfg, w, dtype="float64")
-    reference, reference_trace = reference_model.trace(**inputs)
+    reference, reference_trace = reference_model.trace(summary=summary, keep=KEEP, **inputs)
     runs = []
     for framework in frameworks:
         for dtype in dtypes:
@@ -76,7 +88,7 @@ def run(cfg, w, inputs, frameworks, dtypes, repeats=3, progress=None) -> tuple[d
             t0 = time.perf_counter()
             m = build(framework, cfg, w, dtype=dtype)
             built = time.perf_counter() - t0
-            out, tr = m.trace(**inputs)
+            out, tr = m.trace(summary=summary, **inputs)
             m(**inputs)  # warm-up untraced
             times = []
             for _ in range(repeats):
@@ -86,7 +98,7 @@ def run(cfg, w, inputs, frameworks, dtypes, repeats=3, progress=None) -> tuple[d
             runs.append(Run(framework, dtype, out, compare_outputs(framework, out, reference, dtype),
                             compare_traces(reference_trace, tr, dtype), m.num_parameters(),
                             float(np.median(times)), built))
-    return reference, runs
+    return reference, reference_trace, runs
 
 
 def environment(seed: int, fingerprint: str, source: str) -> dict:

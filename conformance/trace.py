@@ -10,7 +10,8 @@ than once in one forward (the 2017 Transformer's shared embedding) records its l
 calls as `path.name#1`, `#2`, ...: the order of calls is the same in every framework.
 
 Memory is bounded on request: in summary mode a record is a `Summary` (shape, dtype,
-statistics, a checksum) unless its name matches `keep`, a glob; full tensors otherwise.
+statistics, a checksum) unless its name matches `keep` (a glob or several); full
+tensors otherwise.
 Modules whose path matches `capture` also record their call's inputs and output, which
 is what `replay` needs to run one module of another framework on the reference's inputs.
 """
@@ -80,7 +81,8 @@ class Tracer:
 
     def store(self, name, x):
         a = np.asarray(self.to_numpy(x))
-        if self.summary and not (self.keep and fnmatch.fnmatch(name, self.keep)):
+        keep = (self.keep,) if isinstance(self.keep, str) else (self.keep or ())
+        if self.summary and not any(fnmatch.fnmatch(name, k) for k in keep):
             return Summary.of(a)
         return a
 
