@@ -53,6 +53,9 @@ def parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("trace", help="traced outputs of ops matching PATTERN, frameworks side by side")
     common(tr)
     tr.add_argument("--op", required=True, help="glob over trace names, e.g. 'encoder.0.attention.*'")
+    ex = sub.add_parser("explain", help="a step-by-step numeric walkthrough of one component")
+    ex.add_argument("component", help="a registry entry, e.g. multi_head_attention, layer_norm, bert")
+    ex.add_argument("--variant", default="default", help="a registry variant, e.g. causal, cross")
     mat = sub.add_parser("matrix", help="the summary matrix of every component and model (reports/README.md)")
     mat.add_argument("--frameworks", type=_csv(("numpy", "torch", "tf")), default=["numpy", "torch", "tf"])
     mat.add_argument("--dtype", type=_csv(DTYPES), default=["float64", "float32"])
@@ -77,14 +80,17 @@ def cmd_models(args) -> int:
     from tabulate import tabulate
 
     from conformance import presets, registry
+    from conformance.costs import flops
     rows = []
     for name in presets.names():
         cfg = presets.get(name)
         params = sum(int(np.prod(s)) for s in registry.param_shapes(cfg).values())
+        gflops = flops.totals(flops.model_ops(cfg, 1, 128))["all"] / 1e9  # analytic: instant at any size
         rows.append((name, cfg.kind, cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.d_ff, cfg.vocab_size,
-                     f"{params:,}"))
-    print(tabulate(rows, ["preset", "kind", "layers", "d_model", "heads", "d_ff", "vocab", "parameters"],
-                   tablefmt="github", colalign=("left", "left") + ("right",) * 6))
+                     f"{params:,}", f"{gflops:,.2f}"))
+    print(tabulate(rows, ["preset", "kind", "layers", "d_model", "heads", "d_ff", "vocab", "parameters",
+                          "forward GFLOPs (B=1, T=128)"],
+                   tablefmt="github", colalign=("left", "left") + ("right",) * 7, disable_numparse=True))
     return 0
 
 
@@ -178,7 +184,13 @@ def cmd_matrix(args) -> int:
     return 0 if not failed else 1
 
 
-COMMANDS = {"matrix": cmd_matrix, "models": cmd_models, "report": cmd_report, "compare": cmd_compare, "trace": cmd_trace}
+def cmd_explain(args) -> int:
+    from conformance import explain
+    print(explain.walkthrough(args.component, variant=args.variant))
+    return 0
+
+
+COMMANDS = {"explain": cmd_explain, "matrix": cmd_matrix, "models": cmd_models, "report": cmd_report, "compare": cmd_compare, "trace": cmd_trace}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,7 @@ def tmirror(*args, cwd=None):
                           cwd=cwd, timeout=600)
 
 
-@pytest.mark.parametrize("command", ["models", "report", "compare", "trace"])
+@pytest.mark.parametrize("command", ["models", "report", "compare", "trace", "explain", "matrix"])
 def test_help(command):
     r = tmirror(command, "--help")
     assert r.returncode == 0 and "usage: tmirror" in r.stdout
@@ -29,6 +29,8 @@ def test_models_lists_presets_with_published_counts():
     (["report", "bert-tiny", "--seq-len", "600"], "--seq-len must be <= max_positions=512; received 600"),
     (["report", "bert-tiny", "--frameworks", "torch,jax"], "expected a comma-separated subset of ['numpy', 'torch', 'tf']"),
     (["trace", "bert-tiny", "--op", "nothing.*", "--frameworks", "numpy"], "no traced op matches --op 'nothing.*'"),
+    (["explain", "lstm"], "unknown component or model 'lstm'; known: linear, softmax"),
+    (["explain", "softmax", "--variant", "sparse"], "variant must be one of ['default', 'padding'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, words):
     r = tmirror(*args)
@@ -64,3 +66,12 @@ def test_trace_shows_frameworks_side_by_side():
     r = tmirror("trace", "bert-tiny", "--op", "encoder.0.attention.probs", "--seq-len", "8")
     assert r.returncode == 0, r.stderr
     assert all(f"{fw} float32" in r.stdout for fw in ("numpy", "torch", "tf"))
+
+
+def test_explain_walks_through_every_op_with_the_twins_beside_it():
+    r = tmirror("explain", "multi_head_attention", "--variant", "causal")
+    assert r.returncode == 0, r.stderr
+    assert "Attention(Q, K, V) = softmax(Q K^T / sqrt(Dh) + mask) V" in r.stdout
+    for op in ("query.output", "\nq (1, 2, 3, 2)", "\nscores (1, 2, 3, 3)", "\nprobs", "\nmerged", "output.output"):
+        assert op in r.stdout, op
+    assert "torch " in r.stdout and "tf " in r.stdout
