@@ -15,12 +15,12 @@ import os
 
 import numpy as np
 
-from conformance import registry, trace
+from conformance import precision, registry, trace
 from conformance import weights as weights_lib
 from conformance.config import Config
 
 FRAMEWORKS = ("numpy", "torch", "tf")
-DTYPES = ("float64", "float32")
+DTYPES = precision.DTYPES  # float64, float32, tf32, bfloat16, float16, mixed_*: see conformance.precision
 
 
 class Built:
@@ -31,11 +31,17 @@ class Built:
         self.module, self.dtype, self.training = module, dtype, training
         self.framework = backend.name
 
+    device = "cpu"
+    check_finite = True  # bfloat16/float16: inf/NaN outputs raise precision.NonFiniteError naming the op
+
     def __call__(self, **inputs) -> dict[str, np.ndarray]:
-        out = self.backend.run(self.module, self.backend.inputs(inputs, self.dtype), self.training)
+        with precision.policy(self):  # autocast, TF32, this build's device
+            out = self.backend.run(self.module, self.backend.inputs(inputs, self.dtype), self.training)
         if not isinstance(out, dict):
             out = {"output": out}
-        return {k: self.backend.to_numpy(v) for k, v in out.items()}
+        outputs = {k: self.backend.to_numpy(v) for k, v in out.items()}
+        precision.check_finite(self, inputs, outputs)
+        return outputs
 
     def step(self, input_ids, cache: list, attention_mask=None) -> dict[str, np.ndarray]:
         """One decoding call that continues from `cache` (GPT-2's key/value list).
@@ -51,18 +57,19 @@ class Built:
         out = self.backend.run(self.module, {**tensors, "cache": cache}, False)
         return {k: self.backend.to_numpy(v) for k, v in out.items()}
 
-    def trace(self, *, summary=False, keep=None, capture=None, **inputs) -> tuple[dict, dict]:
+    def trace(self, *, summary=False, full=None, capture=None, **inputs) -> tuple[dict, dict]:
         """(outputs, records): the outputs and every tapped tensor, by trace name.
 
         summary=True keeps statistics (`trace.Summary`) instead of tensors, except for names
-        matching the glob `keep`; modules whose path matches `capture` also record their
+        matching `full` (a glob or several); modules whose path matches `capture` also record their
         inputs and output in `self.calls`, for `replay`.
         """
         modules = self.backend.named_modules(self.module)
-        with trace.recording(modules, self.backend.to_numpy, summary=summary, keep=keep,
+        with trace.recording(modules, self.backend.to_numpy, summary=summary, keep=full,
                              capture=capture) as t, self.backend.capturing(self.module, capture):
             out = self(**inputs)
         self.calls = t.calls
+        precision.check_finite(self, inputs, out, t.records)
         return out, t.records
 
     def submodule(self, path: str):
@@ -133,7 +140,7 @@ class TorchBackend:
         if device == "cuda" and not self.torch.cuda.is_available():
             raise ValueError("device='cuda' requested but torch sees no CUDA device")
         self.device = device
-        return cls(*args).to(device=device, dtype=getattr(self.torch, dtype))
+        return cls(*args).to(device=device, dtype=getattr(self.torch, precision.parameter_dtype(dtype)))
 
     def load(self, module, weights, dtype):
         from conformance import mapping
@@ -144,9 +151,7 @@ class TorchBackend:
         module.load_state_dict(state, strict=True)
 
     def inputs(self, inputs, dtype):
-        torch = self.torch
-        return {k: torch.from_numpy(np.ascontiguousarray(_cast(v, dtype))).to(self.device)
-                for k, v in inputs.items()}
+        return {k: precision.torch_tensor(v, dtype, self.device) for k, v in inputs.items()}
 
     def run(self, module, inputs, training, call=None):
         args, kwargs = call or ((), inputs)
@@ -177,8 +182,7 @@ class TorchBackend:
                 h.remove()
 
     def to_numpy(self, x):
-        x = x.detach().cpu()
-        return (x.float() if x.dtype == self.torch.bfloat16 else x).numpy()
+        return precision.torch_to_numpy(x)  # bfloat16 stays bfloat16 (ml_dtypes), as in Keras
 
     def named_modules(self, module):
         return module.named_modules()
@@ -263,14 +267,16 @@ def build(framework: str, cfg: Config, weights: dict, device: str = "cpu", dtype
     entry = registry.get(cfg.kind)
     weights_lib.check(cfg, weights)
     b = backend(framework)
+    precision.require(framework, dtype)
     module = b.construct(entry.implementation(framework), entry.args(cfg), dtype, device)
     b.load(module, weights, dtype)
-    return Built(b, entry, cfg, module, dtype, entry.training if training is None else training)
+    built = Built(b, entry, cfg, module, dtype, entry.training if training is None else training)
+    built.device = device
+    return built
 
 
 def _cast(x, dtype):
-    x = np.asarray(x)
-    return x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x
+    return precision.cast_input(x, dtype)  # floats to the parameter dtype (float32 for mixed_*, tf32)
 
 
 def _cpu_only(framework, device):

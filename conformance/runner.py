@@ -64,7 +64,7 @@ def model_inputs(cfg: Config, batch: int, length: int, seed: int = 0) -> dict:
 
 SUMMARY_ABOVE_PARAMS = 200_000_000  # larger models trace in summary mode by default
 SUMMARY_ABOVE_TOKENS = 4096          # so do batches of more tokens (probs grow as B H T^2)
-KEEP = ("*.0.attention.probs", "*.0.self_attention.probs")  # full tensors kept for the heatmaps
+FULL = ("*.0.attention.probs", "*.0.self_attention.probs")  # full tensors kept for the heatmaps
 
 
 def run(cfg, w, inputs, frameworks, dtypes, repeats=3, progress=None, summary=None):
@@ -77,7 +77,7 @@ def run(cfg, w, inputs, frameworks, dtypes, repeats=3, progress=None, summary=No
         tokens = max(v.size for v in inputs.values())
         summary = weights.count(w) > SUMMARY_ABOVE_PARAMS or tokens > SUMMARY_ABOVE_TOKENS
     reference_model = build("numpy", cfg, w, dtype="float64")
-    reference, reference_trace = reference_model.trace(summary=summary, keep=KEEP, **inputs)
+    reference, reference_trace = reference_model.trace(summary=summary, full=FULL, **inputs)
     runs = []
     for framework in frameworks:
         for dtype in dtypes:

@@ -15,7 +15,10 @@ def test_trace_names_line_up(case, framework, framework_twins_only):
     _, cfg, w, inputs, _ = case_data(*case)
     _, reference = build("numpy", cfg, w, dtype="float64").trace(**inputs)
     _, records = build(framework, cfg, w, dtype="float64").trace(**inputs)
-    assert list(records) == list(reference)  # same names, same order
+    expected = list(reference)
+    if framework == "torch" and cfg.fused_attention:  # one SDPA kernel: no scores / probs to tap
+        expected = [n for n in expected if n.rpartition(".")[2] not in ("scores", "probs")]
+    assert list(records) == expected  # same names, same order
 
 
 def test_tracing_off_is_a_shared_no_op():
@@ -28,7 +31,7 @@ def test_summary_mode_keeps_statistics_except_what_is_kept(framework):
     _, cfg, w, inputs, _ = case_data("bert", "default")
     m = build(framework, cfg, w, dtype="float64")
     _, full = m.trace(**inputs)
-    _, summary = m.trace(summary=True, keep="encoder.1.attention.probs", **inputs)
+    _, summary = m.trace(summary=True, full="encoder.1.attention.probs", **inputs)
     assert list(summary) == list(full)
     assert isinstance(summary["encoder.1.attention.probs"], np.ndarray)
     s = summary["encoder.0.attention.probs"]

@@ -4,13 +4,13 @@ Differences: masks are combined with `keras.ops.logical_and` (a 0/1 integer padd
 to bool first, as in numpy_ref). `MultiHeadAttention.output` shadows Keras's `Layer.output` (a
 functional layer's output tensor) so the output projection keeps its canonical name; Keras's
 `save_weights` skips attribute names that `Layer` defines, so it reaches the projection through
-a private alias. The cache
-dict reaches `call` as the caller's object (see `tf_impl._layer`) and is filled in place.
+a private alias. The cache dict reaches `call` as the caller's object (see `tf_impl._layer`)
+and is filled in place.
 """
 from keras import ops
 
 from conformance import checks, trace
-from tf_impl._layer import Layer
+from tf_impl._layer import Layer, Shadow
 from tf_impl.activations import softmax
 from tf_impl.linear import Linear
 
@@ -56,7 +56,7 @@ class ScaledDotProductAttention(Layer):
 class MultiHeadAttention(Layer):
     """Self-attention (context=None) or cross-attention over `context`."""
 
-    output = None  # shadows Keras's `Layer.output` property: here `output` is the last projection
+    output = Shadow()  # Keras's `Layer.output` property: here the output projection
 
     def __init__(self, cfg, causal=None, **kwargs):
         super().__init__(**kwargs)
@@ -69,12 +69,12 @@ class MultiHeadAttention(Layer):
         self._saved_output = self.output  # Keras's save_weights skips names that Layer defines
 
     def split_heads(self, x):
-        B, T, _ = x.shape
+        B, T, _ = ops.shape(x)  # ints, or tensors for dynamic axes under tf.function
         x = ops.reshape(x, (B, T, self.cfg.num_heads, self.cfg.head_dim))
         return ops.transpose(x, (0, 2, 1, 3))  # (B, H, T, Dh)
 
     def merge_heads(self, x):
-        B, H, T, Dh = x.shape
+        B, H, T, Dh = ops.shape(x)
         return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (B, T, H * Dh))  # (B, T, D)
 
     def call(self, x, context=None, mask=None, cache=None):
@@ -96,7 +96,7 @@ class MultiHeadAttention(Layer):
                 k = ops.concatenate([cache["key"], k], axis=2)  # (B, H, S, Dh)
                 v = ops.concatenate([cache["value"], v], axis=2)
             cache["key"], cache["value"] = k, v
-        T, S = q.shape[2], k.shape[2]
+        T, S = ops.shape(q)[2], ops.shape(k)[2]
         m = attention_mask(mask, T, S, self.causal)               # (B, 1, T, S)
         context_heads = scaled_dot_product_attention(q, k, v, m, self.cfg, tap)  # (B, H, T, Dh)
         return self.output(tap("merged", self.merge_heads(context_heads)))       # (B, T, D)

@@ -25,7 +25,7 @@ class BertEmbeddings(Layer):
         self.dropout = Dropout(cfg, name="dropout", dtype=self.dtype_policy)
 
     def call(self, input_ids, token_type_ids):
-        T = input_ids.shape[1]
+        T = ops.shape(input_ids)[1]  # an int, or a tensor for a dynamic axis under tf.function
         positions = ops.arange(T)[None, :]                                       # (1, T)
         x = self.token(input_ids) + self.position(positions) + self.segment(token_type_ids)  # (B, T, D)
         return trace.tap_for(self)("output", self.dropout(self.norm(x)))         # (B, T, D)

@@ -1,8 +1,4 @@
-"""Mirrors `numpy_ref.blocks`.
-
-Differences: `EncoderLayer` takes `cache`, so it receives its arguments as passed, unconverted
-(see `tf_impl._layer`): give it `x` in the layer's dtype.
-"""
+"""Mirrors `numpy_ref.blocks`. No differences beyond the Keras layer plumbing."""
 from conformance import trace
 from tf_impl._layer import Layer
 from tf_impl.activations import Dropout

@@ -2,9 +2,10 @@
 
 Differences: the table (RandomNormal(stddev=0.02)) is a Keras weight made in `__init__` and the
 lookup is `keras.ops.take`; ids are not autocast to the layer's dtype (`autocast = False`, as in
-`keras.layers.Embedding`), so a float id array is reported with its own dtype. The checks of id values (in range, >= 0) run only on concrete
-tensors (`tf_impl._layer.is_symbolic`): under `tf.function` or XLA an id out of range is not
-caught here. `sinusoidal_encoding` is computed and returned in float64 with `keras.ops`.
+`keras.layers.Embedding`), so a float id array is reported with its own dtype. The checks of id
+values (in range, >= 0) run only on concrete tensors (`tf_impl._layer.is_symbolic`): under
+`tf.function` or XLA an id out of range is not caught here. `sinusoidal_encoding` is computed
+and returned in float64 with `keras.ops`.
 """
 from keras import ops
 from keras.initializers import RandomNormal
@@ -53,7 +54,7 @@ def sinusoidal_encoding(positions, d_model):
     inv_freq = 1.0 / 10000 ** (ops.arange(0, d_model, 2, dtype="float64") / d_model)  # (D/2,)
     angles = ops.cast(positions, "float64")[..., None] * inv_freq                      # (..., D/2)
     pe = ops.stack([ops.sin(angles), ops.cos(angles)], axis=-1)                        # (..., D/2, 2)
-    return ops.reshape(pe, (*positions.shape, d_model))                                # (..., D)
+    return ops.reshape(pe, (*ops.shape(positions), d_model))                           # (..., D)
 
 
 class SinusoidalPositionalEncoding(Layer):

@@ -9,7 +9,7 @@ filled in place on the first call.
 from keras import ops
 
 from conformance import checks, trace
-from tf_impl._layer import Layer, Model
+from tf_impl._layer import Layer, Model, Shadow
 from tf_impl.activations import Dropout
 from tf_impl.blocks import EncoderLayer
 from tf_impl.embeddings import PositionEmbedding, TokenEmbedding
@@ -25,14 +25,14 @@ class GPT2Embeddings(Layer):
         self.dropout = Dropout(cfg, name="dropout", dtype=self.dtype_policy)
 
     def call(self, input_ids, past):
-        T = input_ids.shape[1]
+        T = ops.shape(input_ids)[1]  # an int, or a tensor for a dynamic axis under tf.function
         positions = past + ops.arange(T)[None, :]                             # (1, T)
         x = self.token(input_ids) + self.position(positions)                  # (B, T, D)
         return trace.tap_for(self)("output", self.dropout(x))
 
 
 class GPT2(Model):
-    layers = None  # shadows keras.Model.layers: the attribute below is the list of blocks
+    layers = Shadow()  # Keras's `Model.layers` property: here the list of blocks
 
     def __init__(self, cfg, **kwargs):
         super().__init__(**kwargs)

@@ -37,7 +37,7 @@ class Transformer(Model):
         x = table(ids)                                                        # (B, T, D)
         if self.cfg.scale_embeddings:
             x = x * math.sqrt(self.cfg.d_model)
-        positions = ops.arange(ids.shape[1])[None, :]                         # (1, T)
+        positions = ops.arange(ops.shape(ids)[1])[None, :]                    # (1, T)
         return self.dropout(x + ops.cast(self.position(positions), x.dtype))  # (B, T, D)
 
     def call(self, input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None):
