@@ -19,6 +19,7 @@ refuses anything but tensors, so nothing executable is ever unpickled.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,7 @@ class Architecture:
     modules: dict          # canonical module -> (HF module, leaves); "{i}" a layer, "{base}" the prefix
     tied: dict             # HF tensor -> the canonical tensor it duplicates (not stored separately)
     buffers: tuple         # non-parameter HF tensors older files carry: read past, never written
+    foreign: tuple         # tensors of heads no canonical model has (BERT's next-sentence head)
     fields: dict           # Config field <- (config.json key, HF's default)
     fixed: dict            # config.json key -> the only value this project reproduces
     constants: dict        # Config fields every checkpoint of this family shares
@@ -74,7 +76,8 @@ class Architecture:
 BERT = Architecture(
     model_type="bert",
     classes={"BertModel": "none", "BertForMaskedLM": "mlm",
-             "BertForSequenceClassification": "classification", "BertForQuestionAnswering": "qa"},
+             "BertForSequenceClassification": "classification", "BertForQuestionAnswering": "qa",
+             "BertForPreTraining": "mlm"},
     base_class="BertModel", prefix="bert.",
     modules={
         "embeddings.token": ("{base}embeddings.word_embeddings", EMBEDDING),
@@ -98,6 +101,7 @@ BERT = Architecture(
     },
     tied={"cls.predictions.decoder.weight": "embeddings.token.table", "cls.predictions.decoder.bias": "mlm.bias"},
     buffers=("{base}embeddings.position_ids", "{base}embeddings.token_type_ids"),
+    foreign=("cls.seq_relationship.weight", "cls.seq_relationship.bias"),
     fields={"d_model": ("hidden_size", 768), "num_heads": ("num_attention_heads", 12),
             "d_ff": ("intermediate_size", 3072), "num_layers": ("num_hidden_layers", 12),
             "vocab_size": ("vocab_size", 30522), "max_positions": ("max_position_embeddings", 512),
@@ -124,6 +128,7 @@ GPT2 = Architecture(
     },
     tied={"lm_head.weight": "embeddings.token.table"},
     buffers=("{base}h.{i}.attn.bias", "{base}h.{i}.attn.masked_bias"),
+    foreign=(),
     fields={"d_model": ("n_embd", 768), "num_heads": ("n_head", 12), "d_ff": ("n_inner", None),
             "num_layers": ("n_layer", 12), "vocab_size": ("vocab_size", 50257),
             "max_positions": ("n_positions", 1024), "layer_norm_eps": ("layer_norm_epsilon", 1e-5),
@@ -137,14 +142,25 @@ ARCHITECTURES = {a.model_type: a for a in (BERT, GPT2)}
 
 # -------------------------------------------------------------------------------- import
 
-def from_hf(path) -> tuple[Config, dict[str, np.ndarray]]:
-    """(Config, canonical weights) from a Hugging Face model directory."""
+def from_hf(path, head: str | None = None) -> tuple[Config, dict[str, np.ndarray]]:
+    """(Config, canonical weights) from a Hugging Face model directory.
+
+    `head` overrides the head named by config.json's `architectures` (e.g. import a
+    BertForMaskedLM checkpoint as head="none"). As `transformers` does, tensors of *other*
+    heads of the family (a pooler or masked-LM head the chosen head lacks, BERT's
+    next-sentence head in pretraining checkpoints such as bert-base-uncased) are left out
+    with a warning that names them; any other unknown tensor is an error.
+    """
     path = Path(path)
     if not path.is_dir():
         raise weights_lib.WeightsError(f"Hugging Face checkpoint directory not found: {path}")
     hf = _read_json(path / "config.json")
     arch, cls = _architecture(hf)
     cfg = config_from_hf(hf, arch, cls)
+    if head is not None and head != cfg.head:
+        if head not in set(arch.classes.values()):
+            raise ValueError(f"head must be one of {sorted(set(arch.classes.values()))}; received head={head!r}")
+        cfg = cfg.replace(head=head)
     tensors = {_modern(k): v for k, v in read_tensors(path).items()}
     prefix = arch.prefix if any(k.startswith(arch.prefix) for k in tensors) else ""
     rows = _rows(arch, cfg, prefix)
@@ -155,7 +171,13 @@ def from_hf(path) -> tuple[Config, dict[str, np.ndarray]]:
         if h in tensors and c in w and not np.array_equal(tensors[h], w[c]):
             raise ValueError(f"{path}: {h} differs from the tensor it is tied to ({c}); untied output "
                              f"heads are not supported")
-    w.update({h: tensors[h] for h in tensors.keys() - used})  # unexpected: weights.check names them
+    foreign = set(arch.foreign) | {h for other in set(arch.classes.values())
+                                   for _, h, _ in _rows(arch, cfg.replace(head=other), prefix)}
+    dropped = sorted((tensors.keys() - used) & foreign)
+    if dropped:
+        warnings.warn(f"{path}: {len(dropped)} tensors of other heads are not used by head={cfg.head!r}: "
+                      f"{', '.join(dropped)}", stacklevel=2)
+    w.update({h: tensors[h] for h in tensors.keys() - used - foreign})  # unexpected: check names them
     _check(cfg, w, rows, path)
     return cfg, w
 

@@ -95,10 +95,10 @@ def load_config(path) -> Config | None:
     return Config.from_dict(json.loads(meta["config"])) if "config" in meta else None
 
 
-def from_hf(path) -> tuple[Config, dict[str, np.ndarray]]:
+def from_hf(path, head: str | None = None) -> tuple[Config, dict[str, np.ndarray]]:
     """(Config, canonical weights) from a Hugging Face BERT / GPT-2 directory; see `conformance.checkpoints`."""
     from conformance import checkpoints
-    return checkpoints.from_hf(path)
+    return checkpoints.from_hf(path, head=head)
 
 
 def to_hf(cfg: Config, weights: dict[str, np.ndarray], path, architecture: str | None = None):

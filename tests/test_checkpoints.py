@@ -168,3 +168,30 @@ def test_to_hf_refuses_a_config_huggingface_cannot_express(tmp_path):
         checkpoints.to_hf(cfg.replace(use_bias=False), w, tmp_path)
     with pytest.raises(ValueError, match="architecture must be one of"):
         checkpoints.to_hf(cfg, w, tmp_path, architecture="BertForMaskedLM")
+
+
+def test_pretraining_checkpoint_drops_other_heads_with_a_warning(tmp_path):
+    """bert-base-uncased is a BertForPreTraining file: pooler and next-sentence head beside the
+    masked-LM head. It imports as head "mlm" (or any head asked for); the tensors of heads the
+    chosen one lacks are named in a warning, as transformers names them, and nothing else is lost."""
+    path = save_hf("BertForPreTraining", tmp_path)
+    with pytest.warns(UserWarning, match=r"4 tensors of other heads are not used by head='mlm': "
+                                         r"bert.pooler.dense.bias, bert.pooler.dense.weight, "
+                                         r"cls.seq_relationship.bias, cls.seq_relationship.weight"):
+        cfg, w = checkpoints.from_hf(path)
+    assert cfg.head == "mlm" and "mlm.transform.kernel" in w
+    with pytest.warns(UserWarning, match=r"tensors of other heads are not used by head='none': "
+                                         r"cls.predictions.bias, cls.predictions.transform"):
+        cfg, w = checkpoints.from_hf(path, head="none")
+    assert cfg.head == "none" and "pooler.kernel" in w and not any(k.startswith("mlm.") for k in w)
+    hf = transformers.BertModel.from_pretrained(path).eval()
+    ids = np.arange(12).reshape(2, 6) % 99
+    from conformance.build import build
+    ours = build("torch", cfg, w, dtype="float32")(input_ids=ids)
+    with torch.no_grad():
+        theirs = hf(input_ids=torch.from_numpy(ids)).last_hidden_state.numpy()
+    from conformance.tolerance import TOLERANCES, compare
+    result = compare("BertModel from a pretraining file", ours["last_hidden_state"], theirs, TOLERANCES["float32"])
+    assert result.passed, str(result)
+    with pytest.raises(ValueError, match=r"head must be one of \['classification', 'mlm', 'none', 'qa'\]"):
+        checkpoints.from_hf(path, head="ner")
