@@ -60,11 +60,36 @@ def parser() -> argparse.ArgumentParser:
     mat.add_argument("--frameworks", type=_csv(("numpy", "torch", "tf")), default=["numpy", "torch", "tf"])
     mat.add_argument("--dtype", type=_csv(DTYPES), default=["float64", "float32"])
     mat.add_argument("--out", default="reports/README.md")
+    exp = sub.add_parser("export", help="write an ONNX file (dynamic batch and sequence axes), checked and "
+                                        "proven against the reference in onnxruntime")
+    exp.add_argument("preset", help="a preset name (see `tmirror models`)")
+    exp.add_argument("--framework", required=True, choices=["torch", "tf"], help="the mirror to export from")
+    exp.add_argument("--weights", help="a safetensors file or a Hugging Face directory (default: seeded init)")
+    exp.add_argument("--out", help="the ONNX file to write (default: PRESET-FRAMEWORK.onnx)")
+    exp.add_argument("--opset", type=_positive, default=18, help="ONNX opset (default 18)")
+    exp.add_argument("--exporter", choices=["dynamo", "torchscript", "tf2onnx"],
+                     help="torch: dynamo (default; falls back to torchscript) or torchscript; tf: tf2onnx")
+    exp.add_argument("--seed", type=int, default=0)
+    from conformance import precision, presets
+    tol = sub.add_parser("tolerances", help="measure error distributions per dtype, framework and op; write "
+                                            "the evidence JSON and the Markdown tolerance table")
+    tol.add_argument("--dtypes", type=_csv(DTYPES), default=list(DTYPES))
+    tol.add_argument("--frameworks", type=_csv(("numpy", "torch", "tf")), default=["numpy", "torch", "tf"])
+    tol.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                     help="cuda: torch on the GPU against the float64 CPU reference, and against torch on cpu")
+    tol.add_argument("--regimes", type=_csv(tuple(precision.REGIMES)), default=list(precision.REGIMES))
+    tol.add_argument("--presets", type=_csv(tuple(presets.names())), default=[],
+                     help="full-size presets to measure too (batch 1, 128 tokens), e.g. bert-base,gpt2")
+    tol.add_argument("--cases", default="*", help="glob over registry case ids, e.g. 'multi_head_attention*'")
+    tol.add_argument("--out", help="Markdown table (default: reports/tolerances.md; -cuda.md on cuda)")
+    tol.add_argument("--evidence", help="evidence JSON (default: conformance/tolerance_evidence.json; "
+                                        "_cuda.json on cuda)")
     return p
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # the command's own arguments, for records
     try:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as e:
@@ -113,10 +138,14 @@ def _run(args):
 
 def cmd_report(args) -> int:
     from conformance import report, runner, weights
+    from conformance import costs
     cfg, w, source, inputs, reference_trace, runs = _run(args)
     env = runner.environment(args.seed, weights.fingerprint(w), source)
-    paths = report.write(report.record(args.preset, cfg, w, inputs, env, runs), args.out,
-                         figures=report.figures(cfg, reference_trace))
+    section = costs.costs(cfg, args.batch, args.seq_len, args.frameworks, weights=w)
+    titles = {"flops": "FLOPs against sequence length and batch", "memory": "Memory against sequence length and batch"}
+    figures = {**report.figures(cfg, reference_trace),
+               **{titles.get(k, k): png for k, png in costs.plots(section).items()}}
+    paths = report.write(report.record(args.preset, cfg, w, inputs, env, runs, section), args.out, figures)
     for r in runs:
         first = r.first_divergence
         print(f"{r.framework:>6} {r.dtype}: {'pass' if r.passed else 'FAIL'}  "
@@ -190,7 +219,81 @@ def cmd_explain(args) -> int:
     return 0
 
 
-COMMANDS = {"explain": cmd_explain, "matrix": cmd_matrix, "models": cmd_models, "report": cmd_report, "compare": cmd_compare, "trace": cmd_trace}
+def cmd_export(args) -> int:
+    import numpy as np
+
+    from conformance import onnx_export, runner
+    from conformance.build import build
+    from conformance.tolerance import compare_outputs
+    cfg, w, source = runner.resolve(args.preset, args.weights, args.seed)
+    chain = [args.exporter] if args.exporter else list(onnx_export.EXPORTERS[args.framework])
+    print(f"exporting {args.preset} from {args.framework} ({' then '.join(chain)}) at opset {args.opset}...",
+          file=sys.stderr)
+    exported = onnx_export.export(cfg, w, args.framework, opset=args.opset, exporter=args.exporter,
+                                  preset=args.preset)
+    out = args.out or f"{args.preset}-{args.framework}.onnx"
+    exported.save(out)
+    inputs = onnx_export.example_inputs(cfg, batch=3, length=min(17, cfg.max_positions))
+    print("running it in onnxruntime against the float64 reference...", file=sys.stderr)
+    got = onnx_export.build_from(exported)(**inputs)
+    results = compare_outputs("onnx", got, build("numpy", cfg, w, dtype="float64")(**inputs), "float32")
+    print(f"wrote {out}: {exported.size / 2**20:.1f} MiB, {len(exported.proto.graph.node)} ops, opset {exported.opset}, "
+          f"exported in {exported.seconds:.1f} s by {exported.metadata['exporter']}")
+    if exported.fallback:
+        print(f"fallback: the first exporter failed: {exported.fallback}")
+    print("metadata: " + ", ".join(f"{k}={v}" for k, v in exported.metadata.items() if k != "config"))
+    print(f"weights: {source}")
+    shapes = ", ".join(f"{k} {v.shape}" for k, v in inputs.items())
+    print(f"onnxruntime on {shapes} (exported at batch {onnx_export.EXAMPLE_BATCH}, sequence "
+          f"{onnx_export.EXAMPLE_LENGTH}) against the float64 reference: "
+          + ", ".join(f"{c.name.split('.', 1)[1]} max abs {c.max_abs:.2e} {'pass' if c.passed else 'FAIL'}"
+                      for c in results))
+    return 0 if all(c.passed for c in results) and np.isfinite([c.max_abs for c in results]).all() else 1
+
+
+def cmd_tolerances(args) -> int:
+    import json
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from conformance import precision
+    from conformance.suite import CASES, case_id
+    from conformance.tolerance import TOLERANCES
+    cases = [c for c in CASES if fnmatch.fnmatch(case_id(c), args.cases)]
+    if not cases and not args.presets:
+        raise ValueError(f"no registry case matches --cases {args.cases!r}; e.g. {[case_id(c) for c in CASES[:3]]}")
+    suffix = "" if args.device == "cpu" else f"_{args.device}"
+    out = Path(args.out or f"reports/tolerances{suffix.replace('_', '-')}.md")
+    evidence_path = Path(args.evidence or f"conformance/tolerance_evidence{suffix}.json")
+    with tqdm(total=len(args.regimes) * len(cases) + len(args.presets), file=sys.stderr, leave=False,
+              disable=None) as bar:
+        def progress(label):
+            bar.update(1)
+            bar.set_description(label)
+        results = precision.measure(args.dtypes, args.frameworks, args.device, args.regimes, cases,
+                                    args.presets, progress=progress)
+    ev = precision.evidence(results, "tmirror tolerances " + " ".join(args.argv), TOLERANCES)
+    evidence_path.parent.mkdir(parents=True, exist_ok=True)
+    evidence_path.write_text(json.dumps(ev, indent=1) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(precision.markdown(ev))
+    uncovered = []
+    for dtype, row in ev["rows"].items():
+        state = ("no row in TOLERANCES" if "covered" not in row else
+                 f"row {row['current_bound']:.0e} covers it ({row['headroom']:.1f}x)" if row["covered"]
+                 else f"row {row['current_bound']:.0e} DOES NOT cover it")
+        print(f"{dtype:>15} {row['metric']:>8}: worst {row['worst']:.2e} at {row['worst_at']}; {state}; "
+              f"proposed {row['proposed']:.0e}; stress {row['stress_worst']:.2e}; "
+              f"{len(row['overflows'])} overflow(s)")
+        if not row.get("covered"):
+            uncovered.append(dtype)
+    print(f"wrote {evidence_path}, {out}")
+    return 1 if uncovered else 0
+
+
+COMMANDS = {"export": cmd_export, "explain": cmd_explain, "matrix": cmd_matrix, "models": cmd_models, "report": cmd_report, "compare": cmd_compare, "trace": cmd_trace,
+            "tolerances": cmd_tolerances}
 
 if __name__ == "__main__":
     sys.exit(main())

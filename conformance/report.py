@@ -18,8 +18,9 @@ from conformance.tolerance import TOLERANCES
 SCHEMA = 1
 
 
-def record(preset, cfg, w, inputs, env, runs) -> dict:
+def record(preset, cfg, w, inputs, env, runs, costs: dict | None = None) -> dict:
     return {
+        "costs": costs,
         "schema": SCHEMA,
         "preset": preset,
         "config": cfg.to_dict(),
@@ -65,11 +66,10 @@ def markdown(rec: dict) -> str:
         lines += [f"**{r['framework']} {r['dtype']}**", "",
                   tabulate([(o["name"], f"{o['max_abs']:.2e}", f"{o['max_rel']:.2e}") for o in worst],
                            ["op", "max abs", "max rel"], tablefmt="github"), ""]
-    lines += ["## Forward time (CPU, median of 3, untraced)", "",
-              tabulate([(r["framework"], r["dtype"], f"{1e3 * r['forward_seconds']:.1f}",
-                         f"{r['build_seconds']:.2f}") for r in rec["runs"]],
-                       ["framework", "dtype", "forward ms", "build s"], tablefmt="github"), "",
-              "## Tolerance table", "",
+    if rec.get("costs"):
+        from conformance import costs
+        lines += [costs.markdown(rec["costs"]), ""]
+    lines += ["## Tolerance table", "",
               tabulate([(k, t["atol"], t["rtol"], t["reason"]) for k, t in rec["tolerances"].items()],
                        ["dtype", "atol", "rtol", "why"], tablefmt="github"), ""]
     return "\n".join(lines)
@@ -122,11 +122,10 @@ def figures(cfg, reference_trace: dict) -> dict[str, str]:
             axes[0, h].set_title(f"head {h}", fontsize=9)
             axes[0, h].set_xlabel("key position", fontsize=8)
         axes[0, 0].set_ylabel("query position", fontsize=8)
-        fig.suptitle(f"{name}, reference, last batch row: each row sums to 1, padded keys get 0 "
-                     f"(with seeded random weights attention is near-uniform; a trained checkpoint "
-                     f"via --weights shows real patterns)", fontsize=8)
+        fig.suptitle(f"{name}: reference, last batch row (the most padding)", fontsize=10)
         fig.tight_layout()
-        out["Attention patterns"] = _png(fig)
+        out["Attention patterns (each row sums to 1, padded keys get 0; seeded random weights attend "
+            "almost uniformly, a trained checkpoint via --weights shows real patterns)"] = _png(fig)
     T = 128 if cfg.position == "learned" else min(cfg.max_positions, 256)
     pe = sinusoidal_encoding(np.arange(T), cfg.d_model)     # (T, D)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.4))
@@ -145,25 +144,16 @@ def figures(cfg, reference_trace: dict) -> dict[str, str]:
 
 
 def html_page(rec: dict, md: str, figures: dict[str, str] | None = None) -> str:
-    """A self-contained page: the plots inline, the tables rendered from the same record."""
-    body = []
-    for block in md.split("\n\n"):
-        if block.startswith("# "):
-            body.append(f"<h1>{html.escape(block[2:])}</h1>")
-        elif block.startswith("## "):
-            body.append(f"<h2>{html.escape(block[3:])}</h2>")
-        elif block.startswith("|"):
-            rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()]
-            body.append(tabulate(rows[2:], rows[0], tablefmt="unsafehtml"))
-        else:
-            body.append(f"<p>{html.escape(block)}</p>")
+    """A self-contained page: the Markdown rendered, then every figure inline."""
+    import markdown as md_lib
+    body = [md_lib.markdown(md, extensions=["tables"])]
     figures = {"Error per op along depth": error_plot(rec), **(figures or {})}
     for title, png in figures.items():
         body.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"
-             "img{max-width:100%}")
+             "img{max-width:100%}code{background:#f5f5f5}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(rec['preset'])}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 

@@ -1,0 +1,184 @@
+"""Parameters, FLOPs and memory (`conformance.costs`): every analytic figure against another count.
+
+Full-size models appear only where nothing is allocated (declared shapes, the meta device) or
+where one forward is cheap (torch_impl BERT-base at B = 1, T = 128 with uninitialized weights).
+"""
+import base64
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conformance import costs, presets, registry, runner
+from conformance import weights as weights_lib
+from conformance.build import build
+from conformance.costs import flops, measure, memory, params
+
+torch = pytest.importorskip("torch")
+
+BERT_BASE = {"embeddings": 23_837_184, "per_layer": 7_087_872, "pooler": 590_592, "total": 109_482_240}
+TINY = ["bert-tiny", "gpt2-tiny", "transformer-tiny"]
+
+
+@pytest.mark.parametrize("name", ["bert-base", "bert-large", "gpt2", "gpt2-medium", "gpt2-xl", "transformer-base"])
+def test_analytic_counts_equal_the_declaration(name):
+    cfg = presets.get(name)
+    analytic, declared = params.analytic(cfg), params.canonical(cfg)
+    assert analytic["total"] == declared["total"] == sum(math.prod(s) for s in registry.param_shapes(cfg).values())
+    assert analytic["breakdown"] == declared["breakdown"]
+    assert analytic["per_layer"] == declared["per_layer"]
+
+
+@pytest.mark.parametrize("overrides", [{"head": "mlm"}, {"head": "classification"}, {"head": "qa"},
+                                       {"use_bias": False}, {"share_embeddings": False, "tie_embeddings": False,
+                                                             "position": "learned", "kind": "transformer"}])
+def test_analytic_counts_follow_heads_and_options(overrides):
+    cfg = presets.get("bert-tiny").replace(**overrides)
+    assert params.analytic(cfg) == params.canonical(cfg)
+
+
+def test_bert_base_breakdown_is_the_published_one():
+    a = params.analytic(presets.get("bert-base"))
+    assert a["breakdown"]["embeddings"] == BERT_BASE["embeddings"]
+    assert a["per_layer"]["encoder"]["total"] == BERT_BASE["per_layer"]
+    assert a["breakdown"]["pooler"] == BERT_BASE["pooler"] and a["total"] == BERT_BASE["total"]
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_each_framework_counts_the_same(name, framework):
+    cfg = presets.get(name)
+    m = build(framework, cfg, weights_lib.initialize(cfg))
+    assert m.num_parameters() == params.analytic(cfg)["total"]
+
+
+@pytest.mark.parametrize("name,head", [("bert-tiny", "none"), ("bert-tiny", "mlm"), ("bert-tiny", "classification"),
+                                       ("bert-tiny", "qa"), ("gpt2-tiny", "none"), ("gpt2-xl", "none")])
+def test_transformers_counts_the_same(name, head):
+    pytest.importorskip("transformers")
+    cfg = presets.get(name).replace(head=head)
+    assert params.transformers_count(cfg)["total"] == params.analytic(cfg)["total"]
+
+
+def test_bert_base_matmul_flops_and_flop_counter():
+    cfg = presets.get("bert-base")
+    assert flops.totals(flops.model_ops(cfg, 1, 128))["matmul"] == 22_348_431_360
+    import torch_impl
+    with torch.device("meta"):
+        model = torch_impl.Bert(cfg)
+    model = model.to_empty(device="cpu").eval()  # counting needs shapes, not values: skip initialization
+    for p in model.parameters():
+        p.data.zero_()
+    inputs = {k: torch.from_numpy(v) for k, v in runner.model_inputs(cfg, 1, 128).items()}
+    counted = measure.torch_flops(model, inputs)
+    assert counted["total"] == pytest.approx(22_348_431_360, rel=0.01)
+    assert counted["by_op"]["aten.bmm"] == flops.totals(flops.model_ops(cfg, 1, 128))["by_category"]["attention"]
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "transformer"])
+def test_flop_counters_agree_with_analytic_matmuls(kind):
+    pytest.importorskip("tensorflow")
+    cfg = registry.get(kind).tiny
+    w = weights_lib.initialize(cfg)
+    inputs = runner.model_inputs(cfg, 2, 9)
+    expected = flops.totals(flops.model_ops(cfg, 2, 9))["matmul"]
+    torch_model = build("torch", cfg, w)
+    assert measure.torch_flops(torch_model.module, torch_model.backend.inputs(inputs, "float32"))["total"] == expected
+    counted = measure.tf_flops(build("tf", cfg, w).module, inputs)
+    assert counted["matmul"] == expected
+    assert "SelectV2" in counted["missed_elements"]  # TF's registry has no formula for the mask's where()
+
+
+def test_sdpa_flops_are_missed_by_flop_counter_mode():
+    pytest.importorskip("transformers")
+    cfg = presets.get("bert-tiny")
+    measured = measure.transformers_sdpa(cfg, runner.model_inputs(cfg, 2, 16))
+    base = flops.totals(flops.base_model_ops(cfg, 2, 16))
+    assert measured["eager"] == base["matmul"]
+    assert measured["missed_by_sdpa"] == base["by_category"]["attention"] > 0
+    assert "aten.bmm" in measured["by_op"]["eager"] and "aten.bmm" not in measured["by_op"]["sdpa"]
+
+
+@pytest.mark.parametrize("name", ["bert-base", "gpt2-medium", "transformer-tiny"])
+def test_crossover_matches_direct_evaluation(name):
+    """The smallest T at which one layer's T^2 ops cost more than its T ops, found by evaluating the op list."""
+    cfg = presets.get(name)
+    c = flops.crossover(cfg)
+    assert c["matmul"] == c["matmul_formula"] == 2 * cfg.d_model + cfg.d_ff
+
+    def quadratic_wins(T, matmul_only):
+        ops = [o for o in flops.encoder_layer("l", cfg, 1, T, False) if not matmul_only or o.category in flops.MATMUL]
+        return sum(o.total for o in ops if o.pairs) > sum(o.total for o in ops if not o.pairs)
+
+    for key, matmul_only in (("matmul", True), ("all", False)):
+        lo, hi = 1, 1 << 20
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if quadratic_wins(mid, matmul_only) else (mid + 1, hi)
+        assert lo == math.floor(c[key]) + 1
+
+
+def test_causal_halving_touches_only_causal_attention():
+    bert, gpt2 = (flops.totals(flops.model_ops(presets.get(n), 1, 128)) for n in ("bert-base", "gpt2"))
+    assert bert["all_causal_halved"] == bert["all"]
+    assert gpt2["matmul"] - gpt2["matmul_causal_halved"] == gpt2["by_category"]["attention"] // 2
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "transformer"])
+def test_training_activations_equal_what_autograd_saves(kind):
+    cfg = registry.get(kind).tiny
+    model = build("torch", cfg, weights_lib.initialize(cfg))
+    inputs = model.backend.inputs(runner.model_inputs(cfg, 2, 12), "float32")
+    measured = measure.torch_training(model.module, inputs)
+    assert measured["saved_for_backward"] == memory.activations(cfg, 2, 12)["training"]["none"]
+    assert sum(measured["state_per_parameter"].values()) == 16  # weights, gradients, two AdamW moments
+
+
+def test_inference_peak_is_near_the_torch_allocator_peak():
+    cfg = presets.get("gpt2-tiny")
+    model = build("torch", cfg, weights_lib.initialize(cfg))
+    inputs = model.backend.inputs(runner.model_inputs(cfg, 2, 64), "float32")
+    ratio = measure.torch_peak(model.module, inputs) / memory.activations(cfg, 2, 64)["inference_peak"]["torch"]
+    assert 0.9 < ratio < 1.25
+
+
+def test_recomputation_orders_and_weights_per_dtype():
+    cfg = presets.get("bert-base")
+    a = memory.activations(cfg, 1, 128)
+    assert a["training"]["full"] < a["training"]["selective"] < a["training"]["none"]
+    B, T, D, F, H = 1, 128, 768, 3072, 12  # floats 8BTD + 2BTF + 2BHT^2 + 4BT; bools 2BTD + BTF + BT + B
+    floats, bools = 8 * B * T * D + 2 * B * T * F + 2 * B * H * T * T + 4 * B * T, 2 * B * T * D + B * T * F + B * T + B
+    assert a["training_per_layer"]["encoder"] == 4 * floats + bools
+    w = memory.section(cfg, 1, 128, BERT_BASE["total"])["weights"]
+    assert w == {"float32": 4 * BERT_BASE["total"], "float16": 2 * BERT_BASE["total"],
+                 "bfloat16": 2 * BERT_BASE["total"], "int8": BERT_BASE["total"]}
+
+
+def test_costs_section_is_json_with_stable_keys_markdown_and_plots():
+    cfg = registry.get("bert").tiny
+    analytic = costs.costs(cfg, batch=2, seq_len=8, measure=False)
+    measured = costs.costs(cfg, batch=2, seq_len=8, frameworks=["numpy", "torch", "tf"], repeats=1, peak_size=128)
+    assert set(analytic) == set(measured) and set(analytic["flops"]) == set(measured["flops"])
+    assert json.loads(json.dumps(measured))["parameters"]["agree"] is True
+    assert measured["flops"]["measured"]["torch"]["total"] == measured["flops"]["totals"]["matmul"]
+    assert set(measured["speed"]["forward"]) == {"numpy", "torch", "tf"}
+    md = costs.markdown(measured)
+    for heading in ("### Parameters", "### FLOPs", "### Scaling", "### Memory", "### Speed"):
+        assert heading in md
+    assert "no formula for CPU scaled_dot_product_attention" in md
+    pngs = costs.plots(measured)
+    assert set(pngs) == {"flops", "memory"}
+    assert all(base64.b64decode(p).startswith(b"\x89PNG") for p in pngs.values())
+
+
+def test_costs_refuses_a_component():
+    with pytest.raises(ValueError, match="costs cover whole models"):
+        costs.costs(registry.get("linear").tiny, measure=False)
+
+
+def test_models_command_shows_flops_at_128(capsys):
+    from conformance import cli
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "forward GFLOPs (B=1, T=128)" in out and "22.42" in out and "403.84" in out
+    assert np.isclose(flops.totals(flops.model_ops(presets.get("gpt2-xl"), 1, 128))["all"] / 1e9, 403.84, atol=0.005)
