@@ -1,7 +1,8 @@
 """Options of `pytest conformance` (and of `pytest tests`).
 
   --frameworks numpy,torch,tf   which implementations to check against the reference
-  --dtype float64,float32       which dtypes
+  --dtype float64,float32       which dtypes (also tf32, bfloat16, float16, mixed_bfloat16, mixed_float16;
+                                only the combinations a framework supports are generated)
   --device cpu|cuda             where torch runs; without a GPU, cuda cases are skipped, with the reason
   --full                        also run bert-base and gpt2 at full size (minutes)
 """
@@ -56,9 +57,25 @@ def pytest_generate_tests(metafunc):
     frameworks = config.mirror_frameworks
     if "framework_twins_only" in names:
         frameworks = [f for f in frameworks if f != "numpy"]
+    from conformance.precision import supported
+    if "case" in names and "framework" in names:
+        # registry cases x frameworks (x dtypes x devices): only what the framework and the entry
+        # declare they support is generated (precision.supported), so nothing shows as skipped
+        from conformance.suite import CASES, case_id
+        axes = [a for a in ("dtype", "device") if a in names]
+        dtypes = config.mirror_dtypes if "dtype" in axes else [None]
+        devices = config.mirror_devices if "device" in axes else [None]
+        combos = [(c, f, d, v) for c in CASES for f in frameworks for d in dtypes for v in devices
+                  if (f, d) != ("numpy", "float64") and supported(f, d or "float32", v, c)]
+        keep = [True, True, "dtype" in axes, "device" in axes]
+        values = [tuple(x for x, k in zip(combo, keep) if k) for combo in combos]
+        ids = ["-".join([case_id(v[0])] + list(v[1:])) for v in values]
+        metafunc.parametrize(",".join(["case", "framework"] + axes), values, ids=ids)
+        return
     if "framework" in names and "dtype" in names:
         # numpy in float64 is the reference itself: that pair is not generated, not skipped
-        pairs = [(f, d) for f in frameworks for d in config.mirror_dtypes if (f, d) != ("numpy", "float64")]
+        pairs = [(f, d) for f in frameworks for d in config.mirror_dtypes
+                 if (f, d) != ("numpy", "float64") and supported(f, d, None)]
         metafunc.parametrize("framework,dtype", pairs, ids=[f"{f}-{d}" for f, d in pairs])
     elif "framework" in names:
         metafunc.parametrize("framework", frameworks)

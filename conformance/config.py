@@ -42,6 +42,9 @@ class Config:
     tie_embeddings: bool = True    # output projection is the token table transposed
     dropout: float = 0.1           # rate used only in training mode, with a supplied keep mask
     head: str = "none"             # BERT task head: "none" (+ pooler), "mlm", "classification", "qa"
+    # torch_impl's MultiHeadAttention calls F.scaled_dot_product_attention (one fused kernel; its
+    # trace records q, k, v, context, merged but no scores / probs). numpy_ref and tf_impl ignore it.
+    fused_attention: bool = False
 
     def __post_init__(self):
         _check_choice("activation", self.activation, ACTIVATIONS)

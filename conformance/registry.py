@@ -24,6 +24,7 @@ PACKAGES = {"numpy": "numpy_ref", "torch": "torch_impl", "tf": "tf_impl"}
 class Variant:
     overrides: dict = field(default_factory=dict)  # Config fields
     options: dict = field(default_factory=dict)    # passed to the input maker
+    frameworks: tuple | None = None  # the frameworks this variant is about; None = all (precision.supported)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Entry:
     is_model: bool = False
     training: bool = False  # run in training mode (dropout driven by a supplied mask)
     float64_output: bool = False  # a constant computed in float64 whatever the dtype; callers cast
+    dtypes: tuple | None = None  # the dtypes it runs in; None = every dtype its framework runs (precision.SUPPORT)
 
     def config(self, variant: str = "default") -> Config:
         return self.tiny.replace(**self.variants[variant].overrides)
@@ -146,6 +148,7 @@ def seq2seq_inputs(cfg, rng, batch, length, **_):
 
 TINY = Config(kind="component", d_model=32, num_heads=4, d_ff=64, vocab_size=97, max_positions=64)
 V = Variant
+FUSED = ("torch",)  # Config.fused_attention changes torch_impl only; numpy_ref and tf_impl ignore it
 
 ENTRIES: dict[str, Entry] = {}
 
@@ -185,23 +188,26 @@ register(Entry("scaled_dot_product_attention", "ScaledDotProductAttention",
 register(Entry("multi_head_attention", "MultiHeadAttention", TINY.replace(kind="multi_head_attention"),
                masked_hidden,
                {"default": V(), "causal": V({"causal": True}), "cross": V(options={"cross": True}),
-                "no_bias": V({"use_bias": False}), "no_mask": V(options={"mask": "none"})}))
+                "no_bias": V({"use_bias": False}), "no_mask": V(options={"mask": "none"}),
+                "fused": V({"fused_attention": True}, frameworks=FUSED)}))
 register(Entry("feed_forward", "FeedForward", TINY.replace(kind="feed_forward"), hidden,
                {"default": V(), "relu": V({"activation": "relu"}), "gelu_tanh": V({"activation": "gelu_tanh"})}))
 register(Entry("encoder_layer", "EncoderLayer", TINY.replace(kind="encoder_layer"), masked_hidden,
                {"default": V(), "pre_norm_causal": V({"norm_first": True, "causal": True, "activation": "gelu_tanh",
-                                                      "layer_norm_eps": 1e-5})}))
+                                                      "layer_norm_eps": 1e-5}),
+                "fused": V({"fused_attention": True}, frameworks=FUSED)}))
 register(Entry("decoder_layer", "DecoderLayer", TINY.replace(kind="decoder_layer", activation="relu"),
                decoder_inputs, {"default": V(), "pre_norm": V({"norm_first": True})}))
 
 TINY_BERT = TINY.replace(kind="bert", num_layers=2, max_positions=32)
 register(Entry("bert", "Bert", TINY_BERT, token_inputs,
                {"default": V(options={"segments": True}), "mlm": V({"head": "mlm"}),
-                "classification": V({"head": "classification"}, {"segments": True}), "qa": V({"head": "qa"})},
+                "classification": V({"head": "classification"}, {"segments": True}), "qa": V({"head": "qa"}),
+                "fused": V({"fused_attention": True}, {"segments": True}, frameworks=FUSED)},
                is_model=True))
 register(Entry("gpt2", "GPT2", TINY.replace(kind="gpt2", num_layers=2, norm_first=True, causal=True,
                                             activation="gelu_tanh", layer_norm_eps=1e-5),
-               token_inputs, {"default": V()}, is_model=True))
+               token_inputs, {"default": V(), "fused": V({"fused_attention": True}, frameworks=FUSED)}, is_model=True))
 register(Entry("transformer", "Transformer",
                TINY.replace(kind="transformer", position="sinusoidal", activation="relu", layer_norm_eps=1e-6,
                             scale_embeddings=True, num_layers=2, num_decoder_layers=2),

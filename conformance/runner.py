@@ -16,6 +16,7 @@ import numpy as np
 
 from conformance import presets, registry, weights
 from conformance.build import build
+from conformance.precision import precision_environment
 from conformance.config import Config
 from conformance.divergence import compare_traces
 from conformance.tolerance import TOLERANCES, compare_outputs
@@ -119,8 +120,7 @@ def environment(seed: int, fingerprint: str, source: str) -> dict:
         "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (TF default: on for x86 CPUs)"),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
-        "torch_tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        "tf_tf32": tf.config.experimental.tensor_float_32_execution_enabled(),
+        **precision_environment(),  # every TF32 flag of torch and TensorFlow, and the GPU if any
         "device": "cpu",
         "seed": seed,
         "weights": source,

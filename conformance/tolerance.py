@@ -2,7 +2,12 @@
 
 An output passes when every element satisfies |actual - reference| <= atol + rtol |reference|
 (numpy.allclose's rule) against the float64 NumPy reference, and NaN / inf appear in
-exactly the same places. Each row says why its numbers are what they are, and the
+exactly the same places. Low-precision rows (tf32, bfloat16, float16, mixed_*) instead bound
+each tensor's max-norm relative error, |actual - reference| <= scale_rtol max |reference|:
+their rounding error is relative to the tensor's scale (a dot product's error follows
+sum |a_i b_i|, not its possibly cancelling sum), so an elementwise rtol would have to be huge.
+The numbers come from `tmirror tolerances` (conformance/precision.py), whose evidence is
+conformance/tolerance_evidence.json and reports/tolerances.md. Each row says why its numbers are what they are, and the
 evidence line records the worst error measured across the suite (see README).
 Tolerances are never loosened per test: a case that needs more is a finding.
 """
@@ -18,19 +23,67 @@ class Tolerance:
     atol: float
     rtol: float
     reason: str
+    scale_rtol: float = 0.0  # x the largest |reference| of the tensor: the low-precision rows' bound
 
 
+# Evidence: `tmirror tolerances --presets bert-base,gpt2` (conformance/precision.py) measured every
+# registry case, its traced ops and two full-size presets in each framework and dtype on CPU;
+# conformance/tolerance_evidence.json holds the numbers, reports/tolerances.md the table. "Worst"
+# is over the fitted regimes (the suite's own cases, BERT-scale std-0.02 weights, bert-base and
+# gpt2), outputs and traced ops; "on bert-base/gpt2" quotes those two presets' outputs; the
+# std-0.5 stress regime is reported against each row, never fitted into it.
 TOLERANCES: dict[str, Tolerance] = {
     "float64": Tolerance(
-        1e-10, 1e-10,
-        "Same math, different summation order: float64 rounding (2.2e-16 per op) accumulated over a "
-        "few hundred dependent ops stays near 1e-13; 1e-10 leaves 1000x headroom and still "
+        1e-12, 1e-12,
+        "Same math, different summation order (2.2e-16 per op). Measured worst 4.6e-14 (tf "
+        "decoder_layer op Linear.output, suite), 1.2e-14 on bert-base/gpt2, 1.7e-13 under stress: "
+        "1e-12 leaves 22x. Tightened from 1e-10, which sat 2000x above the evidence; it still "
         "catches any real bug (the smallest planted bug moves outputs by 1e-4)."),
     "float32": Tolerance(
         1e-4, 1e-4,
-        "float32 unit roundoff is 6e-8; matmuls of width up to 3072, softmax and layer norm "
-        "(which divides by a standard deviation) grow it to about 1e-6 per layer for unit-scale "
-        "activations and a few 1e-5 through 12-layer models."),
+        "float32 unit roundoff is 6e-8. Measured worst 2.8e-05 (numpy decoder_layer op Linear.output, "
+        "suite: std-0.5 weights give activations near 30 whose cancellations set the elementwise "
+        "need), 1.4e-05 at outputs, 2.9e-06 on bert-base/gpt2 (12 layers): 3.5x headroom, kept. "
+        "Under stress an internal Linear output of the 4-layer transformer reaches 2.0e-04 "
+        "(cancellation at activations in the hundreds; its outputs stay at 1.3e-05): a finding, "
+        "reported, not absorbed."),
+    "tf32": Tolerance(
+        0.0, 0.0,
+        "Max-norm relative error per tensor. TF32 rounds matmul operands to a 10-bit mantissa (unit "
+        "roundoff 4.9e-4) and accumulates in float32. Measured with torch's TF32 emulation on cpu "
+        "(precision.TF32Emulation; re-measure on an Ampere+ GPU): worst 6.1e-03 (torch "
+        "decoder_layer.output, suite), 1.2e-03 on bert-base/gpt2; 5e-2 leaves 8.2x; stress 2.4e-02.",
+        scale_rtol=5e-2),
+    "bfloat16": Tolerance(
+        0.0, 0.0,
+        "Max-norm relative error per tensor; 8-bit mantissa (unit roundoff 3.9e-3). Measured worst "
+        "1.0e-01 (tf decoder_layer op MultiHeadAttention.probs, suite: std-0.5 weights give scores "
+        "of std ~8 and one bfloat16 rounding moves near-tied probabilities; Keras keeps softmax and "
+        "layer-norm statistics in bfloat16 while torch's CPU kernels accumulate in float32, so tf "
+        "errs about 2x more), 4.1e-02 on bert-base/gpt2; 0.5 leaves 4.8x; stress 1.4e-01. Catches a "
+        "shifted mask or an untransposed kernel, not a missing 1/sqrt(Dh) (0.15 on encoder_layer: "
+        "float16 catches it) nor epsilon or GELU-variant bugs.",
+        scale_rtol=5e-1),
+    "float16": Tolerance(
+        0.0, 0.0,
+        "Max-norm relative error per tensor; 10-bit mantissa (unit roundoff 4.9e-4), range to 65504 "
+        "(overflow raises precision.NonFiniteError naming the op, never a silent inf). Measured worst "
+        "7.1e-03 (tf decoder_layer op MultiHeadAttention.probs, suite), 3.8e-03 on bert-base/gpt2; "
+        "5e-2 leaves 7.1x; stress 2.1e-02.",
+        scale_rtol=5e-2),
+    "mixed_bfloat16": Tolerance(
+        0.0, 0.0,
+        "Max-norm relative error per tensor; float32 weights, bfloat16 compute (torch.autocast, "
+        "Keras's mixed_bfloat16 policy). Measured worst 1.0e-01 (tf decoder_layer op "
+        "MultiHeadAttention.probs, suite: the same ops as bfloat16), 3.5e-02 on bert-base/gpt2; "
+        "0.5 leaves 4.8x; stress 2.4e-01.",
+        scale_rtol=5e-1),
+    "mixed_float16": Tolerance(
+        0.0, 0.0,
+        "Max-norm relative error per tensor; float32 weights, float16 compute. Measured worst 7.1e-03 "
+        "(tf decoder_layer op MultiHeadAttention.probs, suite), 4.35e-03 on bert-base/gpt2; 5e-2 "
+        "leaves 7.1x; stress 4.0e-02, the closest any row comes to its stress regime.",
+        scale_rtol=5e-2),
 }
 
 
@@ -42,6 +95,7 @@ class Comparison:
     worst_index: tuple
     passed: bool
     detail: str = ""
+    scale: float = float("nan")  # max |reference| of the tensor (nan where not computed)
 
     def __str__(self):
         status = "ok" if self.passed else "OUT OF TOLERANCE"
@@ -64,10 +118,17 @@ def compare(name: str, actual, reference, tol: Tolerance) -> Comparison:
         return Comparison(name, 0.0, 0.0, (), True)
     a, r = np.where(bad_ref, 0, actual), np.where(bad_ref, 0, reference)
     err = np.abs(a - r)
-    rel = err / np.maximum(np.abs(r), tol.atol)  # guarded near zero
-    worst = np.unravel_index(int(np.argmax(err - tol.rtol * np.abs(r))), err.shape)
-    passed = bool((err <= tol.atol + tol.rtol * np.abs(r)).all())
-    return Comparison(name, float(err.max()), float(rel.max()), tuple(int(i) for i in worst), passed)
+    scale = float(np.abs(r).max()) if tol.scale_rtol else 0.0
+    allowed = tol.atol + tol.rtol * np.abs(r) + tol.scale_rtol * scale
+    if tol.scale_rtol:  # the max-norm relative error, the quantity the row bounds
+        max_rel = float(err.max()) / scale if scale else (0.0 if not err.any() else np.inf)
+    else:
+        max_rel = float((err / np.maximum(np.abs(r), tol.atol)).max())  # guarded near zero
+    worst = np.unravel_index(int(np.argmax(err - allowed)), err.shape)
+    passed = bool((err <= allowed).all())
+    detail = "" if passed or not tol.scale_rtol else f"max-norm relative error, bound {tol.scale_rtol:g}"
+    return Comparison(name, float(err.max()), max_rel, tuple(int(i) for i in worst), passed, detail,
+                      float(np.abs(r).max()))
 
 
 def compare_outputs(label: str, actual: dict, reference: dict, dtype: str) -> list[Comparison]:

@@ -90,7 +90,8 @@ def test_bad_config(fields, words):
 def test_bad_build_arguments():
     cfg = registry.get("linear").config()
     w = weights.initialize(cfg)
-    with pytest.raises(ValueError, match=r"dtype must be one of \['float64', 'float32'\]; received dtype='int8'"):
+    with pytest.raises(ValueError, match=r"dtype must be one of \['float64', 'float32', 'tf32', 'bfloat16', 'float16', "
+                                         r"'mixed_bfloat16', 'mixed_float16'\]; received dtype='int8'"):
         build("torch", cfg, w, dtype="int8")
     with pytest.raises(ValueError, match=r"framework must be one of .*received framework='jax'"):
         build("jax", cfg, w)

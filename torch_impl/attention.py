@@ -3,9 +3,13 @@
 Differs: `causal_mask` and `attention_mask` take a `device` for the masks they build;
 a padding mask becomes bool with `.bool()`; heads are split with `reshape` + `permute`
 and keys / values are cached with `torch.cat`. The attention is the unfused
-q @ k^T -> softmax -> @ v of the reference, never `F.scaled_dot_product_attention`.
+q @ k^T -> softmax -> @ v of the reference, unless `cfg.fused_attention`: then
+`MultiHeadAttention` calls `F.scaled_dot_product_attention` (`fused_attention`), a named option
+with its own registry variants, whose trace records q, k, v, context and merged but no
+scores or probs (they never exist outside the kernel).
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from conformance import checks, trace
@@ -34,6 +38,18 @@ def scaled_dot_product_attention(q, k, v, mask, cfg, tap):
     scores = tap("scores", q @ k.transpose(-1, -2) * cfg.scale)   # (B, H, T, S)
     probs = tap("probs", softmax(scores, mask, cfg.mask_fill))     # (B, H, T, S)
     return tap("context", probs @ v)                                # (B, H, T, Dh)
+
+
+def fused_attention(q, k, v, mask, cfg):
+    """The same attention as one `F.scaled_dot_product_attention` call (boolean mask, True = attend).
+
+    Inside the kernel masked scores are -inf, not `cfg.mask_fill`: the same probabilities for
+    any fill far below the scores, except a fully masked row, set to zeros here as in `softmax`.
+    """
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=cfg.scale)  # (B, H, T, Dh)
+    if mask is not None:
+        context = torch.where(mask.any(dim=-1, keepdim=True), context, 0)             # (B, H, T, Dh)
+    return context
 
 
 class ScaledDotProductAttention(nn.Module):
@@ -92,5 +108,8 @@ class MultiHeadAttention(nn.Module):
             cache["key"], cache["value"] = k, v
         T, S = q.shape[2], k.shape[2]
         m = attention_mask(mask, T, S, self.causal, x.device)     # (B, 1, T, S)
-        context_heads = scaled_dot_product_attention(q, k, v, m, self.cfg, tap)  # (B, H, T, Dh)
+        if self.cfg.fused_attention:
+            context_heads = tap("context", fused_attention(q, k, v, m, self.cfg))  # (B, H, T, Dh)
+        else:
+            context_heads = scaled_dot_product_attention(q, k, v, m, self.cfg, tap)  # (B, H, T, Dh)
         return self.output(tap("merged", self.merge_heads(context_heads)))       # (B, T, D)
