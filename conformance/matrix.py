@@ -46,8 +46,10 @@ def markdown(m: dict, environment: dict) -> str:
         f"**{passed} of {len(cells)} cells pass.** Worst error per column: "
         + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + ".", "",
         tabulate(rows, header, tablefmt="github"), "",
-        "Tolerances (|actual - reference| <= atol + rtol |reference|):", "",
-        tabulate([(k, t.atol, t.rtol) for k, t in TOLERANCES.items()], ["dtype", "atol", "rtol"], tablefmt="github"),
+        "Tolerances: |actual - reference| <= atol + rtol |reference| elementwise, or for the "
+        "low-precision rows <= scale_rtol max |reference| per tensor (conformance/tolerance.py):", "",
+        tabulate([(k, t.atol, t.rtol, t.scale_rtol) for k, t in TOLERANCES.items()],
+                 ["dtype", "atol", "rtol", "scale_rtol"], tablefmt="github"),
         "", "Environment: " + ", ".join(f"{k} {v}" for k, v in environment.items()
                                          if k in ("torch", "tensorflow", "keras", "numpy", "torch_threads",
                                                   "TF_ENABLE_ONEDNN_OPTS", "platform")),

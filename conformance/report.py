@@ -37,7 +37,8 @@ def record(preset, cfg, w, inputs, env, runs, costs: dict | None = None) -> dict
             "ops": [{"name": c.name, "max_abs": c.max_abs, "max_rel": c.max_rel, "passed": c.passed} for c in r.ops],
             "forward_seconds": r.seconds, "build_seconds": r.build_seconds,
         } for r in runs],
-        "tolerances": {k: {"atol": t.atol, "rtol": t.rtol, "reason": t.reason} for k, t in TOLERANCES.items()},
+        "tolerances": {k: {"atol": t.atol, "rtol": t.rtol, "scale_rtol": t.scale_rtol, "reason": t.reason}
+                       for k, t in TOLERANCES.items()},
     }
 
 
@@ -70,8 +71,8 @@ def markdown(rec: dict) -> str:
         from conformance import costs
         lines += [costs.markdown(rec["costs"]), ""]
     lines += ["## Tolerance table", "",
-              tabulate([(k, t["atol"], t["rtol"], t["reason"]) for k, t in rec["tolerances"].items()],
-                       ["dtype", "atol", "rtol", "why"], tablefmt="github"), ""]
+              tabulate([(k, t["atol"], t["rtol"], t["scale_rtol"], t["reason"]) for k, t in rec["tolerances"].items()],
+                       ["dtype", "atol", "rtol", "scale_rtol (x max |ref|)", "why"], tablefmt="github"), ""]
     return "\n".join(lines)
 
 
