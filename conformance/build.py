@@ -53,8 +53,9 @@ class Built:
         inputs = {"input_ids": input_ids}
         if attention_mask is not None:
             inputs["attention_mask"] = attention_mask
-        tensors = self.backend.inputs(inputs, self.dtype)
-        out = self.backend.run(self.module, {**tensors, "cache": cache}, False)
+        with precision.policy(self):
+            tensors = self.backend.inputs(inputs, self.dtype)
+            out = self.backend.run(self.module, {**tensors, "cache": cache}, False)
         return {k: self.backend.to_numpy(v) for k, v in out.items()}
 
     def trace(self, *, summary=False, full=None, capture=None, **inputs) -> tuple[dict, dict]:
@@ -81,8 +82,9 @@ class Built:
     def replay(self, path: str, args: list, kwargs: dict):
         """Run the submodule at `path` alone on NumPy inputs (another framework's recorded call)."""
         convert = lambda v: self.backend.inputs({"v": v}, self.dtype)["v"] if isinstance(v, np.ndarray) else v  # noqa: E731
-        out = self.backend.run(self.submodule(path), None, self.training,
-                               call=([convert(a) for a in args], {k: convert(v) for k, v in kwargs.items()}))
+        with precision.policy(self):
+            out = self.backend.run(self.submodule(path), None, self.training,
+                                   call=([convert(a) for a in args], {k: convert(v) for k, v in kwargs.items()}))
         return {k: self.backend.to_numpy(v) for k, v in out.items()} if isinstance(out, dict) \
             else self.backend.to_numpy(out)
 
@@ -246,7 +248,49 @@ class TFBackend:
         return self.layer.get_weights_dict(module)
 
 
-BACKENDS = {"numpy": NumpyBackend, "torch": TorchBackend, "tf": TFBackend}
+class OnnxBackend:
+    """onnxruntime running a graph exported from the PyTorch or Keras mirror (`conformance.onnx_export`).
+
+    The module is an `onnx_export.Session`; it validates inputs with the mirrors' checks. Traced
+    runs record the module outputs the graph keeps, under the reference's trace names.
+    """
+    name = "onnx"
+
+    def construct_exported(self, cfg, weights, source, device, exporter=None):
+        from conformance import onnx_export
+        _cpu_only(self.name, device)
+        return onnx_export.Session(onnx_export.export(cfg, weights, source, exporter=exporter))
+
+    def inputs(self, inputs, dtype):
+        return dict(inputs)  # the session validates, fills left-out optional inputs and casts to int64
+
+    def run(self, module, inputs, training, call=None):
+        if call is not None:
+            raise ValueError("an exported ONNX graph has no submodule to replay")
+        if trace._active is None:
+            return module.run(inputs)
+        out, records = module.run_traced(inputs)
+        for name, value in records.items():
+            trace._active.records[name] = trace._active.store(name, value)
+        return out
+
+    def capturing(self, module, pattern):
+        return contextlib.nullcontext()
+
+    def to_numpy(self, x):
+        return np.asarray(x)
+
+    def named_modules(self, module):
+        return [("", module)]
+
+    def num_parameters(self, module):
+        return module.num_parameters()
+
+    def export(self, module, shapes):
+        raise ValueError("an ONNX graph does not give canonical weights back; use the weights it was exported from")
+
+
+BACKENDS = {"numpy": NumpyBackend, "torch": TorchBackend, "tf": TFBackend, "onnx": OnnxBackend}
 _instances: dict = {}
 
 
@@ -259,7 +303,14 @@ def backend(framework: str):
 
 
 def build(framework: str, cfg: Config, weights: dict, device: str = "cpu", dtype: str = "float32",
-          training: bool | None = None) -> Built:
+          training: bool | None = None, source: str | None = None, exporter: str | None = None) -> Built:
+    """`source` (framework="onnx" only): "torch" (default) or "tf", the mirror the graph is exported
+    from; `exporter` picks one exporter of that source (see `conformance.onnx_export`)."""
+    if framework == "onnx":
+        return _build_onnx(cfg, weights, device, dtype, source or "torch", exporter)
+    if source is not None or exporter is not None:
+        raise ValueError(f"source= and exporter= go with framework='onnx' only; received framework={framework!r}, "
+                         f"source={source!r}, exporter={exporter!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}; received dtype={dtype!r}")
     if device not in ("cpu", "cuda"):
@@ -273,6 +324,15 @@ def build(framework: str, cfg: Config, weights: dict, device: str = "cpu", dtype
     built = Built(b, entry, cfg, module, dtype, entry.training if training is None else training)
     built.device = device
     return built
+
+
+def _build_onnx(cfg, weights, device, dtype, source, exporter) -> Built:
+    if dtype != "float32":
+        raise ValueError(f"the onnx framework runs float32 exports; received dtype={dtype!r}")
+    entry = registry.get(cfg.kind)
+    weights_lib.check(cfg, weights)
+    b = backend("onnx")
+    return Built(b, entry, cfg, b.construct_exported(cfg, weights, source, device, exporter), dtype, False)
 
 
 def _cast(x, dtype):

@@ -10,7 +10,9 @@ FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 def shape_of(x) -> tuple:
-    return tuple(int(d) for d in x.shape)
+    """The static shape; an axis with no int value yet (a dynamic axis of a traced tensor under
+    tf.function or torch.export: None or a SymInt) is None, so it is never specialized here."""
+    return tuple(None if d is None or type(d).__name__ == "SymInt" else int(d) for d in x.shape)
 
 
 def dtype_name(x) -> str:
@@ -27,8 +29,8 @@ def rank(arg: str, shape: tuple, expected: int, layout: str) -> None:
 
 
 def shape(arg: str, actual: tuple, expected: tuple, layout: str) -> None:
-    """`expected` may hold None for a free axis."""
-    ok = len(actual) == len(expected) and all(e is None or a == e for a, e in zip(actual, expected))
+    """`expected` may hold None for a free axis; an unknown (traced) axis in `actual` matches."""
+    ok = len(actual) == len(expected) and all(e is None or a is None or a == e for a, e in zip(actual, expected))
     if not ok:
         want = tuple("*" if e is None else e for e in expected)
         raise ValueError(f"{arg} must have shape {layout} = {want}; received shape {actual}")
@@ -104,7 +106,7 @@ def attention_inputs(x, context, mask, past: int, d_model: int) -> None:
         shape("context", context[0], (B, None, d_model), "(B, S, D)")
         S = context[0][1]
     if mask is not None:
-        boolean_mask("mask", mask[0], (B, past + S), "(B, S)", mask[1])
+        boolean_mask("mask", mask[0], (B, _after(past, S)), "(B, S)", mask[1])
 
 
 def token_inputs(input_ids, attention_mask=None, token_type_ids=None, past: int = 0,
@@ -114,8 +116,13 @@ def token_inputs(input_ids, attention_mask=None, token_type_ids=None, past: int 
     rank(f"{prefix}input_ids", input_ids[0], 2, "(B, T)")
     B, T = input_ids[0]
     if attention_mask is not None:
-        boolean_mask(f"{prefix}attention_mask", attention_mask[0], (B, past + T), "(B, T)",
+        boolean_mask(f"{prefix}attention_mask", attention_mask[0], (B, _after(past, T)), "(B, T)",
                      attention_mask[1])
     if token_type_ids is not None:
         integer("token_type_ids", token_type_ids[1])
         shape("token_type_ids", token_type_ids[0], (B, T), "(B, T)")
+
+
+def _after(past: int, n):
+    """past + n, or None for an unknown (traced) axis."""
+    return None if n is None else past + n

@@ -252,7 +252,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_tolerances(args) -> int:
-    import json
     from pathlib import Path
 
     from tqdm import tqdm
@@ -275,7 +274,7 @@ def cmd_tolerances(args) -> int:
                                     args.presets, progress=progress)
     ev = precision.evidence(results, "tmirror tolerances " + " ".join(args.argv), TOLERANCES)
     evidence_path.parent.mkdir(parents=True, exist_ok=True)
-    evidence_path.write_text(json.dumps(ev, indent=1) + "\n")
+    evidence_path.write_text(precision.dumps(ev))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(precision.markdown(ev))
     uncovered = []

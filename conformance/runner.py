@@ -112,6 +112,7 @@ def environment(seed: int, fingerprint: str, source: str) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),  # timings taken under load are not comparable
         "numpy": np.__version__, "scipy": scipy.__version__,
         "torch": torch.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
         "torch_threads": torch.get_num_threads(),

@@ -1,8 +1,10 @@
 """Mirrors `numpy_ref.embeddings`.
 
 Differs: `Embedding` subclasses `nn.Embedding` (the table is `weight`) and looks up with
-`F.embedding`, which takes int32 / int64 ids only. The sinusoidal encoding is computed in
-`torch.float64` on the positions' device.
+`F.embedding`, which takes int32 / int64 ids only. The checks of id values (in range, >= 0)
+are skipped while `torch.export` traces (`torch.compiler.is_exporting()`), as the Keras twin
+skips them on symbolic tensors: an exported graph does not check ids. The sinusoidal
+encoding is computed in `torch.float64` on the positions' device.
 """
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,7 @@ class Embedding(nn.Embedding):
 
     def forward(self, ids):
         checks.integer(self.arg, checks.dtype_name(ids))
-        if ids.numel():
+        if ids.numel() and not torch.compiler.is_exporting():  # a traced id has no value to check
             checks.index_range(self.arg, int(ids.min()), int(ids.max()), self.num, self.what)
         return trace.tap_for(self)("output", F.embedding(ids, self.weight))  # (*ids.shape, D)
 
@@ -55,7 +57,7 @@ class SinusoidalPositionalEncoding(nn.Module):
 
     def forward(self, positions):
         checks.integer("position_ids", checks.dtype_name(positions))
-        if positions.numel() and positions.min() < 0:
+        if positions.numel() and not torch.compiler.is_exporting() and positions.min() < 0:
             raise ValueError(f"position_ids must be >= 0; received minimum {int(positions.min())}")
         pe = sinusoidal_encoding(positions, self.d_model)  # float64: callers cast
         return trace.tap_for(self)("output", pe)  # (*positions.shape, D)
