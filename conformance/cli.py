@@ -47,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write PRESET.md/.json/.html: conformance, parameters, timing")
     common(rep)
     rep.add_argument("--out", default="reports", help="output directory (default: reports/)")
+    rep.add_argument("--onnx", action="store_true",
+                     help="also export with torch.export and tf2onnx and run both in onnxruntime (minutes, GiBs for base sizes)")
     cmp_ = sub.add_parser("compare", help="per-op error table and the first op out of tolerance")
     common(cmp_)
     cmp_.add_argument("--top", type=_positive, default=15, help="how many of the worst ops to list")
@@ -145,7 +147,11 @@ def cmd_report(args) -> int:
     titles = {"flops": "FLOPs against sequence length and batch", "memory": "Memory against sequence length and batch"}
     figures = {**report.figures(cfg, reference_trace),
                **{titles.get(k, k): png for k, png in costs.plots(section).items()}}
-    paths = report.write(report.record(args.preset, cfg, w, inputs, env, runs, section), args.out, figures)
+    rec = report.record(args.preset, cfg, w, inputs, env, runs, section)
+    if args.onnx:
+        from conformance import onnx_export
+        rec["onnx"] = onnx_export.onnx_section(cfg, w, inputs, preset=args.preset)
+    paths = report.write(rec, args.out, figures)
     for r in runs:
         first = r.first_divergence
         print(f"{r.framework:>6} {r.dtype}: {'pass' if r.passed else 'FAIL'}  "

@@ -735,7 +735,7 @@ def markdown(section: dict) -> str:
                       f"{r['latency_ratio']:.2f}x", f"{worst:.2e}"
                       + (f"; fallback: {r['fallback']}" if r["fallback"] else "")))
     lines += [tabulate(table, ["exporter", "", "file", "ops", "export s", "onnxruntime ms", "source ms",
-                               "ratio", "max abs error"], tablefmt="github"), ""]
+                               "ratio", "max abs error"], tablefmt="github", disable_numparse=True), ""]
     if ok:
         lines += ["First kept op out of tolerance (module outputs the graph keeps, by trace name): "
                   + "; ".join(f"{label[r['source']]}: {r['first_divergence'] or 'none'} "
@@ -747,9 +747,9 @@ def markdown(section: dict) -> str:
         lines += [tabulate([(f"{names[p]}: {modules.get(p, '-')}",
                              *(", ".join(f"{op} x{n}" for op, n in r["patterns"].get(p, {}).items()) or "-"
                                for r in ok)) for p in PATTERNS],
-                           ["pattern", *(label[r["source"]] for r in ok)], tablefmt="github"), "",
+                           ["pattern", *(label[r["source"]] for r in ok)], tablefmt="github", disable_numparse=True), "",
                   "### Op types", ""]
         ops = sorted({op for r in ok for op in r["op_types"]}, key=lambda op: -sum(r["op_types"].get(op, 0) for r in ok))
         lines += [tabulate([(op, *(r["op_types"].get(op, 0) for r in ok)) for op in ops],
-                           ["op type", *(label[r["source"]] for r in ok)], tablefmt="github"), ""]
+                           ["op type", *(label[r["source"]] for r in ok)], tablefmt="github", disable_numparse=True), ""]
     return "\n".join(lines)

@@ -70,6 +70,9 @@ def markdown(rec: dict) -> str:
     if rec.get("costs"):
         from conformance import costs
         lines += [costs.markdown(rec["costs"]), ""]
+    if rec.get("onnx"):
+        from conformance import onnx_export
+        lines += [onnx_export.markdown(rec["onnx"]), ""]
     lines += ["## Tolerance table", "",
               tabulate([(k, t["atol"], t["rtol"], t["scale_rtol"], t["reason"]) for k, t in rec["tolerances"].items()],
                        ["dtype", "atol", "rtol", "scale_rtol (x max |ref|)", "why"], tablefmt="github"), ""]
