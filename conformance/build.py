@@ -36,7 +36,7 @@ class Built:
 
     def __call__(self, **inputs) -> dict[str, np.ndarray]:
         with precision.policy(self):  # autocast, TF32, this build's device
-            out = self.backend.run(self.module, self.backend.inputs(inputs, self.dtype), self.training)
+            out = self.backend.run(self.module, self.backend.inputs(inputs, self.dtype, self.device), self.training)
         if not isinstance(out, dict):
             out = {"output": out}
         outputs = {k: self.backend.to_numpy(v) for k, v in out.items()}
@@ -54,7 +54,7 @@ class Built:
         if attention_mask is not None:
             inputs["attention_mask"] = attention_mask
         with precision.policy(self):
-            tensors = self.backend.inputs(inputs, self.dtype)
+            tensors = self.backend.inputs(inputs, self.dtype, self.device)
             out = self.backend.run(self.module, {**tensors, "cache": cache}, False)
         return {k: self.backend.to_numpy(v) for k, v in out.items()}
 
@@ -81,7 +81,7 @@ class Built:
 
     def replay(self, path: str, args: list, kwargs: dict):
         """Run the submodule at `path` alone on NumPy inputs (another framework's recorded call)."""
-        convert = lambda v: self.backend.inputs({"v": v}, self.dtype)["v"] if isinstance(v, np.ndarray) else v  # noqa: E731
+        convert = lambda v: self.backend.inputs({"v": v}, self.dtype, self.device)["v"] if isinstance(v, np.ndarray) else v  # noqa: E731
         with precision.policy(self):
             out = self.backend.run(self.submodule(path), None, self.training,
                                    call=([convert(a) for a in args], {k: convert(v) for k, v in kwargs.items()}))
@@ -106,7 +106,7 @@ class NumpyBackend:
     def load(self, module, weights, dtype):
         module.load_weights(weights, dtype)
 
-    def inputs(self, inputs, dtype):
+    def inputs(self, inputs, dtype, device="cpu"):
         return {k: _cast(v, dtype) for k, v in inputs.items()}
 
     def run(self, module, inputs, training, call=None):
@@ -141,7 +141,6 @@ class TorchBackend:
     def construct(self, cls, args, dtype, device):
         if device == "cuda" and not self.torch.cuda.is_available():
             raise ValueError("device='cuda' requested but torch sees no CUDA device")
-        self.device = device
         return cls(*args).to(device=device, dtype=getattr(self.torch, precision.parameter_dtype(dtype)))
 
     def load(self, module, weights, dtype):
@@ -152,8 +151,8 @@ class TorchBackend:
             state[key] = self.torch.from_numpy(np.ascontiguousarray(value))
         module.load_state_dict(state, strict=True)
 
-    def inputs(self, inputs, dtype):
-        return {k: precision.torch_tensor(v, dtype, self.device) for k, v in inputs.items()}
+    def inputs(self, inputs, dtype, device="cpu"):
+        return {k: precision.torch_tensor(v, dtype, device) for k, v in inputs.items()}
 
     def run(self, module, inputs, training, call=None):
         args, kwargs = call or ((), inputs)
@@ -216,7 +215,7 @@ class TFBackend:
     def load(self, module, weights, dtype):
         self.layer.load_weights(module, weights)
 
-    def inputs(self, inputs, dtype):
+    def inputs(self, inputs, dtype, device="cpu"):
         return {k: self.keras.ops.convert_to_tensor(_cast(v, dtype)) for k, v in inputs.items()}
 
     def capturing(self, module, pattern):
@@ -261,7 +260,7 @@ class OnnxBackend:
         _cpu_only(self.name, device)
         return onnx_export.Session(onnx_export.export(cfg, weights, source, exporter=exporter))
 
-    def inputs(self, inputs, dtype):
+    def inputs(self, inputs, dtype, device="cpu"):
         return dict(inputs)  # the session validates, fills left-out optional inputs and casts to int64
 
     def run(self, module, inputs, training, call=None):

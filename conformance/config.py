@@ -45,6 +45,7 @@ class Config:
     # torch_impl's MultiHeadAttention calls F.scaled_dot_product_attention (one fused kernel; its
     # trace records q, k, v, context, merged but no scores / probs). numpy_ref and tf_impl ignore it.
     fused_attention: bool = False
+    attention_scale: float | None = None  # scores = q k^T * scale; None: 1/sqrt(Dh), as every model here
 
     def __post_init__(self):
         _check_choice("activation", self.activation, ACTIVATIONS)
@@ -60,6 +61,8 @@ class Config:
                 f"num_heads={self.num_heads} (remainder {self.d_model % self.num_heads})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"Config.dropout must be in [0, 1); received dropout={self.dropout}")
+        if self.attention_scale is not None and not self.attention_scale > 0:
+            raise ValueError(f"Config.attention_scale must be > 0 or None; received {self.attention_scale}")
         if not self.layer_norm_eps > 0:
             raise ValueError(f"Config.layer_norm_eps must be > 0; received {self.layer_norm_eps}")
 
@@ -69,8 +72,8 @@ class Config:
 
     @property
     def scale(self) -> float:
-        """The attention scale 1/sqrt(Dh)."""
-        return 1.0 / math.sqrt(self.head_dim)
+        """The attention scale: `attention_scale` if set, else 1/sqrt(Dh)."""
+        return 1.0 / math.sqrt(self.head_dim) if self.attention_scale is None else self.attention_scale
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

@@ -99,12 +99,17 @@ def torch_multi_head_attention(cfg, w, x, context=None, mask=None, dtype="float6
     return out.detach().numpy()
 
 
-def torch_encoder_layer(cfg, w, x, mask=None, dtype="float64"):
+def _torch_layer(name, cfg, dtype):
+    """torch.nn.TransformerEncoderLayer / DecoderLayer with every numeric convention from `cfg`."""
     torch = _torch()
-    layer = torch.nn.TransformerEncoderLayer(
+    layer = getattr(torch.nn, name)(
         cfg.d_model, cfg.num_heads, cfg.d_ff, dropout=0.0, activation=_activation(cfg),
         layer_norm_eps=cfg.layer_norm_eps, batch_first=True, norm_first=cfg.norm_first)
-    layer = layer.to(getattr(torch, dtype)).eval()
+    return layer.to(getattr(torch, dtype)).eval()
+
+
+def torch_encoder_layer(cfg, w, x, mask=None, dtype="float64"):
+    layer = _torch_layer("TransformerEncoderLayer", cfg, dtype)
     _load_torch_mha(layer.self_attn, w, "attention.", cfg)
     _load_torch_linear(layer.linear1, w, "feed_forward.inner")
     _load_torch_linear(layer.linear2, w, "feed_forward.outer")
@@ -118,11 +123,7 @@ def torch_encoder_layer(cfg, w, x, mask=None, dtype="float64"):
 
 
 def torch_decoder_layer(cfg, w, x, memory, mask=None, memory_mask=None, dtype="float64"):
-    torch = _torch()
-    layer = torch.nn.TransformerDecoderLayer(
-        cfg.d_model, cfg.num_heads, cfg.d_ff, dropout=0.0, activation=_activation(cfg),
-        layer_norm_eps=cfg.layer_norm_eps, batch_first=True, norm_first=cfg.norm_first)
-    layer = layer.to(getattr(torch, dtype)).eval()
+    layer = _torch_layer("TransformerDecoderLayer", cfg, dtype)
     _load_torch_mha(layer.self_attn, w, "self_attention.", cfg)
     _load_torch_mha(layer.multihead_attn, w, "cross_attention.", cfg)
     _load_torch_linear(layer.linear1, w, "feed_forward.inner")

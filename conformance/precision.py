@@ -147,7 +147,7 @@ def require(framework: str, dtype: str, device: str | None = None) -> None:
 def policy(built):
     """Everything a call of `built` needs beyond its weights' dtype, for the length of the call.
 
-    torch: the (shared) backend is pointed at this build's device; mixed dtypes run under
+    torch: mixed dtypes run under
     `torch.autocast`; on cuda TF32 is forced off for float32 and on for tf32 (and the flags
     restored after); tf32 on cpu is `TF32Emulation`. Keras mixed dtypes need nothing here:
     the layers' dtype policy does it.
@@ -156,8 +156,7 @@ def policy(built):
         yield
         return
     import torch
-    device, dtype = getattr(built, "device", "cpu"), built.dtype
-    built.backend.device = device
+    device, dtype = built.device, built.dtype
     with contextlib.ExitStack() as stack:
         if dtype in MIXED:
             stack.enter_context(torch.autocast(device_type=device, dtype=getattr(torch, compute_dtype(dtype))))

@@ -76,17 +76,6 @@ def test_keras_float64_attention_scale_trap():
     assert not compare("shipped", shipped, reference["output"], tol).passed  # the trap is real
     assert compare("exact", exact, reference["output"], tol).passed
     rounded = float(np.float32(cfg.scale))
-    explained = build("numpy", cfg.replace(), w, dtype="float64")
-    explained.module.cfg = _ScaledConfig(cfg, rounded)
+    explained = build("numpy", cfg.replace(attention_scale=rounded), w, dtype="float64")
     result = compare("explained", shipped, explained(**inputs)["output"], tol)
     assert result.passed, str(result)
-
-
-class _ScaledConfig:
-    """A config view with another attention scale (Config.scale is derived, not a field)."""
-
-    def __init__(self, cfg, scale):
-        self._cfg, self.scale = cfg, scale
-
-    def __getattr__(self, name):
-        return getattr(self._cfg, name)

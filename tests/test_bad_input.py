@@ -80,6 +80,7 @@ def test_bad_input_message_is_the_same_in_every_framework(case_id, name, inputs,
     ({"dropout": 1.0}, "dropout must be in [0, 1); received dropout=1.0"),
     ({"layer_norm_eps": 0.0}, "layer_norm_eps must be > 0"),
     ({"head": "ner"}, "head must be one of"),
+    ({"attention_scale": 0.0}, "attention_scale must be > 0 or None; received 0.0"),
 ])
 def test_bad_config(fields, words):
     with pytest.raises(ValueError, match=None) as err:
