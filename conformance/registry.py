@@ -38,6 +38,7 @@ class Entry:
     is_model: bool = False
     training: bool = False  # run in training mode (dropout driven by a supplied mask)
     float64_output: bool = False  # a constant computed in float64 whatever the dtype; callers cast
+    differentiable: bool = True  # False: the output depends on no float input or weight (nothing has a gradient)
     dtypes: tuple | None = None  # the dtypes it runs in; None = every dtype its framework runs (precision.SUPPORT)
 
     def config(self, variant: str = "default") -> Config:
@@ -180,7 +181,7 @@ register(Entry("segment_embedding", "SegmentEmbedding", TINY.replace(kind="segme
                ids("type_vocab_size"), {"default": V()}))
 register(Entry("sinusoidal_position", "SinusoidalPositionalEncoding",
                TINY.replace(kind="sinusoidal_position", position="sinusoidal"), positions("positions"),
-               {"default": V()}, float64_output=True))
+               {"default": V()}, float64_output=True, differentiable=False))
 register(Entry("scaled_dot_product_attention", "ScaledDotProductAttention",
                TINY.replace(kind="scaled_dot_product_attention"), qkv,
                {"default": V(), "no_mask": V(options={"mask": "none"}), "causal": V({"causal": True}, {"mask": "none"}),

@@ -14,6 +14,8 @@ statistics, a checksum) unless its name matches `keep` (a glob or several); full
 tensors otherwise.
 Modules whose path matches `capture` also record their call's inputs and output, which
 is what `replay` needs to run one module of another framework on the reference's inputs.
+`on_tap(key, tensor)`, if given, also sees each tapped tensor itself, as the framework holds it:
+`conformance.gradients` uses it to ask autograd for the gradient of every tapped tensor.
 """
 from __future__ import annotations
 
@@ -73,9 +75,10 @@ class Tracer:
     """
 
     def __init__(self, named_modules: Iterable, to_numpy: Callable, summary: bool = False,
-                 keep: str | None = None, capture: str | None = None):
+                 keep: str | None = None, capture: str | None = None, on_tap: Callable | None = None):
         self.paths = {id(module): path for path, module in named_modules}
         self.to_numpy, self.summary, self.keep, self.capture = to_numpy, summary, keep, capture
+        self.on_tap = on_tap
         self.records: dict[str, np.ndarray | Summary] = {}
         self.calls: dict[str, tuple] = {}  # path -> (args, kwargs, output), NumPy, for `capture`
 
@@ -96,6 +99,8 @@ class Tracer:
                 calls += 1
                 key = f"{base}#{calls}"
             self.records[key] = self.store(key, x)
+            if self.on_tap is not None:
+                self.on_tap(key, x)
             return x
 
         return tap
