@@ -16,14 +16,15 @@ attend to: it is defined as all zeros, not NaN (fill = -inf) and not uniform
 
 Dropout in training keeps each unit with probability 1 - rate and scales the kept
 ones by 1 / (1 - rate), so the expected activation is unchanged and inference needs
-no rescaling. A supplied `keep` mask makes all three frameworks drop the same units.
+no rescaling. A supplied `keep` mask makes all three frameworks drop the same units; so
+does `conformance.dropout_masks.supplying`, which draws each call's mask from NumPy by module path.
 """
 import math
 
 import numpy as np
 from scipy.special import erf
 
-from conformance import checks, trace
+from conformance import checks, dropout_masks, trace
 from numpy_ref._module import Module
 
 
@@ -96,6 +97,8 @@ class Dropout(Module):
     def forward(self, x, keep=None):
         if not self.training or self.rate == 0.0:
             return x
+        if keep is None and dropout_masks.active():  # masks shared by all three frameworks
+            keep = dropout_masks.keep(self, checks.shape_of(x), self.rate)
         if keep is None:
             keep = self.rng.random(x.shape) >= self.rate
         checks.shape("keep", checks.shape_of(keep), checks.shape_of(x), "(same as x)")

@@ -6,14 +6,14 @@ Differences:
 - softmax is `keras.ops.softmax` (it subtracts the row maximum) after `keras.ops.where(mask, x,
   fill)`; it gives NaN on a fully masked row with fill = -inf, and that row is then set to zeros.
 - Dropout: training mode is Keras's `training` call argument (default False); without a `keep`
-  mask one is drawn with `keras.random.uniform` from the layer's `SeedGenerator` (`rng`).
+  mask (and no `conformance.dropout_masks` supplying) one is drawn with `keras.random.uniform` from the layer's `SeedGenerator` (`rng`).
 """
 import math
 
 import keras
 from keras import ops
 
-from conformance import checks, trace
+from conformance import checks, dropout_masks, trace
 from tf_impl._layer import Layer
 
 
@@ -85,6 +85,8 @@ class Dropout(Layer):
     def call(self, x, keep=None, training=False):
         if not training or self.rate == 0.0:
             return x
+        if keep is None and dropout_masks.active():  # masks shared by all three frameworks
+            keep = ops.convert_to_tensor(dropout_masks.keep(self, checks.shape_of(x), self.rate))
         if keep is None:
             keep = keras.random.uniform(ops.shape(x), seed=self.rng) >= self.rate
         checks.shape("keep", checks.shape_of(keep), checks.shape_of(x), "(same as x)")

@@ -3,14 +3,15 @@
 Differs: GELU is `F.gelu` (exact) and `F.gelu(approximate="tanh")`, ReLU `torch.relu`;
 softmax is `torch.softmax` after `torch.where(mask, x, fill)` (a non-bool 0/1 mask is
 cast with `.bool()`), fully masked rows then set to 0, which also replaces the NaN of
-fill = -inf. Dropout reads `nn.Module.training` and samples a missing `keep` mask with
-`torch.rand` on x's device (torch's global generator: there is no `rng` attribute).
+fill = -inf. Dropout reads `nn.Module.training`; a missing `keep` mask comes from
+`conformance.dropout_masks` when it is supplying, else from `torch.rand` on x's device (torch's
+global generator: there is no `rng` attribute).
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conformance import checks, trace
+from conformance import checks, dropout_masks, trace
 
 
 def gelu(x):
@@ -77,6 +78,8 @@ class Dropout(nn.Module):
     def forward(self, x, keep=None):
         if not self.training or self.rate == 0.0:
             return x
+        if keep is None and dropout_masks.active():  # masks shared by all three frameworks
+            keep = torch.from_numpy(dropout_masks.keep(self, checks.shape_of(x), self.rate)).to(x.device)
         if keep is None:
             keep = torch.rand(x.shape, device=x.device) >= self.rate
         checks.shape("keep", checks.shape_of(keep), checks.shape_of(x), "(same as x)")
