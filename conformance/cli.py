@@ -86,6 +86,9 @@ def parser() -> argparse.ArgumentParser:
     tol.add_argument("--out", help="Markdown table (default: reports/tolerances.md; -cuda.md on cuda)")
     tol.add_argument("--evidence", help="evidence JSON (default: conformance/tolerance_evidence.json; "
                                         "_cuda.json on cuda)")
+    fig = sub.add_parser("figures", help="the docs' numbers and figures: docs/generated/*.md, docs/figures/*.png")
+    fig.add_argument("--out", default="docs", help="the docs directory (default: docs/)")
+    fig.add_argument("--quick", action="store_true", help="smaller measurements, in seconds (not for committing)")
     return p
 
 
@@ -257,6 +260,12 @@ def cmd_export(args) -> int:
     return 0 if all(c.passed for c in results) and np.isfinite([c.max_abs for c in results]).all() else 1
 
 
+def cmd_figures(args) -> int:
+    from study import figures
+    figures.write_all(args.out, quick=args.quick, progress=lambda line: print(line, file=sys.stderr))
+    return 0
+
+
 def cmd_tolerances(args) -> int:
     from pathlib import Path
 
@@ -297,7 +306,7 @@ def cmd_tolerances(args) -> int:
     return 1 if uncovered else 0
 
 
-COMMANDS = {"export": cmd_export, "explain": cmd_explain, "matrix": cmd_matrix, "models": cmd_models, "report": cmd_report, "compare": cmd_compare, "trace": cmd_trace,
+COMMANDS = {"export": cmd_export, "explain": cmd_explain, "figures": cmd_figures, "matrix": cmd_matrix, "models": cmd_models, "report": cmd_report, "compare": cmd_compare, "trace": cmd_trace,
             "tolerances": cmd_tolerances}
 
 if __name__ == "__main__":

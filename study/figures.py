@@ -1,0 +1,305 @@
+"""`tmirror figures` (also `python -m study`): every number and figure the docs quote, written by one command.
+
+    docs/generated/*.md   the answers of `study.questions` as Markdown tables (pages include them)
+    docs/figures/*.png    positional encoding, attention patterns, error along depth, cost against T,
+                          softmax saturation, pre- vs post-norm gradients
+
+`quick=True` measures smaller versions (shorter sequences, bert-tiny for the error along depth) in
+seconds; the committed docs come from the full run.
+"""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from study import questions as q
+
+PNG_DPI = 110
+
+
+def _md(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]) + "\n"
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=PNG_DPI)
+    _plt().close(fig)
+    return path
+
+
+# -------------------------------------------------------------------------------- tables
+
+def parameters_md() -> str:
+    p = q.bert_base_parameters()
+    rows = [(f"embeddings: {k}", f"{v:,}", f"{v / p['total']:.1%}") for k, v in p["embeddings"].items()]
+    rows += [(f"{p['layers']} layers: {k}", f"{p['layers'] * v:,}", f"{p['layers'] * v / p['total']:.1%}")
+             for k, v in p["per_layer"].items()]
+    rows += [("pooler (D x D + D)", f"{p['pooler']:,}", f"{p['pooler'] / p['total']:.1%}"),
+             ("**total**", f"**{p['total']:,}**", "100%")]
+    return (_md(["where", "parameters", "share"], rows)
+            + f"\nOne layer: {p['per_layer_total']:,} (attention {p['per_layer']['attention']:,} = 4 (D^2 + D); "
+              f"feed-forward {p['per_layer']['feed_forward']:,} = 2 D F + F + D; two layer norms "
+              f"{p['per_layer']['norms']:,}).\n")
+
+
+def scale_md(rows) -> str:
+    return _md(["Dh", "var(q.k)", "var(q.k / sqrt Dh)", "entropy unscaled (nats)", "entropy scaled",
+                "max weight unscaled", "max weight scaled", "softmax Jacobian unscaled", "Jacobian scaled"],
+               [(r.head_dim, f"{r.score_var_unscaled:.1f}", f"{r.score_var_scaled:.3f}", f"{r.entropy_unscaled:.2f}",
+                 f"{r.entropy_scaled:.2f}", f"{r.max_prob_unscaled:.3f}", f"{r.max_prob_scaled:.3f}",
+                 f"{r.jacobian_unscaled:.3f}", f"{r.jacobian_scaled:.3f}") for r in rows])
+
+
+def cost_md(c) -> str:
+    rows = [(r.length, f"{r.score_bytes:,}", f"{r.peak_bytes:,}", f"{r.flops:,}", f"{r.seconds * 1e3:.1f}")
+            for r in c["rows"]]
+    return (_md(["T", "scores tensor (bytes)", "peak traced memory (bytes)", "FLOPs (q k^T, p v)", "time (ms)"], rows)
+            + f"\nFitted exponents b in y ~ T^b: scores tensor {c['exponent_score_bytes']:.3f}, FLOPs "
+              f"{c['exponent_flops']:.3f}, peak memory {c['exponent_peak_bytes']:.2f} (the O(T) q, k, v and "
+              f"output still count at short T), time {c['exponent_seconds']:.2f} (one run on "
+              f"{platform.machine()}, {c['threads']}; recorded, not asserted).\n")
+
+
+def positions_md(r) -> str:
+    return _md(["model", "max |pooled('dog bites man') - pooled('man bites dog')|",
+                "max |outputs permuted - outputs of the permuted input|"],
+               [(k, f"{v['pooled_difference']:.3g}", f"{v['permuted_difference']:.3g}") for k, v in r.items()])
+
+
+def norms_md(r) -> str:
+    post, pre = r["post-norm"], r["pre-norm"]
+    return _md(["depth", "post-norm |dL/dx|", "pre-norm |dL/dx|", "post-norm |dL/dW_q layer 0|",
+                "pre-norm |dL/dW_q layer 0|"],
+               [(a["depth"], f"{a['input_grad']:.3f}", f"{b['input_grad']:.3f}", f"{a['first_layer_grad']:.3f}",
+                 f"{b['first_layer_grad']:.3f}") for a, b in zip(post, pre)])
+
+
+def masks_md(r) -> str:
+    def matrix(m):
+        head = ["query \\ key", *r["tokens"]]
+        return _md(head, [(t, *("1" if v else "." for v in row)) for t, row in zip(r["tokens"], m)])
+    e = r["effect"]
+    return ("BERT (bidirectional, padding hidden):\n\n" + matrix(r["bert_mask"])
+            + "\nGPT-2 (causal, padding hidden):\n\n" + matrix(r["gpt2_mask"])
+            + f"\nChanging the token at position {r['changed_position']} ('{r['tokens'][r['changed_position']]}' "
+              f"-> 'cat'), largest change of the last hidden state:\n\n"
+            + _md(["model", f"positions < {r['changed_position']}", f"positions >= {r['changed_position']}"],
+                  [(k, f"{v['before']:.3g}", f"{v['at_and_after']:.3g}") for k, v in e.items()]))
+
+
+def batch_norm_md(r) -> str:
+    return _md(["normalization", "example 0 moves when the other examples change",
+                "example 0 moves when the batch is padded"],
+               [(k, f"{v['other_examples']:.3g}", f"{v['padding']:.3g}") for k, v in r.items()])
+
+
+def families_md(rows, seq_len) -> str:
+    base = rows[0]
+    return _md(["model", "parameters", "embeddings", "layers", "layer parameters", f"GFLOPs (B=1, T={seq_len})",
+                "vs BERT-base", "what differs"],
+               [(r["model"], f"{r['parameters']:,}", f"{r['embeddings']:,}", r["layers"], f"{r['layer_parameters']:,}",
+                 f"{r['flops'] / 1e9:.2f}", f"{r['parameters'] / base['parameters']:.2f}x params, "
+                 f"{r['flops'] / base['flops']:.2f}x FLOPs", r["differs"]) for r in rows])
+
+
+# -------------------------------------------------------------------------------- figures
+
+def positional_encoding_png(path: Path) -> Path:
+    from numpy_ref.embeddings import sinusoidal_encoding
+    plt = _plt()
+    pe = sinusoidal_encoding(np.arange(128), 128)                            # (P, D)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.4, 1]})
+    im = a.imshow(pe, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    a.set(xlabel="channel (even: sin, odd: cos; frequency falls left to right)", ylabel="position",
+          title="Sinusoidal encoding PE(pos, i), D = 128")
+    fig.colorbar(im, ax=a, fraction=0.04)
+    sim = pe @ pe.T / 64                                                     # (P, P)
+    im = b.imshow(sim, cmap="viridis", interpolation="nearest")
+    b.set(xlabel="position", ylabel="position", title="PE(i) . PE(j) / (D/2): depends on |i - j| only")
+    fig.colorbar(im, ax=b, fraction=0.046)
+    return _save(fig, path)
+
+
+def attention_patterns_png(path: Path, sentence="the dog bites the man", length=9, seed=0) -> Path:
+    from conformance import weights
+    from conformance.build import build
+    plt = _plt()
+    tokens, ids, mask = q.tokenize(sentence, length)
+    heads = {}
+    for kind, op in (("bert", "encoder.0.attention.probs"), ("gpt2", "layers.0.attention.probs")):
+        cfg = q.small(kind)
+        m = build("numpy", cfg, weights.initialize(cfg, seed=seed, std=0.2), dtype="float64")
+        heads[kind] = m.trace(input_ids=ids, attention_mask=mask)[1][op][0]  # (H, T, T)
+    H = heads["bert"].shape[0]
+    fig, axes = plt.subplots(2, H, figsize=(3.1 * H, 6.6))
+    for row, (kind, probs) in enumerate(heads.items()):
+        for h in range(H):
+            ax = axes[row, h]
+            ax.imshow(probs[h], cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks(range(length), tokens, rotation=90, fontsize=7)
+            ax.set_yticks(range(length), tokens, fontsize=7)
+            ax.set_title(f"{'BERT' if kind == 'bert' else 'GPT-2'} layer 0, head {h}", fontsize=9)
+    fig.suptitle(f"Attention weights on '{sentence}' padded to {length} (rows: queries, columns: keys). "
+                 "Random weights: the masks' structure, not learned meaning", fontsize=10)
+    return _save(fig, path)
+
+
+def error_by_depth(preset="bert-base", seq_len=128, frameworks=("numpy", "torch", "tf"), seed=0) -> dict:
+    """Per-layer float32 error against the float64 reference, from traces (`conformance.divergence`)."""
+    from conformance import presets, runner, weights
+    from conformance.build import build
+    from conformance.divergence import compare_traces
+    cfg = presets.get(preset)
+    w = weights.initialize(cfg, seed=seed)
+    inputs = runner.model_inputs(cfg, 1, seq_len, seed)
+    keep = ["embeddings.output", "encoder.*.output"]
+
+    def layers(records):
+        return {k: v for k, v in records.items() if k == "embeddings.output" or
+                (k.startswith("encoder.") and k.count(".") == 2 and k.endswith(".output"))}
+    reference = layers(build("numpy", cfg, w, dtype="float64").trace(summary=True, full=keep, **inputs)[1])
+    out = {"preset": preset, "seq_len": seq_len, "ops": list(reference), "max_abs": {}, "max_rel": {}}
+    for fw in frameworks:
+        records = layers(build(fw, cfg, w, dtype="float32").trace(summary=True, full=keep, **inputs)[1])
+        comparisons = compare_traces(reference, records, "float32")
+        out["max_abs"][fw] = [c.max_abs for c in comparisons]
+        out["max_rel"][fw] = [c.max_abs / float(np.abs(reference[c.name]).max()) for c in comparisons]
+    return out
+
+
+def error_depth_md(e) -> str:
+    fws = list(e["max_abs"])
+    rows = [(f"`{op}`", *(f"{e['max_abs'][fw][i]:.2e}" for fw in fws)) for i, op in enumerate(e["ops"])]
+    return (f"`{e['preset']}`, B = 1, T = {e['seq_len']}, seeded random weights; max |float32 - float64 reference| "
+            "of each layer's output:\n\n" + _md(["op", *fws], rows))
+
+
+def error_depth_png(e, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for fw, values in e["max_abs"].items():
+        ax.semilogy(range(len(values)), values, marker="o", label=f"{fw} float32")
+    ax.set_xticks(range(len(e["ops"])), ["emb"] + [str(i) for i in range(len(e["ops"]) - 1)])
+    ax.set(xlabel="layer output (emb = embeddings, then encoder layer i)",
+           ylabel="max |float32 - float64 reference|",
+           title=f"Error along depth: {e['preset']}, T = {e['seq_len']}, random weights")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def cost_png(c, path: Path, preset="bert-base") -> Path:
+    from conformance import presets
+    from conformance.costs import flops, memory
+    plt = _plt()
+    cfg = presets.get(preset)
+    Ts = np.array([128, 256, 512, 1024, 2048, 4096, 8192])
+    t = [flops.totals(flops.model_ops(cfg, 1, int(T))) for T in Ts]
+    act = [memory.activations(cfg, 1, int(T))["training"]["none"] for T in Ts]
+    fig, (a, b, m) = plt.subplots(1, 3, figsize=(14, 4.2))
+    a.loglog(Ts, [x["linear"] / 1e9 for x in t], "o-", label="T terms (projections, feed-forward, ...)")
+    a.loglog(Ts, [x["quadratic"] / 1e9 for x in t], "s-", label="T^2 terms (scores, softmax, p v)")
+    a.axvline(flops.crossover(cfg)["all"], color="gray", ls=":", label="crossover T*")
+    a.set(xlabel="sequence length T", ylabel="forward GFLOPs", title=f"{preset}, B = 1 (analytic)")
+    a.legend(fontsize=8)
+    b.loglog(Ts, np.array(act) / 2**30, "o-", label="training activations (saved for backward)")
+    b.loglog(Ts, [cfg.num_layers * 2 * cfg.num_heads * T * T * 4 / 2**30 for T in Ts], "s--",
+             label="of which the score-shaped tensors")
+    b.set(xlabel="sequence length T", ylabel="GiB (float32)", title=f"{preset} memory, B = 1 (analytic)")
+    b.legend(fontsize=8)
+    L = [r.length for r in c["rows"]]
+    m.loglog(L, [r.score_bytes / 2**20 for r in c["rows"]], "o-",
+             label=f"scores tensor (slope {c['exponent_score_bytes']:.2f})")
+    m.loglog(L, [r.peak_bytes / 2**20 for r in c["rows"]], "s-",
+             label=f"peak memory (slope {c['exponent_peak_bytes']:.2f})")
+    m.set(xlabel="sequence length T", ylabel="MiB", title="Measured: one reference attention, H = 4, Dh = 64")
+    m2 = m.twinx()
+    m2.loglog(L, [r.seconds * 1e3 for r in c["rows"]], "^:", color="C3",
+              label=f"time (slope {c['exponent_seconds']:.2f})")
+    m2.set_ylabel("ms", color="C3")
+    lines = m.get_legend_handles_labels()[0] + m2.get_legend_handles_labels()[0]
+    m.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="upper left")
+    return _save(fig, path)
+
+
+def scale_png(rows, path: Path) -> Path:
+    plt = _plt()
+    d = [r.head_dim for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a.loglog(d, [r.score_var_unscaled for r in rows], "o-", label="q . k")
+    a.loglog(d, [r.score_var_scaled for r in rows], "s-", label="q . k / sqrt(Dh)")
+    a.set(xlabel="head width Dh", ylabel="score variance", title="Scores of unit-variance q, k")
+    a.legend()
+    b.semilogx(d, [r.entropy_unscaled for r in rows], "o-", label="entropy, unscaled")
+    b.semilogx(d, [r.entropy_scaled for r in rows], "s-", label="entropy, scaled")
+    b.semilogx(d, [r.jacobian_unscaled for r in rows], "o--", label="|softmax Jacobian|, unscaled")
+    b.semilogx(d, [r.jacobian_scaled for r in rows], "s--", label="|softmax Jacobian|, scaled")
+    b.set(xlabel="head width Dh", title="Softmax over 64 keys (uniform entropy: log 64 = 4.16)")
+    b.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def norms_png(r, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, rows in r.items():
+        ax.loglog([x["depth"] for x in rows], [x["input_grad"] for x in rows], "o-", label=f"{label}: |dL/dx|")
+        ax.loglog([x["depth"] for x in rows], [x["first_layer_grad"] for x in rows], "s--",
+                  label=f"{label}: |dL/dW_q|, layer 0")
+    ax.set(xlabel="number of layers", ylabel="gradient norm",
+           title="Gradient at the bottom of a random encoder stack")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
+
+
+# -------------------------------------------------------------------------------- the command
+
+def write_all(docs: str | Path = "docs", quick: bool = False, progress=print) -> list[Path]:
+    """Compute every answer and figure; write docs/generated/*.md and docs/figures/*.png."""
+    import torch
+    docs = Path(docs)
+    gen, fig = docs / "generated", docs / "figures"
+    gen.mkdir(parents=True, exist_ok=True)
+    fig.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def write(name, text):
+        (gen / name).write_text(text)
+        written.append(gen / name)
+        progress(f"wrote {gen / name}")
+
+    write("parameters.md", parameters_md())
+    scale = q.why_scale()
+    write("scale.md", scale_md(scale))
+    written.append(scale_png(scale, fig / "softmax_scale.png"))
+    cost = q.attention_cost((64, 128, 256, 512) if quick else (128, 256, 512, 1024, 2048), repeats=5)
+    cost["threads"] = f"{torch.get_num_threads()} threads"
+    write("attention_cost.md", cost_md(cost))
+    written.append(cost_png(cost, fig / "cost_vs_length.png"))
+    write("positions.md", positions_md(q.without_positions()))
+    norms = q.pre_vs_post_norm((1, 4, 16) if quick else (1, 2, 4, 8, 16, 32))
+    write("norms.md", norms_md(norms))
+    written.append(norms_png(norms, fig / "pre_post_norm.png"))
+    write("masks.md", masks_md(q.bert_vs_gpt_masks()))
+    write("batch_norm.md", batch_norm_md(q.layer_vs_batch_norm()))
+    write("families.md", families_md(q.model_families(), 128))
+    written.append(positional_encoding_png(fig / "positional_encoding.png"))
+    written.append(attention_patterns_png(fig / "attention_patterns.png"))
+    progress("tracing float32 against float64 along depth...")
+    e = error_by_depth("bert-tiny" if quick else "bert-base", 32 if quick else 128)
+    write("error_depth.md", error_depth_md(e))
+    written.append(error_depth_png(e, fig / "error_by_depth.png"))
+    progress(f"wrote {len(written)} files under {docs}/")
+    return written
