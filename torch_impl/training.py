@@ -1,0 +1,131 @@
+"""Mirrors `numpy_ref.training`.
+
+Differences:
+- cross_entropy is `F.cross_entropy(ignore_index=-100)` (mean over counted positions, the same
+  rule); autograd gives its gradient, so the losses return the loss alone. With no counted
+  position it gives NaN (the harness never hands it such a batch).
+- The schedule is `torch.optim.lr_scheduler.LambdaLR` over `linear_warmup_decay`; layer-wise
+  scales are param groups whose initial lr is lr x scale (LambdaLR multiplies each group's own).
+- Clipping is `torch.nn.utils.clip_grad_norm_` (eps 1e-6, built in: `clip_epsilon` must be 1e-6).
+- The optimizer is `torch.optim.AdamW`: the "bias_corrected" epsilon convention only; no-decay
+  parameters are a param group with weight_decay 0. Frozen parameters get requires_grad False
+  and are left out of the optimizer.
+- Accumulation: each micro-batch's loss / k is backpropagated; `.grad` sums them.
+- Mixed precision: the forward and the loss run under `torch.autocast` (`precision.policy`);
+  the loss itself runs in float32 (autocast's rule for cross_entropy); "mixed_float16" also scales the loss with `torch.amp.GradScaler` (dynamic: a step whose
+  gradients are not finite is skipped and the scale halved; it is unscaled before clipping).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from conformance import dropout_masks, mapping
+
+IGNORE_INDEX = -100
+
+
+# ------------------------------------------------------------------------------ losses
+
+def cross_entropy(logits, labels):
+    V = logits.shape[-1]
+    return F.cross_entropy(logits.reshape(-1, V), labels.reshape(-1), ignore_index=IGNORE_INDEX)  # (N, V), (N,)
+
+
+def masked_lm_loss(logits, labels):
+    return cross_entropy(logits, labels)                                      # (B, T, V), (B, T)
+
+
+def causal_lm_loss(logits, labels):
+    return cross_entropy(logits[:, :-1], labels[:, 1:])                       # (B, T-1, V)
+
+
+def classification_loss(logits, labels):
+    return cross_entropy(logits, labels)                                      # (B, C), (B,)
+
+
+LOSSES = {"mlm": masked_lm_loss, "causal_lm": causal_lm_loss, "classification": classification_loss}
+
+
+# ------------------------------------------------------------------------------ schedule, clipping
+
+def linear_warmup_decay(warmup_steps, total_steps):
+    def multiplier(s):
+        if s < warmup_steps:
+            return s / max(1, warmup_steps)
+        return max(0.0, (total_steps - s) / max(1, total_steps - warmup_steps))
+    return multiplier
+
+
+def clip_by_global_norm(params, max_norm):
+    """Clips the `.grad` of `params` in place; returns the norm before clipping."""
+    if max_norm is None:
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+# ------------------------------------------------------------------------------ optimizer
+
+def AdamW(named, groups, tcfg):  # noqa: N802 (builds torch's own AdamW)
+    """torch.optim.AdamW with one param group per (lr scale, decayed) pair."""
+    by_group = {}
+    for name, p in named.items():
+        group = groups[name]
+        by_group.setdefault((group.lr_scale, group.weight_decay), []).append(p)
+    param_groups = [{"params": params, "lr": tcfg.learning_rate * scale, "lr_scale": scale,
+                     "weight_decay": tcfg.weight_decay if decayed else 0.0}
+                    for (scale, decayed), params in by_group.items()]
+    return torch.optim.AdamW(param_groups, lr=tcfg.learning_rate, betas=(tcfg.beta1, tcfg.beta2),
+                             eps=tcfg.adam_epsilon)
+
+
+# ------------------------------------------------------------------------------ the step
+
+class Trainer:
+    """Mirrors `numpy_ref.training.Trainer`; `model` is a torch_impl model, `built` its
+    `conformance.build.Built` (for the dtype policy)."""
+
+    def __init__(self, model, groups, tcfg, built):
+        self.model, self.groups, self.tcfg, self.built = model, groups, tcfg, built
+        canonical = {mapping.torch_name(name): name for name in groups}
+        params = {canonical[key]: p for key, p in model.named_parameters()}
+        for name, p in params.items():
+            p.requires_grad_(groups[name].trainable)
+        self.trainable = {name: p for name, p in params.items() if groups[name].trainable}
+        self.loss = LOSSES[tcfg.task]
+        self.multiplier = linear_warmup_decay(tcfg.warmup_steps, tcfg.total)
+        self.optimizer = AdamW(self.trainable, groups, tcfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.multiplier)
+        self.scaler = torch.amp.GradScaler(built.device, init_scale=tcfg.loss_scale) \
+            if built.dtype == "mixed_float16" else None
+        self.updates = 0
+
+    def step(self, micro_batches):
+        from conformance import precision
+        tcfg, k = self.tcfg, len(micro_batches)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for i, batch in enumerate(micro_batches):
+            tensors = self.built.backend.inputs(batch, self.built.dtype, self.built.device)
+            labels = tensors.pop("labels")
+            with dropout_masks.supplying(self.model.named_modules(), tcfg.dropout_seed, self.updates * k + i), \
+                    precision.policy(self.built):
+                out = self.model(**tensors)
+                loss = self.loss(out["logits"], labels)
+            scaled = loss / k if self.scaler is None else self.scaler.scale(loss / k)
+            scaled.backward()
+            total += float(loss.detach()) / k
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        norm = clip_by_global_norm(list(self.trainable.values()), tcfg.max_grad_norm)
+        group = self.optimizer.param_groups[0]
+        lr = group["lr"] / group["lr_scale"]  # the base rate LambdaLR set for this update
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.scheduler.step()
+        self.updates += 1
+        return total, lr, norm
