@@ -73,6 +73,13 @@ class Built:
         precision.check_finite(self, inputs, out, t.records)
         return out, t.records
 
+    def gradients(self, cotangents: dict | None = None, seed: int = 0, **inputs):
+        """`conformance.gradients.Gradients` of L = sum_k sum(out_k * c_k): the gradient of every float
+        input, weight (canonical name and layout) and traced activation, as NumPy. `cotangents`
+        {output key: c_k} defaults to seeded standard normals (`gradients.cotangents_for`)."""
+        from conformance import gradients
+        return gradients.gradients(self, inputs, cotangents, seed)
+
     def submodule(self, path: str):
         modules = dict(self.backend.named_modules(self.module))
         if path not in modules:
