@@ -56,8 +56,12 @@ def parser() -> argparse.ArgumentParser:
     common(tr)
     tr.add_argument("--op", required=True, help="glob over trace names, e.g. 'encoder.0.attention.*'")
     ex = sub.add_parser("explain", help="a step-by-step numeric walkthrough of one component")
-    ex.add_argument("component", help="a registry entry, e.g. multi_head_attention, layer_norm, bert")
+    ex.add_argument("component", nargs="?", help="a registry entry, e.g. multi_head_attention, layer_norm, bert "
+                                                 "(none, or --list: list them)")
     ex.add_argument("--variant", default="default", help="a registry variant, e.g. causal, cross")
+    ex.add_argument("--format", choices=["text", "md"], default="text", help="text (100 columns) or Markdown")
+    ex.add_argument("--out", help="write to this file instead of stdout")
+    ex.add_argument("--list", action="store_true", help="list the components and models with a walkthrough")
     mat = sub.add_parser("matrix", help="the summary matrix of every component and model (reports/README.md)")
     mat.add_argument("--frameworks", type=_csv(("numpy", "torch", "tf")), default=["numpy", "torch", "tf"])
     mat.add_argument("--dtype", type=_csv(DTYPES), default=["float64", "float32"])
@@ -223,8 +227,21 @@ def cmd_matrix(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    from pathlib import Path
+
     from conformance import explain
-    print(explain.walkthrough(args.component, variant=args.variant))
+    if args.list or args.component is None:
+        import textwrap
+        for name, w in explain.WALKTHROUGHS.items():
+            print(textwrap.fill(w.summary, 100, initial_indent=f"{name:<30} ", subsequent_indent=" " * 31))
+        return 0
+    text = explain.walkthrough(args.component, variant=args.variant, fmt=args.format)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+        print(f"wrote {args.out}")
+    else:
+        print(text)
     return 0
 
 
