@@ -138,7 +138,8 @@ def render(kind: str, arg: str) -> str:
     if kind == "mirror":
         return mirror(arg)
     if kind == "docstring":
-        return resolve(arg).docstring
+        definition = resolve(arg)
+        return f'```text title="{definition.location}"\n{definition.docstring}\n```'  # its own words, verbatim
     if kind == "include":
         return include(arg)
     if kind == "table":

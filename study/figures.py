@@ -72,15 +72,15 @@ def cost_md(c) -> str:
 
 
 def positions_md(r) -> str:
-    return _md(["model", "max |pooled('dog bites man') - pooled('man bites dog')|",
-                "max |outputs permuted - outputs of the permuted input|"],
+    return _md(["model", "pooled('dog bites man') vs pooled('man bites dog'): max abs difference",
+                "outputs, permuted, vs outputs of the permuted input: max abs difference"],
                [(k, f"{v['pooled_difference']:.3g}", f"{v['permuted_difference']:.3g}") for k, v in r.items()])
 
 
 def norms_md(r) -> str:
     post, pre = r["post-norm"], r["pre-norm"]
-    return _md(["depth", "post-norm |dL/dx|", "pre-norm |dL/dx|", "post-norm |dL/dW_q layer 0|",
-                "pre-norm |dL/dW_q layer 0|"],
+    return _md(["depth", "post-norm: norm of dL/dx", "pre-norm: dL/dx", "post-norm: dL/dW_q of layer 0",
+                "pre-norm: dL/dW_q of layer 0"],
                [(a["depth"], f"{a['input_grad']:.3f}", f"{b['input_grad']:.3f}", f"{a['first_layer_grad']:.3f}",
                  f"{b['first_layer_grad']:.3f}") for a, b in zip(post, pre)])
 
@@ -224,6 +224,8 @@ def cost_png(c, path: Path, preset="bert-base") -> Path:
     m.loglog(L, [r.peak_bytes / 2**20 for r in c["rows"]], "s-",
              label=f"peak memory (slope {c['exponent_peak_bytes']:.2f})")
     m.set(xlabel="sequence length T", ylabel="MiB", title="Measured: one reference attention, H = 4, Dh = 64")
+    m.set_xticks(L, [str(x) for x in L], minor=False)
+    m.set_xticks([], minor=True)
     m2 = m.twinx()
     m2.loglog(L, [r.seconds * 1e3 for r in c["rows"]], "^:", color="C3",
               label=f"time (slope {c['exponent_seconds']:.2f})")
@@ -236,17 +238,22 @@ def cost_png(c, path: Path, preset="bert-base") -> Path:
 def scale_png(rows, path: Path) -> Path:
     plt = _plt()
     d = [r.head_dim for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.8))
     a.loglog(d, [r.score_var_unscaled for r in rows], "o-", label="q . k")
     a.loglog(d, [r.score_var_scaled for r in rows], "s-", label="q . k / sqrt(Dh)")
-    a.set(xlabel="head width Dh", ylabel="score variance", title="Scores of unit-variance q, k")
-    a.legend()
-    b.semilogx(d, [r.entropy_unscaled for r in rows], "o-", label="entropy, unscaled")
-    b.semilogx(d, [r.entropy_scaled for r in rows], "s-", label="entropy, scaled")
-    b.semilogx(d, [r.jacobian_unscaled for r in rows], "o--", label="|softmax Jacobian|, unscaled")
-    b.semilogx(d, [r.jacobian_scaled for r in rows], "s--", label="|softmax Jacobian|, scaled")
-    b.set(xlabel="head width Dh", title="Softmax over 64 keys (uniform entropy: log 64 = 4.16)")
-    b.legend(fontsize=8)
+    a.set(ylabel="score variance", title="Scores of unit-variance q, k")
+    b.semilogx(d, [r.entropy_unscaled for r in rows], "o-", label="unscaled")
+    b.semilogx(d, [r.entropy_scaled for r in rows], "s-", label="scaled")
+    b.axhline(np.log(64), color="gray", ls=":", label="uniform: log 64")
+    b.set(ylabel="nats", title="Softmax entropy over 64 keys")
+    c.semilogx(d, [r.jacobian_unscaled for r in rows], "o-", label="unscaled")
+    c.semilogx(d, [r.jacobian_scaled for r in rows], "s-", label="scaled")
+    c.set(ylabel="mean Frobenius norm", title="Softmax Jacobian diag(p) - p p^T")
+    for ax in (a, b, c):
+        ax.set_xticks(d, [str(x) for x in d])
+        ax.set_xticks([], minor=True)
+        ax.set_xlabel("head width Dh")
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -258,7 +265,7 @@ def norms_png(r, path: Path) -> Path:
         ax.loglog([x["depth"] for x in rows], [x["first_layer_grad"] for x in rows], "s--",
                   label=f"{label}: |dL/dW_q|, layer 0")
     ax.set(xlabel="number of layers", ylabel="gradient norm",
-           title="Gradient at the bottom of a random encoder stack")
+           title="Gradient at the bottom of an encoder stack (random, std 1/sqrt D)")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, path)

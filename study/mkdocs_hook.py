@@ -2,10 +2,15 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, when mkdocs runs uninstalled
+ROOT = str(Path(__file__).resolve().parent.parent)  # the repository, for a build run without installing it
 
-from study import docsrc  # noqa: E402
+
+def on_config(config):
+    if ROOT not in sys.path:  # mkdocs restores sys.path after loading a hook: add it for the build
+        sys.path.insert(0, ROOT)
+    return config
 
 
 def on_page_markdown(markdown, page, config, files):
+    from study import docsrc
     return docsrc.expand(markdown, page.file.src_path)
