@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 _active: "Tracer | None" = None
+_saving: "Callable | None" = None  # numpy_ref.autograd while it records: (module, tap) -> tap that also keeps
 
 
 def untraced(name, x):
@@ -35,9 +36,10 @@ def untraced(name, x):
 
 
 def tap_for(module) -> Callable:
-    if _active is None:
+    if _active is None and _saving is None:
         return untraced
-    return _active.scope(module)
+    tap = untraced if _active is None else _active.scope(module)
+    return tap if _saving is None else _saving(module, tap)
 
 
 def entering(module, args, kwargs):

@@ -5,12 +5,16 @@ dotted names and the same `named_parameters()` as its twins. A parameter is decl
 by shape (`Param`) and holds no data until weights are loaded, so the reference also
 serves as the declaration of every model's canonical names and shapes: describing
 gpt2-xl allocates nothing.
+
+`backward` is the forward's reverse: each module undoes its most recent recorded call,
+see `numpy_ref.autograd`.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from conformance import trace
+from numpy_ref import autograd
 
 
 class Param:
@@ -34,10 +38,17 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         leave = trace.entering(self, args, kwargs)  # None unless a trace captures this module
+        saved = autograd.entering(self, args, kwargs)  # None unless a tape records for backward
         out = self.forward(*args, **kwargs)
         if leave:
             leave(out)
+        if saved:
+            saved.output = out
         return out
+
+    def backward(self, grad):
+        """dL/d(output) -> dL/d(floating inputs), adding dL/d(weights) to the tape (`numpy_ref.autograd`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no backward")
 
     def named_children(self):
         for name, value in vars(self).items():

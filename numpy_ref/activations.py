@@ -25,6 +25,7 @@ import numpy as np
 from scipy.special import erf
 
 from conformance import checks, dropout_masks, trace
+from numpy_ref import autograd
 from numpy_ref._module import Module
 
 
@@ -43,6 +44,33 @@ def relu(x):
 ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu": relu}
 
 
+def gelu_backward(grad, x):
+    """d/dx [x Phi(x)] = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi) the normal density.
+
+    The second term is why GELU is not just a smoothed ReLU: its slope is negative below x = -0.75.
+    """
+    pdf = np.exp(-0.5 * x**2) / math.sqrt(2.0 * math.pi)
+    return grad * (0.5 * (1.0 + erf(x / math.sqrt(2.0))) + x * pdf)
+
+
+def gelu_tanh_backward(grad, x):
+    """y = 0.5 x (1 + tanh u),  u = c (x + a x^3),  c = sqrt(2/pi),  a = 0.044715:
+
+        dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) c (1 + 3 a x^2)
+    """
+    c = math.sqrt(2.0 / math.pi)
+    t = np.tanh(c * (x + 0.044715 * x**3))
+    return grad * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t**2) * c * (1.0 + 3 * 0.044715 * x**2))
+
+
+def relu_backward(grad, x):
+    """Slope 1 where x > 0, else 0 (at x = 0 exactly, 0: the choice every framework makes)."""
+    return np.where(x > 0, grad, 0)
+
+
+ACTIVATION_BACKWARDS = {"gelu": gelu_backward, "gelu_tanh": gelu_tanh_backward, "relu": relu_backward}
+
+
 def softmax(x, mask=None, fill=-1e9):
     """Stable softmax over the last axis; `mask` True = keep, broadcastable to x."""
     if mask is not None:
@@ -57,18 +85,42 @@ def softmax(x, mask=None, fill=-1e9):
     return probs.astype(x.dtype, copy=False)
 
 
+def softmax_backward(grad, probs, mask=None):
+    """dx = p * (dp - sum_j p_j dp_j), over the last axis.
+
+    From dp_i/dx_j = p_i (delta_ij - p_j): raising one score raises its own probability and
+    lowers every other in proportion, since the row sums to 1. The Jacobian is never formed:
+    the row sum is one dot product per row. A position masked before the softmax had its score
+    replaced by `fill`, so its score gets no gradient (`mask`); where p = 0 (masked, or a fully
+    masked row, defined as zeros) the formula gives 0 already.
+    """
+    d_x = probs * (grad - (probs * grad).sum(axis=-1, keepdims=True))
+    return d_x if mask is None else np.where(mask, d_x, 0)
+
+
 def dropout(x, keep, rate):
     return np.where(keep, x / (1.0 - rate), 0).astype(x.dtype, copy=False)
+
+
+def dropout_backward(grad, keep, rate):
+    """The same mask and scale: a dropped unit passes no gradient, a kept one dy / (1 - rate)."""
+    return np.where(keep, grad / (1.0 - rate), 0)
 
 
 class Activation(Module):
     def __init__(self, cfg):
         super().__init__()
+        self.kind = cfg.activation
         self.fn = ACTIVATIONS[cfg.activation]
 
     def forward(self, x):
         checks.floating("x", checks.dtype_name(x))
         return trace.tap_for(self)("output", self.fn(x))
+
+    def backward(self, grad):
+        saved = autograd.saved(self)
+        grad = saved.tap("output", grad)
+        return ACTIVATION_BACKWARDS[self.kind](grad, saved.inputs["x"])
 
 
 class Softmax(Module):
@@ -84,6 +136,11 @@ class Softmax(Module):
         if mask is not None:
             checks.attention_mask4("mask", checks.spec(mask), checks.shape_of(scores))
         return trace.tap_for(self)("output", softmax(scores, mask, self.fill))
+
+    def backward(self, grad):
+        saved = autograd.saved(self)
+        grad = saved.tap("output", grad)                                          # (B, H, T, S)
+        return softmax_backward(grad, saved.taps["output"], saved.inputs["mask"])  # (B, H, T, S)
 
 
 class Dropout(Module):
@@ -102,5 +159,13 @@ class Dropout(Module):
         if keep is None:
             keep = self.rng.random(x.shape) >= self.rate
         checks.shape("keep", checks.shape_of(keep), checks.shape_of(x), "(same as x)")
+        autograd.save(self, keep=keep)  # drawn here: backward must drop the same units
         return trace.tap_for(self)("output", dropout(x, keep, self.rate))
+
+    def backward(self, grad):
+        saved = autograd.saved(self)
+        if "keep" not in saved.extras:  # inference (or rate 0): the identity
+            return grad
+        grad = saved.tap("output", grad)
+        return dropout_backward(grad, saved.extras["keep"], self.rate)
 

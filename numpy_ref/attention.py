@@ -21,8 +21,9 @@ one D-wide attention, but H different attention patterns.
 import numpy as np
 
 from conformance import checks, trace
+from numpy_ref import autograd
 from numpy_ref._module import Module
-from numpy_ref.activations import softmax
+from numpy_ref.activations import softmax, softmax_backward
 from numpy_ref.linear import Linear
 
 
@@ -49,6 +50,24 @@ def scaled_dot_product_attention(q, k, v, mask, cfg, tap):
     return tap("context", probs @ v)                               # (B, H, T, Dh)
 
 
+def scaled_dot_product_attention_backward(grad, q, k, v, probs, mask, cfg, tap):
+    """The forward's three lines undone in reverse; `tap` records each gradient under its name.
+
+        context = probs v     =>  dprobs = dcontext v^T,   dv = probs^T dcontext
+        probs = softmax(...)  =>  dscores = softmax_backward(dprobs)  (masked scores get 0)
+        scores = q k^T * c    =>  dq = dscores k c,        dk = dscores^T q c
+
+    Each key's dv and dk sum over the queries that attended to it. Returns (dq, dk, dv).
+    """
+    grad = tap("context", grad)                                               # (B, H, T, Dh)
+    d_probs = tap("probs", grad @ v.swapaxes(-1, -2))                         # (B, H, T, S)
+    d_v = probs.swapaxes(-1, -2) @ grad                                       # (B, H, S, Dh)
+    d_scores = tap("scores", softmax_backward(d_probs, probs, mask))          # (B, H, T, S)
+    d_q = d_scores @ k * cfg.scale                                            # (B, H, T, Dh)
+    d_k = d_scores.swapaxes(-1, -2) @ q * cfg.scale                           # (B, H, S, Dh)
+    return d_q, d_k, d_v
+
+
 class ScaledDotProductAttention(Module):
     """The bare attention function as a component: q, k, v already split into heads."""
 
@@ -62,6 +81,15 @@ class ScaledDotProductAttention(Module):
             tri = causal_mask(q.shape[2], k.shape[2])[None, None]                # (1, 1, T, S)
             mask = tri if mask is None else mask & tri
         return scaled_dot_product_attention(q, k, v, mask, self.cfg, trace.tap_for(self))
+
+    def backward(self, grad):
+        saved = autograd.saved(self)
+        q, k, v, mask = (saved.inputs[n] for n in ("q", "k", "v", "mask"))
+        if self.cfg.causal:
+            tri = causal_mask(q.shape[2], k.shape[2])[None, None]                # (1, 1, T, S)
+            mask = tri if mask is None else mask & tri
+        return scaled_dot_product_attention_backward(grad, q, k, v, saved.taps["probs"], mask,
+                                                     self.cfg, saved.tap)        # dq, dk, dv
 
 
 class MultiHeadAttention(Module):
@@ -107,4 +135,24 @@ class MultiHeadAttention(Module):
         m = attention_mask(mask, T, S, self.causal)               # (B, 1, T, S)
         context_heads = scaled_dot_product_attention(q, k, v, m, self.cfg, tap)  # (B, H, T, Dh)
         return self.output(tap("merged", self.merge_heads(context_heads)))       # (B, T, D)
+
+    def backward(self, grad):
+        """dL/d output (B, T, D) -> dx, or (dx, dcontext) for cross-attention.
+
+        split_heads and merge_heads only move entries, so each one's backward is the other.
+        In self-attention x feeds the queries, the keys and the values: dx sums all three.
+        """
+        saved = autograd.saved(self)
+        tap = saved.tap
+        q, k, v = saved.taps["q"], saved.taps["k"], saved.taps["v"]
+        m = attention_mask(saved.inputs["mask"], q.shape[2], k.shape[2], self.causal)  # (B, 1, T, S)
+        d_merged = tap("merged", self.output.backward(grad))                     # (B, T, D)
+        d_q, d_k, d_v = scaled_dot_product_attention_backward(
+            self.split_heads(d_merged), q, k, v, saved.taps["probs"], m, self.cfg, tap)
+        d_source = self.value.backward(self.merge_heads(tap("v", d_v)))          # (B, S, D)
+        d_source = d_source + self.key.backward(self.merge_heads(tap("k", d_k)))  # (B, S, D)
+        d_x = self.query.backward(self.merge_heads(tap("q", d_q)))               # (B, T, D)
+        if saved.inputs["context"] is None:
+            return d_x + d_source                                                # (B, T, D)
+        return d_x, d_source
 

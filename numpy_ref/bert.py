@@ -13,12 +13,18 @@ on the pooled output; "qa" gives each position a start and an end logit.
 import numpy as np
 
 from conformance import checks, trace
+from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Activation, Dropout
 from numpy_ref.blocks import EncoderLayer
-from numpy_ref.embeddings import PositionEmbedding, SegmentEmbedding, TokenEmbedding
+from numpy_ref.embeddings import PositionEmbedding, SegmentEmbedding, TokenEmbedding, tied_logits_backward
 from numpy_ref.linear import Linear
 from numpy_ref.normalization import LayerNorm
+
+
+def tanh_backward(grad, y):
+    """d tanh(u) / du = 1 - tanh(u)^2, written with the output y = tanh(u): nothing else is kept."""
+    return grad * (1.0 - y**2)
 
 
 class BertEmbeddings(Module):
@@ -36,6 +42,15 @@ class BertEmbeddings(Module):
         x = self.token(input_ids) + self.position(positions) + self.segment(token_type_ids)  # (B, T, D)
         return trace.tap_for(self)("output", self.dropout(self.norm(x)))         # (B, T, D)
 
+    def backward(self, grad):
+        """A sum of three lookups: each table gets the same gradient, the position table's summed over B."""
+        saved = autograd.saved(self)
+        grad = saved.tap("output", grad)                                         # (B, T, D)
+        d_x = self.norm.backward(self.dropout.backward(grad))                    # (B, T, D)
+        self.segment.backward(d_x)
+        self.position.backward(autograd.sum_to_shape(d_x, (1, *d_x.shape[1:])))  # (1, T, D)
+        self.token.backward(d_x)
+
 
 class MaskedLMHead(Module):
     def __init__(self, cfg):
@@ -48,6 +63,15 @@ class MaskedLMHead(Module):
     def forward(self, h, table):
         h = self.norm(self.activation(self.transform(h)))   # (B, T, D)
         return h @ table.T + self.bias                       # (B, T, V)
+
+    def backward(self, grad):
+        """-> (dh, dtable): the table is the token embedding's, passed in (a tied decoder)."""
+        saved = autograd.saved(self)
+        autograd.accumulate(self, "bias", grad.reshape(-1, grad.shape[-1]).sum(axis=0))  # (V,)
+        h = autograd.last_output(self.norm)                                               # (B, T, D)
+        d_h, d_table = tied_logits_backward(grad, h, saved.inputs["table"])
+        d_h = self.transform.backward(self.activation.backward(self.norm.backward(d_h)))  # (B, T, D)
+        return d_h, d_table
 
 
 class Bert(Module):
@@ -82,3 +106,30 @@ class Bert(Module):
             out["start_logits"] = tap("start_logits", span[..., 0])               # (B, T)
             out["end_logits"] = tap("end_logits", span[..., 1])                   # (B, T)
         return out
+
+    def backward(self, grad):
+        """grad: {output key: dL/d output}. The inputs are ids and masks: nothing to return.
+
+        Every head reads the last hidden state h, so dh is the sum of what each returns;
+        the token table gets its lookup's gradient and, with the MLM head, the tied decoder's.
+        """
+        saved = autograd.saved(self)
+        tap = saved.tap
+        d_h = grad["last_hidden_state"]                                               # (B, T, D)
+        if self.qa is not None:
+            d_span = np.stack([tap("start_logits", grad["start_logits"]),
+                               tap("end_logits", grad["end_logits"])], axis=-1)        # (B, T, 2)
+            d_h = d_h + self.qa.backward(d_span)                                      # (B, T, D)
+        if self.mlm is not None:
+            d_h_mlm, d_table = self.mlm.backward(tap("logits", grad["logits"]))       # (B, T, D), (V, D)
+            d_h = d_h + d_h_mlm
+            autograd.accumulate(self.embeddings.token, "table", d_table)
+        if self.pooler is not None:
+            d_pooled = grad["pooled_output"]                                          # (B, D)
+            if self.classifier is not None:
+                d_pooled = d_pooled + self.classifier.backward(tap("logits", grad["logits"]))
+            d_first = self.pooler.backward(tanh_backward(tap("pooled", d_pooled), saved.taps["pooled"]))
+            d_h = d_h + np.stack([d_first] + [np.zeros_like(d_first)] * (d_h.shape[1] - 1), axis=1)  # h[:, 0]
+        for layer in reversed(self.encoder):
+            d_h = layer.backward(d_h)                                                 # (B, T, D)
+        self.embeddings.backward(d_h)

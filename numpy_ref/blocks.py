@@ -12,6 +12,7 @@ The decoder layer adds cross-attention between its causal self-attention and its
 feed-forward: queries from the decoder, keys and values from the encoder's output.
 """
 from conformance import trace
+from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Dropout
 from numpy_ref.attention import MultiHeadAttention
@@ -24,6 +25,21 @@ def residual(x, sublayer, norm, dropout, norm_first):
     if norm_first:
         return x + dropout(sublayer(norm(x)))
     return norm(x + dropout(sublayer(x)))
+
+
+def residual_backward(grad, sublayer_backward, norm, dropout, norm_first):
+    """The backward of `residual`: y = x + f(x) gives dx = dy + f'(x)^T dy.
+
+    The skip path passes dy to x unchanged, whatever f does. Across L pre-norm layers the
+    gradient reaching the input is dy plus the branches' contributions: never a product of
+    L Jacobians that could shrink or blow up, which is why deep pre-norm stacks train.
+    Post-norm puts LN's backward (a projection divided by the position's std) on the skip
+    path itself, once per layer: deep post-norm stacks need warm-up to survive early steps.
+    """
+    if norm_first:  # y = x + drop(f(LN(x)))
+        return grad + norm.backward(sublayer_backward(dropout.backward(grad)))
+    d_sum = norm.backward(grad)  # y = LN(s), s = x + drop(f(x))
+    return d_sum + sublayer_backward(dropout.backward(d_sum))
 
 
 class EncoderLayer(Module):
@@ -45,6 +61,13 @@ class EncoderLayer(Module):
         x = residual(x, self.feed_forward, self.feed_forward_norm,
                      self.feed_forward_dropout, self.norm_first)                      # (B, T, D)
         return tap("output", x)
+
+    def backward(self, grad):
+        grad = autograd.saved(self).tap("output", grad)                                    # (B, T, D)
+        grad = residual_backward(grad, self.feed_forward.backward, self.feed_forward_norm,
+                                 self.feed_forward_dropout, self.norm_first)                # (B, T, D)
+        return residual_backward(grad, self.attention.backward, self.attention_norm,
+                                 self.attention_dropout, self.norm_first)                   # (B, T, D)
 
 
 class DecoderLayer(Module):
@@ -72,3 +95,21 @@ class DecoderLayer(Module):
         x = residual(x, self.feed_forward, self.feed_forward_norm,
                      self.feed_forward_dropout, self.norm_first)                      # (B, T, D)
         return tap("output", x)
+
+    def backward(self, grad):
+        """-> (dx, dmemory): memory reaches the output only through cross-attention's keys and values."""
+        grad = autograd.saved(self).tap("output", grad)                                    # (B, T, D)
+        d_memory = []
+
+        def cross_attention_backward(d):
+            d_h, d_context = self.cross_attention.backward(d)
+            d_memory.append(d_context)                                                     # (B, S, D)
+            return d_h
+
+        grad = residual_backward(grad, self.feed_forward.backward, self.feed_forward_norm,
+                                 self.feed_forward_dropout, self.norm_first)
+        grad = residual_backward(grad, cross_attention_backward, self.cross_attention_norm,
+                                 self.cross_attention_dropout, self.norm_first)
+        grad = residual_backward(grad, self.self_attention.backward, self.self_attention_norm,
+                                 self.self_attention_dropout, self.norm_first)              # (B, T, D)
+        return grad, d_memory[0]

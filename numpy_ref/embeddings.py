@@ -14,6 +14,7 @@ function of PE(pos) for every offset k.
 import numpy as np
 
 from conformance import checks, trace
+from numpy_ref import autograd
 from numpy_ref._module import Module
 
 
@@ -28,6 +29,37 @@ class Embedding(Module):
         if ids.size:
             checks.index_range(self.arg, int(ids.min()), int(ids.max()), self.num, self.what)
         return trace.tap_for(self)("output", self.table[ids])  # (*ids.shape, D)
+
+    def backward(self, grad):
+        """Ids are integers: nothing to return; the table gets `embedding_backward`."""
+        saved = autograd.saved(self)
+        grad = saved.tap("output", grad)                                     # (*ids.shape, D)
+        autograd.accumulate(self, "table", embedding_backward(grad, saved.inputs["ids"], self.num))
+
+
+def embedding_backward(grad, ids, num):
+    """d table: row i gets the sum of dy over every position whose id is i; rows not looked up get 0.
+
+    `np.add.at` and not `d_table[ids] += grad`: with repeated ids the fancy-index `+=`
+    writes each row once (the last position wins), `add.at` adds every occurrence.
+    """
+    d_table = np.zeros((num, grad.shape[-1]), grad.dtype)                # (num, D)
+    np.add.at(d_table, ids, grad)
+    return d_table
+
+
+def tied_logits_backward(grad, h, table):
+    """logits = h E^T (the output head tied to the token table E (V, D)):
+
+        dh = dlogits E          dE = dlogits^T h, summed over positions
+
+    Unlike the lookup's sparse rows, every row of E gets gradient here; a tied table's
+    gradient is the sum of both uses. Returns (dh, dE).
+    """
+    V, D = table.shape
+    d_h = grad @ table                                                   # (..., D)
+    d_table = grad.reshape(-1, V).T @ h.reshape(-1, D)                   # (V, D)
+    return d_h, d_table
 
 
 class TokenEmbedding(Embedding):
@@ -65,3 +97,7 @@ class SinusoidalPositionalEncoding(Module):
             raise ValueError(f"position_ids must be >= 0; received minimum {positions.min()}")
         pe = sinusoidal_encoding(positions, self.d_model)  # float64: callers cast
         return trace.tap_for(self)("output", pe)  # (*positions.shape, D)
+
+    def backward(self, grad):
+        """A constant: no weights, integer positions. Consumes its call and returns nothing."""
+        autograd.saved(self)

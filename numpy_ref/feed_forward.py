@@ -7,6 +7,7 @@ attention) and mixes nothing across positions: all token-to-token interaction is
 attention's.
 """
 from conformance import checks, trace
+from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Activation, Dropout
 from numpy_ref.linear import Linear
@@ -25,3 +26,8 @@ class FeedForward(Module):
         tap = trace.tap_for(self)
         h = self.activation(self.inner(x))       # (B, T, F)
         return tap("output", self.outer(self.dropout(h)))  # (B, T, D)
+
+    def backward(self, grad):
+        grad = autograd.saved(self).tap("output", grad)                    # (B, T, D)
+        d_h = self.dropout.backward(self.outer.backward(grad))             # (B, T, F)
+        return self.inner.backward(self.activation.backward(d_h))          # (B, T, D)

@@ -12,10 +12,11 @@ cached result equals the full recomputation, which the conformance suite checks.
 import numpy as np
 
 from conformance import checks, trace
+from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Dropout
 from numpy_ref.blocks import EncoderLayer
-from numpy_ref.embeddings import PositionEmbedding, TokenEmbedding
+from numpy_ref.embeddings import PositionEmbedding, TokenEmbedding, tied_logits_backward
 from numpy_ref.normalization import LayerNorm
 
 
@@ -31,6 +32,12 @@ class GPT2Embeddings(Module):
         positions = past + np.arange(T)[None, :]                              # (1, T)
         x = self.token(input_ids) + self.position(positions)                  # (B, T, D)
         return trace.tap_for(self)("output", self.dropout(x))
+
+    def backward(self, grad):
+        grad = autograd.saved(self).tap("output", grad)                           # (B, T, D)
+        d_x = self.dropout.backward(grad)                                         # (B, T, D)
+        self.position.backward(autograd.sum_to_shape(d_x, (1, *d_x.shape[1:])))  # (1, T, D)
+        self.token.backward(d_x)
 
 
 class GPT2(Module):
@@ -57,6 +64,18 @@ class GPT2(Module):
         h = self.final_norm(h)                                                # (B, T, D)
         logits = h @ self.embeddings.token.table.T                            # (B, T, V)
         return {"logits": trace.tap_for(self)("logits", logits), "last_hidden_state": h}
+
+    def backward(self, grad):
+        """grad: {output key: dL/d output}. The token table gets two gradients: lookup and head."""
+        saved = autograd.saved(self)
+        table = self.embeddings.token.table
+        d_h, d_table = tied_logits_backward(saved.tap("logits", grad["logits"]),
+                                            saved.output["last_hidden_state"], table)  # (B, T, D), (V, D)
+        autograd.accumulate(self.embeddings.token, "table", d_table)
+        d_h = self.final_norm.backward(d_h + grad["last_hidden_state"])           # (B, T, D)
+        for layer in reversed(self.layers):
+            d_h = layer.backward(d_h)
+        self.embeddings.backward(d_h)
 
 
 def cache_length(cache) -> int:

@@ -8,6 +8,7 @@ in model code.
 import numpy as np
 
 from conformance import checks, trace
+from numpy_ref import autograd
 from numpy_ref._module import Module
 
 
@@ -16,6 +17,21 @@ def linear(x, kernel, bias=None):
     # matrix products, 4x slower at batch 8; the reshape changes nothing else.
     y = (x.reshape(-1, x.shape[-1]) @ kernel).reshape(*x.shape[:-1], kernel.shape[1])  # (..., d_out)
     return y if bias is None else y + bias                                               # (..., d_out)
+
+
+def linear_backward(grad, x, kernel, bias=None):
+    """y = x K + b, with the N positions of x (..., d_in) as the rows of an (N, d_in) matrix:
+
+        dx = dy K^T            each input feeds every output through K[i, :]
+        dK = x^T dy            (d_in, d_out): a sum over the N positions, as K is shared by all
+        db = sum_N dy          the bias is added at every position
+
+    Returns (dx, dK, db); db is None without a bias.
+    """
+    g = grad.reshape(-1, grad.shape[-1])                          # (N, d_out)
+    d_x = (g @ kernel.T).reshape(x.shape)                         # (..., d_in)
+    d_kernel = x.reshape(-1, x.shape[-1]).T @ g                   # (d_in, d_out)
+    return d_x, d_kernel, None if bias is None else g.sum(axis=0)  # (d_out,)
 
 
 class Linear(Module):
@@ -30,3 +46,12 @@ class Linear(Module):
         checks.last_axis("x", checks.shape_of(x), self.d_in, "d_in")
         tap = trace.tap_for(self)
         return tap("output", linear(x, self.kernel, self.bias))  # (..., d_out)
+
+    def backward(self, grad):
+        saved = autograd.saved(self)
+        grad = saved.tap("output", grad)                                           # (..., d_out)
+        d_x, d_kernel, d_bias = linear_backward(grad, saved.inputs["x"], self.kernel, self.bias)
+        autograd.accumulate(self, "kernel", d_kernel)
+        if d_bias is not None:
+            autograd.accumulate(self, "bias", d_bias)
+        return d_x                                                                 # (..., d_in)

@@ -11,6 +11,7 @@ outputs by about eps / var: visible in float32.
 import numpy as np
 
 from conformance import checks, trace
+from numpy_ref import autograd
 from numpy_ref._module import Module
 
 
@@ -18,6 +19,28 @@ def layer_norm(x, gamma, beta, eps):
     mean = x.mean(axis=-1, keepdims=True)                   # (..., 1)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)    # (..., 1)
     return (x - mean) / np.sqrt(var + eps) * gamma + beta   # (..., D)
+
+
+def layer_norm_backward(grad, x, gamma, eps):
+    """With s = sqrt(var + eps), x_hat = (x - mean) / s and g = dy * gamma (the gradient of x_hat):
+
+        dx = (g - mean(g) - x_hat * mean(g * x_hat)) / s
+        dgamma = sum over positions of dy * x_hat,   dbeta = sum over positions of dy
+
+    Three terms because x reaches x_hat three ways: directly (g / s); through the mean, which
+    every x_i shifts equally (- mean(g) / s: the output cannot move along (1, ..., 1)); and
+    through the variance (- x_hat mean(g x_hat) / s: nor along x_hat itself, its scale). With
+    eps = 0, dx is g with its components along 1 and x_hat projected out, divided by s.
+    Returns (dx, dgamma, dbeta).
+    """
+    mean = x.mean(axis=-1, keepdims=True)                    # (..., 1)
+    s = np.sqrt(((x - mean) ** 2).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
+    x_hat = (x - mean) / s                                   # (..., D)
+    g = grad * gamma                                         # (..., D)
+    d_x = (g - g.mean(axis=-1, keepdims=True)
+           - x_hat * (g * x_hat).mean(axis=-1, keepdims=True)) / s     # (..., D)
+    D = x.shape[-1]
+    return d_x, (grad * x_hat).reshape(-1, D).sum(axis=0), grad.reshape(-1, D).sum(axis=0)  # (D,)
 
 
 class LayerNorm(Module):
@@ -31,3 +54,11 @@ class LayerNorm(Module):
         checks.floating("x", checks.dtype_name(x))
         checks.last_axis("x", checks.shape_of(x), self.d_model, "d_model")
         return trace.tap_for(self)("output", layer_norm(x, self.gamma, self.beta, self.eps))
+
+    def backward(self, grad):
+        saved = autograd.saved(self)
+        grad = saved.tap("output", grad)                                             # (..., D)
+        d_x, d_gamma, d_beta = layer_norm_backward(grad, saved.inputs["x"], self.gamma, self.eps)
+        autograd.accumulate(self, "gamma", d_gamma)
+        autograd.accumulate(self, "beta", d_beta)
+        return d_x                                                                   # (..., D)

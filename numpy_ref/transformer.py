@@ -15,10 +15,12 @@ import math
 import numpy as np
 
 from conformance import checks, trace
+from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Dropout
 from numpy_ref.blocks import DecoderLayer, EncoderLayer
-from numpy_ref.embeddings import PositionEmbedding, SinusoidalPositionalEncoding, TokenEmbedding
+from numpy_ref.embeddings import (PositionEmbedding, SinusoidalPositionalEncoding, TokenEmbedding,
+                                  tied_logits_backward)
 from numpy_ref.linear import Linear
 
 
@@ -43,6 +45,16 @@ class Transformer(Module):
         positions = np.arange(ids.shape[1])[None, :]                          # (1, T)
         return self.dropout(x + self.position(positions).astype(x.dtype))     # (B, T, D)
 
+    def embed_backward(self, grad, table):
+        """`embed` in reverse. x * sqrt(D) scales the gradient by sqrt(D) too: the table's
+        gradient is sqrt(D) times larger than unscaled, one reason the 2017 recipe pairs
+        the scale with a small learning rate and warm-up."""
+        d_x = self.dropout.backward(grad)                                     # (B, T, D)
+        self.position.backward(autograd.sum_to_shape(d_x, (1, *d_x.shape[1:])))  # (1, T, D)
+        if self.cfg.scale_embeddings:
+            d_x = d_x * math.sqrt(self.cfg.d_model)
+        table.backward(d_x)
+
     def forward(self, input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None):
         """input_ids, attention_mask: (B, S) source; decoder_*: (B, T) target."""
         checks.token_inputs(checks.spec(input_ids), checks.spec(attention_mask))
@@ -62,3 +74,25 @@ class Transformer(Module):
             logits = self.output_projection(h)                                # (B, T, V)
         return {"logits": tap("logits", logits), "last_hidden_state": h,
                 "encoder_last_hidden_state": memory}
+
+    def backward(self, grad):
+        """grad: {output key: dL/d output}. The encoder's output (memory) feeds every decoder
+        layer's cross-attention: its gradient is the sum over decoder layers."""
+        saved = autograd.saved(self)
+        target_table = self.target_embedding or self.source_embedding
+        h = saved.output["last_hidden_state"]                                 # (B, T, D)
+        d_logits = saved.tap("logits", grad["logits"])                        # (B, T, V)
+        if self.output_projection is None:
+            d_h, d_table = tied_logits_backward(d_logits, h, target_table.table)
+            autograd.accumulate(target_table, "table", d_table)
+        else:
+            d_h = self.output_projection.backward(d_logits)                   # (B, T, D)
+        d_h = d_h + grad["last_hidden_state"]
+        d_memory = grad["encoder_last_hidden_state"]                          # (B, S, D)
+        for layer in reversed(self.decoder):
+            d_h, d_layer_memory = layer.backward(d_h)
+            d_memory = d_memory + d_layer_memory
+        self.embed_backward(d_h, target_table)
+        for layer in reversed(self.encoder):
+            d_memory = layer.backward(d_memory)                               # (B, S, D)
+        self.embed_backward(d_memory, self.source_embedding)
