@@ -148,12 +148,12 @@ def walkthrough(name: str, variant: str = "default", fmt: str = "text") -> str:
     return explain(name, variant).render(fmt)
 
 
-def write_all(out_dir="docs/explain", fmt: str = "md") -> list[Path]:
-    """Write `<out_dir>/<registry name>.md` for every registry entry; returns the paths."""
+def write_all(out_dir="docs/explain", fmt: str = "md", names=None) -> list[Path]:
+    """Write `<out_dir>/<registry name>.md` (.txt for fmt="text") for every registry entry, or `names`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name in registry.ENTRIES:
+    for name in names or registry.ENTRIES:
         path = out / f"{name}.{'md' if fmt == 'md' else 'txt'}"
         path.write_text(walkthrough(name, fmt=fmt) + "\n")
         paths.append(path)
@@ -311,6 +311,8 @@ def _render(ex: Explained, fmt: str) -> str:
         out.extend(_wrap(text, WIDTH) + [""])
 
     def table(rows, headers):
+        if md:  # a | inside a cell would end it
+            rows = [[str(c).replace("|", "\\|") for c in r] for r in rows]
         out.extend(tabulate(rows, headers, tablefmt="github" if md else "simple",
                             disable_numparse=True).splitlines() + [""])
 
@@ -371,7 +373,7 @@ def _render(ex: Explained, fmt: str) -> str:
                        else "OUT")
             rows.append((f"{_short(lib.call)} {lib.dtype}", f"{_max_abs(lib.value, value, lib.where):.1e}",
                          verdict))
-        table(rows, ["against NumPy float64", "max |difference|", "tolerance"])
+        table(rows, ["against NumPy float64", "max abs difference", "tolerance"])
         for lib in libs:
             para(f"`{lib.call}`" + (f": by design, {lib.by_design}" if lib.by_design else "."))
         if step.library:
@@ -654,9 +656,8 @@ def dropout_library(cfg, w, inputs, records, calls):
     torch.manual_seed(0)
     y = _np(torch.nn.functional.dropout(_tensor(x), cfg.dropout, training=True))
     both = (y != 0) & inputs["keep"]
-    return [Library("output", f"F.dropout(x, p={cfg.dropout}, training=True)", y, where=both,
-                    by_design="torch draws its own mask; compared only on the units both keep, where "
-                              "each is x / (1 - p).")]
+    # torch draws its own mask: compared only on the units both keep, where each is x / (1 - p)
+    return [Library("output", f"F.dropout(x, p={cfg.dropout}, training=True), units both keep", y, where=both)]
 
 
 def dropout_inner(module, w, inputs, records):
@@ -689,9 +690,11 @@ def sinusoidal_inner(module, w, inputs, records):
 def sinusoidal_library(cfg, w, inputs, records, calls):
     import keras_hub
     T = inputs["positions"].shape[1]
-    layer = keras_hub.layers.SinePositionEncoding(dtype="float64")
+    layers = {dt: keras_hub.layers.SinePositionEncoding(dtype=dt) for dt in ("float32", "float64")}
     return [Library("output", "keras_hub.layers.SinePositionEncoding()",
-                    _np(layer(np.zeros((1, T, cfg.d_model)))),
+                    _np(layers["float32"](np.zeros((1, T, cfg.d_model), np.float32))), dtype="float32"),
+            Library("output", "keras_hub.layers.SinePositionEncoding()",
+                    _np(layers["float64"](np.zeros((1, T, cfg.d_model)))),
                     by_design="its ops.cast(1 / max_wavelength, float64) goes through a float32 constant "
                               "(TensorFlow's tf.cast of a Python float), so in float64 the frequencies are "
                               "off by 2.5e-9 relative; float32 is unaffected.")]
