@@ -76,6 +76,8 @@ def _child(node: ast.AST, name: str) -> ast.AST | None:
             return item
         if isinstance(item, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in item.targets):
             return item
+        if isinstance(item, ast.ImportFrom) and any((a.asname or a.name) == name and a.name == name for a in item.names):
+            return item
     return None
 
 
@@ -93,6 +95,8 @@ def resolve(reference: str) -> Definition:
         node: ast.AST = ast.parse(text)
         for j, name in enumerate(parts[i:], start=i):
             found = _child(node, name)
+            if isinstance(found, ast.ImportFrom) and found.level == 0:  # a re-export: follow it
+                return resolve(".".join([found.module, name, *parts[j + 1:]]))
             if found is None:
                 raise ValueError(f"reference {reference!r} does not resolve: expected {name!r} defined in "
                                  f"{'.'.join(parts[:j])} ({path.relative_to(ROOT)}); received no such definition")
