@@ -11,7 +11,11 @@ Differences:
   (0 at the first update, as LambdaLR's step), computed in float64.
 - Clipping is `tf.clip_by_global_norm`: scale min(1, max_norm / n), no epsilon (`clip_epsilon`
   must be 0).
-- The optimizer is `keras.optimizers.AdamW`: the "eps_hat" epsilon convention only. No-decay
+- The optimizer is `keras.optimizers.AdamW`: the "eps_hat" epsilon convention only. Its betas and
+  weight decay are handed over as tensors of the variables' dtype: given as Python floats, Adam's
+  `ops.cast(self.beta_2, variable.dtype)` converts them to float32 first (0.999 -> 0.99900001287),
+  so 1 - beta_2 is off by 1.3e-5 and a float64 run's first update by 6e-6 relative (the float64
+  trap of keras.ops.gelu's constants again; test_training pins it). No-decay
   variables go to `exclude_from_weight_decay(var_list=...)`. Layer-wise scales: one AdamW per
   scale, each with its own schedule lr x scale (an optimizer has one learning rate; this is exact,
   and each one's `iterations` counts the same updates). Clipping is done here, over every
@@ -97,11 +101,13 @@ def AdamW(named, groups, tcfg):  # noqa: N802 (builds Keras's own AdamW, one per
     by_scale = {}
     for name in named:
         by_scale.setdefault(groups[name].lr_scale, []).append(name)
+    dtype = next(iter(named.values())).dtype
+    exact = lambda x: ops.convert_to_tensor(x, dtype)  # noqa: E731 (a Python float goes through float32)
     optimizers = {}
     for scale, names in by_scale.items():
         optimizer = keras.optimizers.AdamW(
-            learning_rate=Schedule(tcfg.learning_rate * scale, multiplier), weight_decay=tcfg.weight_decay,
-            beta_1=tcfg.beta1, beta_2=tcfg.beta2, epsilon=tcfg.adam_epsilon)
+            learning_rate=Schedule(tcfg.learning_rate * scale, multiplier), weight_decay=exact(tcfg.weight_decay),
+            beta_1=exact(tcfg.beta1), beta_2=exact(tcfg.beta2), epsilon=tcfg.adam_epsilon)
         no_decay = [named[name] for name in names if not groups[name].weight_decay]
         if no_decay:
             optimizer.exclude_from_weight_decay(var_list=no_decay)
