@@ -36,6 +36,7 @@ def pytest_configure(config):
     config.mirror_dtypes = _listed(config, "--dtype", DTYPES)
     config.mirror_devices = _listed(config, "--device", ("cpu", "cuda"))
     config.addinivalue_line("markers", "full: full-size models, run only with --full")
+    config.addinivalue_line("markers", "gradients: generated only for dtypes with a gradient tolerance row")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -64,6 +65,9 @@ def pytest_generate_tests(metafunc):
         from conformance.suite import CASES, case_id
         axes = [a for a in ("dtype", "device") if a in names]
         dtypes = config.mirror_dtypes if "dtype" in axes else [None]
+        if metafunc.definition.get_closest_marker("gradients"):
+            from conformance.tolerance import TOLERANCES  # gradients: the dtypes with a gradient row
+            dtypes = [d for d in dtypes if d is None or (d in TOLERANCES and TOLERANCES[d].grad is not None)]
         devices = config.mirror_devices if "device" in axes else [None]
         combos = [(c, f, d, v) for c in CASES for f in frameworks for d in dtypes for v in devices
                   if (f, d) != ("numpy", "float64") and supported(f, d or "float32", v, c)]
