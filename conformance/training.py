@@ -272,3 +272,93 @@ def worst(errors: dict[str, float]) -> tuple[str, float]:
 def moved(before: dict, after: dict) -> dict[str, float]:
     """Canonical name -> max |after - before|: how far training moved each weight."""
     return weight_errors(after, before)
+
+
+# ------------------------------------------------------------------------------ measurements
+
+CASES = (("bert-tiny", "mlm"), ("bert-tiny", "classification"), ("gpt2-tiny", "causal_lm"))
+
+
+def setup(preset: str, task: str, tcfg: TrainConfig | None = None, seed: int = 0):
+    """(model cfg with its task head, initial weights, batches) for a preset and task."""
+    from conformance import presets, weights as weights_lib
+    tcfg = tcfg or TrainConfig(task=task)
+    cfg = task_config(presets.get(preset), task)
+    return cfg, weights_lib.initialize(cfg, seed=seed), make_batches(cfg, tcfg, seed=seed)
+
+
+def drift(cases=CASES, frameworks=("numpy", "torch", "tf"), dtypes=("float64", "float32"), steps: int = 5,
+          tcfg: TrainConfig | None = None) -> list[dict]:
+    """Weights after `steps` updates in each framework and dtype against the float64 reference run
+    with that framework's conventions: one row per (preset, task, framework, dtype) with the worst
+    parameter, its max |error|, and how far training moved the weights (for scale)."""
+    rows = []
+    for preset, task in cases:
+        base = (tcfg or TrainConfig()).replace(task=task, steps=steps)
+        cfg, w, batches = setup(preset, task, base)
+        references = {}
+        for framework in frameworks:
+            own = for_framework(base, framework)
+            key = (own.epsilon_convention, own.clip_epsilon)
+            if key not in references:
+                references[key] = train("numpy", cfg, w, batches, own)
+            ref = references[key]
+            for dtype in dtypes:
+                if (framework, dtype) == ("numpy", "float64") or (framework == "numpy" and dtype.startswith("mixed")):
+                    continue
+                run = train(framework, cfg, w, batches, own, dtype=dtype)
+                name, error = worst(weight_errors(run.weights, ref.weights))
+                rows.append({"preset": preset, "task": task, "framework": framework, "dtype": dtype,
+                             "steps": steps, "worst_param": name, "max_abs_error": error,
+                             "moved": worst(moved(w, ref.weights))[1],
+                             "loss_error": max(abs(a - b) for a, b in zip(run.losses, ref.losses))})
+    return rows
+
+
+def mixed_precision_drift(cases=CASES, frameworks=("torch", "tf"), dtypes=("mixed_bfloat16", "mixed_float16"),
+                          steps: int = 5) -> list[dict]:
+    """Weights after `steps` mixed-precision updates against the same framework's float32 run."""
+    rows = []
+    for preset, task in cases:
+        base = TrainConfig(task=task, steps=steps)
+        cfg, w, batches = setup(preset, task, base)
+        for framework in frameworks:
+            own = for_framework(base, framework)
+            fp32 = train(framework, cfg, w, batches, own, dtype="float32")
+            for dtype in dtypes:
+                try:
+                    run = train(framework, cfg, w, batches, own, dtype=dtype)
+                except NotImplementedError as e:
+                    rows.append({"preset": preset, "task": task, "framework": framework, "dtype": dtype,
+                                 "unsupported": str(e)})
+                    continue
+                errors = weight_errors(run.weights, fp32.weights)
+                name, error = worst(errors)
+                rows.append({"preset": preset, "task": task, "framework": framework, "dtype": dtype, "steps": steps,
+                             "worst_param": name, "max_abs_error": error, "moved": worst(moved(w, fp32.weights))[1],
+                             "loss_error": max(abs(a - b) for a, b in zip(run.losses, fp32.losses))})
+    return rows
+
+
+def torch_peak_memory(preset: str = "bert-tiny", task: str = "mlm", tcfg: TrainConfig | None = None,
+                      dtype: str = "float32") -> dict:
+    """Peak bytes torch's CPU allocator holds during one training step (forward, backward, clip,
+    AdamW; `torch.profiler` memory events summed in time order, over what it held at the start),
+    next to the bytes of weights, gradients and AdamW moments it keeps after."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    tcfg = (tcfg or TrainConfig()).replace(task=task, steps=1)
+    cfg, w, batches = setup(preset, task, tcfg)
+    step, built = trainer("torch", cfg, w, for_framework(tcfg, "torch"), dtype)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step.step(batches[:tcfg.accumulation_steps])
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    params = list(built.module.parameters())
+    state = sum(t.numel() * t.element_size() for s in step.optimizer.state.values() for t in s.values()
+                if torch.is_tensor(t) and t.dim() > 0)
+    return {"preset": preset, "task": task, "dtype": dtype, "batch": tcfg.micro_batch_size, "seq_len": tcfg.seq_len,
+            "peak_step_bytes": int(np.cumsum([e.nbytes() for e in events]).max(initial=0)),
+            "weights_bytes": sum(p.numel() * p.element_size() for p in params),
+            "gradients_bytes": sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None),
+            "adamw_state_bytes": state}

@@ -27,7 +27,7 @@ Differences:
   same math, but it counts an `iterations` step per micro-batch, so the schedule would see
   micro-batch steps.
 - Mixed precision: the model's dtype policy (`mixed_bfloat16`) computes in bfloat16 with float32
-  variables; gradients arrive in float32.
+  variables; gradients arrive in float32. mixed_float16 (which needs loss scaling) is not offered.
 """
 from __future__ import annotations
 
@@ -122,6 +122,10 @@ class Trainer:
     `conformance.build.Built` (for the dtype)."""
 
     def __init__(self, model, groups, tcfg, built):
+        if built.dtype == "mixed_float16":
+            raise NotImplementedError("tf_impl trains mixed_float16 without loss scaling, so it is not offered: "
+                                      "keras.optimizers.LossScaleOptimizer unscales inside apply(), after the "
+                                      "clipping done here over every group; use mixed_bfloat16")
         self.model, self.groups, self.tcfg, self.built = model, groups, tcfg, built
         params = dict(_layer.named_weights(model))
         for name, variable in params.items():
