@@ -204,7 +204,7 @@ def test_training_dropout_backward_drops_the_forward_units(masks):
         return model(**inputs)
 
     with autograd.recording(model) as tape:
-        out = forward()
+        forward()
     grads_in = tape.backward(cotangent)
     assert "feed_forward.dropout.output" in tape.activation_grads  # dropout ran, in training
     run = lambda: loss(forward(), cotangent)[0]  # noqa: E731

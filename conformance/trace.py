@@ -16,6 +16,8 @@ Modules whose path matches `capture` also record their call's inputs and output,
 is what `replay` needs to run one module of another framework on the reference's inputs.
 `on_tap(key, tensor)`, if given, also sees each tapped tensor itself, as the framework holds it:
 `conformance.gradients` uses it to ask autograd for the gradient of every tapped tensor.
+While `numpy_ref.autograd` records a forward for its hand-written backward, `tap_for` also
+hands each tapped tensor to the tape (`_saving`), which keeps it for that module's backward.
 """
 from __future__ import annotations
 

@@ -67,9 +67,9 @@ class MaskedLMHead(Module):
     def backward(self, grad):
         """-> (dh, dtable): the table is the token embedding's, passed in (a tied decoder)."""
         saved = autograd.saved(self)
+        h = autograd.last_output(self.norm)              # what the logits were computed from (B, T, D)
+        d_h, d_table = tied_logits_backward(grad, h, saved.inputs["table"])               # (B, T, D), (V, D)
         autograd.accumulate(self, "bias", grad.reshape(-1, grad.shape[-1]).sum(axis=0))  # (V,)
-        h = autograd.last_output(self.norm)                                               # (B, T, D)
-        d_h, d_table = tied_logits_backward(grad, h, saved.inputs["table"])
         d_h = self.transform.backward(self.activation.backward(self.norm.backward(d_h)))  # (B, T, D)
         return d_h, d_table
 
@@ -128,8 +128,9 @@ class Bert(Module):
             d_pooled = grad["pooled_output"]                                          # (B, D)
             if self.classifier is not None:
                 d_pooled = d_pooled + self.classifier.backward(tap("logits", grad["logits"]))
-            d_first = self.pooler.backward(tanh_backward(tap("pooled", d_pooled), saved.taps["pooled"]))
-            d_h = d_h + np.stack([d_first] + [np.zeros_like(d_first)] * (d_h.shape[1] - 1), axis=1)  # h[:, 0]
+            d_cls = np.zeros_like(d_h)  # h[:, 0] in reverse: only the [CLS] position gets gradient
+            d_cls[:, 0] = self.pooler.backward(tanh_backward(tap("pooled", d_pooled), saved.taps["pooled"]))
+            d_h = d_h + d_cls                                                         # (B, T, D)
         for layer in reversed(self.encoder):
             d_h = layer.backward(d_h)                                                 # (B, T, D)
         self.embeddings.backward(d_h)

@@ -5,8 +5,6 @@ so the product reads left to right as it does on paper. PyTorch's `nn.Linear` st
 `[out, in]` and computes `x @ W.T`; the transpose lives in `conformance.mapping`, never
 in model code.
 """
-import numpy as np
-
 from conformance import checks, trace
 from numpy_ref import autograd
 from numpy_ref._module import Module

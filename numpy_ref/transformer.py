@@ -46,9 +46,9 @@ class Transformer(Module):
         return self.dropout(x + self.position(positions).astype(x.dtype))     # (B, T, D)
 
     def embed_backward(self, grad, table):
-        """`embed` in reverse. x * sqrt(D) scales the gradient by sqrt(D) too: the table's
-        gradient is sqrt(D) times larger than unscaled, one reason the 2017 recipe pairs
-        the scale with a small learning rate and warm-up."""
+        """`embed` in reverse. The scale is linear: x * sqrt(D) scales the table's gradient
+        by sqrt(D) too. The position term gets the same gradient, summed over the batch;
+        the sinusoidal encoding, a constant, takes nothing."""
         d_x = self.dropout.backward(grad)                                     # (B, T, D)
         self.position.backward(autograd.sum_to_shape(d_x, (1, *d_x.shape[1:])))  # (1, T, D)
         if self.cfg.scale_embeddings:
