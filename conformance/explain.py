@@ -14,8 +14,9 @@ shown is typed by hand:
   of the expressions nested in it;
 - the library's own call (`nn.MultiheadAttention`, `keras.layers.LayerNormalization`,
   `transformers.BertModel`, ...) is run on the same weights and inputs, and its value set
-  against the reference at the steps it exposes. A row marked "by design" is a named,
-  deliberate difference (a default epsilon, a GELU variant), shown and not held to a tolerance.
+  against the reference at the steps it exposes. A row marked "named" is a known
+  difference (a default epsilon, a GELU variant, a float32 constant in a float64 layer), named in
+  a line beside it and not held to a tolerance.
 
     text = explain("multi_head_attention").render("text")   # or "md"
     write_all("docs/explain")                                # docs/explain/<name>.md, every entry
@@ -59,7 +60,7 @@ class Library:
     op: str
     call: str                  # the call, as a reader would write it
     value: np.ndarray
-    by_design: str = ""        # a named deliberate difference: shown, not held to a tolerance
+    differs: str = ""          # a known difference, named: shown, not held to a tolerance
     where: np.ndarray | None = None  # compare only these positions (dropout: the units both keep)
     dtype: str = "float64"
 
@@ -83,6 +84,7 @@ class Walkthrough:
     library: Callable | None = None    # (cfg, w, inputs, records, calls) -> list[Library]
     capture: str | None = None         # module paths whose call inputs `library` needs
     math: str = ""                     # keep only the reference docstring's paragraphs naming this
+    shows: tuple = ()                  # the Config fields worth printing beside d_model
 
 
 # -------------------------------------------------------------------------------- running
@@ -320,9 +322,8 @@ def _render(ex: Explained, fmt: str) -> str:
     heading(f"{wt.name}: {entry.cls}{variant}", 1)
     para(wt.summary)
     block(_docstring(module, wt.math))
-    fields = {k: getattr(cfg, k) for k in ("d_model", "num_heads", "head_dim", "d_ff", "vocab_size",
-                                             "num_layers", "layer_norm_eps", "activation", "mask_fill", "causal",
-                                             "norm_first", "dropout") if k == "head_dim" or k in _relevant(cfg, wt)}
+    overrides = tuple(registry.get(wt.name).variants[ex.variant].overrides)
+    fields = {k: getattr(cfg, k) for k in dict.fromkeys(("d_model",) + wt.shows + overrides)}
     para("Config (the registry's tiny config with these sizes): "
          + ", ".join(f"{k}={v}" for k, v in fields.items()) + ".")
     para("Weights: `weights.initialize(cfg, seed=0, std=0.5)` rounded to 2 decimals, loaded into every "
@@ -369,13 +370,13 @@ def _render(ex: Explained, fmt: str) -> str:
             rows.append((f"{NAMES[fw]} {dt}", f"{ex.difference(step.op, fw, dt):.1e}",
                          "ok" if within(twin, value, dt) else "OUT"))
         for lib in libs:
-            verdict = ("by design" if lib.by_design else "ok" if within(lib.value, value, lib.dtype, lib.where)
+            verdict = ("named" if lib.differs else "ok" if within(lib.value, value, lib.dtype, lib.where)
                        else "OUT")
             rows.append((f"{_short(lib.call)} {lib.dtype}", f"{_max_abs(lib.value, value, lib.where):.1e}",
                          verdict))
         table(rows, ["against NumPy float64", "max abs difference", "tolerance"])
         for lib in libs:
-            para(f"`{lib.call}`" + (f": by design, {lib.by_design}" if lib.by_design else "."))
+            para(f"`{lib.call}`" + (f": named difference: {lib.differs}" if lib.differs else "."))
         if step.library:
             para(f"Library: {step.library}")
     para("Every number above is computed by `tmirror explain`; the tolerance column applies "
@@ -401,27 +402,6 @@ def _side_by_side(ex, step, value, libs, table, para):
         rows.append([str(j)] + [_number(np.asarray(v)[at]) for _, v in columns])
     para(f"Side by side, element by element, at {_index(index)}:")
     table(rows, ["j"] + [c for c, _ in columns])
-
-
-def _relevant(cfg, wt) -> set:
-    entry = registry.get(wt.name)
-    keys = {"d_model"}
-    kind = wt.name
-    if "attention" in kind or "layer" in kind or entry.is_model or kind == "softmax":
-        keys |= {"num_heads", "mask_fill"}
-    if "layer" in kind or entry.is_model or kind in ("feed_forward", "linear"):
-        keys |= {"d_ff"}
-    if kind in ("layer_norm",) or "layer" in kind or entry.is_model:
-        keys |= {"layer_norm_eps", "norm_first"}
-    if kind in ("activation", "feed_forward") or "layer" in kind or entry.is_model:
-        keys |= {"activation"}
-    if entry.is_model or "embedding" in kind:
-        keys |= {"vocab_size", "num_layers"}
-    if "attention" in kind or "layer" in kind or entry.is_model:
-        keys |= {"causal"}
-    if kind == "dropout":
-        keys |= {"dropout"}
-    return keys
 
 
 def _row(value) -> tuple:
@@ -545,12 +525,12 @@ def softmax_library(cfg, w, inputs, records, calls):
         naive = np.exp(scores) / np.exp(scores).sum(-1, keepdims=True)
     return [
         Library("output", "torch.softmax(scores.masked_fill(~mask, fill), -1)", _np(torch.softmax(filled, -1)),
-                by_design="a fully masked row comes out uniform (1/S each), not zeros: softmax sees a row "
+                differs="a fully masked row comes out uniform (1/S each), not zeros: softmax sees a row "
                           "of equal fills; ours and Keras's zero it."),
         Library("output", "keras.layers.Softmax()(scores, mask=mask)",
                 _np(keras.layers.Softmax(dtype="float64")(scores, mask=mask))),
         Library("output", "np.exp(x) / np.exp(x).sum(-1)", naive,
-                by_design="no max subtraction: exp(1000) overflows to inf and the huge-logit row is NaN."),
+                differs="no max subtraction: exp(1000) overflows to inf and the huge-logit row is NaN."),
     ]
 
 
@@ -582,10 +562,10 @@ def layer_norm_library(cfg, w, inputs, records, calls):
                 oracles.keras_layer_norm(cfg, w, x)),
         Library("output", "keras.layers.LayerNormalization()", oracles.keras_layer_norm(
             cfg.replace(layer_norm_eps=1e-3), w, x),
-            by_design="Keras's default epsilon is 1e-3, not BERT's 1e-12: the nearly constant row is "
+            differs="Keras's default epsilon is 1e-3, not BERT's 1e-12: the nearly constant row is "
                       "divided by sqrt(1.9e-5 + 1e-3) instead of sqrt(1.9e-5)."),
         Library("output", "torch.nn.LayerNorm(4)", oracles.torch_layer_norm(cfg.replace(layer_norm_eps=1e-5), w, x),
-                by_design="torch's default epsilon is 1e-5 (GPT-2's): visible on the nearly constant row."),
+                differs="torch's default epsilon is 1e-5 (GPT-2's): visible on the nearly constant row."),
     ]
 
 
@@ -630,13 +610,13 @@ def activation_library(cfg, w, inputs, records, calls):
                 _np(F.gelu(_tensor(x), approximate="none" if exact else "tanh"))),
         Library("output", f"keras.activations.gelu(x, approximate={not exact})",
                 _np(keras.activations.gelu(keras.ops.convert_to_tensor(x), approximate=not exact)),
-                by_design=FLOAT32_CONSTANT),
+                differs=FLOAT32_CONSTANT),
         Library("output", "keras.ops.gelu(x)", _np(keras.ops.gelu(keras.ops.convert_to_tensor(x))),
-                by_design="" if not exact else "keras.ops.gelu defaults to approximate=True (tanh), while "
+                differs="" if not exact else "keras.ops.gelu defaults to approximate=True (tanh), while "
                           "keras.activations.gelu and torch default to the exact erf form."),
         Library("output", f"F.gelu(x, approximate='{'tanh' if exact else 'none'}')",
                 _np(F.gelu(_tensor(x), approximate="tanh" if exact else "none")),
-                by_design=f"the {other} form: up to 1e-3 apart near |x| = 2, beyond float32's tolerance."),
+                differs=f"the {other} form, a different formula: apart by more than float32's tolerance."),
     ]
 
 
@@ -695,7 +675,7 @@ def sinusoidal_library(cfg, w, inputs, records, calls):
                     _np(layers["float32"](np.zeros((1, T, cfg.d_model), np.float32))), dtype="float32"),
             Library("output", "keras_hub.layers.SinePositionEncoding()",
                     _np(layers["float64"](np.zeros((1, T, cfg.d_model)))),
-                    by_design="its ops.cast(1 / max_wavelength, float64) goes through a float32 constant "
+                    differs="its ops.cast(1 / max_wavelength, float64) goes through a float32 constant "
                               "(TensorFlow's tf.cast of a Python float), so in float64 the frequencies are "
                               "off by 2.5e-9 relative; float32 is unaffected.")]
 
@@ -785,7 +765,7 @@ def ffn_library(cfg, w, inputs, records, calls):
            Library("outer.output", "torch.nn.Linear(F, D)", _np(y))]
     if cfg.activation != "gelu_tanh":
         out.append(Library("activation.output", f"keras.layers.Dense(F, activation='{cfg.activation}')",
-                           _np(dense(x)), by_design=FLOAT32_CONSTANT if cfg.activation == "gelu" else ""))
+                           _np(dense(x)), differs=FLOAT32_CONSTANT if cfg.activation == "gelu" else ""))
     return out
 
 
@@ -879,6 +859,8 @@ def transformer_library(cfg, w, inputs, records, calls):
 
 
 LAYER = dict(d_model=8, num_heads=2, d_ff=16)
+LAYER_SHOWS = ("num_heads", "head_dim", "d_ff", "activation", "layer_norm_eps", "norm_first")
+MODEL_SHOWS = ("num_layers",) + LAYER_SHOWS + ("causal", "vocab_size", "max_positions")
 MODEL = dict(LAYER, vocab_size=11, max_positions=8, num_layers=1, num_decoder_layers=1)
 
 MHA_STEPS = (
@@ -909,7 +891,8 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                 (Step("output", "y = x @ kernel + bias: each output channel a weighted sum of the inputs.",
                       "torch.nn.Linear stores weight [out, in] and computes x @ W.T; Keras Dense stores "
                       "kernel [in, out] as we do."),),
-                inner=linear_inner, library=linear_library),
+                inner=linear_inner, library=linear_library,
+                shows=("d_ff", "use_bias")),
     Walkthrough("softmax", "Softmax on [1, 2, 3], on [1000, 1001, 1002] (huge logits), on [1, 2, 30] with "
                            "the 30 masked, and on a row with every position masked.",
                 dict(d_model=4, num_heads=1), softmax_inputs,
@@ -919,14 +902,16 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                       "torch.softmax has no mask argument: callers fill first, and a fully masked row then "
                       "comes out uniform (fill -1e9) or NaN (fill -inf). transformers fills with the "
                       "dtype's minimum."),),
-                inner=softmax_inner, library=softmax_library, math="softmax"),
+                inner=softmax_inner, library=softmax_library, math="softmax",
+                shows=("mask_fill",)),
     Walkthrough("activation", "GELU on ten points from -3 to 3: the exact erf form, and the tanh form "
                               "beside it.",
                 dict(d_model=5, num_heads=1), activation_inputs,
                 (Step("output", "GELU(x) = x Phi(x): about x for large x, about 0 for very negative x, "
                                 "slightly negative near x = -0.75.",
                       "BERT (and torch's default) use erf; GPT-2 and keras-hub's BertBackbone use tanh."),),
-                inner=activation_inner, library=activation_library, math="GELU"),
+                inner=activation_inner, library=activation_library, math="GELU",
+                shows=("activation",)),
     Walkthrough("dropout", "Dropout at rate 0.25 in training, with a supplied keep mask so every "
                            "framework drops the same units.",
                 dict(d_model=4), dropout_inputs,
@@ -934,7 +919,8 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                                 "expected value is unchanged.",
                       "torch.nn.Dropout and keras.layers.Dropout draw their own masks from their own RNGs; "
                       "only the scale is comparable."),),
-                inner=dropout_inner, library=dropout_library, math="Dropout"),
+                inner=dropout_inner, library=dropout_library, math="Dropout",
+                shows=("dropout",)),
     Walkthrough("layer_norm", "Layer norm on three vectors of width 4, one nearly constant, where the "
                               "epsilon shows.",
                 dict(d_model=4), layer_norm_inputs,
@@ -942,24 +928,28 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                                 "gamma and shift by beta.",
                       "Defaults differ: torch.nn.LayerNorm eps 1e-5, keras LayerNormalization 1e-3, BERT "
                       "1e-12; the config names the value, so both are built with it."),),
-                inner=layer_norm_inner, library=layer_norm_library),
+                inner=layer_norm_inner, library=layer_norm_library,
+                shows=("layer_norm_eps",)),
     Walkthrough("token_embedding", "Token ids [3, 0, 7, 3] looked up in an 11-row table of width 4.",
                 dict(d_model=4, vocab_size=11), embedding_inputs([3, 0, 7, 3]),
                 (Step("output", "Row i of the table for id i: a gather, no arithmetic. The repeated id 3 "
                                 "gives the same row twice.",
                       "An id outside the table raises here, as in torch (IndexError); tf.gather on a GPU "
                       "returns zeros silently."),),
-                library=embedding_library),
+                library=embedding_library,
+                shows=("vocab_size",)),
     Walkthrough("position_embedding", "Positions 0..3 looked up in a learned table of 8 positions.",
                 dict(d_model=4, max_positions=8), embedding_inputs([0, 1, 2, 3]),
                 (Step("output", "Row p of the position table for position p; added to the token rows by "
                                 "the model.", "BERT and GPT-2 slice positions 0..T-1 of this table."),),
-                library=embedding_library),
+                library=embedding_library,
+                shows=("max_positions",)),
     Walkthrough("segment_embedding", "Segment ids [0, 0, 1, 1]: sentence A, then sentence B.",
                 dict(d_model=4, type_vocab_size=2), embedding_inputs([0, 0, 1, 1]),
                 (Step("output", "One of two rows per token: which sentence it belongs to.",
                       "transformers calls this token_type_embeddings."),),
-                library=embedding_library),
+                library=embedding_library,
+                shows=("type_vocab_size",)),
     Walkthrough("sinusoidal_position", "The fixed encoding of positions 0..5 at width 8: four frequencies, "
                                        "sine and cosine interleaved.",
                 dict(d_model=8), lambda cfg: {"positions": np.arange(6)[None]},
@@ -967,7 +957,8 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                                 "position, the last slower than once in 100.",
                       "keras_hub's SinePositionEncoding interleaves sine and cosine as ours does; torch "
                       "has no built-in."),),
-                inner=sinusoidal_inner, library=sinusoidal_library),
+                inner=sinusoidal_inner, library=sinusoidal_library,
+                shows=()),
     Walkthrough("scaled_dot_product_attention", "Single-head attention on 4 tokens of width 4; the 4th "
                                                 "token is padding.",
                 dict(d_model=4, num_heads=1), sdpa_inputs,
@@ -977,11 +968,13 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                       "these; their boolean masks are True = attend, as ours (nn.MultiheadAttention's "
                       "are True = blocked)."),
                  Step("context", "Each query's probability-weighted average of the value rows: probs @ v.")),
-                inner=sdpa_inner, library=sdpa_library),
+                inner=sdpa_inner, library=sdpa_library,
+                shows=("num_heads", "head_dim", "mask_fill", "causal")),
     Walkthrough("multi_head_attention", "4-head self-attention, D = 8 (Dh = 2), on 4 tokens; the 4th token "
                                         "is padding.",
                 dict(d_model=8, num_heads=4), mha_inputs, MHA_STEPS,
-                inner=mha_inner, library=mha_library),
+                inner=mha_inner, library=mha_library,
+                shows=("num_heads", "head_dim", "mask_fill", "causal", "use_bias")),
     Walkthrough("feed_forward", "The position-wise MLP D = 8 -> F = 16 -> D on 4 tokens.",
                 LAYER, lambda cfg: {"x": _readable((1, 4, cfg.d_model))},
                 (Step("inner.output", "Widen each token: x @ W_inner + b_inner, (B, T, F)."),
@@ -990,7 +983,8 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                       "to tanh."),
                  Step("outer.output", "Back to width D: h @ W_outer + b_outer."),
                  Step("output", "The block's output (dropout is the identity at inference).")),
-                library=ffn_library),
+                library=ffn_library,
+                shows=("d_ff", "activation")),
     Walkthrough("encoder_layer", "One post-norm encoder layer (BERT's), D = 8, 2 heads, F = 16, on 4 "
                                  "tokens; the 4th is padding.",
                 LAYER, encoder_inputs,
@@ -1002,7 +996,8 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                    Step("output", "The layer's output: same shape as its input.",
                         "nn.TransformerEncoderLayer computes the same with the same weights; in eval mode "
                         "with no grad it may take a fused fast path (not used here).")),
-                inner=lambda m, w, i, r: mha_inner(m, w, i, r, "attention."), library=encoder_library),
+                inner=lambda m, w, i, r: mha_inner(m, w, i, r, "attention."), library=encoder_library,
+                shows=LAYER_SHOWS + ("causal",)),
     Walkthrough("decoder_layer", "One post-norm decoder layer: causal self-attention on 3 target tokens, "
                                  "cross-attention to 4 encoder positions (the 4th padding), feed-forward.",
                 dict(LAYER, activation="relu"), decoder_inputs,
@@ -1017,7 +1012,8 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                  Step("feed_forward_norm.output", "LN(x + FFN(x))."),
                  Step("output", "The layer's output.",
                       "nn.TransformerDecoderLayer names these self_attn, multihead_attn and norm1..norm3.")),
-                library=decoder_library),
+                library=decoder_library,
+                shows=LAYER_SHOWS),
     Walkthrough("bert", "A one-layer BERT (D = 8, 2 heads) on 4 tokens in two segments, the 4th padding.",
                 MODEL, token_inputs(segments=True),
                 (Step("embeddings.token.output", "Token rows."),
@@ -1031,7 +1027,8 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                       "softmax unless a row is fully masked."),
                  Step("encoder.0.output", "Layer 0's output: the last hidden state here."),
                  Step("pooled", "The pooler: tanh(h[:, 0] W + b) on the [CLS] position.")),
-                library=bert_library),
+                library=bert_library,
+                shows=MODEL_SHOWS),
     Walkthrough("gpt2", "A one-layer GPT-2 (pre-norm, causal, tanh GELU, D = 8) on 4 tokens, the 4th padding.",
                 dict(MODEL, norm_first=True, causal=True, activation="gelu_tanh", layer_norm_eps=1e-5),
                 token_inputs(segments=False),
@@ -1045,7 +1042,8 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                  Step("final_norm.output", "The final layer norm a pre-norm stack needs.",
                       "transformers' hidden_states[-1] is after this norm, not the last layer's output."),
                  Step("logits", "h @ E_token^T: the head is tied to the token table.")),
-                library=gpt2_library),
+                library=gpt2_library,
+                shows=MODEL_SHOWS),
     Walkthrough("transformer", "The 2017 encoder-decoder, one layer each (D = 8, 2 heads, ReLU), source of 4 "
                                "tokens (the 4th padding), target of 3.",
                 dict(MODEL, position="sinusoidal", activation="relu", layer_norm_eps=1e-6, scale_embeddings=True),
@@ -1059,5 +1057,6 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                  Step("decoder.0.cross_attention.probs", "Target over source; the padded source position 0."),
                  Step("decoder.0.output", "The decoder's output."),
                  Step("logits", "h @ E^T, tied to the shared token table.")),
-                library=transformer_library, capture="*coder.0"),
+                library=transformer_library, capture="*coder.0",
+                shows=MODEL_SHOWS + ("position", "scale_embeddings")),
 ]}
