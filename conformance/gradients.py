@@ -177,6 +177,7 @@ def module_gradients(built, path: str, args: list, kwargs: dict, cotangent: np.n
         raise ValueError(f"framework must be one of {list(BACKWARDS)} for gradients; "
                          f"received framework={built.framework!r}")
     b, sub = built.backend, built.submodule(path)
+    kwargs = {k: v for k, v in kwargs.items() if k != "training"}  # Keras records it; `built.training` rules
     named = _argument_names(sub, built.framework, args, kwargs)
     floats = {k: v for k, v in named.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
     convert = lambda v: b.inputs({"v": v}, built.dtype, built.device)["v"] if isinstance(v, np.ndarray) else v  # noqa: E731
