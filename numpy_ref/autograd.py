@@ -82,6 +82,7 @@ class Tape:
         self.calls: dict[int, int] = {}           # id(module) -> calls so far (k of `#k`)
         self.param_grads: dict[str, np.ndarray] = {}
         self.activation_grads: dict[str, np.ndarray] = {}
+        self.tapped: list[str] = []  # trace keys in forward order
         self.done = False
 
     def enter(self, module, args, kwargs) -> Saved | None:
@@ -105,6 +106,7 @@ class Tape:
 
         def keep(name, x):
             current.taps[name] = x
+            self.tapped.append(current.key(name))
             return tap(name, x)
 
         return keep
@@ -114,7 +116,7 @@ class Tape:
 
         `cotangent` has the output's structure: an array, or a dict of arrays (a missing
         output key counts as zeros). Fills `param_grads` (every parameter, zeros where
-        unused) and `activation_grads`. Runs once per recording.
+        unused) and `activation_grads` (in forward order, as a trace). Runs once per recording.
         """
         global _running
         if self.done:
@@ -139,6 +141,7 @@ class Tape:
             grads = self.root.backward(grad)
         finally:
             _running = None
+        self.activation_grads = {k: self.activation_grads[k] for k in self.tapped if k in self.activation_grads}
         names = [n for n, v in root.inputs.items() if _floating(v)]
         grads = () if grads is None else grads if isinstance(grads, tuple) else (grads,)
         if len(grads) != len(names):
