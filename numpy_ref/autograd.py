@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
+from functools import lru_cache
 
 import numpy as np
 
@@ -89,11 +90,12 @@ class Tape:
         path = self.paths.get(id(module))
         if path is None:  # not part of the recorded model (another framework's module)
             return None
-        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+        bound = _signature(type(module).forward).bind(module, *args, **kwargs)
         bound.apply_defaults()
+        inputs = {name: value for name, value in bound.arguments.items() if name != "self"}
         call = self.calls.get(id(module), 0)
         self.calls[id(module)] = call + 1
-        saved = Saved(self, path, call, dict(bound.arguments))
+        saved = Saved(self, path, call, inputs)
         self.stacks.setdefault(id(module), []).append(saved)
         return saved
 
@@ -148,6 +150,11 @@ class Tape:
             raise RuntimeError(f"{type(self.root).__name__}.backward returned {len(grads)} "
                                f"gradients for the floating inputs {names}")
         return dict(zip(names, grads))
+
+
+@lru_cache(maxsize=None)
+def _signature(forward):
+    return inspect.signature(forward)
 
 
 def _floating(v) -> bool:
