@@ -224,12 +224,12 @@ def cost_png(c, path: Path, preset="bert-base") -> Path:
     m.loglog(L, [r.peak_bytes / 2**20 for r in c["rows"]], "s-",
              label=f"peak memory (slope {c['exponent_peak_bytes']:.2f})")
     m.set(xlabel="sequence length T", ylabel="MiB", title="Measured: one reference attention, H = 4, Dh = 64")
-    m.set_xticks(L, [str(x) for x in L], minor=False)
-    m.set_xticks([], minor=True)
     m2 = m.twinx()
     m2.loglog(L, [r.seconds * 1e3 for r in c["rows"]], "^:", color="C3",
               label=f"time (slope {c['exponent_seconds']:.2f})")
     m2.set_ylabel("ms", color="C3")
+    m.set_xticks(L, [str(x) for x in L])  # after twinx, whose log scale would reset the shared axis
+    m.set_xticks([], minor=True)
     lines = m.get_legend_handles_labels()[0] + m2.get_legend_handles_labels()[0]
     m.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="upper left")
     return _save(fig, path)

@@ -80,8 +80,9 @@ def component(name: str) -> str:
         else:
             rows = [(f"`{o.name}`", o.category, f"{o.total:,}", f"{o.total / total:.1%}") for o in ops]
         header = ["category", "FLOPs", "share"] if grouped else ["op", "category", "FLOPs", "share"]
+        where = f", {quad / total:.1%} of them in the T x T terms" if quad else ", all linear in T"
         out.append(f"Forward FLOPs at B = {B}, T = {T} ({dims}; one multiply-add = 2 FLOPs), "
-                   f"{total:,} in all, {quad / total:.1%} of them in the T x T terms:\n\n" + _md(header, rows))
+                   f"{total:,} in all{where}:\n\n" + _md(header, rows))
     else:
         out.append("Forward FLOPs: none counted (a table lookup, a fixed table or the identity at inference).")
     return "\n\n".join(out)

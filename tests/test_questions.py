@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from study import docsrc
 from study import questions as q
 
 
@@ -127,3 +128,15 @@ def test_model_families_parameters_and_flops():
 def test_family_parameter_counts_equal_transformers(family):
     counted = next(r["parameters"] for r in q.model_families() if r["model"] == family.name)
     assert counted == q.transformers_parameters(family)
+
+
+@pytest.mark.full
+def test_figures_command_writes_every_table_and_figure(tmp_path):
+    from conformance.cli import main
+    assert main(["figures", "--quick", "--out", str(tmp_path)]) == 0
+    tables = {p.name for p in (tmp_path / "generated").glob("*.md")}
+    figures = {p.name for p in (tmp_path / "figures").glob("*.png")}
+    assert tables == {p.name for p in (docsrc.DOCS / "generated").glob("*.md")}
+    assert figures == {"positional_encoding.png", "attention_patterns.png", "error_by_depth.png",
+                       "cost_vs_length.png", "softmax_scale.png", "pre_post_norm.png"}
+    assert all((tmp_path / "figures" / f).read_bytes()[:4] == b"\x89PNG" for f in figures)
