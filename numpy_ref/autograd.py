@@ -25,7 +25,9 @@ Why a stack per module, and why pop. A module may run several times in one forwa
 (the Transformer's shared embedding table, its dropout on source and target). The
 backward visits calls in reverse, so the call it needs is always the most recent one
 not yet consumed: the top of that module's stack. `saved(module)` pops it, which also
-frees its tensors as the backward moves down the model.
+frees its tensors as the backward moves down the model. (`last_output(child)` reads a
+child's output before the child's backward pops it: the MLM head's tied decoder needs its
+layer norm's output.)
 
 Activation gradients carry the forward trace's names. The k-th call of a module
 (counted from 0, in forward order) records its taps under `path.name#k` (`path.name`
