@@ -366,7 +366,10 @@ def _render(ex: Explained, fmt: str) -> str:
         _side_by_side(ex, step, value, libs, table, para)
         rows = []
         for fw, dt in TWINS:
-            twin = ex.twins[fw, dt][step.op]
+            twin = ex.twins[fw, dt].get(step.op)
+            if twin is None:  # a fused kernel records no intermediate
+                rows.append((f"{NAMES[fw]} {dt}", "-", "not traced"))
+                continue
             rows.append((f"{NAMES[fw]} {dt}", f"{ex.difference(step.op, fw, dt):.1e}",
                          "ok" if within(twin, value, dt) else "OUT"))
         for lib in libs:
@@ -391,7 +394,8 @@ def _side_by_side(ex, step, value, libs, table, para):
     """One row of the op's last axis: NumPy, PyTorch and Keras float32, and the library, per element."""
     index = _row(value)
     columns = [("NumPy float64", value)]
-    columns += [(f"{NAMES[fw]} float32", ex.twins[fw, "float32"][step.op]) for fw in ("torch", "tf")]
+    columns += [(f"{NAMES[fw]} float32", ex.twins[fw, "float32"][step.op]) for fw in ("torch", "tf")
+                if step.op in ex.twins[fw, "float32"]]
     columns += [("library", lib.value) for lib in libs
                 if lib.where is None and np.shape(lib.value) == value.shape][:1]
     if value.ndim == 0:
@@ -690,7 +694,7 @@ def sdpa_inputs(cfg):
 
 def sdpa_inner(module, w, inputs, records):
     from numpy_ref.attention import scaled_dot_product_attention
-    return [Inner(scaled_dot_product_attention, (inputs["q"], inputs["k"], inputs["v"], inputs["mask"], module.cfg,
+    return [Inner(scaled_dot_product_attention, (inputs["q"], inputs["k"], inputs["v"], inputs.get("mask"), module.cfg,
                                                  trace.untraced), "context")]
 
 

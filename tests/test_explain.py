@@ -174,9 +174,28 @@ def test_cli_list_and_errors():
         "tmirror explain: error: unknown component or model 'lstm'; known: linear, softmax")
 
 
-def test_cli_writes_markdown(tmp_path):
+def test_cli_writes_markdown(tmp_path, capsys):
+    from conformance import cli  # in-process: the subprocess above already proves the entry point
     out = tmp_path / "seg.md"
-    r = tmirror("segment_embedding", "--format", "md", "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == f"wrote {out}"
+    assert cli.main(["explain", "segment_embedding", "--format", "md", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    assert out.read_text() == ex.walkthrough("segment_embedding", fmt="md") + "\n"
     assert out.read_text().startswith("# segment_embedding: SegmentEmbedding")
+
+
+VARIANTS = [(n, v) for n, e in registry.ENTRIES.items() for v in e.variants if v != "default"]
+
+
+@pytest.mark.parametrize("name,variant", VARIANTS, ids=[f"{n}-{v}" for n, v in VARIANTS])
+def test_every_variant_renders_within_tolerance(name, variant):
+    e = ex.explain(name, variant)
+    text = e.render("text")
+    assert max(map(len, text.splitlines())) <= 100 and " OUT" not in text
+    for step in e.walkthrough.steps:
+        if step.op not in e.reference:
+            continue
+        for fw, dt in ex.TWINS:
+            if step.op in e.twins[fw, dt]:
+                assert ex.within(e.twins[fw, dt][step.op], e.reference[step.op], dt), (step.op, fw, dt)
+            else:  # only a fused kernel skips an intermediate, and the walkthrough says so
+                assert e.cfg.fused_attention and fw == "torch" and "not traced" in text
