@@ -26,6 +26,8 @@ def base_config(name: str) -> Config:
 
 def component_ops(name: str, cfg: Config) -> list[flops.Op]:
     """The forward ops of one component at (B, T): those `conformance.costs.flops` counts."""
+    if cfg.kind in params.MODELS:
+        return flops.model_ops(cfg, B, T)
     rows, pairs, D = B * T, B * cfg.num_heads * T * T, cfg.d_model
     per = flops.PER_ELEMENT
     score_ops = [flops.Op("scores", "attention", 2 * pairs * cfg.head_dim, pairs=True),
@@ -44,8 +46,6 @@ def component_ops(name: str, cfg: Config) -> list[flops.Op]:
         "encoder_layer": lambda: list(flops.encoder_layer("layer", cfg, B, T, cfg.causal)),
         "decoder_layer": lambda: list(flops.decoder_layer("layer", cfg, B, T, T)),
     }
-    if cfg.kind in params.MODELS:
-        return flops.model_ops(cfg, B, T)
     return table[name]() if name in table else []
 
 
