@@ -380,3 +380,21 @@ def gradient_report(cfg, w: dict, inputs: dict, frameworks=("torch", "tf"), dtyp
         report[framework] = [{"op": r.op, "group": r.group, "max_abs": r.max_abs, "scale_error": r.scale_error,
                               "passed": r.passed} for r in rows]
     return report
+
+
+def measure(cases=None, frameworks=("numpy", "torch", "tf"), dtypes=("float64", "float32")) -> list[dict]:
+    """The evidence for the gradient rows: per registry case, framework and dtype, the worst
+    scale error (max |a - r| / max |r|, a bias on its layer's scale) over every gradient, and where."""
+    from conformance.precision import supported
+    from conformance.suite import CASES, case_id
+    rows = []
+    for case in cases or CASES:
+        for framework in frameworks:
+            for dtype in dtypes:
+                if (framework, dtype) == ("numpy", "float64") or not supported(framework, dtype, "cpu", case):
+                    continue
+                results = check_gradients(*case, framework, dtype)
+                worst = max(results, key=lambda r: r.max_rel)
+                rows.append({"case": case_id(case), "framework": framework, "dtype": dtype,
+                             "worst": worst.max_rel, "where": worst.name, "passed": all(r.passed for r in results)})
+    return rows
