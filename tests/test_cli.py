@@ -72,6 +72,7 @@ def test_explain_walks_through_every_op_with_the_twins_beside_it():
     r = tmirror("explain", "multi_head_attention", "--variant", "causal")
     assert r.returncode == 0, r.stderr
     assert "Attention(Q, K, V) = softmax(Q K^T / sqrt(Dh) + mask) V" in r.stdout
-    for op in ("query.output", "\nq (1, 2, 3, 2)", "\nscores (1, 2, 3, 3)", "\nprobs", "\nmerged", "output.output"):
+    for op in ("1. query.output (1, 4, 8)", "2. q (1, 4, 4, 2)", "5. scores (1, 4, 4, 4)", "6. probs",
+               "8. merged", "9. output.output"):
         assert op in r.stdout, op
-    assert "torch " in r.stdout and "tf " in r.stdout
+    assert "PyTorch float32" in r.stdout and "Keras float64" in r.stdout and "causal=True" in r.stdout
