@@ -181,3 +181,92 @@ def test_keras_adamw_rounds_python_float_betas_through_float32():
                                epsilon=1e-8).apply([g], [v])
         error = np.abs(keras.ops.convert_to_numpy(v) - reference["x.bias"]).max()
         assert (error > 1e-8) if expected == "off" else (error < 1e-15), (expected, error)
+
+
+# ------------------------------------------------------------------------------ whole runs
+
+from functools import lru_cache  # noqa: E402
+
+from conformance import registry  # noqa: E402
+from conformance.tolerance import training_tolerance  # noqa: E402
+
+TINY_CASES = {"bert-mlm": (registry.get("bert").tiny, "mlm"),
+              "bert-classification": (registry.get("bert").tiny, "classification"),
+              "gpt2-causal_lm": (registry.get("gpt2").tiny, "causal_lm")}
+STEPS = 3
+
+
+@lru_cache(maxsize=None)
+def _case(name, **changes):
+    model, task = TINY_CASES[name]
+    tcfg = training.TrainConfig(task=task, steps=STEPS, seq_len=8, **dict(changes))
+    return (*training.setup(model, task, tcfg), tcfg)
+
+
+@lru_cache(maxsize=None)
+def _reference(name, framework, **changes):
+    cfg, w, batches, tcfg = _case(name, **changes)
+    return training.train("numpy", cfg, w, batches, training.for_framework(tcfg, framework))
+
+
+@pytest.mark.parametrize("name", list(TINY_CASES))
+def test_weights_after_n_steps_match_the_reference(name, framework, dtype):
+    """Same weights, batches and dropout masks: after N AdamW steps every weight is within the
+    training row of its dtype, against the float64 reference run under this framework's conventions."""
+    cfg, w, batches, tcfg = _case(name)
+    run = training.train(framework, cfg, w, batches, training.for_framework(tcfg, framework), dtype=dtype)
+    ref = _reference(name, framework)
+    errors = training.weight_errors(run.weights, ref.weights)
+    tol = training_tolerance(dtype)
+    param, error = training.worst(errors)
+    assert error <= tol.atol, f"{framework} {dtype} {name}: {param} off by {error:.3g} after {STEPS} steps (> {tol.atol:g})"
+    assert run.lrs == ref.lrs
+    np.testing.assert_allclose(run.losses, ref.losses, rtol=tol.atol * 10, atol=0)
+    assert training.worst(training.moved(w, ref.weights))[1] > 100 * tol.atol  # the weights did move
+
+
+def test_accumulating_two_micro_batches_equals_one_batch_of_both():
+    """Classification counts one label a row, so the mean over k micro-batches of 1 row equals the
+    mean over one batch of k rows; dropout off (masks are drawn per micro-batch shape)."""
+    model, task = TINY_CASES["bert-classification"]
+    model = model.replace(dropout=0.0)
+    tcfg = training.TrainConfig(task=task, steps=2, micro_batch_size=2, seq_len=8, max_grad_norm=None)
+    cfg, w, batches, _ = (*training.setup(model, task, tcfg), tcfg)
+    split = [{k: v[i:i + 1] for k, v in b.items()} for b in batches for i in range(2)]
+    accumulated = tcfg.replace(micro_batch_size=1, accumulation_steps=2)
+    for framework in ("numpy", "torch", "tf"):
+        one = training.train(framework, cfg, w, batches, training.for_framework(tcfg, framework))
+        two = training.train(framework, cfg, w, split, training.for_framework(accumulated, framework))
+        param, error = training.worst(training.weight_errors(two.weights, one.weights))
+        assert error <= 1e-12, (framework, param, error)
+
+
+def test_frozen_base_trains_the_head_only_and_layer_decay_scales_the_lr():
+    for changes in ({"frozen_base": True}, {"layer_decay": 0.5}):
+        cfg, w, batches, tcfg = _case("bert-classification", **changes)
+        ref = _reference("bert-classification", "numpy", **changes)
+        for framework in ("torch", "tf"):
+            run = training.train(framework, cfg, w, batches, training.for_framework(tcfg, framework))
+            param, error = training.worst(training.weight_errors(run.weights, _reference(
+                "bert-classification", framework, **changes).weights))
+            assert error <= training_tolerance("float64").atol, (changes, framework, param, error)
+        moved = training.moved(w, ref.weights)
+        if changes.get("frozen_base"):
+            assert all(moved[n] == 0.0 for n in moved if n.split(".")[0] in training.BASE)
+            assert moved["classifier.kernel"] > 0 and moved["pooler.kernel"] > 0
+    groups = training.groups(cfg, tcfg.replace(layer_decay=0.5))
+    assert groups["embeddings.token.table"].lr_scale == 0.25 and groups["encoder.0.attention.query.kernel"].lr_scale == 0.5
+    assert groups["encoder.1.feed_forward.outer.bias"].lr_scale == 1.0 == groups["classifier.kernel"].lr_scale
+    assert not groups["encoder.1.feed_forward.outer.bias"].weight_decay and groups["classifier.kernel"].weight_decay
+
+
+def test_mixed_bfloat16_drifts_from_float32_and_stays_finite():
+    """Mixed precision's drift is measured (`training.mixed_precision_drift`), not bounded here:
+    it must be a real, finite difference (autocast and the Keras policy did engage)."""
+    cfg, w, batches, tcfg = _case("gpt2-causal_lm")
+    for framework in ("torch", "tf"):
+        own = training.for_framework(tcfg, framework)
+        fp32 = training.train(framework, cfg, w, batches, own, dtype="float32")
+        mixed = training.train(framework, cfg, w, batches, own, dtype="mixed_bfloat16")
+        error = training.worst(training.weight_errors(mixed.weights, fp32.weights))[1]
+        assert np.isfinite(error) and error > 1e-7, (framework, error)

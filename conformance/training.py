@@ -237,7 +237,8 @@ def trainer(framework: str, cfg: Config, weights: dict, tcfg: TrainConfig, dtype
             raise ValueError(f"TrainConfig.clip_epsilon must be {own['clip_epsilon']!r} for {framework} (its own "
                              f"clipping's; see for_framework); received clip_epsilon={tcfg.clip_epsilon!r}")
     cfg = task_config(cfg, tcfg.task)
-    built = build(framework, cfg, weights, dtype=dtype, training=True)
+    copies = {name: np.array(value) for name, value in weights.items()}  # numpy_ref updates its arrays in place
+    built = build(framework, cfg, copies, dtype=dtype, training=True)
     package = importlib.import_module(registry.PACKAGES[framework] + ".training")
     return package.Trainer(built.module, groups(cfg, tcfg), tcfg, built), built
 
@@ -279,11 +280,11 @@ def moved(before: dict, after: dict) -> dict[str, float]:
 CASES = (("bert-tiny", "mlm"), ("bert-tiny", "classification"), ("gpt2-tiny", "causal_lm"))
 
 
-def setup(preset: str, task: str, tcfg: TrainConfig | None = None, seed: int = 0):
-    """(model cfg with its task head, initial weights, batches) for a preset and task."""
+def setup(preset: str | Config, task: str, tcfg: TrainConfig | None = None, seed: int = 0):
+    """(model cfg with its task head, initial weights, batches) for a preset (or a Config) and task."""
     from conformance import presets, weights as weights_lib
     tcfg = tcfg or TrainConfig(task=task)
-    cfg = task_config(presets.get(preset), task)
+    cfg = task_config(presets.get(preset) if isinstance(preset, str) else preset, task)
     return cfg, weights_lib.initialize(cfg, seed=seed), make_batches(cfg, tcfg, seed=seed)
 
 

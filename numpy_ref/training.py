@@ -63,8 +63,9 @@ def cross_entropy(logits, labels):
     picked = np.take_along_axis(log_p, np.where(counted, y, 0)[:, None], axis=1)[:, 0]  # (N,)
     count = counted.sum()
     loss = -(picked * counted).sum() / count
-    onehot = np.eye(V, dtype=logits.dtype)[np.where(counted, y, 0)]           # (N, V)
-    grad = (np.exp(log_p) - onehot) * counted[:, None] / count                # (N, V)
+    grad = np.exp(log_p)                                                      # (N, V) softmax
+    grad[np.arange(len(y)), np.where(counted, y, 0)] -= 1                     # (N, V) softmax - onehot
+    grad *= counted[:, None] / count                                          # (N, V)
     return loss, grad.reshape(logits.shape).astype(logits.dtype, copy=False)
 
 
@@ -139,10 +140,11 @@ class Trainer:
     """Runs training steps of `model` (a numpy_ref model) with the TrainConfig `tcfg`.
 
     `groups`: canonical weight name -> `conformance.training.Group` (lr scale, decayed,
-    trainable). A frozen parameter still gets a gradient from the tape; it is not updated.
+    trainable); `built` its `conformance.build.Built`. A frozen parameter still gets a gradient
+    from the tape; it is not updated.
     """
 
-    def __init__(self, model, groups, tcfg, dtype="float64"):
+    def __init__(self, model, groups, tcfg, built):
         self.model, self.groups, self.tcfg = model, groups, tcfg
         params = dict(model.named_parameters())
         self.trainable = {name: p for name, p in params.items() if groups[name].trainable}
