@@ -155,11 +155,13 @@ def _tf(built, inputs, cotangents, seed):
     # a tapped tensor that depends on no watched tensor (a constant) gets None: left out, as in torch
     return Gradients(outputs, {k: to_numpy(g, leaves[k]) for k, g in grads["inputs"].items()},
                      {k: to_numpy(g, variables[k]) for k, g in grads["params"].items()},
-                     {k: b.to_numpy(tf.convert_to_tensor(g)) for k, g in grads["activations"].items()
-                      if g is not None}, cot)
+                     {k: b.to_numpy(tf.convert_to_tensor(grads["activations"][k])) for k in tapped
+                      if grads["activations"][k] is not None}, cot)  # tf.nest sorted the keys: trace order back
 
 
 BACKWARDS = {"numpy": _numpy, "torch": _torch, "tf": _tf}
+
+
 # ------------------------------------------------------------------------------------ one module alone
 
 def _argument_names(module, framework, args, kwargs) -> dict:
@@ -180,8 +182,8 @@ def module_gradients(built, path: str, args: list, kwargs: dict, cotangent: np.n
     kwargs = {k: v for k, v in kwargs.items() if k != "training"}  # Keras records it; `built.training` rules
     named = _argument_names(sub, built.framework, args, kwargs)
     floats = {k: v for k, v in named.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
-    convert = lambda v: b.inputs({"v": v}, built.dtype, built.device)["v"] if isinstance(v, np.ndarray) else v  # noqa: E731
-    tensors = {k: convert(v) for k, v in named.items()}
+    tensors = {k: b.inputs({k: v}, built.dtype, built.device)[k] if isinstance(v, np.ndarray) else v
+               for k, v in named.items()}
     prefix = f"{path}." if path else ""
     names = [n for n in registry.param_shapes(built.cfg) if n.startswith(prefix)]
     if built.framework == "numpy":
@@ -240,19 +242,6 @@ def compare_gradient(name: str, actual, reference, tol, scale: float | None = No
     passed = c.max_abs <= tol.atol + tol.scale_rtol * scale
     return replace(c, max_rel=c.max_abs / scale, passed=passed, scale=scale,
                    detail=f"on the scale of the layer's [kernel; bias] gradient, {scale:.3g}")
-
-
-def compare_groups(label: str, actual: dict, reference: dict, tol) -> list[Comparison]:
-    """Compare {name: gradient} dicts key by key; a missing or extra key is a failed comparison."""
-    results = []
-    for key in list(reference) + [k for k in actual if k not in reference]:
-        name = f"{label}{key}"
-        if key not in actual or key not in reference:
-            results.append(Comparison(name, np.inf, np.inf, (), False,
-                                      "missing gradient" if key not in actual else "unexpected gradient"))
-        else:
-            results.append(compare_gradient(name, actual[key], reference[key], tol, _affine_scale(key, reference)))
-    return results
 
 
 @dataclass(frozen=True)
