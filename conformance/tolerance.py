@@ -10,6 +10,9 @@ The numbers come from `tmirror tolerances` (conformance/precision.py), whose evi
 conformance/tolerance_evidence.json and reports/tolerances.md. Each row says why its numbers are what they are, and the
 evidence line records the worst error measured across the suite (see README).
 Tolerances are never loosened per test: a case that needs more is a finding.
+The float64 and float32 rows carry a `grad` row for gradients (max-norm relative, measured by
+`conformance.gradients.measure`: a weight's gradient sums over batch and positions, so the same
+argument applies at every dtype).
 """
 from __future__ import annotations
 
