@@ -162,3 +162,13 @@ def test_preset_end_to_end(preset, head, framework_twins_only, framework):
     assert not bad, bad[:5]
     groups = {g: sum(r["group"] == g for r in report) for g in ("param", "activation")}
     assert groups["param"] == len(w) and groups["activation"] > 10 * cfg.num_layers
+
+
+def test_module_gradients_and_replay_refuse_bad_input():
+    from conformance.replay import replay_gradients
+    _, cfg, w, inputs, _ = case_data("encoder_layer", "default")
+    m = build("torch", cfg, w, dtype="float32")
+    with pytest.raises(ValueError, match=r"no module at path 'attention.nothing'"):
+        gradients.module_gradients(m, "attention.nothing", [inputs["x"]], {}, inputs["x"])
+    with pytest.raises(ValueError, match=r"gradient tolerance row .*; received dtype='float16'"):
+        replay_gradients("torch", cfg, w, inputs, "*", dtype="float16")
