@@ -49,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="reports", help="output directory (default: reports/)")
     rep.add_argument("--onnx", action="store_true",
                      help="also export with torch.export and tf2onnx and run both in onnxruntime (minutes, GiBs for base sizes)")
+    rep.add_argument("--train", action="store_true",
+                     help="also compare every gradient with the NumPy backward and run a few AdamW steps in each "
+                          "framework (section 'Gradients' and 'Training steps')")
     cmp_ = sub.add_parser("compare", help="per-op error table and the first op out of tolerance")
     common(cmp_)
     cmp_.add_argument("--top", type=_positive, default=15, help="how many of the worst ops to list")
@@ -158,6 +161,13 @@ def cmd_report(args) -> int:
     if args.onnx:
         from conformance import onnx_export
         rec["onnx"] = onnx_export.onnx_section(cfg, w, inputs, preset=args.preset)
+    if args.train:
+        from tqdm import tqdm
+
+        from conformance import train_report
+        with tqdm(total=5, desc="train", file=sys.stderr, leave=False, disable=None) as bar:
+            rec["train"] = train_report.section(args.preset, cfg, w, inputs, args.frameworks, args.dtype,
+                                                progress=lambda label: (bar.update(1), bar.set_description(label)))
     paths = report.write(rec, args.out, figures)
     for r in runs:
         first = r.first_divergence
@@ -165,8 +175,13 @@ def cmd_report(args) -> int:
               f"worst output error {max(c.max_abs for c in r.comparisons):.2e}  "
               f"first op out of tolerance: {first.name if first else 'none'}  "
               f"forward {1e3 * r.seconds:.1f} ms")
+    train_ok = True
+    if args.train:
+        from conformance import train_report
+        train_ok = train_report.passed(rec["train"])
+        print(f" train: {'pass' if train_ok else 'FAIL'}  (every gradient, and the weights after the training steps)")
     print("wrote " + ", ".join(str(p) for p in paths))
-    return 0 if all(r.passed for r in runs) else 1
+    return 0 if all(r.passed for r in runs) and train_ok else 1
 
 
 def cmd_compare(args) -> int:

@@ -70,6 +70,9 @@ def markdown(rec: dict) -> str:
     if rec.get("costs"):
         from conformance import costs
         lines += [costs.markdown(rec["costs"]), ""]
+    if rec.get("train"):
+        from conformance import train_report
+        lines += [train_report.markdown(rec["train"]), ""]
     if rec.get("onnx"):
         from conformance import onnx_export
         lines += [onnx_export.markdown(rec["onnx"]), ""]

@@ -347,11 +347,12 @@ def torch_peak_memory(preset: str = "bert-tiny", task: str = "mlm", tcfg: TrainC
     AdamW; `torch.profiler` memory events summed in time order, over what it held at the start),
     next to the bytes of weights, gradients and AdamW moments it keeps after."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
+
+    from conformance.costs.measure import profiling_memory
     tcfg = (tcfg or TrainConfig()).replace(task=task, steps=1)
     cfg, w, batches = setup(preset, task, tcfg)
     step, built = trainer("torch", cfg, w, for_framework(tcfg, "torch"), dtype)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with profiling_memory() as prof:
         step.step(batches[:tcfg.accumulation_steps])
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())

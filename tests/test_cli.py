@@ -52,6 +52,38 @@ def test_report_writes_md_json_html(tmp_path):
     assert "data:image/png;base64," in (tmp_path / "bert-tiny.html").read_text()
 
 
+def test_report_train_adds_gradients_training_steps_and_memory(tmp_path):
+    r = tmirror("report", "gpt2-tiny", "--train", "--seq-len", "8", "--frameworks", "numpy,torch",
+                "--dtype", "float64,float32", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "train: pass" in r.stdout and "USDT" not in r.stderr  # the profiler's native lines stay quiet
+    sec = json.loads((tmp_path / "gpt2-tiny.json").read_text())["train"]
+    assert set(sec["gradients"]) == {"float64", "float32"}
+    rows = sec["gradients"]["float32"]["torch"]
+    assert {r["group"] for r in rows} == {"param", "activation"} and all(r["passed"] for r in rows)
+    from conformance import presets, registry
+    assert sorted(r["op"] for r in rows if r["group"] == "param") == sorted(registry.param_shapes(presets.get("gpt2-tiny")))
+    assert {(t["framework"], t["dtype"]) for t in sec["training"]} == {("numpy", "float32"), ("torch", "float64"),
+                                                                     ("torch", "float32")}
+    assert sec["memory"]["weights_bytes"] == 4 * sec["memory"]["parameters"]
+    md = (tmp_path / "gpt2-tiny.md").read_text()
+    for heading in ("## Gradients against the float64 NumPy backward", "## Training steps",
+                    "## Training memory (torch, float32, one step)"):
+        assert heading in md
+
+
+def test_report_train_fails_on_a_gradient_out_of_tolerance():
+    from conformance import train_report
+    row = {"op": "layers.0.attention.scores", "group": "activation", "max_abs": 1.0, "scale_error": 1.0}
+    sec = {"gradients": {"float32": {"torch": [{**row, "passed": True}]}}, "training": None,
+           "unsupported": "no loss"}
+    assert train_report.passed(sec)
+    sec["gradients"]["float32"]["torch"].append({**row, "passed": False})
+    assert not train_report.passed(sec)
+    first = next(line for line in train_report.markdown(sec).splitlines() if "first out of tolerance" in line)
+    assert "layers.0.attention.scores" in first
+
+
 def test_compare_pins_nothing_on_correct_frameworks(tmp_path):
     from conformance import presets, weights
     cfg = presets.get("gpt2-tiny")

@@ -22,9 +22,12 @@ Time    best of `repeats` forwards after one warm-up; the machine's matmul peak 
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
+import os
 import re
+import sys
 import time
 import tracemalloc
 
@@ -118,11 +121,26 @@ def transformers_sdpa(cfg, inputs: dict) -> dict | None:
             "by_op": {impl: c["by_op"] for impl, c in counts.items()}}
 
 
+@contextlib.contextmanager
+def profiling_memory():
+    """`torch.profiler.profile` with memory events, its native start/stop lines kept off stderr."""
+    from torch.profiler import ProfilerActivity, profile
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)  # kineto writes "USDT: ... profiler_start" to fd 2 directly
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                yield prof
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def torch_peak(module, inputs) -> int:
     """Peak bytes the CPU allocator holds during one forward, over what it held at the start."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with torch.no_grad(), profiling_memory() as prof:
         module(**inputs)
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())
