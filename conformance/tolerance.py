@@ -120,20 +120,20 @@ TOLERANCES: dict[str, Tolerance] = {
 
 def training_tolerance(dtype: str) -> Tolerance:
     """The training row of `dtype`: max |weight - reference weight| after N AdamW steps."""
-    row = TOLERANCES.get(dtype)
-    if row is None or row.train is None:
-        have = [k for k, t in TOLERANCES.items() if t.train is not None]
-        raise ValueError(f"dtype must be one with a training tolerance row {have}; received dtype={dtype!r}")
-    return row.train
+    return _sub_row(dtype, "train", "training")
 
 
 def gradient_tolerance(dtype: str) -> Tolerance:
     """The gradient row of `dtype`'s tolerance: gradients are checked in the dtypes that have one."""
-    row = TOLERANCES.get(dtype)
-    if row is None or row.grad is None:
-        have = [k for k, t in TOLERANCES.items() if t.grad is not None]
-        raise ValueError(f"dtype must be one with a gradient tolerance row {have}; received dtype={dtype!r}")
-    return row.grad
+    return _sub_row(dtype, "grad", "gradient")
+
+
+def _sub_row(dtype: str, field: str, what: str) -> Tolerance:
+    row = getattr(TOLERANCES.get(dtype), field, None)
+    if row is None:
+        have = [k for k, t in TOLERANCES.items() if getattr(t, field) is not None]
+        raise ValueError(f"dtype must be one with a {what} tolerance row {have}; received dtype={dtype!r}")
+    return row
 
 
 @dataclass(frozen=True)
