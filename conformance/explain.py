@@ -820,30 +820,29 @@ def _hf(cfg, w, cls):
     return model.double().eval()
 
 
-def bert_library(cfg, w, inputs, records, calls):
-    torch = _torch()
-    model = _hf(cfg, w, "BertModel")
-    with torch.no_grad():
-        out = model(**{k: _tensor(v) for k, v in inputs.items()}, output_attentions=True,
-                    output_hidden_states=True)
-    call = "BertModel(output_attentions=True, output_hidden_states=True)"
-    return [Library("embeddings.output", call + ".hidden_states[0]", _np(out.hidden_states[0])),
-            Library("encoder.0.attention.probs", call + ".attentions[0]", _np(out.attentions[0])),
-            Library("encoder.0.output", call + ".hidden_states[1]", _np(out.hidden_states[1])),
-            Library("pooled", call + ".pooler_output", _np(out.pooler_output))]
+def hf_library(cls, steps):
+    """A `library` for a transformers model: `steps` maps our trace names to its outputs' fields."""
+    def library(cfg, w, inputs, records, calls):
+        torch = _torch()
+        model = _hf(cfg, w, cls)
+        with torch.no_grad():
+            out = model(**{k: _tensor(v) for k, v in inputs.items()}, output_attentions=True,
+                        output_hidden_states=True)
+        call = f"{cls}(output_attentions=True, output_hidden_states=True)"
+        return [Library(op, f"{call}.{field}[{i}]" if i is not None else f"{call}.{field}",
+                        _np(getattr(out, field) if i is None else getattr(out, field)[i]))
+                for op, (field, i) in steps.items()]
+    return library
 
 
-def gpt2_library(cfg, w, inputs, records, calls):
-    torch = _torch()
-    model = _hf(cfg, w, "GPT2LMHeadModel")
-    with torch.no_grad():
-        out = model(**{k: _tensor(v) for k, v in inputs.items()}, output_attentions=True,
-                    output_hidden_states=True)
-    call = "GPT2LMHeadModel(output_attentions=True, output_hidden_states=True)"
-    return [Library("embeddings.output", call + ".hidden_states[0]", _np(out.hidden_states[0])),
-            Library("layers.0.attention.probs", call + ".attentions[0]", _np(out.attentions[0])),
-            Library("final_norm.output", call + ".hidden_states[-1]", _np(out.hidden_states[-1])),
-            Library("logits", call + ".logits", _np(out.logits))]
+bert_library = hf_library("BertModel", {"embeddings.output": ("hidden_states", 0),
+                                        "encoder.0.attention.probs": ("attentions", 0),
+                                        "encoder.0.output": ("hidden_states", 1),
+                                        "pooled": ("pooler_output", None)})
+gpt2_library = hf_library("GPT2LMHeadModel", {"embeddings.output": ("hidden_states", 0),
+                                              "layers.0.attention.probs": ("attentions", 0),
+                                              "final_norm.output": ("hidden_states", -1),
+                                              "logits": ("logits", None)})
 
 
 def seq2seq_inputs(cfg):

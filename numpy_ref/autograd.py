@@ -35,6 +35,10 @@ for k = 0), as `conformance.trace` does; `Saved.tap(name, grad)` in a backward s
 dL/d(that tensor) under the same key. A tensor tapped twice (a layer norm's output that
 is also its layer's output) gets the same gradient under both names.
 
+This module has no twin on purpose: torch_impl and tf_impl differentiate with their
+libraries' own autograd (`torch.autograd`, `tf.GradientTape`), which is what the gradient
+suite (`conformance/gradients.py`) compares against this hand-written one.
+
 Off by default, free when off: with no tape recording, `entering` and the trace's
 `tap_for` each cost one global lookup per module call.
 """
