@@ -356,12 +356,13 @@ def check_gradients(name: str, variant: str, framework: str, dtype: str, built=N
 
 
 def gradient_report(cfg, w: dict, inputs: dict, frameworks=("torch", "tf"), dtype: str = "float32",
-                    seed: int = 0) -> dict[str, list[dict]]:
+                    seed: int = 0, reference: Gradients | None = None) -> dict[str, list[dict]]:
     """Per-op gradient error for reports (`tmirror report --train`): framework -> rows in backward
     order, each {"op", "group", "max_abs", "scale_error", "passed"}, against the float64 NumPy backward
-    of L = sum_k sum(out_k * c_k) with seeded standard-normal c_k (`seed`)."""
+    of L = sum_k sum(out_k * c_k) with seeded standard-normal c_k (`seed`); pass `reference` (that
+    backward, already computed) to report several dtypes against one reference run."""
     from conformance.build import build
-    reference = build("numpy", cfg, w, dtype="float64").gradients(seed=seed, **inputs)
+    reference = reference or build("numpy", cfg, w, dtype="float64").gradients(seed=seed, **inputs)
     report = {}
     for framework in frameworks:
         actual = build(framework, cfg, w, dtype=dtype).gradients(cotangents=reference.cotangents, **inputs)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from conformance import gradients, training
+from conformance.build import build
 from conformance.costs import memory
 from conformance.tolerance import gradient_tolerance, training_tolerance
 
@@ -29,9 +30,11 @@ def section(preset: str, cfg, w: dict, inputs: dict, frameworks, dtypes, progres
     twins = [f for f in frameworks if f != "numpy"]
     grad_dtypes = [d for d in dtypes if d in ("float64", "float32")]
     out = {"gradients": {}, "training": None, "mixed_precision": None, "memory": None}
-    for dtype in grad_dtypes:
+    reference = build("numpy", cfg, w, dtype="float64").gradients(**inputs) if grad_dtypes else None
+    for dtype in grad_dtypes:  # one float64 NumPy backward serves every dtype
         say(f"gradients {dtype}")
-        out["gradients"][dtype] = gradients.gradient_report(cfg, w, inputs, frameworks=twins, dtype=dtype)
+        out["gradients"][dtype] = gradients.gradient_report(cfg, w, inputs, frameworks=twins, dtype=dtype,
+                                                            reference=reference)
     task = TASKS.get(cfg.kind)
     if task is None:
         out["unsupported"] = f"the training step trains BERT (masked LM) and GPT-2 (causal LM); {cfg.kind} has no loss here"
