@@ -31,7 +31,7 @@ def _listed(config, name, allowed):
 
 
 def pytest_configure(config):
-    from conformance.build import DTYPES, FRAMEWORKS
+    from conformance.backends.build import DTYPES, FRAMEWORKS
     config.mirror_frameworks = _listed(config, "--frameworks", FRAMEWORKS)
     config.mirror_dtypes = _listed(config, "--dtype", DTYPES)
     config.mirror_devices = _listed(config, "--device", ("cpu", "cuda"))
@@ -58,15 +58,15 @@ def pytest_generate_tests(metafunc):
     frameworks = config.mirror_frameworks
     if "framework_twins_only" in names:
         frameworks = [f for f in frameworks if f != "numpy"]
-    from conformance.precision import supported
+    from conformance.backends.precision import supported
     if "case" in names and "framework" in names:
         # registry cases x frameworks (x dtypes x devices): only what the framework and the entry
         # declare they support is generated (precision.supported), so nothing shows as skipped
-        from conformance.suite import CASES, case_id
+        from conformance.suites.cases import CASES, case_id
         axes = [a for a in ("dtype", "device") if a in names]
         dtypes = config.mirror_dtypes if "dtype" in axes else [None]
         if metafunc.definition.get_closest_marker("gradients"):
-            from conformance.tolerance import TOLERANCES  # gradients: the dtypes with a gradient row
+            from conformance.compare.tolerance import TOLERANCES  # gradients: the dtypes with a gradient row
             dtypes = [d for d in dtypes if d is None or (d in TOLERANCES and TOLERANCES[d].grad is not None)]
         devices = config.mirror_devices if "device" in axes else [None]
         combos = [(c, f, d, v) for c in CASES for f in frameworks for d in dtypes for v in devices

@@ -80,7 +80,8 @@ def main(argv=None) -> int:
     import torch
     from tabulate import tabulate
 
-    from conformance import costs, presets
+    from conformance import costs
+    from conformance.spec import presets
     if args.threads:
         torch.set_num_threads(args.threads)
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)

@@ -8,13 +8,13 @@
 Inference, float32, CPU, sequence 128, no padding. Every contender gets the same canonical
 weights (`weights.initialize(presets.get(...))`), mapped in by its own door: `build` for
 numpy_ref / torch_impl / tf_impl, `weights.to_hf` + `from_pretrained` for transformers,
-`conformance.keras_hub_oracle` for keras-hub, and `torch.onnx.export` of the transformers
+`conformance.oracles.keras_hub` for keras-hub, and `torch.onnx.export` of the transformers
 model for onnxruntime. Each (model, batch) group is timed interleaved (one call of each
 contender per round, after a 0.2 s pause that lets the previous library's spinning threads
 park) so that load from other processes falls on all of them alike; the table gives the
 median and the minimum of the rounds after warm-up. Every contender's
 output is checked against torch_impl's, so all of them compute the same thing (keras-hub's
-BERT is off by ~1e-3: its tanh GELU, see conformance/keras_hub_oracle.py).
+BERT is off by ~1e-3: its tanh GELU, see conformance/oracles/keras_hub.py).
 
 GFLOP/s counts matmul FLOPs only, analytically: 2 x tokens x (matmul parameters) plus the
 attention products 2 x 2 B H T^2 Dh a layer (the full square, causal or not), plus BERT's
@@ -60,7 +60,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from conformance import presets, registry, weights  # noqa: E402
+from conformance.spec import presets, registry  # noqa: E402
+from conformance import weights
 
 SEQ = 128
 MODELS = ("bert-base", "gpt2")
@@ -190,11 +191,11 @@ class Contenders:
             progress(f"  built {fw} in {self.build_seconds[fw]:.1f} s")
 
     def _numpy(self, w, _):
-        from conformance.build import build
+        from conformance.backends.build import build
         self.models["numpy_ref"] = build("numpy", self.cfg, w, dtype="float32").module
 
     def _torch(self, w, _):
-        from conformance.build import build
+        from conformance.backends.build import build
         self.models["torch_impl"] = build("torch", self.cfg, w, dtype="float32").module.eval()
 
     def _hf_model(self, attn):
@@ -210,7 +211,7 @@ class Contenders:
 
     def _tf(self, w, _):
         import tensorflow as tf
-        from conformance.build import build
+        from conformance.backends.build import build
         model = build("tf", self.cfg, w, dtype="float32").module
         self.models["tf_impl"] = model
 
@@ -222,7 +223,7 @@ class Contenders:
 
     def _keras_hub(self, w, _):
         import tensorflow as tf
-        from conformance import keras_hub_oracle as kho
+        from conformance.oracles import keras_hub as kho
         model = kho.load(kho.backbone(self.cfg, "float32"), self.cfg, w)
         self.models["keras-hub"] = model
         self.kh = kho.forward(model, self.cfg)
@@ -273,7 +274,7 @@ class Contenders:
             out["tf_impl (XLA)"] = lambda: self.tf_xla(tf_inputs)
         if "keras-hub" in self.models:
             import tensorflow as tf
-            from conformance import keras_hub_oracle as kho
+            from conformance.oracles import keras_hub as kho
             kh_inputs = {k: tf.constant(v) for k, v in kho.inputs(self.cfg, **inputs).items()}
             out["keras-hub (eager)"] = lambda: self.kh(kh_inputs)
             out["keras-hub (tf.function)"] = lambda: self.kh_graph(kh_inputs)
@@ -339,7 +340,7 @@ def memory_child(framework: str, weights_file: str, hf_dir: str, onnx_file: str)
     tiny = {k: v[:, :8] for k, v in model_inputs(cfg, 1).items()}
 
     def ours(fw):
-        from conformance.build import build
+        from conformance.backends.build import build
 
         def run():
             model = build(fw, cfg, w, dtype="float32")
@@ -354,7 +355,7 @@ def memory_child(framework: str, weights_file: str, hf_dir: str, onnx_file: str)
             return model, model(**{k: torch.from_numpy(v) for k, v in tiny.items()})
 
     def keras_hub():
-        from conformance import keras_hub_oracle as kho
+        from conformance.oracles import keras_hub as kho
         model = kho.load(kho.backbone(cfg, "float32"), cfg, w)
         return model, kho.run(model, cfg, **tiny)
 
@@ -537,7 +538,7 @@ def write_report(path, env, peak, groups, memory, profiles, cfgs, runs, elapsed)
              "and keras-hub's best compiled path (tf.function or XLA) of the same group. GFLOP/s is analytic "
              "matmul FLOPs / median time; % of matmul against the best 2048^2 matmul below (small-M GEMMs and XLA / MLAS kernels can exceed it). max abs diff is the main "
              "output (BERT last hidden state, GPT-2 logits) against torch_impl's: keras-hub's BERT is ~1e-3 off "
-             "by its tanh GELU (conformance/keras_hub_oracle.py), everything else agrees to float32 rounding.", "",
+             "by its tanh GELU (conformance/oracles/keras_hub.py), everything else agrees to float32 rounding.", "",
              "This machine is shared with other jobs: the load average is recorded below. When it exceeds the "
              "core count, every OpenMP parallel region of torch and every multi-threaded OpenBLAS call of NumPy "
              "(hundreds a forward) waits for a descheduled sibling thread, so torch's (transformers, torch_impl) "

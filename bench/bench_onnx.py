@@ -52,7 +52,9 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 
 from bench.bench_models import matmul_flops  # noqa: E402
-from conformance import onnx_export, presets, weights  # noqa: E402
+from conformance.backends import onnx_export  # noqa: E402
+from conformance.spec import presets
+from conformance import weights
 
 SEQ = 128
 BATCHES = (1, 8)
@@ -201,7 +203,7 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
-    from conformance.build import build
+    from conformance.backends.build import build
     start = time.perf_counter()
 
     def progress(msg):

@@ -24,8 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conformance import presets, registry, runner, weights  # noqa: E402
-from conformance.build import build  # noqa: E402
+from conformance.spec import presets, registry  # noqa: E402
+from conformance.report import runner
+from conformance import weights
+from conformance.backends.build import build  # noqa: E402
 
 
 class StripTaps(ast.NodeTransformer):

@@ -1,16 +1,31 @@
 """The conformance harness: presets, shared weights, `build`, tracing and comparison.
 
-    from conformance import presets, weights, build
+    from conformance.spec import presets
+    from conformance import weights
+    from conformance.backends import build
 
-Importing this package imports no deep-learning framework; `build` loads the one it is
-asked for.
+Importing this package imports no deep-learning framework, and nothing of the harness until
+a name below is asked for (PEP 562), so `numpy_ref`, `torch_impl` and `tf_impl` import
+`conformance.core` without pulling in the layers above it.
 """
+import importlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's import noise stays out of output
 
-from conformance import presets, registry, weights  # noqa: E402
-from conformance.build import build  # noqa: E402
-from conformance.config import Config  # noqa: E402
+_PUBLIC = {  # name -> (module, attribute or None for the module itself)
+    "Config": ("conformance.core.config", "Config"),
+    "build": ("conformance.backends", "build"),
+    "presets": ("conformance.spec.presets", None),
+    "registry": ("conformance.spec.registry", None),
+    "weights": ("conformance.weights", None),
+}
+__all__ = sorted(_PUBLIC)
 
-__all__ = ["Config", "build", "presets", "registry", "weights"]
+
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'conformance' has no attribute {name!r}")
+    module, attribute = _PUBLIC[name]
+    value = importlib.import_module(module)
+    return value if attribute is None else getattr(value, attribute)

@@ -29,7 +29,7 @@ def _positive(text):
 
 
 def parser() -> argparse.ArgumentParser:
-    from conformance.build import DTYPES
+    from conformance.backends.build import DTYPES
     p = argparse.ArgumentParser(prog="tmirror", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list presets with their parameter counts")
@@ -79,7 +79,8 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--exporter", choices=["dynamo", "torchscript", "tf2onnx"],
                      help="torch: dynamo (default; falls back to torchscript) or torchscript; tf: tf2onnx")
     exp.add_argument("--seed", type=int, default=0)
-    from conformance import precision, presets
+    from conformance.backends import precision
+    from conformance.spec import presets
     tol = sub.add_parser("tolerances", help="measure error distributions per dtype, framework and op; write "
                                             "the evidence JSON and the Markdown tolerance table")
     tol.add_argument("--dtypes", type=_csv(DTYPES), default=list(DTYPES))
@@ -91,7 +92,7 @@ def parser() -> argparse.ArgumentParser:
                      help="full-size presets to measure too (batch 1, 128 tokens), e.g. bert-base,gpt2")
     tol.add_argument("--cases", default="*", help="glob over registry case ids, e.g. 'multi_head_attention*'")
     tol.add_argument("--out", help="Markdown table (default: reports/tolerances.md; -cuda.md on cuda)")
-    tol.add_argument("--evidence", help="evidence JSON (default: conformance/tolerance_evidence.json; "
+    tol.add_argument("--evidence", help="evidence JSON (default: conformance/compare/tolerance_evidence.json; "
                                         "_cuda.json on cuda)")
     fig = sub.add_parser("figures", help="the docs' numbers and figures: docs/generated/*.md, docs/figures/*.png")
     fig.add_argument("--out", default="docs", help="the docs directory (default: docs/)")
@@ -116,7 +117,7 @@ def cmd_models(args) -> int:
     import numpy as np
     from tabulate import tabulate
 
-    from conformance import presets, registry
+    from conformance.spec import presets, registry
     from conformance.costs import flops
     rows = []
     for name in presets.names():
@@ -134,7 +135,7 @@ def cmd_models(args) -> int:
 def _run(args):
     from tqdm import tqdm
 
-    from conformance import runner
+    from conformance.report import runner
     cfg, w, source = runner.resolve(args.preset, args.weights, args.seed)
     inputs = runner.model_inputs(cfg, args.batch, args.seq_len, args.seed)
     steps = len(args.frameworks) * len(args.dtype)
@@ -149,7 +150,8 @@ def _run(args):
 
 
 def cmd_report(args) -> int:
-    from conformance import report, runner, weights
+    from conformance.report import runner, write as report
+    from conformance import weights
     from conformance import costs
     cfg, w, source, inputs, reference_trace, runs = _run(args)
     env = runner.environment(args.seed, weights.fingerprint(w), source)
@@ -159,12 +161,12 @@ def cmd_report(args) -> int:
                **{titles.get(k, k): png for k, png in costs.plots(section).items()}}
     rec = report.record(args.preset, cfg, w, inputs, env, runs, section)
     if args.onnx:
-        from conformance import onnx_export
+        from conformance.backends import onnx_export
         rec["onnx"] = onnx_export.onnx_section(cfg, w, inputs, preset=args.preset)
     if args.train:
         from tqdm import tqdm
 
-        from conformance import train_report
+        from conformance.report import training as train_report
         with tqdm(total=5, desc="train", file=sys.stderr, leave=False, disable=None) as bar:
             rec["train"] = train_report.section(args.preset, cfg, w, inputs, args.frameworks, args.dtype,
                                                 progress=lambda label: (bar.update(1), bar.set_description(label)))
@@ -177,7 +179,7 @@ def cmd_report(args) -> int:
               f"forward {1e3 * r.seconds:.1f} ms")
     train_ok = True
     if args.train:
-        from conformance import train_report
+        from conformance.report import training as train_report
         train_ok = train_report.passed(rec["train"])
         print(f" train: {'pass' if train_ok else 'FAIL'}  (every gradient, and the weights after the training steps)")
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -203,8 +205,8 @@ def cmd_trace(args) -> int:
     import numpy as np
     from tabulate import tabulate
 
-    from conformance import runner
-    from conformance.build import build
+    from conformance.report import runner
+    from conformance.backends.build import build
     cfg, w, _ = runner.resolve(args.preset, args.weights, args.seed)
     inputs = runner.model_inputs(cfg, args.batch, args.seq_len, args.seed)
     traces = {f"{fw} {dt}": build(fw, cfg, w, dtype=dt).trace(**inputs)[1]
@@ -225,8 +227,8 @@ def cmd_matrix(args) -> int:
 
     from tqdm import tqdm
 
-    from conformance import matrix, runner
-    from conformance.suite import CASES
+    from conformance.report import matrix, runner
+    from conformance.suites.cases import CASES
     total = len(CASES) * sum((f, d) != ("numpy", "float64") for f in args.frameworks for d in args.dtype)
     with tqdm(total=total, file=sys.stderr, leave=False, disable=None) as bar:
         def progress(label):
@@ -244,7 +246,7 @@ def cmd_matrix(args) -> int:
 def cmd_explain(args) -> int:
     from pathlib import Path
 
-    from conformance import explain
+    from conformance.report import explain
     if args.list or args.component is None:
         import textwrap
         for name, w in explain.WALKTHROUGHS.items():
@@ -263,9 +265,10 @@ def cmd_explain(args) -> int:
 def cmd_export(args) -> int:
     import numpy as np
 
-    from conformance import onnx_export, runner
-    from conformance.build import build
-    from conformance.tolerance import compare_outputs
+    from conformance.backends import onnx_export
+    from conformance.report import runner
+    from conformance.backends.build import build
+    from conformance.compare.tolerance import compare_outputs
     cfg, w, source = runner.resolve(args.preset, args.weights, args.seed)
     chain = [args.exporter] if args.exporter else list(onnx_export.EXPORTERS[args.framework])
     print(f"exporting {args.preset} from {args.framework} ({' then '.join(chain)}) at opset {args.opset}...",
@@ -303,15 +306,15 @@ def cmd_tolerances(args) -> int:
 
     from tqdm import tqdm
 
-    from conformance import precision
-    from conformance.suite import CASES, case_id
-    from conformance.tolerance import TOLERANCES
+    from conformance.backends import precision
+    from conformance.suites.cases import CASES, case_id
+    from conformance.compare.tolerance import TOLERANCES
     cases = [c for c in CASES if fnmatch.fnmatch(case_id(c), args.cases)]
     if not cases and not args.presets:
         raise ValueError(f"no registry case matches --cases {args.cases!r}; e.g. {[case_id(c) for c in CASES[:3]]}")
     suffix = "" if args.device == "cpu" else f"_{args.device}"
     out = Path(args.out or f"reports/tolerances{suffix.replace('_', '-')}.md")
-    evidence_path = Path(args.evidence or f"conformance/tolerance_evidence{suffix}.json")
+    evidence_path = Path(args.evidence or f"conformance/compare/tolerance_evidence{suffix}.json")
     with tqdm(total=len(args.regimes) * len(cases) + len(args.presets), file=sys.stderr, leave=False,
               disable=None) as bar:
         def progress(label):

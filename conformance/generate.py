@@ -77,7 +77,7 @@ def sample(probs, rng: np.random.Generator) -> np.ndarray:
 def _check_args(model, ids, max_new_tokens, strategy, temperature, top_k, top_p):
     if getattr(model, "cfg", None) is None or model.cfg.kind != "gpt2":
         kind = getattr(getattr(model, "cfg", None), "kind", type(model).__name__)
-        raise ValueError(f"model must be a built GPT-2 (conformance.build); received {kind!r}")
+        raise ValueError(f"model must be a built GPT-2 (conformance.backends.build); received {kind!r}")
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"input_ids must be a (B, T) integer array; received shape {ids.shape}, "
                          f"dtype {ids.dtype}")

@@ -8,7 +8,7 @@
 
 The step itself is `numpy_ref.training` (the math, in its docstring), `torch_impl.training` and
 `tf_impl.training`, with each library's own loss, optimizer, schedule and clipping. Dropout is on
-and drops the same units everywhere (`conformance.dropout_masks`, keyed by `dropout_seed`).
+and drops the same units everywhere (`conformance.core.dropout_masks`, keyed by `dropout_seed`).
 
 Two conventions differ between torch and Keras and are TrainConfig fields, never absorbed into
 a tolerance (`LIBRARY_CONVENTIONS`; `for_framework` sets a framework's own, `train` refuses any
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from conformance import registry
-from conformance.build import build
-from conformance.config import Config
+from conformance.spec import registry
+from conformance.backends.build import build
+from conformance.core.config import Config
 
 TASKS = ("mlm", "causal_lm", "classification")
 EPSILON_CONVENTIONS = ("bias_corrected", "eps_hat")
@@ -61,7 +61,7 @@ class TrainConfig:
     frozen_base: bool = False           # train the head only (embeddings and layers frozen)
     layer_decay: float = 1.0            # layer-wise lr: lr x layer_decay^(L - depth), embeddings depth 0
     mask_probability: float = 0.15      # MLM: the share of positions masked and predicted
-    dropout_seed: int = 0               # seeds the dropout masks (conformance.dropout_masks)
+    dropout_seed: int = 0               # seeds the dropout masks (conformance.core.dropout_masks)
     loss_scale: float = 2.0**15         # mixed_float16: the initial dynamic loss scale
 
     def __post_init__(self):
@@ -282,7 +282,8 @@ CASES = (("bert-tiny", "mlm"), ("bert-tiny", "classification"), ("gpt2-tiny", "c
 
 def setup(preset: str | Config, task: str, tcfg: TrainConfig | None = None, seed: int = 0):
     """(model cfg with its task head, initial weights, batches) for a preset (or a Config) and task."""
-    from conformance import presets, weights as weights_lib
+    from conformance.spec import presets
+    from conformance import weights as weights_lib
     tcfg = tcfg or TrainConfig(task=task)
     cfg = task_config(presets.get(preset) if isinstance(preset, str) else preset, task)
     return cfg, weights_lib.initialize(cfg, seed=seed), make_batches(cfg, tcfg, seed=seed)

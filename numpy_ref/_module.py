@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance import trace
+from conformance.core import trace
 from numpy_ref import autograd
 
 

@@ -17,14 +17,14 @@ attend to: it is defined as all zeros, not NaN (fill = -inf) and not uniform
 Dropout in training keeps each unit with probability 1 - rate and scales the kept
 ones by 1 / (1 - rate), so the expected activation is unchanged and inference needs
 no rescaling. A supplied `keep` mask makes all three frameworks drop the same units; so
-does `conformance.dropout_masks.supplying`, which draws each call's mask from NumPy by module path.
+does `conformance.core.dropout_masks.supplying`, which draws each call's mask from NumPy by module path.
 """
 import math
 
 import numpy as np
 from scipy.special import erf
 
-from conformance import checks, dropout_masks, trace
+from conformance.core import checks, dropout_masks, trace
 from numpy_ref import autograd
 from numpy_ref._module import Module
 

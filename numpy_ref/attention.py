@@ -20,7 +20,7 @@ one D-wide attention, but H different attention patterns.
 """
 import numpy as np
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import softmax, softmax_backward

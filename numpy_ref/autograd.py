@@ -31,13 +31,13 @@ layer norm's output.)
 
 Activation gradients carry the forward trace's names. The k-th call of a module
 (counted from 0, in forward order) records its taps under `path.name#k` (`path.name`
-for k = 0), as `conformance.trace` does; `Saved.tap(name, grad)` in a backward stores
+for k = 0), as `conformance.core.trace` does; `Saved.tap(name, grad)` in a backward stores
 dL/d(that tensor) under the same key. A tensor tapped twice (a layer norm's output that
 is also its layer's output) gets the same gradient under both names.
 
 This module has no twin on purpose: torch_impl and tf_impl differentiate with their
 libraries' own autograd (`torch.autograd`, `tf.GradientTape`), which is what the gradient
-suite (`conformance/gradients.py`) compares against this hand-written one.
+suite (`conformance/compare/gradients.py`) compares against this hand-written one.
 
 Off by default, free when off: with no tape recording, `entering` and the trace's
 `tap_for` each cost one global lookup per module call.
@@ -50,7 +50,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from conformance import trace
+from conformance.core import trace
 
 _recording: "Tape | None" = None  # the tape the forward is writing to
 _running: "Tape | None" = None    # the tape whose backward is running

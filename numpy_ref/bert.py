@@ -12,7 +12,7 @@ on the pooled output; "qa" gives each position a start and an end logit.
 """
 import numpy as np
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Activation, Dropout

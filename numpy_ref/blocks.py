@@ -11,7 +11,7 @@ pre-norm stacks train without warm-up and need one final layer norm at the top.
 The decoder layer adds cross-attention between its causal self-attention and its
 feed-forward: queries from the decoder, keys and values from the encoder's output.
 """
-from conformance import trace
+from conformance.core import trace
 from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Dropout

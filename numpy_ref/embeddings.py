@@ -13,7 +13,7 @@ function of PE(pos) for every offset k.
 """
 import numpy as np
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 from numpy_ref import autograd
 from numpy_ref._module import Module
 

@@ -6,7 +6,7 @@ It holds two thirds of a layer's parameters (2 D F with F = 4 D, against 4 D^2 f
 attention) and mixes nothing across positions: all token-to-token interaction is
 attention's.
 """
-from conformance import checks, trace
+from conformance.core import checks, trace
 from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Activation, Dropout

@@ -2,10 +2,10 @@
 
 Shapes: (..., d_in) -> (..., d_out). The kernel is stored `[in, out]` ("math layout"),
 so the product reads left to right as it does on paper. PyTorch's `nn.Linear` stores
-`[out, in]` and computes `x @ W.T`; the transpose lives in `conformance.mapping`, never
+`[out, in]` and computes `x @ W.T`; the transpose lives in `conformance.weights.mapping`, never
 in model code.
 """
-from conformance import checks, trace
+from conformance.core import checks, trace
 from numpy_ref import autograd
 from numpy_ref._module import Module
 

@@ -10,7 +10,7 @@ outputs by about eps / var: visible in float32.
 """
 import numpy as np
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 from numpy_ref import autograd
 from numpy_ref._module import Module
 

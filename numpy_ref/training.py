@@ -41,7 +41,7 @@ import math
 
 import numpy as np
 
-from conformance import dropout_masks
+from conformance.core import dropout_masks
 from numpy_ref import autograd
 
 IGNORE_INDEX = -100
@@ -140,7 +140,7 @@ class Trainer:
     """Runs training steps of `model` (a numpy_ref model) with the TrainConfig `tcfg`.
 
     `groups`: canonical weight name -> `conformance.training.Group` (lr scale, decayed,
-    trainable); `built` its `conformance.build.Built`. A frozen parameter still gets a gradient
+    trainable); `built` its `conformance.backends.build.Built`. A frozen parameter still gets a gradient
     from the tape; it is not updated.
     """
 

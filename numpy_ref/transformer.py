@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Dropout

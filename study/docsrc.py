@@ -128,7 +128,7 @@ def include(relative: str) -> str:
 
 
 def explain(name: str) -> str:
-    from conformance import registry
+    from conformance.spec import registry
     registry.get(name)  # ValueError for a name that is not a registry entry
     if (DOCS / "explain" / f"{name}.md").is_file():
         return f"A numeric walkthrough on a width-4 example: [explain/{name}](../explain/{name}.md)."

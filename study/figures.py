@@ -133,7 +133,7 @@ def positional_encoding_png(path: Path) -> Path:
 
 def attention_patterns_png(path: Path, sentence="the dog bites the man", length=9, seed=0) -> Path:
     from conformance import weights
-    from conformance.build import build
+    from conformance.backends.build import build
     plt = _plt()
     tokens, ids, mask = q.tokenize(sentence, length)
     heads = {}
@@ -156,10 +156,12 @@ def attention_patterns_png(path: Path, sentence="the dog bites the man", length=
 
 
 def error_by_depth(preset="bert-base", seq_len=128, frameworks=("numpy", "torch", "tf"), seed=0) -> dict:
-    """Per-layer float32 error against the float64 reference, from traces (`conformance.divergence`)."""
-    from conformance import presets, runner, weights
-    from conformance.build import build
-    from conformance.divergence import compare_traces
+    """Per-layer float32 error against the float64 reference, from traces (`conformance.compare.divergence`)."""
+    from conformance.spec import presets
+    from conformance.report import runner
+    from conformance import weights
+    from conformance.backends.build import build
+    from conformance.compare.divergence import compare_traces
     cfg = presets.get(preset)
     w = weights.initialize(cfg, seed=seed)
     inputs = runner.model_inputs(cfg, 1, seq_len, seed)
@@ -200,7 +202,7 @@ def error_depth_png(e, path: Path) -> Path:
 
 
 def cost_png(c, path: Path, preset="bert-base") -> Path:
-    from conformance import presets
+    from conformance.spec import presets
     from conformance.costs import flops, memory
     plt = _plt()
     cfg = presets.get(preset)

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from conformance import presets, weights
-from conformance.build import build
-from conformance.config import Config
+from conformance.spec import presets
+from conformance import weights
+from conformance.backends.build import build
+from conformance.core.config import Config
 from conformance.costs import flops, params
 from numpy_ref.activations import softmax
 from numpy_ref.attention import attention_mask
@@ -184,7 +185,7 @@ def pre_vs_post_norm(depths=(1, 2, 4, 8, 16, 32), d_model: int = 64, length: int
     """
     import torch
 
-    from conformance import mapping
+    from conformance.weights import mapping
     from torch_impl import EncoderLayer, LayerNorm
     if min(depths) < 1:
         raise ValueError(f"depths must be >= 1; received depths={depths}")

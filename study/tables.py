@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 
-from conformance import presets, registry
-from conformance.config import Config
+from conformance.spec import presets, registry
+from conformance.core.config import Config
 from conformance.costs import flops, params
 
 B, T = 1, 128  # the shape every per-component count is quoted at

@@ -3,9 +3,10 @@ frameworks, raised before any computation. Messages are compared across framewor
 import numpy as np
 import pytest
 
-from conformance import registry, weights
-from conformance.build import build
-from conformance.config import Config
+from conformance.spec import registry
+from conformance import weights
+from conformance.backends.build import build
+from conformance.core.config import Config
 
 rng = np.random.default_rng(0)
 

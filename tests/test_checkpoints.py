@@ -1,4 +1,4 @@
-"""Hugging Face import / export (`conformance.checkpoints`): bit-exact round trips, files
+"""Hugging Face import / export (`conformance.weights.checkpoints`): bit-exact round trips, files
 `transformers` loads cleanly, config fields read, and every bad checkpoint named."""
 import json
 
@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conformance import checkpoints, registry, weights
+from conformance.weights import checkpoints
+from conformance.spec import registry
+from conformance import weights
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
@@ -186,11 +188,11 @@ def test_pretraining_checkpoint_drops_other_heads_with_a_warning(tmp_path):
     assert cfg.head == "none" and "pooler.kernel" in w and not any(k.startswith("mlm.") for k in w)
     hf = transformers.BertModel.from_pretrained(path).eval()
     ids = np.arange(12).reshape(2, 6) % 99
-    from conformance.build import build
+    from conformance.backends.build import build
     ours = build("torch", cfg, w, dtype="float32")(input_ids=ids)
     with torch.no_grad():
         theirs = hf(input_ids=torch.from_numpy(ids)).last_hidden_state.numpy()
-    from conformance.tolerance import TOLERANCES, compare
+    from conformance.compare.tolerance import TOLERANCES, compare
     result = compare("BertModel from a pretraining file", ours["last_hidden_state"], theirs, TOLERANCES["float32"])
     assert result.passed, str(result)
     with pytest.raises(ValueError, match=r"head must be one of \['classification', 'mlm', 'none', 'qa'\]"):

@@ -61,7 +61,7 @@ def test_report_train_adds_gradients_training_steps_and_memory(tmp_path):
     assert set(sec["gradients"]) == {"float64", "float32"}
     rows = sec["gradients"]["float32"]["torch"]
     assert {r["group"] for r in rows} == {"param", "activation"} and all(r["passed"] for r in rows)
-    from conformance import presets, registry
+    from conformance.spec import presets, registry
     assert sorted(r["op"] for r in rows if r["group"] == "param") == sorted(registry.param_shapes(presets.get("gpt2-tiny")))
     assert {(t["framework"], t["dtype"]) for t in sec["training"]} == {("numpy", "float32"), ("torch", "float64"),
                                                                      ("torch", "float32")}
@@ -73,7 +73,7 @@ def test_report_train_adds_gradients_training_steps_and_memory(tmp_path):
 
 
 def test_report_train_fails_on_a_gradient_out_of_tolerance():
-    from conformance import train_report
+    from conformance.report import training as train_report
     row = {"op": "layers.0.attention.scores", "group": "activation", "max_abs": 1.0, "scale_error": 1.0}
     sec = {"gradients": {"float32": {"torch": [{**row, "passed": True}]}}, "training": None,
            "unsupported": "no loss"}
@@ -85,7 +85,8 @@ def test_report_train_fails_on_a_gradient_out_of_tolerance():
 
 
 def test_compare_pins_nothing_on_correct_frameworks(tmp_path):
-    from conformance import presets, weights
+    from conformance.spec import presets
+    from conformance import weights
     cfg = presets.get("gpt2-tiny")
     weights.save(weights.initialize(cfg, seed=5), tmp_path / "g.safetensors", cfg)
     r = tmirror("compare", "gpt2-tiny", "--weights", str(tmp_path / "g.safetensors"), "--seq-len", "8",

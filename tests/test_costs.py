@@ -10,9 +10,11 @@ import math
 import numpy as np
 import pytest
 
-from conformance import costs, presets, registry, runner
+from conformance import costs
+from conformance.spec import presets, registry
+from conformance.report import runner
 from conformance import weights as weights_lib
-from conformance.build import build
+from conformance.backends.build import build
 from conformance.costs import flops, measure, memory, params
 
 torch = pytest.importorskip("torch")

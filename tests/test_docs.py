@@ -9,14 +9,14 @@ import sys
 
 import pytest
 
-from conformance import registry
+from conformance.spec import registry
 from study import docsrc
 
 PAGES = sorted(p for p in docsrc.DOCS.rglob("*.md")
                if "generated" not in p.parts and "explain" not in p.parts)
-# `numpy_ref.attention.MultiHeadAttention`, `conformance.config.Config.mask_fill`
+# `numpy_ref.attention.MultiHeadAttention`, `conformance.core.config.Config.mask_fill`
 CODE_REFERENCE = re.compile(r"`((?:%s)(?:\.\w+)+)`" % "|".join(docsrc.PACKAGES))
-# `reports/bert-base.md`, `conformance/test_planted_bugs.py`: repository paths
+# `reports/bert-base.md`, `conformance/suites/test_planted_bugs.py`: repository paths
 REPO_PATH = re.compile(r"`((?:%s|reports|tests|docs)/[\w./-]+\.(?:py|md|json|html|png))`" % "|".join(docsrc.PACKAGES))
 
 
@@ -89,7 +89,7 @@ def test_generated_numbers_are_current():
     ("source", "numpy_ref.nowhere.f", "expected 'nowhere' defined in numpy_ref"),
     ("source", "os.path.join", "a dotted name in one of"),
     ("mirror", "normalization.layer_norm", "'layer_norm' defined in torch_impl.normalization"),
-    ("docstring", "conformance.config.Config.mask_fill", "has no docstring"),
+    ("docstring", "conformance.core.config.Config.mask_fill", "has no docstring"),
     ("include", "generated/missing.md", "no such file"),
     ("include", "../README.md", "outside docs/"),
     ("table", "nonsense", "table must be one of"),

@@ -9,8 +9,8 @@ import markdown
 import numpy as np
 import pytest
 
-from conformance import explain as ex
-from conformance import registry
+from conformance.report import explain as ex
+from conformance.spec import registry
 from numpy_ref.activations import softmax
 
 NAMES = list(registry.ENTRIES)

@@ -1,11 +1,12 @@
 """Generation (`conformance.generate`): seeded sampling reproducible and the same tokens in
 every framework, the filters' rules, and bad arguments named. (Greedy against
-`transformers.generate` lives in conformance/test_transformers.py.)"""
+`transformers.generate` lives in conformance/suites/test_transformers.py.)"""
 import numpy as np
 import pytest
 
-from conformance import registry, weights
-from conformance.build import build
+from conformance.spec import registry
+from conformance import weights
+from conformance.backends.build import build
 from conformance.generate import generate, next_token_probs
 
 SAMPLING = dict(strategy="sample", temperature=0.8, top_k=40, top_p=0.9)

@@ -1,4 +1,4 @@
-"""ONNX export (`conformance.onnx_export`, `tmirror export`, `build("onnx", ...)`): graphs run at
+"""ONNX export (`conformance.backends.onnx_export`, `tmirror export`, `build("onnx", ...)`): graphs run at
 shapes other than the export shapes, GPT-2 decodes the reference's tokens, the file carries its
 metadata and passes the checker, intermediate values line up with trace names so a planted bug
 is pinned to its op, the report section, and every failure is one line.
@@ -12,12 +12,13 @@ import numpy as np
 import onnx
 import pytest
 
-from conformance import cli, onnx_export, weights
-from conformance.build import build
-from conformance.config import Config
+from conformance import cli, weights
+from conformance.backends import onnx_export
+from conformance.backends.build import build
+from conformance.core.config import Config
 from conformance.generate import generate
-from conformance.suite import case_data
-from conformance.tolerance import compare_outputs
+from conformance.suites.cases import case_data
+from conformance.compare.tolerance import compare_outputs
 
 FAST = {"torch": "torchscript", "tf": "tf2onnx"}  # the default-tier exporters of each source
 DYNAMO = ("gpt2", "default")  # the one model the default tier exports with torch.export

@@ -8,14 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance import cli, precision, registry
-from conformance.build import build
-from conformance.precision import NonFiniteError, first_nonfinite, tf32_cause
-from conformance.suite import CASES, case_data, case_id, check_case, failure_message
-from conformance.tolerance import TOLERANCES, Comparison, compare
+from conformance import cli
+from conformance.backends import precision
+from conformance.spec import registry
+from conformance.backends.build import build
+from conformance.backends.precision import NonFiniteError, first_nonfinite, tf32_cause
+from conformance.suites.cases import CASES, case_data, case_id, check_case, failure_message
+from conformance.compare.tolerance import TOLERANCES, Comparison, compare
 
 ROOT = Path(__file__).resolve().parent.parent
-EVIDENCE = ROOT / "conformance" / "tolerance_evidence.json"
+EVIDENCE = ROOT / "conformance" / "compare" / "tolerance_evidence.json"
 
 
 # ------------------------------------------------------------------------------ dtype policy
@@ -81,7 +83,7 @@ CAUGHT = [("shifted_mask", ("multi_head_attention", "default"), "bfloat16"),
 def test_low_precision_rows_still_catch_structural_bugs(monkeypatch, bug, case, dtype):
     """The rows are loose, not blind: a shifted mask or an untransposed kernel fails bfloat16 and
     float16, a missing 1/sqrt(Dh) fails float16 (bfloat16's 0.5 lets its 0.15 through)."""
-    from conformance import test_planted_bugs
+    from conformance.suites import test_planted_bugs
     _, cfg, w, _, _ = case_data(*case)
     results = check_case(*case, "torch", dtype, built=getattr(test_planted_bugs, bug)(monkeypatch, cfg, w, dtype))
     assert not all(r.passed for r in results)
@@ -163,7 +165,7 @@ def test_tf32_is_not_blamed_when_off_or_when_the_error_does_not_fit():
 # ------------------------------------------------------------------------------ float16 overflow
 
 def test_first_nonfinite_finds_the_first_record_in_execution_order():
-    from conformance.trace import Summary
+    from conformance.core.trace import Summary
     import ml_dtypes
     records = {"a": np.ones(3), "ids": np.arange(3), "b": np.array([1.0, np.inf, np.nan], np.float16),
                "c": np.array([np.inf])}
@@ -270,19 +272,19 @@ def test_tmirror_tolerances_writes_evidence_and_table(tmp_path, capsys):
 
 @pytest.mark.parametrize("case", [("multi_head_attention", "causal"), ("gpt2", "default")], ids=case_id)
 def test_tf_impl_runs_under_keras_torch_backend(case):
-    from conformance.keras_backends import keras_backend_runs
+    from conformance.backends.keras_backends import keras_backend_runs
     _, cfg, w, inputs, reference = case_data(*case)
     wrong = {k: v + 1.0 for k, v in reference.items()}  # the comparison can fail
     runs = keras_backend_runs(cfg, w, inputs, backends=("torch", "jax"), reference=reference)
     torch_run = runs["torch"]
     assert torch_run.error is None and torch_run.passed, [str(c) for c in torch_run.comparisons]
     assert "jax is not installed" in runs["jax"].error and not runs["jax"].passed
-    from conformance.tolerance import compare_outputs
+    from conformance.compare.tolerance import compare_outputs
     assert not all(c.passed for c in compare_outputs("x", torch_run.outputs, wrong, "float32"))
 
 
 def test_keras_torch_backend_float64_is_a_named_keras_limit():
-    from conformance.keras_backends import keras_backend_runs
+    from conformance.backends.keras_backends import keras_backend_runs
     _, cfg, w, inputs, reference = case_data("linear", "default")
     run = keras_backend_runs(cfg, w, inputs, backends=("torch",), dtype="float64", reference=reference)["torch"]
     assert run.error is None and not run.passed  # float32 matmul: 1e-6 off, far outside the float64 row

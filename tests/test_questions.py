@@ -56,7 +56,7 @@ def test_without_positions_word_order_is_invisible():
 
 def test_permutation_equivariance_for_any_permutation():
     from conformance import weights
-    from conformance.build import build
+    from conformance.backends.build import build
     cfg = q.small("bert")
     w = weights.initialize(cfg, seed=3, std=0.2)
     w["embeddings.position.table"] = np.zeros_like(w["embeddings.position.table"])

@@ -3,7 +3,8 @@ that lists every missing, unexpected and mis-shaped tensor."""
 import numpy as np
 import pytest
 
-from conformance import presets, registry, weights
+from conformance.spec import presets, registry
+from conformance import weights
 
 
 def test_initialize_is_deterministic_and_canonical():

@@ -24,8 +24,8 @@ import dataclasses
 
 import keras
 
-from conformance import trace
-from conformance.config import Config
+from conformance.core import trace
+from conformance.core.config import Config
 
 
 class _Twin:

@@ -6,14 +6,14 @@ Differences:
 - softmax is `keras.ops.softmax` (it subtracts the row maximum) after `keras.ops.where(mask, x,
   fill)`; it gives NaN on a fully masked row with fill = -inf, and that row is then set to zeros.
 - Dropout: training mode is Keras's `training` call argument (default False); without a `keep`
-  mask (and no `conformance.dropout_masks` supplying) one is drawn with `keras.random.uniform` from the layer's `SeedGenerator` (`rng`).
+  mask (and no `conformance.core.dropout_masks` supplying) one is drawn with `keras.random.uniform` from the layer's `SeedGenerator` (`rng`).
 """
 import math
 
 import keras
 from keras import ops
 
-from conformance import checks, dropout_masks, trace
+from conformance.core import checks, dropout_masks, trace
 from tf_impl._layer import Layer
 
 

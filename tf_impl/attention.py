@@ -9,7 +9,7 @@ and is filled in place.
 """
 from keras import ops
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 from tf_impl._layer import Layer, Shadow
 from tf_impl.activations import softmax
 from tf_impl.linear import Linear

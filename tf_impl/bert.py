@@ -5,7 +5,7 @@ table transposed (no extra variable).
 """
 from keras import ops
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 from tf_impl._layer import Layer, Model
 from tf_impl.activations import Activation, Dropout
 from tf_impl.blocks import EncoderLayer

@@ -1,5 +1,5 @@
 """Mirrors `numpy_ref.blocks`. No differences beyond the Keras layer plumbing."""
-from conformance import trace
+from conformance.core import trace
 from tf_impl._layer import Layer
 from tf_impl.activations import Dropout
 from tf_impl.attention import MultiHeadAttention

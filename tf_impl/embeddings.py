@@ -10,7 +10,7 @@ and returned in float64 with `keras.ops`.
 from keras import ops
 from keras.initializers import RandomNormal
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 from tf_impl._layer import Layer, is_symbolic
 
 

@@ -1,5 +1,5 @@
 """Mirrors `numpy_ref.feed_forward`. No differences beyond the Keras layer plumbing."""
-from conformance import checks, trace
+from conformance.core import checks, trace
 from tf_impl._layer import Layer
 from tf_impl.activations import Activation, Dropout
 from tf_impl.linear import Linear

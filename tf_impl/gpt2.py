@@ -8,7 +8,7 @@ filled in place on the first call.
 """
 from keras import ops
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 from tf_impl._layer import Layer, Model, Shadow
 from tf_impl.activations import Dropout
 from tf_impl.blocks import EncoderLayer

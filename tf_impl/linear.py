@@ -7,7 +7,7 @@ import keras
 from keras import ops
 from keras.initializers import RandomNormal
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 from tf_impl._layer import Layer
 
 

@@ -5,7 +5,7 @@ written out with `keras.ops` (not `keras.layers.LayerNormalization`, whose epsil
 """
 from keras import ops
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 from tf_impl._layer import Layer
 
 

@@ -35,7 +35,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from conformance import dropout_masks
+from conformance.core import dropout_masks
 from tf_impl import _layer
 
 IGNORE_INDEX = -100
@@ -119,7 +119,7 @@ def AdamW(named, groups, tcfg):  # noqa: N802 (builds Keras's own AdamW, one per
 
 class Trainer:
     """Mirrors `numpy_ref.training.Trainer`; `model` is a tf_impl model, `built` its
-    `conformance.build.Built` (for the dtype)."""
+    `conformance.backends.build.Built` (for the dtype)."""
 
     def __init__(self, model, groups, tcfg, built):
         if built.dtype == "mixed_float16":

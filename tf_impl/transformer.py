@@ -7,7 +7,7 @@ import math
 
 from keras import ops
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 from tf_impl._layer import Model
 from tf_impl.activations import Dropout
 from tf_impl.blocks import DecoderLayer, EncoderLayer

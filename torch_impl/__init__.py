@@ -2,7 +2,7 @@
 
 Mirrors `numpy_ref` name for name: the same classes, attributes, forward signatures, trace
 taps and shape comments. Weights are `nn.Linear`, `nn.LayerNorm` and `nn.Embedding`
-parameters; `conformance.mapping` translates canonical names and layouts to this state_dict.
+parameters; `conformance.weights.mapping` translates canonical names and layouts to this state_dict.
 """
 from torch_impl.activations import Activation, Dropout, Softmax
 from torch_impl.attention import MultiHeadAttention, ScaledDotProductAttention

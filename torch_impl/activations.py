@@ -4,14 +4,14 @@ Differs: GELU is `F.gelu` (exact) and `F.gelu(approximate="tanh")`, ReLU `torch.
 softmax is `torch.softmax` after `torch.where(mask, x, fill)` (a non-bool 0/1 mask is
 cast with `.bool()`), fully masked rows then set to 0, which also replaces the NaN of
 fill = -inf. Dropout reads `nn.Module.training`; a missing `keep` mask comes from
-`conformance.dropout_masks` when it is supplying, else from `torch.rand` on x's device (torch's
+`conformance.core.dropout_masks` when it is supplying, else from `torch.rand` on x's device (torch's
 global generator: there is no `rng` attribute).
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conformance import checks, dropout_masks, trace
+from conformance.core import checks, dropout_masks, trace
 
 
 def gelu(x):

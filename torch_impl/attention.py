@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 from torch_impl.activations import softmax
 from torch_impl.linear import Linear
 

@@ -6,7 +6,7 @@ created on `input_ids.device`; the tied MLM decoder reads the token `nn.Embeddin
 import torch
 from torch import nn
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 from torch_impl.activations import Activation, Dropout
 from torch_impl.blocks import EncoderLayer
 from torch_impl.embeddings import PositionEmbedding, SegmentEmbedding, TokenEmbedding

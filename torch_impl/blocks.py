@@ -1,7 +1,7 @@
 """Mirrors `numpy_ref.blocks`. No differences beyond the torch building blocks."""
 from torch import nn
 
-from conformance import trace
+from conformance.core import trace
 from torch_impl.activations import Dropout
 from torch_impl.attention import MultiHeadAttention
 from torch_impl.feed_forward import FeedForward

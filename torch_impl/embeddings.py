@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 
 
 class Embedding(nn.Embedding):

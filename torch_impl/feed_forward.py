@@ -1,7 +1,7 @@
 """Mirrors `numpy_ref.feed_forward`. No differences beyond the torch building blocks."""
 from torch import nn
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 from torch_impl.activations import Activation, Dropout
 from torch_impl.linear import Linear
 

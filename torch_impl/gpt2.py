@@ -6,7 +6,7 @@ the tied head reads the token `nn.Embedding.weight`. The cache holds torch tenso
 import torch
 from torch import nn
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 from torch_impl.activations import Dropout
 from torch_impl.blocks import EncoderLayer
 from torch_impl.embeddings import PositionEmbedding, TokenEmbedding

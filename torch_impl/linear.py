@@ -1,12 +1,12 @@
 """Mirrors `numpy_ref.linear`.
 
 Differs: subclasses `nn.Linear`, whose `weight` is `[out, in]`, and computes with
-`F.linear` (x @ weight.T + bias); `conformance.mapping` transposes the canonical kernel.
+`F.linear` (x @ weight.T + bias); `conformance.weights.mapping` transposes the canonical kernel.
 """
 import torch.nn.functional as F
 from torch import nn
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 
 
 class Linear(nn.Linear):

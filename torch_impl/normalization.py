@@ -6,7 +6,7 @@ is `bias`) and computes with `F.layer_norm`.
 import torch.nn.functional as F
 from torch import nn
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 
 
 class LayerNorm(nn.LayerNorm):

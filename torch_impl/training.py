@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from conformance import dropout_masks, mapping
+from conformance.core import dropout_masks
+from conformance.weights import mapping
 
 IGNORE_INDEX = -100
 
@@ -83,7 +84,7 @@ def AdamW(named, groups, tcfg):  # noqa: N802 (builds torch's own AdamW)
 
 class Trainer:
     """Mirrors `numpy_ref.training.Trainer`; `model` is a torch_impl model, `built` its
-    `conformance.build.Built` (for the dtype policy)."""
+    `conformance.backends.build.Built` (for the dtype policy)."""
 
     def __init__(self, model, groups, tcfg, built):
         self.model, self.groups, self.tcfg, self.built = model, groups, tcfg, built
@@ -101,7 +102,7 @@ class Trainer:
         self.updates = 0
 
     def step(self, micro_batches):
-        from conformance import precision
+        from conformance.backends import precision
         tcfg, k = self.tcfg, len(micro_batches)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)

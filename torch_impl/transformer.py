@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from conformance import checks, trace
+from conformance.core import checks, trace
 from torch_impl.activations import Dropout
 from torch_impl.blocks import DecoderLayer, EncoderLayer
 from torch_impl.embeddings import PositionEmbedding, SinusoidalPositionalEncoding, TokenEmbedding

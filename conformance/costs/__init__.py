@@ -1,6 +1,7 @@
 """Parameters, FLOPs, memory and time of a model: analytic, measured, and each checked against another.
 
-    from conformance import costs, presets
+    from conformance import costs
+    from conformance.spec import presets
     section = costs.costs(presets.get("bert-base"), batch=1, seq_len=128, frameworks=["torch", "tf"])
     print(costs.markdown(section)); pngs = costs.plots(section)   # {name: base64 PNG}
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import gc
 
-from conformance.config import Config
+from conformance.core.config import Config
 from conformance.costs import flops, memory, params
 from conformance.costs import measure as meter  # `measure` is also costs()'s flag
 from conformance.costs.render import markdown, plots
@@ -59,7 +60,7 @@ def scaling(cfg: Config, batch: int, seq_len: int) -> dict:
 
 
 def _measure(cfg, batch, seq_len, frameworks, rec, w, repeats, peak_size):
-    from conformance import runner
+    from conformance.report import runner
     from conformance import weights as weights_lib
     inputs = runner.model_inputs(cfg, batch, seq_len)
     P, S, n = rec["parameters"], rec["speed"], rec["parameters"]["analytic"]["total"]
@@ -81,7 +82,7 @@ def _measure(cfg, batch, seq_len, frameworks, rec, w, repeats, peak_size):
 
 
 def _measure_framework(fw, cfg, w, inputs, rec, repeats):
-    from conformance.build import build
+    from conformance.backends.build import build
     F, M, S = rec["flops"]["measured"], rec["memory"]["measured"], rec["speed"]
     total, activations = rec["flops"]["totals"]["all"], rec["memory"]["activations_float32"]
     m = build(fw, cfg, w, dtype="float32")

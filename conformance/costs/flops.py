@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from conformance.config import Config
+from conformance.core.config import Config
 from conformance.costs.params import check_model, layer_lists
 
 PER_ELEMENT = {

@@ -98,7 +98,7 @@ def tf_flops(module, inputs: dict) -> dict:
 
 def transformers_sdpa(cfg, inputs: dict) -> dict | None:
     """FlopCounterMode on the `transformers` base model, eager attention and then sdpa."""
-    from conformance import checkpoints
+    from conformance.weights import checkpoints
     arch = checkpoints.ARCHITECTURES.get(cfg.kind)
     if arch is None:
         return None

@@ -26,7 +26,7 @@ Training state per parameter, AdamW (two moments): float32 4 + 4 (gradient) + 8 
 """
 from __future__ import annotations
 
-from conformance.config import Config
+from conformance.core.config import Config
 from conformance.costs import flops
 from conformance.costs.params import layer_lists
 

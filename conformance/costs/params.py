@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 
-from conformance import registry
-from conformance.config import Config
+from conformance.spec import registry
+from conformance.core.config import Config
 
 MODELS = ("bert", "gpt2", "transformer")
 COMPONENTS = ("embeddings", "attention", "feed_forward", "norms", "final_norm", "pooler", "head")
@@ -108,7 +108,7 @@ def _assemble(top: dict, per_layer: dict, counts: dict) -> dict:
 
 def transformers_class(cfg: Config) -> str | None:
     """The `transformers` class with exactly this model's parameters, or None where it has none."""
-    from conformance import checkpoints
+    from conformance.weights import checkpoints
     arch = checkpoints.ARCHITECTURES.get(cfg.kind)
     if arch is None:
         return None
@@ -124,7 +124,7 @@ def transformers_count(cfg: Config) -> dict:
     import torch
     import transformers
 
-    from conformance import checkpoints
+    from conformance.weights import checkpoints
     arch = checkpoints.ARCHITECTURES[cfg.kind]
     config = transformers.AutoConfig.for_model(**checkpoints.config_to_hf(cfg, arch, cls))
     with torch.device("meta"):  # shapes only: instant for gpt2-xl

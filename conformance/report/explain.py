@@ -1,0 +1,1068 @@
+"""`tmirror explain COMPONENT`: one component on numbers small enough to read.
+
+A walkthrough is a declaration (`WALKTHROUGHS`, one per registry entry): the example inputs
+worth reading, a config small enough to print, and the steps, each a trace name. Nothing
+shown is typed by hand:
+
+- every value comes from running the mirrors through the harness (`build(...).trace(...)`):
+  the NumPy reference in float64, PyTorch and Keras in float64 and float32;
+- the expression of a step is the reference's own source line that taps it, found by
+  searching `numpy_ref` for `("<name>",`, so it cannot drift from the code;
+- sub-steps the reference computes inside one tap (softmax's max, shift, exp, sum, divide;
+  layer norm's mean and variance) come from running the reference's pure function line
+  by line (`intermediates`): each line's source with the value it computed, and the values
+  of the expressions nested in it;
+- the library's own call (`nn.MultiheadAttention`, `keras.layers.LayerNormalization`,
+  `transformers.BertModel`, ...) is run on the same weights and inputs, and its value set
+  against the reference at the steps it exposes. A row marked "named" is a known
+  difference (a default epsilon, a GELU variant, a float32 constant in a float64 layer), named in
+  a line beside it and not held to a tolerance.
+
+    text = explain("multi_head_attention").render("text")   # or "md"
+    write_all("docs/explain")                                # docs/explain/<name>.md, every entry
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tabulate import tabulate
+
+from conformance.spec import registry
+from conformance.compare import tolerance
+from conformance import weights
+from conformance.core import trace
+from conformance.backends.build import build
+
+WIDTH = 100  # columns, text and Markdown alike
+TWINS = (("torch", "float64"), ("torch", "float32"), ("tf", "float64"), ("tf", "float32"))
+NAMES = {"numpy": "NumPy", "torch": "PyTorch", "tf": "Keras"}
+FORMATS = ("text", "md")
+
+
+# -------------------------------------------------------------------------------- declarations
+
+@dataclass(frozen=True)
+class Step:
+    op: str             # a trace name of the reference, e.g. "encoder.0.attention.probs"
+    says: str           # what happens here, one line
+    library: str = ""   # what the libraries' own layers do differently here, one line
+
+
+@dataclass(frozen=True)
+class Library:
+    """One library call's value at one step, computed on the walkthrough's weights and inputs."""
+    op: str
+    call: str                  # the call, as a reader would write it
+    value: np.ndarray
+    differs: str = ""          # a known difference, named: shown, not held to a tolerance
+    where: np.ndarray | None = None  # compare only these positions (dropout: the units both keep)
+    dtype: str = "float64"
+
+
+@dataclass(frozen=True)
+class Inner:
+    """Run the reference's pure function `fn(*args)` line by line; its result is the op's value."""
+    fn: Callable
+    args: tuple
+    op: str  # the trace name the function's return value reproduces
+
+
+@dataclass(frozen=True)
+class Walkthrough:
+    name: str
+    summary: str                       # one line: what the example shows
+    config: dict                       # overrides of the registry's tiny config
+    inputs: Callable                   # (cfg) -> dict of NumPy inputs, the default variant's example
+    steps: tuple
+    inner: Callable | None = None      # (module, w, inputs, records) -> list[Inner]
+    library: Callable | None = None    # (cfg, w, inputs, records, calls) -> list[Library]
+    capture: str | None = None         # module paths whose call inputs `library` needs
+    math: str = ""                     # keep only the reference docstring's paragraphs naming this
+    shows: tuple = ()                  # the Config fields worth printing beside d_model
+
+
+# -------------------------------------------------------------------------------- running
+
+@dataclass
+class Line:
+    """One line of a reference function: its source, the value it assigned, nested values."""
+    lineno: int
+    source: str
+    value: object
+    nested: list = field(default_factory=list)  # (expression source, value), innermost first
+
+
+@dataclass
+class Explained:
+    walkthrough: Walkthrough
+    variant: str
+    cfg: object
+    weights: dict
+    inputs: dict
+    reference: dict                     # trace name -> float64 NumPy value
+    twins: dict                         # (framework, dtype) -> trace
+    expressions: dict                   # op -> (file, line number, source line)
+    inner: list                         # (Inner, [Line])
+    library: list                       # [Library]
+    seconds: float = 0.0
+
+    def difference(self, op, framework, dtype) -> float:
+        return _max_abs(self.twins[framework, dtype][op], self.reference[op])
+
+    def render(self, fmt: str = "text") -> str:
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {list(FORMATS)}; received format={fmt!r}")
+        return _render(self, fmt)
+
+
+def explain(name: str, variant: str = "default") -> Explained:
+    """Run the walkthrough of registry entry `name` (every framework, float64 and float32)."""
+    entry = registry.get(name)
+    if variant not in entry.variants:
+        raise ValueError(f"variant must be one of {list(entry.variants)}; received variant={variant!r}")
+    if name not in WALKTHROUGHS:
+        raise ValueError(f"{name!r} has no walkthrough yet; explained: {', '.join(WALKTHROUGHS)}")
+    wt = WALKTHROUGHS[name]
+    start = time.perf_counter()
+    cfg = entry.config(variant).replace(**wt.config)
+    w = {k: np.round(v.astype(np.float64), 2) for k, v in weights.initialize(cfg, seed=0, std=0.5).items()}
+    inputs = wt.inputs(cfg) if variant == "default" else entry.inputs(cfg, variant, batch=1, length=4)
+    reference_build = build("numpy", cfg, w, dtype="float64")
+    _, reference = reference_build.trace(capture=wt.capture, **inputs)
+    calls = getattr(reference_build, "calls", {})
+    twins = {(fw, dt): build(fw, cfg, w, dtype=dt).trace(**inputs)[1] for fw, dt in TWINS}
+    steps = [s for s in wt.steps if s.op in reference]  # a variant may not run every op (fused)
+    expressions = {s.op: expression(reference_build.module, s.op) for s in steps}
+    inner = [(i, intermediates(i.fn, *i.args)) for i in (wt.inner(reference_build.module, w, inputs, reference)
+                                                         if wt.inner else [])]
+    library = wt.library(cfg, w, inputs, reference, calls) if wt.library and variant == "default" else []
+    return Explained(wt, variant, cfg, w, inputs, reference, twins, expressions, inner, library,
+                     time.perf_counter() - start)
+
+
+def walkthrough(name: str, variant: str = "default", fmt: str = "text") -> str:
+    return explain(name, variant).render(fmt)
+
+
+def write_all(out_dir="docs/explain", fmt: str = "md", names=None) -> list[Path]:
+    """Write `<out_dir>/<registry name>.md` (.txt for fmt="text") for every registry entry, or `names`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in names or registry.ENTRIES:
+        path = out / f"{name}.{'md' if fmt == 'md' else 'txt'}"
+        path.write_text(walkthrough(name, fmt=fmt) + "\n")
+        paths.append(path)
+    return paths
+
+
+def expression(module, op: str) -> tuple[str, int, str]:
+    """(file, line number, source line) of the reference line that taps `op`."""
+    path, _, name = op.split("#")[0].rpartition(".")
+    owner = dict(module.named_modules())[path]
+    needle = f'("{name}",'
+    for cls in type(owner).__mro__:
+        if not cls.__module__.startswith("numpy_ref") or "forward" not in vars(cls):
+            continue
+        module = sys.modules[cls.__module__]
+        functions = [f for _, f in inspect.getmembers(module, inspect.isfunction)  # the forward's helpers
+                     if f.__module__ == module.__name__ and not f.__name__.endswith("backward")]
+        for fn in [cls.forward, *sorted(functions, key=lambda f: f.__code__.co_firstlineno)]:
+            lines, first = inspect.getsourcelines(fn)
+            for i, line in enumerate(lines):
+                if needle in line:
+                    return _relative(inspect.getsourcefile(cls)), first + i, line.strip()
+    raise ValueError(f"no line of numpy_ref taps {name!r} for op {op!r}")
+
+
+def intermediates(fn: Callable, *args) -> list[Line]:
+    """Run `fn(*args)` and return each executed line with the value it gave.
+
+    A line event fires before its line runs; the next event (line or return) sees what it
+    assigned. Nested expressions (calls and arithmetic inside the line) are evaluated again
+    on the locals as they were before the line ran: the reference's own text, evaluated.
+    """
+    plain = getattr(fn, "__func__", fn)  # a bound method runs bound; its code and source are the function's
+    code = plain.__code__
+    source, first = inspect.getsourcelines(plain)
+    bound = inspect.signature(fn).bind(*args)
+    lines: list[Line] = []
+    pending: list = []  # [lineno, locals before the line]
+
+    def local(frame, event, arg):
+        if event in ("line", "return") and pending:
+            lineno, before = pending.pop()
+            text = source[lineno - first].strip()
+            value = _assigned(text, frame.f_locals, arg if event == "return" else None)
+            if value is not _NOTHING:
+                lines.append(Line(lineno, text, value, _nested(text, before, plain.__globals__)))
+        if event == "line":
+            pending.append((frame.f_lineno, dict(frame.f_locals)))
+        return local
+
+    def calls(frame, event, arg):
+        return local if frame.f_code is code else None
+
+    previous = sys.gettrace()
+    sys.settrace(calls)
+    try:
+        fn(*bound.args, **bound.kwargs)
+    finally:
+        sys.settrace(previous)
+    return lines
+
+
+_NOTHING = object()
+
+
+def _statement(text):
+    try:
+        return ast.parse(text.split("  #")[0].strip()).body[0]
+    except SyntaxError:  # `if ...:` and other headers
+        return None
+
+
+def _assigned(text, after, returned):
+    node = _statement(text)
+    if isinstance(node, ast.Return):
+        return returned
+    if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+        return after.get(node.targets[0].id, _NOTHING)
+    return _NOTHING
+
+
+def _nested(text, before, globals_):
+    """The calls and arithmetic inside a line's expression, innermost first, on `before`."""
+    node = _statement(text)
+    if not isinstance(node, (ast.Assign, ast.Return)) or node.value is None:
+        return []
+    out, seen = [], set()
+    for sub in _post_order(node.value):
+        if sub is node.value or not isinstance(sub, (ast.BinOp, ast.Call)):
+            continue
+        src = ast.unparse(sub)
+        if src in seen:
+            continue
+        seen.add(src)
+        try:
+            value = eval(compile(ast.Expression(sub), "<reference>", "eval"), globals_, dict(before))
+        except Exception:  # noqa: BLE001 - an expression that needs the line's own result: not shown
+            continue
+        if isinstance(value, np.ndarray) and value.ndim:
+            out.append((src, value))
+    return out
+
+
+def _post_order(node):
+    for child in ast.iter_child_nodes(node):
+        yield from _post_order(child)
+    yield node
+
+
+def _relative(path):
+    parts = Path(path).parts
+    return "/".join(parts[parts.index("numpy_ref"):]) if "numpy_ref" in parts else path
+
+
+def _max_abs(a, b, where=None) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return math.inf
+    d = np.abs(a - b)
+    if where is not None:
+        d = d[where]
+    both_inf = np.isinf(a) & np.isinf(b) & (a == b)
+    return float(np.where(both_inf[where] if where is not None else both_inf, 0, d).max()) if d.size else 0.0
+
+
+def within(actual, reference, dtype: str, where=None) -> bool:
+    """Does `actual` pass the suite's comparison against `reference` under the `dtype` row?"""
+    actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
+    if where is not None:
+        actual, reference = actual[where], reference[where]
+    return tolerance.compare("explain", actual, reference, tolerance.TOLERANCES[dtype]).passed
+
+
+# -------------------------------------------------------------------------------- rendering
+
+def _render(ex: Explained, fmt: str) -> str:
+    md = fmt == "md"
+    wt, cfg = ex.walkthrough, ex.cfg
+    entry = registry.get(wt.name)
+    module = inspect.getmodule(entry.implementation("numpy"))
+    out: list[str] = []
+
+    def heading(text, level):
+        if md:
+            out.extend([f"{'#' * level} {text}", ""])
+        else:
+            out.extend([text, "=-~"[level - 1] * min(len(text), WIDTH), ""])
+
+    def block(text, lang=""):
+        body = [piece for line in text.splitlines() for piece in _fold(line.rstrip(), WIDTH - 4)]
+        out.extend(([f"```{lang}"] + body + ["```"]) if md else ["    " + b if b else "" for b in body])
+        out.append("")
+
+    def para(text):
+        out.extend(_wrap(text, WIDTH) + [""])
+
+    def table(rows, headers):
+        if md:  # a | inside a cell would end it
+            rows = [[str(c).replace("|", "\\|") for c in r] for r in rows]
+        out.extend(tabulate(rows, headers, tablefmt="github" if md else "simple",
+                            disable_numparse=True).splitlines() + [""])
+
+    variant = "" if ex.variant == "default" else f", variant {ex.variant}"
+    heading(f"{wt.name}: {entry.cls}{variant}", 1)
+    para(wt.summary)
+    block(_docstring(module, wt.math))
+    overrides = tuple(registry.get(wt.name).variants[ex.variant].overrides)
+    fields = {k: getattr(cfg, k) for k in dict.fromkeys(("d_model",) + wt.shows + overrides)}
+    para("Config (the registry's tiny config with these sizes): "
+         + ", ".join(f"{k}={v}" for k, v in fields.items()) + ".")
+    para("Weights: `weights.initialize(cfg, seed=0, std=0.5)` rounded to 2 decimals, loaded into every "
+         "mirror. Values below: the NumPy reference in float64; PyTorch and Keras built with "
+         "`build(framework, cfg, w, dtype)` in float64 and float32.")
+    heading("Inputs", 2)
+    for key, value in ex.inputs.items():
+        block(f"{key} {_shape(value)} {value.dtype}\n{_array(value)}")
+    def inside(inner, lines):
+        fn = getattr(inner.fn, "__func__", inner.fn)
+        para(f"Inside this op: `{fn.__module__}.{fn.__qualname__}` run line by line on this example, "
+             f"each line with the values it computes; its result is the traced `{inner.op}`.")
+        for line in lines:
+            block(f"{_relative(inspect.getsourcefile(fn))}:{line.lineno}\n    {line.source}", "python")
+            for src, value in line.nested:
+                block(f"{src} {_shape(value)}\n{_array(value)}")
+            block(f"= {_shape(line.value)}\n{_array(line.value)}" if isinstance(line.value, np.ndarray)
+                  else f"= {line.value!r}")
+
+    heading("Steps", 2)
+    steps = [s for s in wt.steps if s.op in ex.reference]
+    shown = {s.op for s in steps}
+    for inner, lines in ex.inner:
+        if inner.op not in shown:
+            inside(inner, lines)
+    library = {}
+    for lib in ex.library:
+        library.setdefault(lib.op, []).append(lib)
+    for n, step in enumerate(steps, 1):
+        value = ex.reference[step.op]
+        heading(f"{n}. {step.op} {_shape(value)}", 3)
+        para(step.says)
+        file, lineno, line = ex.expressions[step.op]
+        block(f"{file}:{lineno}\n    {line}", "python")
+        for inner, lines in ex.inner:
+            if inner.op == step.op:
+                inside(inner, lines)
+        block(f"NumPy float64 {_shape(value)}\n{_array(value)}")
+        libs = library.get(step.op, [])
+        _side_by_side(ex, step, value, libs, table, para)
+        rows = []
+        for fw, dt in TWINS:
+            twin = ex.twins[fw, dt].get(step.op)
+            if twin is None:  # a fused kernel records no intermediate
+                rows.append((f"{NAMES[fw]} {dt}", "-", "not traced"))
+                continue
+            rows.append((f"{NAMES[fw]} {dt}", f"{ex.difference(step.op, fw, dt):.1e}",
+                         "ok" if within(twin, value, dt) else "OUT"))
+        for lib in libs:
+            verdict = ("named" if lib.differs else "ok" if within(lib.value, value, lib.dtype, lib.where)
+                       else "OUT")
+            rows.append((f"{_short(lib.call)} {lib.dtype}", f"{_max_abs(lib.value, value, lib.where):.1e}",
+                         verdict))
+        table(rows, ["against NumPy float64", "max abs difference", "tolerance"])
+        for lib in libs:
+            para(f"`{lib.call}`" + (f": named difference: {lib.differs}" if lib.differs else "."))
+        if step.library:
+            para(f"Library: {step.library}")
+    para("Every number above is computed by `tmirror explain`; the tolerance column applies "
+         f"`conformance.compare.tolerance.TOLERANCES` (float64 atol {tolerance.TOLERANCES['float64'].atol:g}, "
+         f"float32 atol {tolerance.TOLERANCES['float32'].atol:g}).")
+    while out and not out[-1]:
+        out.pop()
+    return "\n".join(out)
+
+
+def _side_by_side(ex, step, value, libs, table, para):
+    """One row of the op's last axis: NumPy, PyTorch and Keras float32, and the library, per element."""
+    index = _row(value)
+    columns = [("NumPy float64", value)]
+    columns += [(f"{NAMES[fw]} float32", ex.twins[fw, "float32"][step.op]) for fw in ("torch", "tf")
+                if step.op in ex.twins[fw, "float32"]]
+    columns += [("library", lib.value) for lib in libs
+                if lib.where is None and np.shape(lib.value) == value.shape][:1]
+    if value.ndim == 0:
+        return
+    rows = []
+    for j in range(value.shape[-1]):
+        at = index + (j,)
+        rows.append([str(j)] + [_number(np.asarray(v)[at]) for _, v in columns])
+    para(f"Side by side, element by element, at {_index(index)}:")
+    table(rows, ["j"] + [c for c, _ in columns])
+
+
+def _row(value) -> tuple:
+    """The leading index of the row to show: the first whose last axis is not all zero."""
+    lead = value.reshape(-1, value.shape[-1]) if value.ndim else value.reshape(1, 1)
+    nonzero = [i for i in range(lead.shape[0]) if np.any(lead[i] != 0)]
+    flat = nonzero[0] if nonzero else 0
+    return tuple(int(i) for i in np.unravel_index(flat, value.shape[:-1])) if value.ndim > 1 else ()
+
+
+def _index(index) -> str:
+    return "[" + ", ".join([str(i) for i in index] + [":"]) + "]"
+
+
+def _short(call: str) -> str:
+    """A call with its argument lists elided: `BertModel(...).attentions[0]`."""
+    out, depth = "", 0
+    for ch in call:
+        if ch == "(":
+            out += "(" if depth == 0 else ""
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            out += "...)" if depth == 0 else ""
+        elif depth == 0:
+            out += ch
+    return call if len(call) <= 30 else out
+
+
+def _docstring(module, keyword: str) -> str:
+    doc = inspect.getdoc(module) or ""
+    if not keyword:
+        return doc
+    paragraphs = doc.split("\n\n")
+    return "\n\n".join([paragraphs[0]] + [p for p in paragraphs[1:] if keyword in p])
+
+
+def _number(x) -> str:
+    return f"{float(x):.8g}"
+
+
+def _shape(a) -> str:
+    return str(tuple(np.shape(a)))
+
+
+def _array(a) -> str:
+    a = np.asarray(a)
+    if a.dtype == bool:
+        return np.array2string(a.astype(int), max_line_width=WIDTH - 8, threshold=400)
+    return np.array2string(a, precision=4, max_line_width=WIDTH - 8, threshold=400)
+
+
+def _fold(line, width):
+    """A code line longer than `width`, cut before its end-of-line comment or at width."""
+    if len(line) <= width:
+        return [line]
+    indent = " " * (len(line) - len(line.lstrip()) + 4)
+    code, hash_, comment = line.partition("  # ")
+    if hash_ and len(code.rstrip()) <= width:
+        return [code.rstrip()] + _fold(indent + "# " + comment, width)
+    return [line[:width]] + _fold(indent + line[width:].lstrip(), width)
+
+
+def _wrap(text, width):
+    import textwrap
+    return textwrap.wrap(text, width, break_on_hyphens=False) or [""]
+
+
+# -------------------------------------------------------------------------------- library calls
+
+def _torch():
+    import torch
+    return torch
+
+
+def _tensor(x, dtype="float64"):
+    torch = _torch()
+    x = np.asarray(x)
+    return torch.from_numpy(np.ascontiguousarray(x.astype(dtype) if x.dtype.kind == "f" else x))
+
+
+def _keras():
+    import keras
+    return keras
+
+
+def _np(x):
+    return x.detach().numpy() if hasattr(x, "detach") else _keras().ops.convert_to_numpy(x)
+
+
+def _within_prefix(w, prefix):
+    return {k[len(prefix):]: v for k, v in w.items() if k.startswith(prefix)}
+
+
+# -------------------------------------------------------------------------------- the walkthroughs
+
+def _rng():
+    return np.random.default_rng(0)
+
+
+def _readable(shape, rng=None):
+    return np.round((rng or _rng()).standard_normal(shape), 1)
+
+
+def softmax_inputs(cfg):
+    scores = np.array([[1.0, 2.0, 3.0],
+                       [1000.0, 1001.0, 1002.0],   # huge logits: the same probabilities as [1, 2, 3]
+                       [1.0, 2.0, 30.0],           # the 30 is masked: as if the row were [1, 2]
+                       [5.0, 5.0, 5.0]])[None, None]  # every position masked       (1, 1, 4, 3)
+    mask = np.ones_like(scores, bool)
+    mask[0, 0, 2, 2] = False
+    mask[0, 0, 3, :] = False
+    return {"scores": scores, "mask": mask}
+
+
+def softmax_library(cfg, w, inputs, records, calls):
+    torch, keras = _torch(), _keras()
+    scores, mask = inputs["scores"], inputs["mask"]
+    filled = _tensor(scores).masked_fill(~_tensor(mask), cfg.mask_fill)
+    with np.errstate(over="ignore", invalid="ignore"):  # what the max subtraction prevents
+        naive = np.exp(scores) / np.exp(scores).sum(-1, keepdims=True)
+    return [
+        Library("output", "torch.softmax(scores.masked_fill(~mask, fill), -1)", _np(torch.softmax(filled, -1)),
+                differs="a fully masked row comes out uniform (1/S each), not zeros: softmax sees a row "
+                          "of equal fills; ours and Keras's zero it."),
+        Library("output", "keras.layers.Softmax()(scores, mask=mask)",
+                _np(keras.layers.Softmax(dtype="float64")(scores, mask=mask))),
+        Library("output", "np.exp(x) / np.exp(x).sum(-1)", naive,
+                differs="no max subtraction: exp(1000) overflows to inf and the huge-logit row is NaN."),
+    ]
+
+
+def softmax_inner(module, w, inputs, records):
+    from numpy_ref.activations import softmax
+    return [Inner(softmax, (inputs["scores"], inputs["mask"], module.fill), "output")]
+
+
+def layer_norm_inputs(cfg):
+    x = np.array([[1.0, 2.0, 3.0, 4.0],
+                  [5.0, 5.0, 5.0, 5.01],      # nearly constant: variance 1.9e-5, where epsilon matters
+                  [-2.0, 0.5, 0.0, 1.5]])[None]   # (1, 3, 4)
+    return {"x": x}
+
+
+def layer_norm_inner(module, w, inputs, records):
+    from numpy_ref.normalization import layer_norm
+    return [Inner(layer_norm, (inputs["x"], w["gamma"].astype(np.float64), w["beta"].astype(np.float64),
+                               module.eps), "output")]
+
+
+def layer_norm_library(cfg, w, inputs, records, calls):
+    from conformance.oracles import layers as oracles
+    x = inputs["x"]
+    return [
+        Library("output", f"torch.nn.LayerNorm({cfg.d_model}, eps={cfg.layer_norm_eps:g})",
+                oracles.torch_layer_norm(cfg, w, x)),
+        Library("output", f"keras.layers.LayerNormalization(epsilon={cfg.layer_norm_eps:g})",
+                oracles.keras_layer_norm(cfg, w, x)),
+        Library("output", "keras.layers.LayerNormalization()", oracles.keras_layer_norm(
+            cfg.replace(layer_norm_eps=1e-3), w, x),
+            differs="Keras's default epsilon is 1e-3, not BERT's 1e-12: the nearly constant row is "
+                      "divided by sqrt(1.9e-5 + 1e-3) instead of sqrt(1.9e-5)."),
+        Library("output", "torch.nn.LayerNorm(4)", oracles.torch_layer_norm(cfg.replace(layer_norm_eps=1e-5), w, x),
+                differs="torch's default epsilon is 1e-5 (GPT-2's): visible on the nearly constant row."),
+    ]
+
+
+def linear_library(cfg, w, inputs, records, calls):
+    torch, keras = _torch(), _keras()
+    x, kernel, bias = inputs["x"], w["kernel"], w.get("bias")
+    out = [Library("output", "torch.nn.functional.linear(x, kernel.T, bias)",
+                   _np(torch.nn.functional.linear(_tensor(x), _tensor(kernel.T), None if bias is None
+                                                  else _tensor(bias))))]
+    dense = keras.layers.Dense(kernel.shape[1], use_bias=bias is not None, dtype="float64")
+    dense.build(x.shape)
+    dense.set_weights([kernel] + ([] if bias is None else [bias]))
+    out.append(Library("output", "keras.layers.Dense(d_out)", _np(dense(x))))
+    return out
+
+
+def linear_inner(module, w, inputs, records):
+    from numpy_ref.linear import linear
+    return [Inner(linear, (inputs["x"], w["kernel"].astype(np.float64),
+                           None if "bias" not in w else w["bias"].astype(np.float64)), "output")]
+
+
+FLOAT32_CONSTANT = ("in float64 only: tf.nn.gelu multiplies by cast(0.7071067811865476, float64), and "
+                    "TensorFlow makes that Python float a float32 constant first, so results move by "
+                    "about 5e-9 (the float64 trap of conformance.oracles.layers); float32 is unaffected.")
+
+
+def activation_inputs(cfg):
+    return {"x": np.linspace(-3, 3, 10).reshape(1, 2, 5)}
+
+
+def activation_library(cfg, w, inputs, records, calls):
+    torch, keras = _torch(), _keras()
+    F, x = torch.nn.functional, inputs["x"]
+    exact = cfg.activation == "gelu"
+    if cfg.activation == "relu":
+        return [Library("output", "torch.relu(x)", _np(torch.relu(_tensor(x)))),
+                Library("output", "keras.activations.relu(x)", _np(keras.activations.relu(x)))]
+    other = "tanh" if exact else "erf"
+    return [
+        Library("output", f"F.gelu(x, approximate='{'none' if exact else 'tanh'}')",
+                _np(F.gelu(_tensor(x), approximate="none" if exact else "tanh"))),
+        Library("output", f"keras.activations.gelu(x, approximate={not exact})",
+                _np(keras.activations.gelu(keras.ops.convert_to_tensor(x), approximate=not exact)),
+                differs=FLOAT32_CONSTANT),
+        Library("output", "keras.ops.gelu(x)", _np(keras.ops.gelu(keras.ops.convert_to_tensor(x))),
+                differs="" if not exact else "keras.ops.gelu defaults to approximate=True (tanh), while "
+                          "keras.activations.gelu and torch default to the exact erf form."),
+        Library("output", f"F.gelu(x, approximate='{'tanh' if exact else 'none'}')",
+                _np(F.gelu(_tensor(x), approximate="tanh" if exact else "none")),
+                differs=f"the {other} form, a different formula: apart by more than float32's tolerance."),
+    ]
+
+
+def activation_inner(module, w, inputs, records):
+    return [Inner(module.fn, (inputs["x"],), "output")]
+
+
+def dropout_inputs(cfg):
+    x = _readable((1, 2, 4))
+    keep = np.array([[[True, False, True, True], [True, True, False, True]]])
+    return {"x": x, "keep": keep}
+
+
+def dropout_library(cfg, w, inputs, records, calls):
+    torch = _torch()
+    x = inputs["x"]
+    torch.manual_seed(0)
+    y = _np(torch.nn.functional.dropout(_tensor(x), cfg.dropout, training=True))
+    both = (y != 0) & inputs["keep"]
+    # torch draws its own mask: compared only on the units both keep, where each is x / (1 - p)
+    return [Library("output", f"F.dropout(x, p={cfg.dropout}, training=True), units both keep", y, where=both)]
+
+
+def dropout_inner(module, w, inputs, records):
+    from numpy_ref.activations import dropout
+    return [Inner(dropout, (inputs["x"], inputs["keep"], module.rate), "output")]
+
+
+def embedding_inputs(values):
+    def make(cfg):
+        return {"ids": np.array([values])}
+    return make
+
+
+def embedding_library(cfg, w, inputs, records, calls):
+    torch, keras = _torch(), _keras()
+    table, ids = w["table"], inputs["ids"]
+    layer = keras.layers.Embedding(*table.shape, dtype="float64")
+    layer.build(ids.shape)
+    layer.set_weights([table])
+    return [Library("output", "torch.nn.functional.embedding(ids, table)",
+                    _np(torch.nn.functional.embedding(_tensor(ids), _tensor(table)))),
+            Library("output", "keras.layers.Embedding(num, D)", _np(layer(ids)))]
+
+
+def sinusoidal_inner(module, w, inputs, records):
+    from numpy_ref.embeddings import sinusoidal_encoding
+    return [Inner(sinusoidal_encoding, (inputs["positions"], module.d_model), "output")]
+
+
+def sinusoidal_library(cfg, w, inputs, records, calls):
+    import keras_hub
+    T = inputs["positions"].shape[1]
+    layers = {dt: keras_hub.layers.SinePositionEncoding(dtype=dt) for dt in ("float32", "float64")}
+    return [Library("output", "keras_hub.layers.SinePositionEncoding()",
+                    _np(layers["float32"](np.zeros((1, T, cfg.d_model), np.float32))), dtype="float32"),
+            Library("output", "keras_hub.layers.SinePositionEncoding()",
+                    _np(layers["float64"](np.zeros((1, T, cfg.d_model)))),
+                    differs="its ops.cast(1 / max_wavelength, float64) goes through a float32 constant "
+                              "(TensorFlow's tf.cast of a Python float), so in float64 the frequencies are "
+                              "off by 2.5e-9 relative; float32 is unaffected.")]
+
+
+def sdpa_inputs(cfg):
+    rng = _rng()
+    q, k, v = (_readable((1, 1, 4, cfg.head_dim), rng) for _ in range(3))
+    mask = np.ones((1, 1, 4, 4), bool)
+    mask[..., 3] = False  # the 4th token is padding: no query may attend to it
+    return {"q": q, "k": k, "v": v, "mask": mask}
+
+
+def sdpa_inner(module, w, inputs, records):
+    from numpy_ref.attention import scaled_dot_product_attention
+    return [Inner(scaled_dot_product_attention, (inputs["q"], inputs["k"], inputs["v"], inputs.get("mask"), module.cfg,
+                                                 trace.untraced), "context")]
+
+
+def sdpa_library(cfg, w, inputs, records, calls):
+    from conformance.oracles import layers as oracles
+    keras = _keras()
+    q, k, v, mask = inputs["q"], inputs["k"], inputs["v"], inputs["mask"]
+    swap = lambda a: a.transpose(0, 2, 1, 3)  # noqa: E731 - (B, H, T, Dh) <-> (B, T, H, Dh)
+    context = keras.ops.dot_product_attention(swap(q), swap(k), swap(v), mask=mask, scale=np.float64(cfg.scale))
+    return [Library("context", "F.scaled_dot_product_attention(q, k, v, attn_mask=mask)",
+                    oracles.torch_sdpa(cfg, q, k, v, mask, "float64")),
+            Library("context", "keras.ops.dot_product_attention(q, k, v, mask=mask)", swap(_np(context)))]
+
+
+def mha_inputs(cfg):
+    mask = np.ones((1, 4), bool)
+    mask[0, 3] = False  # the 4th token is padding
+    return {"x": _readable((1, 4, cfg.d_model)), "mask": mask}
+
+
+def mha_inner(module, w, inputs, records, prefix=""):
+    attention = dict(module.named_modules())[prefix.rstrip(".")]
+    return [Inner(attention.split_heads, (records[f"{prefix}query.output"],), f"{prefix}q"),
+            Inner(attention.merge_heads, (records[f"{prefix}context"],), f"{prefix}merged")]
+
+
+def mha_library(cfg, w, inputs, records, calls):
+    torch, keras = _torch(), _keras()
+    from conformance.oracles import layers as oracles
+    x, mask = inputs["x"], inputs["mask"]
+    attn = torch.nn.MultiheadAttention(cfg.d_model, cfg.num_heads, bias=cfg.use_bias, batch_first=True).double()
+    oracles._load_torch_mha(attn.eval(), w, "", cfg)
+    out, probs = attn(_tensor(x), _tensor(x), _tensor(x), key_padding_mask=~_tensor(mask),
+                      need_weights=True, average_attn_weights=False)
+    H, Dh, D = cfg.num_heads, cfg.head_dim, cfg.d_model
+    layer = keras.layers.MultiHeadAttention(H, Dh, use_bias=cfg.use_bias, dtype="float64")
+    layer._inverse_sqrt_key_dim = np.float64(cfg.scale)  # the float64 scale trap: see oracles
+    layer.build(x.shape, x.shape)
+    for dense, name in ((layer.query_dense, "query"), (layer.key_dense, "key"), (layer.value_dense, "value")):
+        dense.kernel.assign(w[f"{name}.kernel"].reshape(D, H, Dh))
+        dense.bias.assign(w[f"{name}.bias"].reshape(H, Dh))
+    layer.output_dense.kernel.assign(w["output.kernel"].reshape(H, Dh, D))
+    layer.output_dense.bias.assign(w["output.bias"])
+    keras_out, keras_probs = layer(x, x, attention_mask=np.broadcast_to(mask[:, None, :], (1, 4, 4)),
+                                   return_attention_scores=True)
+    torch_call = "nn.MultiheadAttention(need_weights=True, average_attn_weights=False)"
+    keras_call = "keras.layers.MultiHeadAttention(return_attention_scores=True)"
+    return [Library("probs", torch_call, _np(probs)), Library("output.output", torch_call, _np(out)),
+            Library("probs", keras_call, _np(keras_probs)), Library("output.output", keras_call, _np(keras_out))]
+
+
+def ffn_library(cfg, w, inputs, records, calls):
+    torch, keras = _torch(), _keras()
+    x = inputs["x"]
+    inner = torch.nn.Linear(cfg.d_model, cfg.d_ff).double()
+    outer = torch.nn.Linear(cfg.d_ff, cfg.d_model).double()
+    from conformance.oracles import layers as oracles
+    oracles._load_torch_linear(inner, w, "inner")
+    oracles._load_torch_linear(outer, w, "outer")
+    gelu = torch.nn.GELU(approximate="tanh" if cfg.activation == "gelu_tanh" else "none")
+    act = gelu if cfg.activation != "relu" else torch.nn.ReLU()
+    with torch.no_grad():
+        h = inner(_tensor(x))
+        a = act(h)
+        y = outer(a)
+    dense = keras.layers.Dense(cfg.d_ff, activation=cfg.activation if cfg.activation != "gelu_tanh" else None,
+                               dtype="float64")
+    dense.build(x.shape)
+    dense.set_weights([w["inner.kernel"], w["inner.bias"]])
+    out = [Library("inner.output", "torch.nn.Linear(D, F)", _np(h)),
+           Library("activation.output", f"torch.nn.{type(act).__name__}()", _np(a)),
+           Library("outer.output", "torch.nn.Linear(F, D)", _np(y))]
+    if cfg.activation != "gelu_tanh":
+        out.append(Library("activation.output", f"keras.layers.Dense(F, activation='{cfg.activation}')",
+                           _np(dense(x)), differs=FLOAT32_CONSTANT if cfg.activation == "gelu" else ""))
+    return out
+
+
+def encoder_inputs(cfg):
+    return mha_inputs(cfg)
+
+
+def encoder_library(cfg, w, inputs, records, calls):
+    from conformance.oracles import layers as oracles
+    return [Library("output", "nn.TransformerEncoderLayer(norm_first=False)",
+                    oracles.torch_encoder_layer(cfg, w, inputs["x"], inputs["mask"]))]
+
+
+def decoder_inputs(cfg):
+    mask = np.ones((1, 3), bool)
+    memory_mask = np.ones((1, 4), bool)
+    memory_mask[0, 3] = False
+    rng = _rng()
+    return {"x": _readable((1, 3, cfg.d_model), rng), "memory": _readable((1, 4, cfg.d_model), rng),
+            "mask": mask, "memory_mask": memory_mask}
+
+
+def decoder_library(cfg, w, inputs, records, calls):
+    from conformance.oracles import layers as oracles
+    return [Library("output", "nn.TransformerDecoderLayer(norm_first=False)",
+                    oracles.torch_decoder_layer(cfg, w, inputs["x"], inputs["memory"], inputs["mask"],
+                                                inputs["memory_mask"]))]
+
+
+def token_inputs(segments):
+    def make(cfg):
+        inputs = {"input_ids": np.array([[2, 7, 7, 5]]), "attention_mask": np.array([[1, 1, 1, 0]])}
+        if segments:
+            inputs["token_type_ids"] = np.array([[0, 0, 1, 1]])
+        return inputs
+    return make
+
+
+def _hf(cfg, w, cls):
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+    from conformance.weights import checkpoints
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoints.to_hf(cfg, w, tmp, cls)
+        model = getattr(transformers, cls).from_pretrained(tmp, attn_implementation="eager")
+    return model.double().eval()
+
+
+def hf_library(cls, steps):
+    """A `library` for a transformers model: `steps` maps our trace names to its outputs' fields."""
+    def library(cfg, w, inputs, records, calls):
+        torch = _torch()
+        model = _hf(cfg, w, cls)
+        with torch.no_grad():
+            out = model(**{k: _tensor(v) for k, v in inputs.items()}, output_attentions=True,
+                        output_hidden_states=True)
+        call = f"{cls}(output_attentions=True, output_hidden_states=True)"
+        return [Library(op, f"{call}.{field}[{i}]" if i is not None else f"{call}.{field}",
+                        _np(getattr(out, field) if i is None else getattr(out, field)[i]))
+                for op, (field, i) in steps.items()]
+    return library
+
+
+bert_library = hf_library("BertModel", {"embeddings.output": ("hidden_states", 0),
+                                        "encoder.0.attention.probs": ("attentions", 0),
+                                        "encoder.0.output": ("hidden_states", 1),
+                                        "pooled": ("pooler_output", None)})
+gpt2_library = hf_library("GPT2LMHeadModel", {"embeddings.output": ("hidden_states", 0),
+                                              "layers.0.attention.probs": ("attentions", 0),
+                                              "final_norm.output": ("hidden_states", -1),
+                                              "logits": ("logits", None)})
+
+
+def seq2seq_inputs(cfg):
+    return {"input_ids": np.array([[2, 7, 7, 5]]), "decoder_input_ids": np.array([[1, 4, 9]]),
+            "attention_mask": np.array([[1, 1, 1, 0]]), "decoder_attention_mask": np.array([[1, 1, 1]])}
+
+
+def transformer_library(cfg, w, inputs, records, calls):
+    from conformance.oracles import layers as oracles
+    enc_args, enc_kwargs, _ = calls["encoder.0"]
+    dec_args, dec_kwargs, _ = calls["decoder.0"]
+    encoder = oracles.torch_encoder_layer(cfg, _within_prefix(w, "encoder.0."), enc_args[0], enc_kwargs["mask"])
+    decoder = oracles.torch_decoder_layer(cfg, _within_prefix(w, "decoder.0."), dec_args[0], dec_args[1],
+                                          dec_kwargs["mask"], dec_kwargs["memory_mask"])
+    return [Library("encoder.0.output", "nn.TransformerEncoderLayer on encoder.0's input", encoder),
+            Library("decoder.0.output", "nn.TransformerDecoderLayer on decoder.0's inputs", decoder)]
+
+
+LAYER = dict(d_model=8, num_heads=2, d_ff=16)
+LAYER_SHOWS = ("num_heads", "head_dim", "d_ff", "activation", "layer_norm_eps", "norm_first")
+MODEL_SHOWS = ("num_layers",) + LAYER_SHOWS + ("causal", "vocab_size", "max_positions")
+MODEL = dict(LAYER, vocab_size=11, max_positions=8, num_layers=1, num_decoder_layers=1)
+
+MHA_STEPS = (
+    Step("query.output", "Project every token to its query: x @ W_q + b_q, still one D-wide vector a token.",
+         "torch's nn.MultiheadAttention keeps W_q, W_k, W_v packed in one in_proj_weight [3D, D] ([out, in]); "
+         "Keras keeps each per head, kernel (D, H, Dh)."),
+    Step("q", "Split the D channels into H heads of Dh: reshape (B, T, D) -> (B, T, H, Dh), then "
+              "transpose to (B, H, T, Dh) so each head is its own (T, Dh) matrix."),
+    Step("k", "The same projection and split for the keys (from the context in cross-attention)."),
+    Step("v", "And for the values."),
+    Step("scores", "Every query against every key, per head: q k^T / sqrt(Dh). Shape (B, H, T, S)."),
+    Step("probs", "Softmax over the keys; the padded key gets mask_fill first, so its column is 0.",
+         "nn.MultiheadAttention returns these per head with average_attn_weights=False (averaged over heads "
+         "by default); Keras returns them with return_attention_scores=True."),
+    Step("context", "Each head's probability-weighted sum of its values: probs @ v, (B, H, T, Dh)."),
+    Step("merged", "Undo the split: transpose back to (B, T, H, Dh) and reshape to (B, T, D)."),
+    Step("output.output", "The output projection mixes the heads: merged @ W_o + b_o."),
+)
+
+
+def _prefixed(prefix, steps):
+    return tuple(Step(prefix + s.op, s.says, s.library) for s in steps)
+
+
+WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
+    Walkthrough("linear", "A dense layer on two tokens of width 4 mapped to width 3, kernel [in, out].",
+                dict(d_model=4, d_ff=3), lambda cfg: {"x": _readable((1, 2, 4))},
+                (Step("output", "y = x @ kernel + bias: each output channel a weighted sum of the inputs.",
+                      "torch.nn.Linear stores weight [out, in] and computes x @ W.T; Keras Dense stores "
+                      "kernel [in, out] as we do."),),
+                inner=linear_inner, library=linear_library,
+                shows=("d_ff", "use_bias")),
+    Walkthrough("softmax", "Softmax on [1, 2, 3], on [1000, 1001, 1002] (huge logits), on [1, 2, 30] with "
+                           "the 30 masked, and on a row with every position masked.",
+                dict(d_model=4, num_heads=1), softmax_inputs,
+                (Step("output", "Masked positions get mask_fill, then exp(x - max) / sum: the huge-logit row "
+                                "gives exactly the [1, 2, 3] row, the masked row that of [1, 2], the "
+                                "fully masked row zeros.",
+                      "torch.softmax has no mask argument: callers fill first, and a fully masked row then "
+                      "comes out uniform (fill -1e9) or NaN (fill -inf). transformers fills with the "
+                      "dtype's minimum."),),
+                inner=softmax_inner, library=softmax_library, math="softmax",
+                shows=("mask_fill",)),
+    Walkthrough("activation", "GELU on ten points from -3 to 3: the exact erf form, and the tanh form "
+                              "beside it.",
+                dict(d_model=5, num_heads=1), activation_inputs,
+                (Step("output", "GELU(x) = x Phi(x): about x for large x, about 0 for very negative x, "
+                                "slightly negative near x = -0.75.",
+                      "BERT (and torch's default) use erf; GPT-2 and keras-hub's BertBackbone use tanh."),),
+                inner=activation_inner, library=activation_library, math="GELU",
+                shows=("activation",)),
+    Walkthrough("dropout", "Dropout at rate 0.25 in training, with a supplied keep mask so every "
+                           "framework drops the same units.",
+                dict(d_model=4), dropout_inputs,
+                (Step("output", "Dropped units become 0; kept ones are divided by 1 - rate = 0.75, so the "
+                                "expected value is unchanged.",
+                      "torch.nn.Dropout and keras.layers.Dropout draw their own masks from their own RNGs; "
+                      "only the scale is comparable."),),
+                inner=dropout_inner, library=dropout_library, math="Dropout",
+                shows=("dropout",)),
+    Walkthrough("layer_norm", "Layer norm on three vectors of width 4, one nearly constant, where the "
+                              "epsilon shows.",
+                dict(d_model=4), layer_norm_inputs,
+                (Step("output", "Each row: subtract its mean, divide by sqrt(variance + eps), then scale by "
+                                "gamma and shift by beta.",
+                      "Defaults differ: torch.nn.LayerNorm eps 1e-5, keras LayerNormalization 1e-3, BERT "
+                      "1e-12; the config names the value, so both are built with it."),),
+                inner=layer_norm_inner, library=layer_norm_library,
+                shows=("layer_norm_eps",)),
+    Walkthrough("token_embedding", "Token ids [3, 0, 7, 3] looked up in an 11-row table of width 4.",
+                dict(d_model=4, vocab_size=11), embedding_inputs([3, 0, 7, 3]),
+                (Step("output", "Row i of the table for id i: a gather, no arithmetic. The repeated id 3 "
+                                "gives the same row twice.",
+                      "An id outside the table raises here, as in torch (IndexError); tf.gather on a GPU "
+                      "returns zeros silently."),),
+                library=embedding_library,
+                shows=("vocab_size",)),
+    Walkthrough("position_embedding", "Positions 0..3 looked up in a learned table of 8 positions.",
+                dict(d_model=4, max_positions=8), embedding_inputs([0, 1, 2, 3]),
+                (Step("output", "Row p of the position table for position p; added to the token rows by "
+                                "the model.", "BERT and GPT-2 slice positions 0..T-1 of this table."),),
+                library=embedding_library,
+                shows=("max_positions",)),
+    Walkthrough("segment_embedding", "Segment ids [0, 0, 1, 1]: sentence A, then sentence B.",
+                dict(d_model=4, type_vocab_size=2), embedding_inputs([0, 0, 1, 1]),
+                (Step("output", "One of two rows per token: which sentence it belongs to.",
+                      "transformers calls this token_type_embeddings."),),
+                library=embedding_library,
+                shows=("type_vocab_size",)),
+    Walkthrough("sinusoidal_position", "The fixed encoding of positions 0..5 at width 8: four frequencies, "
+                                       "sine and cosine interleaved.",
+                dict(d_model=8), lambda cfg: {"positions": np.arange(6)[None]},
+                (Step("output", "Channel pair i turns at frequency 1 / 10000^(2i/D): the first pair once a "
+                                "position, the last slower than once in 100.",
+                      "keras_hub's SinePositionEncoding interleaves sine and cosine as ours does; torch "
+                      "has no built-in."),),
+                inner=sinusoidal_inner, library=sinusoidal_library,
+                shows=()),
+    Walkthrough("scaled_dot_product_attention", "Single-head attention on 4 tokens of width 4; the 4th "
+                                                "token is padding.",
+                dict(d_model=4, num_heads=1), sdpa_inputs,
+                (Step("scores", "Every query against every key: q k^T, then times 1/sqrt(Dh) = 0.5."),
+                 Step("probs", "Softmax over the keys; the padded key gets mask_fill, so column 3 is 0.",
+                      "F.scaled_dot_product_attention and keras.ops.dot_product_attention do not return "
+                      "these; their boolean masks are True = attend, as ours (nn.MultiheadAttention's "
+                      "are True = blocked)."),
+                 Step("context", "Each query's probability-weighted average of the value rows: probs @ v.")),
+                inner=sdpa_inner, library=sdpa_library,
+                shows=("num_heads", "head_dim", "mask_fill", "causal")),
+    Walkthrough("multi_head_attention", "4-head self-attention, D = 8 (Dh = 2), on 4 tokens; the 4th token "
+                                        "is padding.",
+                dict(d_model=8, num_heads=4), mha_inputs, MHA_STEPS,
+                inner=mha_inner, library=mha_library,
+                shows=("num_heads", "head_dim", "mask_fill", "causal", "use_bias")),
+    Walkthrough("feed_forward", "The position-wise MLP D = 8 -> F = 16 -> D on 4 tokens.",
+                LAYER, lambda cfg: {"x": _readable((1, 4, cfg.d_model))},
+                (Step("inner.output", "Widen each token: x @ W_inner + b_inner, (B, T, F)."),
+                 Step("activation.output", "GELU, elementwise.",
+                      "keras.layers.Dense(activation='gelu') is the exact form; keras.ops.gelu defaults "
+                      "to tanh."),
+                 Step("outer.output", "Back to width D: h @ W_outer + b_outer."),
+                 Step("output", "The block's output (dropout is the identity at inference).")),
+                library=ffn_library,
+                shows=("d_ff", "activation")),
+    Walkthrough("encoder_layer", "One post-norm encoder layer (BERT's), D = 8, 2 heads, F = 16, on 4 "
+                                 "tokens; the 4th is padding.",
+                LAYER, encoder_inputs,
+                _prefixed("attention.", (MHA_STEPS[1], MHA_STEPS[5], MHA_STEPS[8]))
+                + (Step("attention_norm.output", "Residual, then layer norm: LN(x + Attention(x))."),
+                   Step("feed_forward.activation.output", "The feed-forward's widened, activated middle."),
+                   Step("feed_forward.output", "The feed-forward's output, width D again."),
+                   Step("feed_forward_norm.output", "Residual, then layer norm: LN(x + FFN(x))."),
+                   Step("output", "The layer's output: same shape as its input.",
+                        "nn.TransformerEncoderLayer computes the same with the same weights; in eval mode "
+                        "with no grad it may take a fused fast path (not used here).")),
+                inner=lambda m, w, i, r: mha_inner(m, w, i, r, "attention."), library=encoder_library,
+                shows=LAYER_SHOWS + ("causal",)),
+    Walkthrough("decoder_layer", "One post-norm decoder layer: causal self-attention on 3 target tokens, "
+                                 "cross-attention to 4 encoder positions (the 4th padding), feed-forward.",
+                dict(LAYER, activation="relu"), decoder_inputs,
+                (Step("self_attention.scores", "Target against target; per head (B, H, T, T)."),
+                 Step("self_attention.probs", "Causal: token i sees tokens 0..i, so the upper triangle is 0."),
+                 Step("self_attention_norm.output", "LN(x + SelfAttention(x))."),
+                 Step("cross_attention.q", "Queries from the decoder side, (B, H, T, Dh)."),
+                 Step("cross_attention.k", "Keys from the encoder's memory, (B, H, S, Dh)."),
+                 Step("cross_attention.probs", "Each target token over the 4 source positions; the padded "
+                                               "one gets 0."),
+                 Step("cross_attention_norm.output", "LN(x + CrossAttention(x, memory))."),
+                 Step("feed_forward_norm.output", "LN(x + FFN(x))."),
+                 Step("output", "The layer's output.",
+                      "nn.TransformerDecoderLayer names these self_attn, multihead_attn and norm1..norm3.")),
+                library=decoder_library,
+                shows=LAYER_SHOWS),
+    Walkthrough("bert", "A one-layer BERT (D = 8, 2 heads) on 4 tokens in two segments, the 4th padding.",
+                MODEL, token_inputs(segments=True),
+                (Step("embeddings.token.output", "Token rows."),
+                 Step("embeddings.position.output", "Position rows 0..3."),
+                 Step("embeddings.segment.output", "Segment rows: A, A, B, B."),
+                 Step("embeddings.output", "Their sum, layer-normed (eps 1e-12).",
+                      "transformers.BertModel's hidden_states[0]."),
+                 Step("encoder.0.attention.q", "Layer 0's queries, split into heads."),
+                 Step("encoder.0.attention.probs", "Layer 0's attention, per head; the padded key is 0.",
+                      "transformers fills masked scores with the dtype minimum, not -1e9: the same after "
+                      "softmax unless a row is fully masked."),
+                 Step("encoder.0.output", "Layer 0's output: the last hidden state here."),
+                 Step("pooled", "The pooler: tanh(h[:, 0] W + b) on the [CLS] position.")),
+                library=bert_library,
+                shows=MODEL_SHOWS),
+    Walkthrough("gpt2", "A one-layer GPT-2 (pre-norm, causal, tanh GELU, D = 8) on 4 tokens, the 4th padding.",
+                dict(MODEL, norm_first=True, causal=True, activation="gelu_tanh", layer_norm_eps=1e-5),
+                token_inputs(segments=False),
+                (Step("embeddings.output", "Token rows plus position rows; no layer norm here (pre-norm).",
+                      "transformers' hidden_states[0]."),
+                 Step("layers.0.attention_norm.output", "Pre-norm: the attention sees LN(h), the residual h."),
+                 Step("layers.0.attention.probs", "Causal and padded: token i sees 0..i, never the pad.",
+                      "transformers' GPT-2 fuses q, k, v in one Conv1D c_attn [D, 3D], already [in, out]."),
+                 Step("layers.0.feed_forward.activation.output", "GELU, tanh form (GPT-2's gelu_new)."),
+                 Step("layers.0.output", "h + Attention(LN(h)), then h + FFN(LN(h))."),
+                 Step("final_norm.output", "The final layer norm a pre-norm stack needs.",
+                      "transformers' hidden_states[-1] is after this norm, not the last layer's output."),
+                 Step("logits", "h @ E_token^T: the head is tied to the token table.")),
+                library=gpt2_library,
+                shows=MODEL_SHOWS),
+    Walkthrough("transformer", "The 2017 encoder-decoder, one layer each (D = 8, 2 heads, ReLU), source of 4 "
+                               "tokens (the 4th padding), target of 3.",
+                dict(MODEL, position="sinusoidal", activation="relu", layer_norm_eps=1e-6, scale_embeddings=True),
+                seq2seq_inputs,
+                (Step("source_embedding.output", "Source token rows (scaled by sqrt(D) next)."),
+                 Step("position.output", "The sinusoidal encoding of positions 0..3, added to them."),
+                 Step("encoder.0.attention.probs", "Encoder self-attention; the padded source key is 0."),
+                 Step("encoder.0.output", "The encoder's output: the memory the decoder attends to.",
+                      "Checked against nn.TransformerEncoderLayer run on this layer's own input."),
+                 Step("decoder.0.self_attention.probs", "Causal self-attention over the target."),
+                 Step("decoder.0.cross_attention.probs", "Target over source; the padded source position 0."),
+                 Step("decoder.0.output", "The decoder's output."),
+                 Step("logits", "h @ E^T, tied to the shared token table.")),
+                library=transformer_library, capture="*coder.0",
+                shows=MODEL_SHOWS + ("position", "scale_embeddings")),
+]}

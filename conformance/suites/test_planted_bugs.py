@@ -1,0 +1,90 @@
+"""The harness proves it can fail: each planted bug is caught, and pinned to its op.
+
+Every bug is planted in the PyTorch twin only, the way such bugs happen: a missing
+1/sqrt(Dh), a padding mask shifted by one position, a square kernel loaded without its
+transpose (it still fits, so no shape check can catch it), a layer-norm epsilon from
+the wrong framework's default, and erf GELU where the config says tanh. For each, the
+generated check fails naming the component and the output tensor, and the trace
+comparison names the first op that diverges.
+"""
+import pytest
+import torch
+
+import torch_impl.attention
+from conformance.weights import mapping
+from conformance.backends.build import build
+from conformance.compare.divergence import first_divergence
+from conformance.suites.cases import case_data, check_case, failure_message
+
+
+def missing_scale(monkeypatch, cfg, w, dtype):
+    return build("torch", cfg.replace(attention_scale=1.0), w, dtype=dtype)
+
+
+def shifted_mask(monkeypatch, cfg, w, dtype):
+    correct = torch_impl.attention.attention_mask
+    monkeypatch.setattr(torch_impl.attention, "attention_mask",
+                        lambda *a, **k: torch.roll(correct(*a, **k), 1, dims=-1))
+    return build("torch", cfg, w, dtype=dtype)
+
+
+def untransposed_query(monkeypatch, cfg, w, dtype):
+    correct = mapping.to_torch
+
+    def buggy(name, array):
+        key, value = correct(name, array)
+        return key, (value.T if name.endswith("attention.query.kernel") else value)
+
+    monkeypatch.setattr(mapping, "to_torch", buggy)
+    return build("torch", cfg, w, dtype=dtype)
+
+
+def keras_epsilon(monkeypatch, cfg, w, dtype):
+    return build("torch", cfg.replace(layer_norm_eps=1e-3), w, dtype=dtype)
+
+
+def erf_gelu(monkeypatch, cfg, w, dtype):
+    return build("torch", cfg.replace(activation="gelu"), w, dtype=dtype)
+
+
+PLANTED = [
+    # (bug, registry case, output it corrupts, first op the trace comparison must name)
+    (missing_scale, ("encoder_layer", "default"), "output", "attention.scores"),
+    (shifted_mask, ("multi_head_attention", "default"), "output", "probs"),
+    (untransposed_query, ("encoder_layer", "default"), "output", "attention.query.output"),
+    # eps only matters against the variance it is added to: BERT's embedding sum has variance
+    # ~1e-3, where Keras's 1e-3 default halves it; after a layer of unit-scale activations
+    # the same bug moves outputs by ~1e-5 relative, below float32 resolution of the check.
+    (keras_epsilon, ("bert", "default"), "last_hidden_state", "embeddings.norm.output"),
+    (keras_epsilon, ("layer_norm", "default"), "output", "output"),
+    (erf_gelu, ("encoder_layer", "pre_norm_causal"), "output", "feed_forward.activation.output"),
+    (missing_scale, ("bert", "default"), "last_hidden_state", "encoder.0.attention.scores"),
+    (untransposed_query, ("gpt2", "default"), "logits", "layers.0.attention.query.output"),
+]
+IDS = [f"{bug.__name__}-{case[0]}[{case[1]}]" for bug, case, _, _ in PLANTED]
+
+
+@pytest.mark.parametrize("bug,case,tensor,first_op", PLANTED, ids=IDS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_planted_bug_is_caught_and_pinned(monkeypatch, bug, case, tensor, first_op, dtype):
+    _, cfg, w, inputs, _ = case_data(*case)
+    buggy = bug(monkeypatch, cfg, w, dtype)
+
+    results = check_case(*case, "torch", dtype, built=buggy)
+    assert not all(r.passed for r in results), f"{bug.__name__} went unnoticed"
+    message = failure_message(results)
+    assert case[0] in message and f".{tensor}:" in message, message
+
+    _, reference_trace = build("numpy", cfg, w, dtype="float64").trace(**inputs)
+    _, buggy_trace = buggy.trace(**inputs)
+    first = first_divergence(reference_trace, buggy_trace, dtype)
+    assert first is not None and first.name == first_op, f"pinned to {first}, expected {first_op}"
+
+
+@pytest.mark.parametrize("case", [("encoder_layer", "default"), ("bert", "default")])
+def test_correct_twin_has_no_divergence(case):
+    """The control: the unmodified twin's trace agrees op by op."""
+    _, cfg, w, inputs, _ = case_data(*case)
+    _, reference_trace = build("numpy", cfg, w, dtype="float64").trace(**inputs)
+    _, trace = build("torch", cfg, w, dtype="float64").trace(**inputs)
+    assert first_divergence(reference_trace, trace, "float64") is None
