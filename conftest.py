@@ -3,7 +3,8 @@
   --frameworks numpy,torch,tf   which implementations to check against the reference
   --dtype float64,float32       which dtypes (also tf32, bfloat16, float16, mixed_bfloat16, mixed_float16;
                                 only the combinations a framework supports are generated)
-  --device cpu|cuda             where torch runs; without a GPU, cuda cases are skipped, with the reason
+  --device cpu|cuda             where to run; cases are generated only for the backends that run on that
+                                device (torch on cuda), and asking for cuda with no CUDA device is an error
   --full                        also run bert-base and gpt2 at full size (minutes)
 """
 import os
@@ -31,10 +32,14 @@ def _listed(config, name, allowed):
 
 
 def pytest_configure(config):
-    from conformance.backends.build import DTYPES, FRAMEWORKS
+    from conformance.backends import DEVICES, DTYPES, FRAMEWORKS, backend
     config.mirror_frameworks = _listed(config, "--frameworks", FRAMEWORKS)
     config.mirror_dtypes = _listed(config, "--dtype", DTYPES)
-    config.mirror_devices = _listed(config, "--device", ("cpu", "cuda"))
+    config.mirror_devices = _listed(config, "--device", DEVICES)
+    for device in config.mirror_devices:
+        if not any(device in backend(f).available_devices() for f in config.mirror_frameworks):
+            raise pytest.UsageError(f"--device {device}: none of the frameworks {config.mirror_frameworks} "
+                                    f"runs on {device} on this machine (no CUDA device)")
     config.addinivalue_line("markers", "full: full-size models, run only with --full")
     config.addinivalue_line("markers", "gradients: generated only for dtypes with a gradient tolerance row")
 
@@ -58,11 +63,11 @@ def pytest_generate_tests(metafunc):
     frameworks = config.mirror_frameworks
     if "framework_twins_only" in names:
         frameworks = [f for f in frameworks if f != "numpy"]
-    from conformance.backends.precision import supported
+    from conformance.backends import supports
     if "case" in names and "framework" in names:
-        # registry cases x frameworks (x dtypes x devices): only what the framework and the entry
-        # declare they support is generated (precision.supported), so nothing shows as skipped
-        from conformance.suites.cases import CASES, case_id
+        # registry cases x frameworks (x dtypes x devices): only what the backend and the entry
+        # declare they support is generated (Backend.supports), so nothing shows as skipped
+        from conformance.spec.registry import CASES, case_id
         axes = [a for a in ("dtype", "device") if a in names]
         dtypes = config.mirror_dtypes if "dtype" in axes else [None]
         if metafunc.definition.get_closest_marker("gradients"):
@@ -70,7 +75,7 @@ def pytest_generate_tests(metafunc):
             dtypes = [d for d in dtypes if d is None or (d in TOLERANCES and TOLERANCES[d].grad is not None)]
         devices = config.mirror_devices if "device" in axes else [None]
         combos = [(c, f, d, v) for c in CASES for f in frameworks for d in dtypes for v in devices
-                  if (f, d) != ("numpy", "float64") and supported(f, d or "float32", v, c)]
+                  if (f, d) != ("numpy", "float64") and supports(f, c, d or "float32", v) is None]
         keep = [True, True, "dtype" in axes, "device" in axes]
         values = [tuple(x for x, k in zip(combo, keep) if k) for combo in combos]
         ids = ["-".join([case_id(v[0])] + list(v[1:])) for v in values]
@@ -79,7 +84,7 @@ def pytest_generate_tests(metafunc):
     if "framework" in names and "dtype" in names:
         # numpy in float64 is the reference itself: that pair is not generated, not skipped
         pairs = [(f, d) for f in frameworks for d in config.mirror_dtypes
-                 if (f, d) != ("numpy", "float64") and supported(f, d, None)]
+                 if (f, d) != ("numpy", "float64") and supports(f, None, d, None) is None]
         metafunc.parametrize("framework,dtype", pairs, ids=[f"{f}-{d}" for f, d in pairs])
     elif "framework" in names:
         metafunc.parametrize("framework", frameworks)
@@ -93,14 +98,3 @@ def pytest_generate_tests(metafunc):
 def framework_twins_only():
     """Ask for this fixture to run a test over torch and tf only (not the reference itself)."""
     return True
-
-
-@pytest.fixture(autouse=True)
-def _cuda_available(request):
-    if "device" in request.fixturenames and request.getfixturevalue("device") == "cuda":
-        fw = request.getfixturevalue("framework") if "framework" in request.fixturenames else "torch"
-        if fw != "torch":
-            pytest.skip(f"{fw} runs on CPU only in this harness; cuda cases cover torch")
-        import torch
-        if not torch.cuda.is_available():
-            pytest.skip("no CUDA device on this machine (torch.cuda.is_available() is False)")

@@ -53,6 +53,7 @@ import onnx  # noqa: E402
 
 from bench.bench_models import matmul_flops  # noqa: E402
 from conformance.backends import onnx_export  # noqa: E402
+from conformance.report import onnx as onnx_report  # noqa: E402
 from conformance.spec import presets
 from conformance import weights
 
@@ -180,9 +181,9 @@ def export_child(args) -> int:
                      f"{len(e.proto.graph.node)} ops" + (f"; fallback: {e.fallback}" if e.fallback else ""))
         files[source] = (f"onnxruntime ({source} export: {e.exporter})", f"{source}.onnx")
         e.save(Path(args.export_child) / f"{source}.onnx")
-    section = onnx_export.onnx_section(cfg, w, inputs_for(cfg, 1), preset=args.preset, repeats=3)
+    section = onnx_report.onnx_section(cfg, w, inputs_for(cfg, 1), preset=args.preset, repeats=3)
     out = Path(args.export_child)
-    (out / "section.md").write_text(onnx_export.markdown(section))
+    (out / "section.md").write_text(onnx_report.markdown(section))
     (out / "notes.json").write_text(json.dumps({"notes": notes, "files": files}))
     return 0
 

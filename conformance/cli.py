@@ -79,15 +79,15 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--exporter", choices=["dynamo", "torchscript", "tf2onnx"],
                      help="torch: dynamo (default; falls back to torchscript) or torchscript; tf: tf2onnx")
     exp.add_argument("--seed", type=int, default=0)
-    from conformance.backends import precision
     from conformance.spec import presets
+    from conformance.suites.measure import REGIMES
     tol = sub.add_parser("tolerances", help="measure error distributions per dtype, framework and op; write "
                                             "the evidence JSON and the Markdown tolerance table")
     tol.add_argument("--dtypes", type=_csv(DTYPES), default=list(DTYPES))
     tol.add_argument("--frameworks", type=_csv(("numpy", "torch", "tf")), default=["numpy", "torch", "tf"])
     tol.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                      help="cuda: torch on the GPU against the float64 CPU reference, and against torch on cpu")
-    tol.add_argument("--regimes", type=_csv(tuple(precision.REGIMES)), default=list(precision.REGIMES))
+    tol.add_argument("--regimes", type=_csv(tuple(REGIMES)), default=list(REGIMES))
     tol.add_argument("--presets", type=_csv(tuple(presets.names())), default=[],
                      help="full-size presets to measure too (batch 1, 128 tokens), e.g. bert-base,gpt2")
     tol.add_argument("--cases", default="*", help="glob over registry case ids, e.g. 'multi_head_attention*'")
@@ -161,8 +161,8 @@ def cmd_report(args) -> int:
                **{titles.get(k, k): png for k, png in costs.plots(section).items()}}
     rec = report.record(args.preset, cfg, w, inputs, env, runs, section)
     if args.onnx:
-        from conformance.backends import onnx_export
-        rec["onnx"] = onnx_export.onnx_section(cfg, w, inputs, preset=args.preset)
+        from conformance.report import onnx
+        rec["onnx"] = onnx.onnx_section(cfg, w, inputs, preset=args.preset)
     if args.train:
         from tqdm import tqdm
 
@@ -228,7 +228,7 @@ def cmd_matrix(args) -> int:
     from tqdm import tqdm
 
     from conformance.report import matrix, runner
-    from conformance.suites.cases import CASES
+    from conformance.spec.registry import CASES
     total = len(CASES) * sum((f, d) != ("numpy", "float64") for f in args.frameworks for d in args.dtype)
     with tqdm(total=total, file=sys.stderr, leave=False, disable=None) as bar:
         def progress(label):
@@ -249,7 +249,7 @@ def cmd_explain(args) -> int:
     from conformance.report import explain
     if args.list or args.component is None:
         import textwrap
-        for name, w in explain.WALKTHROUGHS.items():
+        for name, w in explain.walkthroughs().items():
             print(textwrap.fill(w.summary, 100, initial_indent=f"{name:<30} ", subsequent_indent=" " * 31))
         return 0
     text = explain.walkthrough(args.component, variant=args.variant, fmt=args.format)
@@ -306,9 +306,9 @@ def cmd_tolerances(args) -> int:
 
     from tqdm import tqdm
 
-    from conformance.backends import precision
-    from conformance.suites.cases import CASES, case_id
     from conformance.compare.tolerance import TOLERANCES
+    from conformance.spec.registry import CASES, case_id
+    from conformance.suites import measure
     cases = [c for c in CASES if fnmatch.fnmatch(case_id(c), args.cases)]
     if not cases and not args.presets:
         raise ValueError(f"no registry case matches --cases {args.cases!r}; e.g. {[case_id(c) for c in CASES[:3]]}")
@@ -320,13 +320,13 @@ def cmd_tolerances(args) -> int:
         def progress(label):
             bar.update(1)
             bar.set_description(label)
-        results = precision.measure(args.dtypes, args.frameworks, args.device, args.regimes, cases,
-                                    args.presets, progress=progress)
-    ev = precision.evidence(results, "tmirror tolerances " + " ".join(args.argv), TOLERANCES)
+        results = measure.measure(args.dtypes, args.frameworks, args.device, args.regimes, cases,
+                                  args.presets, progress=progress)
+    ev = measure.evidence(results, "tmirror tolerances " + " ".join(args.argv), TOLERANCES)
     evidence_path.parent.mkdir(parents=True, exist_ok=True)
-    evidence_path.write_text(precision.dumps(ev))
+    evidence_path.write_text(measure.dumps(ev))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(precision.markdown(ev))
+    out.write_text(measure.markdown(ev))
     uncovered = []
     for dtype, row in ev["rows"].items():
         state = ("no row in TOLERANCES" if "covered" not in row else

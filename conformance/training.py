@@ -21,14 +21,14 @@ The NumPy reference runs either; each library matches it only under its own.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from conformance.spec import registry
-from conformance.backends.build import build
+from conformance import weights as weights_lib
+from conformance.backends import build
 from conformance.core.config import Config
+from conformance.spec import families, presets, registry
 
 TASKS = ("mlm", "causal_lm", "classification")
 EPSILON_CONVENTIONS = ("bias_corrected", "eps_hat")
@@ -152,13 +152,12 @@ def groups(cfg: Config, tcfg: TrainConfig) -> dict[str, Group]:
 # ------------------------------------------------------------------------------ batches
 
 def task_config(cfg: Config, task: str) -> Config:
-    """The model config a task trains: BERT gets the MLM or classification head."""
-    need = {"mlm": ("bert",), "classification": ("bert",), "causal_lm": ("gpt2",)}[task]
-    if cfg.kind not in need:
-        raise ValueError(f"task {task!r} trains a model of kind {list(need)}; received cfg.kind={cfg.kind!r}")
-    if cfg.kind == "bert":
-        return cfg.replace(head=task)
-    return cfg
+    """The model config a task trains: the head its family declares for it (BERT's MLM head)."""
+    family = families.FAMILIES.get(cfg.kind)
+    if family is None or task not in family.tasks:
+        trains = sorted(f.name for f in families.FAMILIES.values() if task in f.tasks)
+        raise ValueError(f"task {task!r} trains a model of kind {trains}; received cfg.kind={cfg.kind!r}")
+    return cfg.replace(head=family.tasks[task].head)
 
 
 def make_batches(cfg: Config, tcfg: TrainConfig, seed: int = 0) -> list[dict]:
@@ -169,12 +168,10 @@ def make_batches(cfg: Config, tcfg: TrainConfig, seed: int = 0) -> list[dict]:
     if T > cfg.max_positions:
         raise ValueError(f"TrainConfig.seq_len must be <= cfg.max_positions={cfg.max_positions}; received seq_len={T}")
     batches = []
+    family = families.get(cfg.kind)
     for _ in range(tcfg.steps * tcfg.accumulation_steps):
-        ids = rng.integers(0, V, (B, T))
-        attend = registry.padding_mask(rng, B, T)                                    # (B, T)
-        batch = {"input_ids": ids, "attention_mask": attend.astype(np.int64)}
-        if cfg.kind == "bert":
-            batch["token_type_ids"] = (np.arange(T)[None, :] >= T // 2).astype(np.int64).repeat(B, 0)
+        batch = family.inputs(cfg, B, T, rng=rng)                   # input_ids, attention_mask, ... (B, T)
+        ids, attend = batch["input_ids"], batch["attention_mask"].astype(bool)
         if tcfg.task == "mlm":
             masked = (rng.random((B, T)) < tcfg.mask_probability) & attend
             masked[:, 1] = True                                                      # >= 1 counted per row
@@ -239,8 +236,7 @@ def trainer(framework: str, cfg: Config, weights: dict, tcfg: TrainConfig, dtype
     cfg = task_config(cfg, tcfg.task)
     copies = {name: np.array(value) for name, value in weights.items()}  # numpy_ref updates its arrays in place
     built = build(framework, cfg, copies, dtype=dtype, training=True)
-    package = importlib.import_module(registry.PACKAGES[framework] + ".training")
-    return package.Trainer(built.module, groups(cfg, tcfg), tcfg, built), built
+    return built.backend.trainer(built, groups(cfg, tcfg), tcfg), built
 
 
 def train(framework: str, cfg: Config, weights: dict, batches: list[dict], tcfg: TrainConfig,
@@ -282,8 +278,6 @@ CASES = (("bert-tiny", "mlm"), ("bert-tiny", "classification"), ("gpt2-tiny", "c
 
 def setup(preset: str | Config, task: str, tcfg: TrainConfig | None = None, seed: int = 0):
     """(model cfg with its task head, initial weights, batches) for a preset (or a Config) and task."""
-    from conformance.spec import presets
-    from conformance import weights as weights_lib
     tcfg = tcfg or TrainConfig(task=task)
     cfg = task_config(presets.get(preset) if isinstance(preset, str) else preset, task)
     return cfg, weights_lib.initialize(cfg, seed=seed), make_batches(cfg, tcfg, seed=seed)
@@ -340,28 +334,3 @@ def mixed_precision_drift(cases=CASES, frameworks=("torch", "tf"), dtypes=("mixe
                              "worst_param": name, "max_abs_error": error, "moved": worst(moved(w, fp32.weights))[1],
                              "loss_error": max(abs(a - b) for a, b in zip(run.losses, fp32.losses))})
     return rows
-
-
-def torch_peak_memory(preset: str = "bert-tiny", task: str = "mlm", tcfg: TrainConfig | None = None,
-                      dtype: str = "float32") -> dict:
-    """Peak bytes torch's CPU allocator holds during one training step (forward, backward, clip,
-    AdamW; `torch.profiler` memory events summed in time order, over what it held at the start),
-    next to the bytes of weights, gradients and AdamW moments it keeps after."""
-    import torch
-
-    from conformance.costs.measure import profiling_memory
-    tcfg = (tcfg or TrainConfig()).replace(task=task, steps=1)
-    cfg, w, batches = setup(preset, task, tcfg)
-    step, built = trainer("torch", cfg, w, for_framework(tcfg, "torch"), dtype)
-    with profiling_memory() as prof:
-        step.step(batches[:tcfg.accumulation_steps])
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    params = list(built.module.parameters())
-    state = sum(t.numel() * t.element_size() for s in step.optimizer.state.values() for t in s.values()
-                if torch.is_tensor(t) and t.dim() > 0)
-    return {"preset": preset, "task": task, "dtype": dtype, "batch": tcfg.micro_batch_size, "seq_len": tcfg.seq_len,
-            "peak_step_bytes": int(np.cumsum([e.nbytes() for e in events]).max(initial=0)),
-            "weights_bytes": sum(p.numel() * p.element_size() for p in params),
-            "gradients_bytes": sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None),
-            "adamw_state_bytes": state}

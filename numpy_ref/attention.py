@@ -14,6 +14,11 @@ A padding mask (B, S) hides keys; the causal mask hides key j from query i when 
 later than i. With a key/value cache the T queries are the *last* T of S positions,
 so query i sits at absolute position S - T + i. Both combine by logical AND.
 
+`cfg.attention_impl` picks how the three lines run: "reference" taps each one; "fused" is
+one call with nothing tapped inside (a library's fused kernel; here one NumPy expression),
+so its scores and probabilities never exist outside it. Its backward recomputes them from
+q and k, as FlashAttention's backward does, instead of keeping a (B, H, T, S) tensor.
+
 Multi-head attention projects x to H independent (T, Dh) slices, attends in each, and
 concatenates the H results back to D before the output projection: the same FLOPs as
 one D-wide attention, but H different attention patterns.
@@ -50,6 +55,30 @@ def scaled_dot_product_attention(q, k, v, mask, cfg, tap):
     return tap("context", probs @ v)                               # (B, H, T, Dh)
 
 
+def fused_attention(q, k, v, mask, cfg):
+    """The same attention as one expression, nothing tapped inside: NumPy's stand-in for a fused kernel."""
+    return softmax(q @ k.swapaxes(-1, -2) * cfg.scale, mask, cfg.mask_fill) @ v     # (B, H, T, Dh)
+
+
+def attention(q, k, v, mask, cfg, tap):
+    """The attention `cfg.attention_impl` names: the reference's traced lines, or one fused call."""
+    if cfg.attention_impl == "fused":
+        return tap("context", fused_attention(q, k, v, mask, cfg))                # (B, H, T, Dh)
+    return scaled_dot_product_attention(q, k, v, mask, cfg, tap)                 # (B, H, T, Dh)
+
+
+def attention_probs(saved, q, k, mask, cfg):
+    """The probabilities a backward needs: the tapped ones, or (fused) recomputed from q and k."""
+    if "probs" in saved.taps:
+        return saved.taps["probs"]                                               # (B, H, T, S)
+    return softmax(q @ k.swapaxes(-1, -2) * cfg.scale, mask, cfg.mask_fill)      # (B, H, T, S)
+
+
+def tapped_only(saved):
+    """`saved.tap` for the lines the forward tapped: a fused call tapped its context alone."""
+    return lambda name, grad: saved.tap(name, grad) if name in saved.taps else grad
+
+
 def scaled_dot_product_attention_backward(grad, q, k, v, probs, mask, cfg, tap):
     """The forward's three lines undone in reverse; `tap` records each gradient under its name.
 
@@ -80,7 +109,7 @@ class ScaledDotProductAttention(Module):
         if self.cfg.causal:
             tri = causal_mask(q.shape[2], k.shape[2])[None, None]                # (1, 1, T, S)
             mask = tri if mask is None else mask & tri
-        return scaled_dot_product_attention(q, k, v, mask, self.cfg, trace.tap_for(self))
+        return attention(q, k, v, mask, self.cfg, trace.tap_for(self))
 
     def backward(self, grad):
         saved = autograd.saved(self)
@@ -88,8 +117,8 @@ class ScaledDotProductAttention(Module):
         if self.cfg.causal:
             tri = causal_mask(q.shape[2], k.shape[2])[None, None]                # (1, 1, T, S)
             mask = tri if mask is None else mask & tri
-        return scaled_dot_product_attention_backward(grad, q, k, v, saved.taps["probs"], mask,
-                                                     self.cfg, saved.tap)        # dq, dk, dv
+        probs = attention_probs(saved, q, k, mask, self.cfg)                     # (B, H, T, S)
+        return scaled_dot_product_attention_backward(grad, q, k, v, probs, mask, self.cfg, tapped_only(saved))
 
 
 class MultiHeadAttention(Module):
@@ -133,7 +162,7 @@ class MultiHeadAttention(Module):
             cache["key"], cache["value"] = k, v
         T, S = q.shape[2], k.shape[2]
         m = attention_mask(mask, T, S, self.causal)               # (B, 1, T, S)
-        context_heads = scaled_dot_product_attention(q, k, v, m, self.cfg, tap)  # (B, H, T, Dh)
+        context_heads = attention(q, k, v, m, self.cfg, tap)                    # (B, H, T, Dh)
         return self.output(tap("merged", self.merge_heads(context_heads)))       # (B, T, D)
 
     def backward(self, grad):
@@ -147,8 +176,9 @@ class MultiHeadAttention(Module):
         q, k, v = saved.taps["q"], saved.taps["k"], saved.taps["v"]
         m = attention_mask(saved.inputs["mask"], q.shape[2], k.shape[2], self.causal)  # (B, 1, T, S)
         d_merged = tap("merged", self.output.backward(grad))                     # (B, T, D)
-        d_q, d_k, d_v = scaled_dot_product_attention_backward(
-            self.split_heads(d_merged), q, k, v, saved.taps["probs"], m, self.cfg, tap)
+        probs = attention_probs(saved, q, k, m, self.cfg)                        # (B, H, T, S)
+        d_q, d_k, d_v = scaled_dot_product_attention_backward(self.split_heads(d_merged), q, k, v, probs, m,
+                                                              self.cfg, tapped_only(saved))
         d_source = self.value.backward(self.merge_heads(tap("v", d_v)))          # (B, S, D)
         d_source = d_source + self.key.backward(self.merge_heads(tap("k", d_k)))  # (B, S, D)
         d_x = self.query.backward(self.merge_heads(tap("q", d_q)))               # (B, T, D)

@@ -139,14 +139,14 @@ class AdamW:
 class Trainer:
     """Runs training steps of `model` (a numpy_ref model) with the TrainConfig `tcfg`.
 
-    `groups`: canonical weight name -> `conformance.training.Group` (lr scale, decayed,
-    trainable); `built` its `conformance.backends.build.Built`. A frozen parameter still gets a gradient
-    from the tape; it is not updated.
+    `params`: canonical weight name -> the model's array; `groups`: canonical weight name ->
+    `conformance.training.Group` (lr scale, decayed, trainable); `built` its
+    `conformance.backends.Built`. A frozen parameter still gets a gradient from the tape; it is
+    not updated.
     """
 
-    def __init__(self, model, groups, tcfg, built):
+    def __init__(self, model, params, groups, tcfg, built):
         self.model, self.groups, self.tcfg = model, groups, tcfg
-        params = dict(model.named_parameters())
         self.trainable = {name: p for name, p in params.items() if groups[name].trainable}
         self.loss = LOSSES[tcfg.task]
         self.multiplier = linear_warmup_decay(tcfg.warmup_steps, tcfg.total)

@@ -185,7 +185,7 @@ def pre_vs_post_norm(depths=(1, 2, 4, 8, 16, 32), d_model: int = 64, length: int
     """
     import torch
 
-    from conformance.weights import mapping
+    from conformance.backends import backend
     from torch_impl import EncoderLayer, LayerNorm
     if min(depths) < 1:
         raise ValueError(f"depths must be >= 1; received depths={depths}")
@@ -201,8 +201,7 @@ def pre_vs_post_norm(depths=(1, 2, 4, 8, 16, 32), d_model: int = 64, length: int
                 for i in range(depth):
                     layer = EncoderLayer(cfg).double()
                     w = weights.initialize(cfg, seed=1000 * seed + i, std=1 / math.sqrt(d_model))
-                    layer.load_state_dict({key: torch.from_numpy(np.ascontiguousarray(value)).double()
-                                           for key, value in (mapping.to_torch(n, a) for n, a in w.items())})
+                    backend("torch").load(layer, w, "float64")
                     layers.append(layer)
                 g = torch.Generator().manual_seed(seed)
                 x = torch.randn(2, length, d_model, generator=g, dtype=torch.float64, requires_grad=True)

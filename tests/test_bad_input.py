@@ -97,7 +97,7 @@ def test_bad_build_arguments():
         build("torch", cfg, w, dtype="int8")
     with pytest.raises(ValueError, match=r"framework must be one of .*received framework='jax'"):
         build("jax", cfg, w)
-    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'; received device='tpu'"):
+    with pytest.raises(ValueError, match="device must be one of \\['cpu', 'cuda'\\]; received device='tpu'"):
         build("torch", cfg, w, device="tpu")
     with pytest.raises(ValueError, match="unknown component or model 'lstm'"):
         build("torch", cfg.replace(kind="lstm"), w)

@@ -30,7 +30,7 @@ def explained():
 
 
 def test_every_registry_entry_has_a_walkthrough():
-    assert set(ex.WALKTHROUGHS) == set(registry.ENTRIES)
+    assert set(ex.walkthroughs()) == set(registry.ENTRIES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -80,7 +80,7 @@ def test_expressions_are_the_reference_source_lines(explained, name):
             assert source[line.lineno - 1].strip() == line.source
 
 
-@pytest.mark.parametrize("name", [n for n, w in ex.WALKTHROUGHS.items() if w.inner])
+@pytest.mark.parametrize("name", [n for n, w in ex.walkthroughs().items() if w.inner])
 def test_line_by_line_evaluation_reproduces_the_traced_value(explained, name):
     e = explained(name)
     assert e.inner

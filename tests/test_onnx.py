@@ -14,6 +14,7 @@ import pytest
 
 from conformance import cli, weights
 from conformance.backends import onnx_export
+from conformance.report import onnx as onnx_report
 from conformance.backends.build import build
 from conformance.core.config import Config
 from conformance.generate import generate
@@ -84,8 +85,8 @@ def test_trace_keeps_every_module_output_and_all_agree(name, variant, source, ex
     _, records = onnx_model(name, variant, source, exporter).trace(**inputs)
     module_outputs = [n for n in reference if ".output" in n]
     assert set(module_outputs) <= set(records), sorted(set(module_outputs) - set(records))
-    assert onnx_export.first_divergence(reference, records) is None
-    assert [c.name for c in onnx_export.compare_trace(reference, records)] == [n for n in reference if n in records]
+    assert onnx_report.first_divergence(reference, records) is None
+    assert [c.name for c in onnx_report.compare_trace(reference, records)] == [n for n in reference if n in records]
 
 
 @pytest.mark.parametrize("name,source,exporter,layer", [
@@ -101,35 +102,35 @@ def test_planted_bug_in_one_initializer_is_pinned_to_its_op(name, source, export
     buggy = onnx_export.build_from(onnx_export.with_initializer(e, init, kernel * np.float32(1.01)))
     _, reference = build("numpy", cfg, w, dtype="float64").trace(**inputs)
     _, records = buggy.trace(**inputs)
-    first = onnx_export.first_divergence(reference, records)
+    first = onnx_report.first_divergence(reference, records)
     assert first is not None and first.name == f"{layer}.attention.query.output", first
     before = list(reference)[:list(reference).index(first.name)]
-    assert all(c.passed for c in onnx_export.compare_trace({n: reference[n] for n in before}, records))
+    assert all(c.passed for c in onnx_report.compare_trace({n: reference[n] for n in before}, records))
 
 
 def test_section_rows_patterns_and_markdown():
     _, cfg, w, inputs, _ = case_data(*DYNAMO)
-    section = onnx_export.onnx_section(cfg, w, inputs, repeats=2)
+    section = onnx_report.onnx_section(cfg, w, inputs, repeats=2)
     rows = {r["source"]: r for r in section["exporters"]}
     assert rows["torch"]["exporter"] == "dynamo" and rows["tf"]["exporter"] == "tf2onnx"
     for r in rows.values():
         assert r["status"] == "ok" and r["passed"] and r["first_divergence"] is None, r
         assert r["file_bytes"] > 0 and r["ops"] == sum(r["op_types"].values()) and r["latency_ratio"] > 0
-        assert max(r["max_abs_error"].values()) < 1e-4 and set(r["patterns"]) == set(onnx_export.PATTERNS)
+        assert max(r["max_abs_error"].values()) < 1e-4 and set(r["patterns"]) == set(onnx_report.PATTERNS)
     assert "LayerNormalization" in rows["torch"]["patterns"]["layer_norm"]  # one fused op ...
     assert "LayerNormalization" not in rows["tf"]["patterns"]["layer_norm"]  # ... or its arithmetic
     assert "Softmax" in rows["torch"]["patterns"]["attention"] and "Softmax" in rows["tf"]["patterns"]["attention"]
-    text = onnx_export.markdown(section)
+    text = onnx_report.markdown(section)
     assert "## ONNX" in text and "### What each exporter emits" in text and "torch (dynamo)" in text
 
 
 def test_unconverted_ops_are_a_failed_row_and_a_one_line_error():
     """tf2onnx cannot write the Keras graph's strided slices at opset 9: a clear row, no traceback."""
     _, cfg, w, inputs, _ = case_data(*DYNAMO)
-    section = onnx_export.onnx_section(cfg, w, inputs, opset=9, sources=("tf",))
+    section = onnx_report.onnx_section(cfg, w, inputs, opset=9, sources=("tf",))
     row = section["exporters"][0]
     assert row["status"] == "failed" and "not ONNX ops at opset 9" in row["reason"] and "\n" not in row["reason"]
-    assert "FAILED" in onnx_export.markdown(section)
+    assert "FAILED" in onnx_report.markdown(section)
 
 
 def test_dynamo_failure_falls_back_to_torchscript_with_the_reason(monkeypatch):
@@ -199,7 +200,7 @@ def test_bad_calls_say_what_was_wrong():
         m(attention_mask=inputs["attention_mask"])
     with pytest.raises(ValueError, match="keeps no key/value cache"):
         onnx_model("gpt2", "default", "torch", "torchscript").step(inputs["input_ids"], [])
-    with pytest.raises(ValueError, match="runs float32 exports; received dtype='float64'"):
+    with pytest.raises(ValueError, match="onnx does not support dtype='float64': the onnx framework runs float32 exports"):
         build("onnx", cfg, w, source="torch", dtype="float64")
     with pytest.raises(ValueError, match="source must be one of"):
         build("onnx", cfg, w, source="jax")

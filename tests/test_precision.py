@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from conformance import cli
-from conformance.backends import precision
-from conformance.spec import registry
-from conformance.backends.build import build
-from conformance.backends.precision import NonFiniteError, first_nonfinite, tf32_cause
-from conformance.suites.cases import CASES, case_data, case_id, check_case, failure_message
+from conformance.backends import build, environment, supports, torch_backend
+from conformance.backends.dtypes import FLOAT16_MAX, round_to_tf32
+from conformance.backends.finite import NonFiniteError, first_nonfinite, traced
+from conformance.compare.tf32 import tf32_cause
+from conformance.suites import measure
+from conformance.spec.registry import CASES, case_id
+from conformance.suites.cases import case_data, check_case, failure_message
 from conformance.compare.tolerance import TOLERANCES, Comparison, compare
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +40,7 @@ def test_low_precision_builds_compute_in_their_dtype_and_keep_float32_weights_wh
 
 
 def test_numpy_declares_what_it_does_not_run_and_build_says_why():
-    assert precision.supported("numpy", "float32") and not precision.supported("numpy", "bfloat16")
+    assert supports("numpy", None, "float32") is None and "scipy.special.erf" in supports("numpy", None, "float16")
     _, cfg, w, _, _ = case_data("linear", "default")
     with pytest.raises(ValueError, match=r"numpy does not support dtype='float16': scipy.special.erf has no "
                                          r"float16 loop"):
@@ -51,12 +53,13 @@ def test_numpy_declares_what_it_does_not_run_and_build_says_why():
 
 def test_only_supported_combinations_are_generated(pytestconfig):
     fused = [c for c in CASES if c[1] == "fused"]
-    assert {c[0] for c in fused} == {"multi_head_attention", "encoder_layer", "gpt2", "bert"}
-    for case in fused:
-        assert precision.supported("torch", "float32", "cpu", case)
-        assert not precision.supported("tf", "float32", "cpu", case)
-        assert "declared for ['torch'] only" in precision.why_unsupported("numpy", "float32", "cpu", case)
-    assert not precision.supported("tf", "float32", "cuda") and precision.supported("torch", "bfloat16", "cuda")
+    assert {c[0] for c in fused} == {"scaled_dot_product_attention", "multi_head_attention", "encoder_layer",
+                                     "gpt2", "bert"}
+    for case in fused:  # attention_impl="fused" is every framework's own fused call
+        assert all(supports(f, case, "float32", "cpu") is None for f in ("numpy", "torch", "tf"))
+    assert "runs on ['cpu']" in supports("tf", None, "float32", "cuda")
+    import torch
+    assert (supports("torch", None, "bfloat16", "cuda") is None) == torch.cuda.is_available()
 
 
 # ------------------------------------------------------------------------------ low-precision conformance
@@ -93,7 +96,7 @@ def test_low_precision_rows_still_catch_structural_bugs(monkeypatch, bug, case, 
 # ------------------------------------------------------------------------------ TF32
 
 def test_precision_environment_records_every_tf32_flag():
-    env = precision.precision_environment()
+    env = environment(("torch", "tf"))
     for key in ("torch_tf32_matmul", "torch_tf32_cudnn", "torch_float32_matmul_precision", "tf_tf32",
                 "tf32_capable_gpu", "torch_tf32_effective"):
         assert key in env, key
@@ -106,19 +109,19 @@ def test_precision_environment_records_every_tf32_flag():
 def test_round_to_tf32_keeps_ten_mantissa_bits_in_numpy_and_torch():
     import torch
     x = np.random.default_rng(0).standard_normal(10_000).astype(np.float32) * 100
-    r = precision.round_to_tf32(x)
+    r = round_to_tf32(x)
     assert (r.view(np.uint32) & 0x1FFF == 0).all()
     rel = np.abs(r - x) / np.abs(x)
     assert rel.max() <= 2.0 ** -11 * 1.0001 and rel.max() > 2.0 ** -12
-    np.testing.assert_array_equal(precision.round_to_tf32(torch.from_numpy(x)).numpy(), r)
-    assert np.isinf(precision.round_to_tf32(np.float32([np.inf])))[0]
+    np.testing.assert_array_equal(torch_backend.round_to_tf32(torch.from_numpy(x)).numpy(), r)
+    assert np.isinf(round_to_tf32(np.float32([np.inf])))[0]
 
 
 def test_tf32_emulation_rounds_matmul_operands_only():
     import torch
     a, b = (torch.from_numpy(np.random.default_rng(i).standard_normal((16, 64)).astype(np.float32)) for i in (1, 2))
-    rounded = precision.round_to_tf32(a) @ precision.round_to_tf32(b).T
-    with precision.TF32Emulation():
+    rounded = torch_backend.round_to_tf32(a) @ torch_backend.round_to_tf32(b).T
+    with torch_backend.TF32Emulation():
         emulated, added = a @ b.T, a + b
     assert torch.equal(emulated, rounded) and not torch.equal(emulated, a @ b.T)
     assert torch.equal(added, a + b)
@@ -139,7 +142,7 @@ def _tf32_against_float32(name):
     """A synthetic TF-vs-torch comparison: TF rounds the matmul inputs to TF32, torch does not."""
     rng = np.random.default_rng(3)
     x, w = rng.standard_normal((8, 256)).astype(np.float32), rng.standard_normal((256, 64)).astype(np.float32)
-    tf_run = precision.round_to_tf32(x) @ precision.round_to_tf32(w)
+    tf_run = round_to_tf32(x) @ round_to_tf32(w)
     return compare(name, tf_run, x @ w, TOLERANCES["float32"])
 
 
@@ -176,8 +179,8 @@ def test_first_nonfinite_finds_the_first_record_in_execution_order():
 
 
 def _first_past_float16(cfg, w, inputs):
-    _, ref = precision.traced(build("numpy", cfg, w, dtype="float64"), inputs)
-    return next(n for n, r in ref.items() if np.abs(r).max() > precision.FLOAT16_MAX)
+    _, ref = traced(build("numpy", cfg, w, dtype="float64"), inputs)
+    return next(n for n, r in ref.items() if np.abs(r).max() > FLOAT16_MAX)
 
 
 @pytest.mark.parametrize("framework", ["torch", "tf"])
@@ -212,33 +215,34 @@ def test_float16_overflow_in_a_gpt2_layer_is_named_inside_a_trace_too(framework)
 # ------------------------------------------------------------------------------ measured tolerances
 
 def test_error_stats_and_the_row_metrics():
-    s = precision.error_stats(np.array([1.0, 2.1, 0.0]), np.array([1.0, 2.0, 0.001]))
+    s = measure.error_stats(np.array([1.0, 2.1, 0.0]), np.array([1.0, 2.0, 0.001]))
     assert s["max_abs"] == pytest.approx(0.1) and s["needed"] == pytest.approx(0.1 / 3)
     assert s["norm_rel"] == pytest.approx(0.1 / 2.0)
     assert s["max_rel"] == pytest.approx(0.1 / 2.0)  # 0.001 (off by 100%) is below REL_FLOOR x max |r|
-    assert precision.error_stats(np.array([np.inf]), np.array([1.0]))["needed"] == math.inf
-    assert [precision._nice_ceil(x) for x in (0.0042, 0.11, 3e-5, 1.0)] == [0.005, 0.2, 5e-5, 1.0]
-    assert precision.metric("float32") == "needed" and precision.metric("bfloat16") == "norm_rel"
+    assert measure.error_stats(np.array([np.inf]), np.array([1.0]))["needed"] == math.inf
+    assert [measure._nice_ceil(x) for x in (0.0042, 0.11, 3e-5, 1.0)] == [0.005, 0.2, 5e-5, 1.0]
+    assert measure.metric("float32") == "needed" and measure.metric("bfloat16") == "norm_rel"
 
 
 def test_measure_case_covers_outputs_and_traced_ops_per_kind():
-    results = precision.measure_case("encoder_layer", "default", "bert", ("torch",), ("float32", "float16"))
+    results = measure.measure_case("encoder_layer", "default", "bert", ("torch",), ("float32", "float16"))
     assert [(m.framework, m.dtype) for m in results] == [("torch", "float32"), ("torch", "float16")]
     f32, f16 = results
     assert {"MultiHeadAttention.scores", "MultiHeadAttention.probs", "LayerNorm.output", "Linear.output",
             "EncoderLayer.output"} <= set(f16.ops)
     assert f16.outputs["output"]["norm_rel"] > 10 * f32.outputs["output"]["norm_rel"] > 0
-    rows = precision.tolerance_rows(results, TOLERANCES)
+    rows = measure.tolerance_rows(results, TOLERANCES)
     assert rows["float16"]["metric"] == "norm_rel" and rows["float16"]["covered"]
 
 
 def test_device_agreement_compares_devices_the_same_way_and_cuda_needs_a_gpu():
-    same = precision.device_agreement("linear", "default", "torch", "float16", devices=("cpu", "cpu"))
+    same = measure.device_agreement("linear", "default", "torch", "float16", devices=("cpu", "cpu"))
     assert same["output"]["max_abs"] == 0.0
     import torch
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="device='cuda' requested but torch sees no CUDA device"):
-            precision.device_agreement("linear", "default", "torch", "float32")
+        with pytest.raises(ValueError, match="torch does not support dtype='float32' on device='cuda': the torch "
+                                             "framework runs on \\['cpu'\\]: this machine has none"):
+            measure.device_agreement("linear", "default", "torch", "float32")
 
 
 def test_committed_evidence_covers_the_registry_and_every_row_cites_it():
@@ -248,8 +252,8 @@ def test_committed_evidence_covers_the_registry_and_every_row_cites_it():
     assert not missing, f"evidence lacks {missing}: run `tmirror tolerances --presets bert-base,gpt2`"
     for dtype, tol in TOLERANCES.items():
         row = ev["rows"][dtype]
-        assert precision.bound(tol) >= row["worst"], f"{dtype}: row {precision.bound(tol)} < measured {row['worst']}"
-        assert precision.metric(dtype) == row["metric"] and (tol.scale_rtol > 0) == (row["metric"] == "norm_rel")
+        assert measure.bound(tol) >= row["worst"], f"{dtype}: row {measure.bound(tol)} < measured {row['worst']}"
+        assert measure.metric(dtype) == row["metric"] and (tol.scale_rtol > 0) == (row["metric"] == "norm_rel")
         assert f"{row['worst']:.1e}" in tol.reason, f"{dtype}'s reason does not cite its worst {row['worst']:.1e}"
         assert not row["overflows"], row["overflows"]
     assert (ROOT / "reports" / "tolerances.md").read_text().startswith("# Measured tolerances")
@@ -272,7 +276,7 @@ def test_tmirror_tolerances_writes_evidence_and_table(tmp_path, capsys):
 
 @pytest.mark.parametrize("case", [("multi_head_attention", "causal"), ("gpt2", "default")], ids=case_id)
 def test_tf_impl_runs_under_keras_torch_backend(case):
-    from conformance.backends.keras_backends import keras_backend_runs
+    from conformance.compare.keras_backends import keras_backend_runs
     _, cfg, w, inputs, reference = case_data(*case)
     wrong = {k: v + 1.0 for k, v in reference.items()}  # the comparison can fail
     runs = keras_backend_runs(cfg, w, inputs, backends=("torch", "jax"), reference=reference)
@@ -284,7 +288,7 @@ def test_tf_impl_runs_under_keras_torch_backend(case):
 
 
 def test_keras_torch_backend_float64_is_a_named_keras_limit():
-    from conformance.backends.keras_backends import keras_backend_runs
+    from conformance.compare.keras_backends import keras_backend_runs
     _, cfg, w, inputs, reference = case_data("linear", "default")
     run = keras_backend_runs(cfg, w, inputs, backends=("torch",), dtype="float64", reference=reference)["torch"]
     assert run.error is None and not run.passed  # float32 matmul: 1e-6 off, far outside the float64 row
@@ -293,26 +297,29 @@ def test_keras_torch_backend_float64_is_a_named_keras_limit():
 
 # ------------------------------------------------------------------------------ fused attention
 
-@pytest.mark.parametrize("case", [("multi_head_attention", "fused"), ("gpt2", "fused")], ids=case_id)
-def test_fused_attention_traces_q_k_v_context_merged_but_no_scores_or_probs(case):
+FUSED_CASES = [("scaled_dot_product_attention", "fused"), ("multi_head_attention", "fused"), ("gpt2", "fused")]
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch", "tf"])
+@pytest.mark.parametrize("case", FUSED_CASES, ids=case_id)
+def test_fused_attention_traces_context_but_no_scores_or_probs(case, framework):
+    """attention_impl="fused" is one call in every framework (F.scaled_dot_product_attention,
+    keras.ops.dot_product_attention, one NumPy expression): exactly the taps ATTENTION_IMPLS declares
+    are missing, and the outputs still equal the reference's."""
     _, cfg, w, inputs, reference = case_data(*case)
-    out, records = precision.traced(build("torch", cfg, w, dtype="float64"), inputs)
-    _, unfused = precision.traced(build("torch", cfg.replace(fused_attention=False), w, dtype="float64"), inputs)
+    out, records = traced(build(framework, cfg, w, dtype="float64"), inputs)
+    _, unfused = traced(build(framework, cfg.replace(attention_impl="reference"), w, dtype="float64"), inputs)
     leaves = {n.rpartition(".")[2] for n in records}
-    assert {"q", "k", "v", "context", "merged"} <= leaves and not leaves & {"scores", "probs"}
+    assert "context" in leaves and not leaves & {"scores", "probs"}
     assert set(unfused) - set(records) == {n for n in unfused if n.rpartition(".")[2] in ("scores", "probs")}
     for key in reference:
         assert compare(key, out[key], reference[key], TOLERANCES["float64"]).passed
 
 
-def test_fused_attention_zeroes_fully_masked_rows_and_the_twins_ignore_the_field():
+@pytest.mark.parametrize("framework", ["numpy", "torch", "tf"])
+def test_fused_attention_zeroes_fully_masked_rows(framework):
     _, cfg, w, inputs, _ = case_data("multi_head_attention", "default")
     inputs = {**inputs, "mask": inputs["mask"].copy()}
     inputs["mask"][0] = False
-    fused = build("torch", cfg.replace(fused_attention=True), w, dtype="float64")(**inputs)["output"]
+    fused = build(framework, cfg.replace(attention_impl="fused"), w, dtype="float64")(**inputs)["output"]
     np.testing.assert_allclose(fused[0], np.broadcast_to(w["output.bias"], fused[0].shape), atol=1e-12)
-    for framework in ("numpy", "tf"):
-        a = build(framework, cfg.replace(fused_attention=True), w, dtype="float32")(**inputs)["output"]
-        b = build(framework, cfg, w, dtype="float32")(**inputs)["output"]
-        np.testing.assert_array_equal(a, b)
-    assert registry.get("gpt2").variants["fused"].frameworks == ("torch",)

@@ -6,6 +6,9 @@ functional layer's output tensor) so the output projection keeps its canonical n
 `save_weights` skips attribute names that `Layer` defines, so it reaches the projection through
 a private alias. The cache dict reaches `call` as the caller's object (see `tf_impl._layer`)
 and is filled in place.
+`fused_attention` is one `keras.ops.dot_product_attention` call, which takes (B, T, H, Dh):
+the heads axis moves there and back around it, and the scale goes in as a tensor of q's dtype
+(TensorFlow's `tf.cast` of a Python float rounds it through float32 first: 2e-8 off in float64).
 """
 from keras import ops
 
@@ -38,6 +41,27 @@ def scaled_dot_product_attention(q, k, v, mask, cfg, tap):
     return tap("context", ops.matmul(probs, v))                                  # (B, H, T, Dh)
 
 
+def fused_attention(q, k, v, mask, cfg):
+    """The same attention as one `keras.ops.dot_product_attention` call (boolean mask, True = attend).
+
+    A fully masked row is set to zeros here, as in `softmax`."""
+    heads_second = lambda x: ops.transpose(x, (0, 2, 1, 3))  # noqa: E731  (B, H, T, Dh) <-> (B, T, H, Dh)
+    scale = ops.convert_to_tensor(cfg.scale, dtype=q.dtype)
+    context = ops.dot_product_attention(heads_second(q), heads_second(k), heads_second(v), mask=mask,
+                                        scale=scale)                                     # (B, T, H, Dh)
+    context = heads_second(context)                                                      # (B, H, T, Dh)
+    if mask is not None:
+        context = ops.where(ops.any(mask, axis=-1, keepdims=True), context, 0)          # (B, H, T, Dh)
+    return context
+
+
+def attention(q, k, v, mask, cfg, tap):
+    """The attention `cfg.attention_impl` names: the reference's traced lines, or one fused call."""
+    if cfg.attention_impl == "fused":
+        return tap("context", fused_attention(q, k, v, mask, cfg))                # (B, H, T, Dh)
+    return scaled_dot_product_attention(q, k, v, mask, cfg, tap)                 # (B, H, T, Dh)
+
+
 class ScaledDotProductAttention(Layer):
     """The bare attention function as a component: q, k, v already split into heads."""
 
@@ -50,7 +74,7 @@ class ScaledDotProductAttention(Layer):
         if self.cfg.causal:
             tri = causal_mask(q.shape[2], k.shape[2])[None, None]                # (1, 1, T, S)
             mask = tri if mask is None else ops.logical_and(mask, tri)
-        return scaled_dot_product_attention(q, k, v, mask, self.cfg, trace.tap_for(self))
+        return attention(q, k, v, mask, self.cfg, trace.tap_for(self))
 
 
 class MultiHeadAttention(Layer):
@@ -98,7 +122,7 @@ class MultiHeadAttention(Layer):
             cache["key"], cache["value"] = k, v
         T, S = ops.shape(q)[2], ops.shape(k)[2]
         m = attention_mask(mask, T, S, self.causal)               # (B, 1, T, S)
-        context_heads = scaled_dot_product_attention(q, k, v, m, self.cfg, tap)  # (B, H, T, Dh)
+        context_heads = attention(q, k, v, m, self.cfg, tap)                    # (B, H, T, Dh)
         return self.output(tap("merged", self.merge_heads(context_heads)))       # (B, T, D)
 
     def get_config(self):  # the Config with `causal` resolved: from_config rebuilds the same layer

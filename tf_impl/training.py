@@ -119,15 +119,14 @@ def AdamW(named, groups, tcfg):  # noqa: N802 (builds Keras's own AdamW, one per
 
 class Trainer:
     """Mirrors `numpy_ref.training.Trainer`; `model` is a tf_impl model, `built` its
-    `conformance.backends.build.Built` (for the dtype)."""
+    `conformance.backends.Built` (for the dtype)."""
 
-    def __init__(self, model, groups, tcfg, built):
+    def __init__(self, model, params, groups, tcfg, built):
         if built.dtype == "mixed_float16":
             raise NotImplementedError("tf_impl trains mixed_float16 without loss scaling, so it is not offered: "
                                       "keras.optimizers.LossScaleOptimizer unscales inside apply(), after the "
                                       "clipping done here over every group; use mixed_bfloat16")
         self.model, self.groups, self.tcfg, self.built = model, groups, tcfg, built
-        params = dict(_layer.named_weights(model))
         for name, variable in params.items():
             variable.trainable = groups[name].trainable
         self.trainable = {name: v for name, v in params.items() if groups[name].trainable}

@@ -2,11 +2,8 @@
 
 Differs: `causal_mask` and `attention_mask` take a `device` for the masks they build;
 a padding mask becomes bool with `.bool()`; heads are split with `reshape` + `permute`
-and keys / values are cached with `torch.cat`. The attention is the unfused
-q @ k^T -> softmax -> @ v of the reference, unless `cfg.fused_attention`: then
-`MultiHeadAttention` calls `F.scaled_dot_product_attention` (`fused_attention`), a named option
-with its own registry variants, whose trace records q, k, v, context and merged but no
-scores or probs (they never exist outside the kernel).
+and keys / values are cached with `torch.cat`. `fused_attention` is one
+`F.scaled_dot_product_attention` call; autograd, not a hand-written backward, differentiates it.
 """
 import torch
 import torch.nn.functional as F
@@ -52,6 +49,13 @@ def fused_attention(q, k, v, mask, cfg):
     return context
 
 
+def attention(q, k, v, mask, cfg, tap):
+    """The attention `cfg.attention_impl` names: the reference's traced lines, or one fused call."""
+    if cfg.attention_impl == "fused":
+        return tap("context", fused_attention(q, k, v, mask, cfg))                # (B, H, T, Dh)
+    return scaled_dot_product_attention(q, k, v, mask, cfg, tap)                 # (B, H, T, Dh)
+
+
 class ScaledDotProductAttention(nn.Module):
     """The bare attention function as a component: q, k, v already split into heads."""
 
@@ -64,7 +68,7 @@ class ScaledDotProductAttention(nn.Module):
         if self.cfg.causal:
             tri = causal_mask(q.shape[2], k.shape[2], q.device)[None, None]      # (1, 1, T, S)
             mask = tri if mask is None else mask & tri
-        return scaled_dot_product_attention(q, k, v, mask, self.cfg, trace.tap_for(self))
+        return attention(q, k, v, mask, self.cfg, trace.tap_for(self))
 
 
 class MultiHeadAttention(nn.Module):
@@ -108,8 +112,5 @@ class MultiHeadAttention(nn.Module):
             cache["key"], cache["value"] = k, v
         T, S = q.shape[2], k.shape[2]
         m = attention_mask(mask, T, S, self.causal, x.device)     # (B, 1, T, S)
-        if self.cfg.fused_attention:
-            context_heads = tap("context", fused_attention(q, k, v, m, self.cfg))  # (B, H, T, Dh)
-        else:
-            context_heads = scaled_dot_product_attention(q, k, v, m, self.cfg, tap)  # (B, H, T, Dh)
+        context_heads = attention(q, k, v, m, self.cfg, tap)                    # (B, H, T, Dh)
         return self.output(tap("merged", self.merge_heads(context_heads)))       # (B, T, D)

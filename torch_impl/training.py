@@ -11,7 +11,7 @@ Differences:
   parameters are a param group with weight_decay 0. Frozen parameters get requires_grad False
   and are left out of the optimizer.
 - Accumulation: each micro-batch's loss / k is backpropagated; `.grad` sums them.
-- Mixed precision: the forward and the loss run under `torch.autocast` (`precision.policy`);
+- Mixed precision: the forward and the loss run under `torch.autocast` (`built.policy()`);
   the loss itself runs in float32 (autocast's rule for cross_entropy); "mixed_float16" also scales the loss with `torch.amp.GradScaler` (dynamic: a step whose
   gradients are not finite is skipped and the scale halved; it is unscaled before clipping).
 """
@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from conformance.core import dropout_masks
-from conformance.weights import mapping
 
 IGNORE_INDEX = -100
 
@@ -84,12 +83,10 @@ def AdamW(named, groups, tcfg):  # noqa: N802 (builds torch's own AdamW)
 
 class Trainer:
     """Mirrors `numpy_ref.training.Trainer`; `model` is a torch_impl model, `built` its
-    `conformance.backends.build.Built` (for the dtype policy)."""
+    `conformance.backends.Built` (for the dtype policy)."""
 
-    def __init__(self, model, groups, tcfg, built):
+    def __init__(self, model, params, groups, tcfg, built):
         self.model, self.groups, self.tcfg, self.built = model, groups, tcfg, built
-        canonical = {mapping.torch_name(name): name for name in groups}
-        params = {canonical[key]: p for key, p in model.named_parameters()}
         for name, p in params.items():
             p.requires_grad_(groups[name].trainable)
         self.trainable = {name: p for name, p in params.items() if groups[name].trainable}
@@ -102,7 +99,6 @@ class Trainer:
         self.updates = 0
 
     def step(self, micro_batches):
-        from conformance.backends import precision
         tcfg, k = self.tcfg, len(micro_batches)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -111,7 +107,7 @@ class Trainer:
             tensors = self.built.backend.inputs(batch, self.built.dtype, self.built.device)
             labels = tensors.pop("labels")
             with dropout_masks.supplying(self.model.named_modules(), tcfg.dropout_seed, self.updates * k + i), \
-                    precision.policy(self.built):
+                    self.built.policy():
                 out = self.model(**tensors)
                 loss = self.loss(out["logits"], labels)
             scaled = loss / k if self.scaler is None else self.scaler.scale(loss / k)

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from conformance.backends.build import Built, build
-from conformance.compare.tolerance import TOLERANCES, compare
+from conformance.backends import Built, build
+from conformance.compare.gradients import _affine_scale, compare_gradient
+from conformance.compare.tolerance import TOLERANCES, compare, gradient_tolerance
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,6 @@ def replay_gradients(framework: str, cfg, w, inputs: dict, modules: str, dtype: 
     a planted-bug reference `Built` ("numpy", float64) to replay against; modules whose output is
     not a traced tensor have no recorded cotangent and are left out.
     """
-    from conformance.compare.gradients import _affine_scale, compare_gradient, gradient_tolerance, module_gradients
     tol = gradient_tolerance(dtype)
     ref = reference or build("numpy", cfg, w, dtype="float64")
     _, records = ref.trace(capture=modules, **inputs)
@@ -109,10 +109,10 @@ def replay_gradients(framework: str, cfg, w, inputs: dict, modules: str, dtype: 
         if not fnmatch.fnmatch(path, modules) or path not in target.calls or key is None \
                 or key not in target_grads.activations:
             continue
-        want = module_gradients(ref, path, args, kwargs, ref_grads.activations[key])
-        alone = module_gradients(target, path, args, kwargs, ref_grads.activations[key])
+        want = ref.module_gradients(path, args, kwargs, ref_grads.activations[key])
+        alone = target.module_gradients(path, args, kwargs, ref_grads.activations[key])
         fw_args, fw_kwargs, _ = target.calls[path]
-        in_run = module_gradients(target, path, fw_args, fw_kwargs, target_grads.activations[key])
+        in_run = target.module_gradients(path, fw_args, fw_kwargs, target_grads.activations[key])
         introduced, total, passed = 0.0, 0.0, True
         for want_group, alone_group, run_group in zip(want, alone, in_run):
             for name, r in want_group.items():

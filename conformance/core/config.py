@@ -16,6 +16,11 @@ from dataclasses import dataclass
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
 POSITIONS = ("learned", "sinusoidal")
 HEADS = ("none", "mlm", "classification", "qa")
+# attention_impl -> the taps of the reference attention it does not produce. "reference" is
+# q k^T -> softmax -> @ v one traced op a line; "fused" is one library call (torch's
+# F.scaled_dot_product_attention, keras.ops.dot_product_attention, one NumPy expression), whose
+# scores and probabilities never exist outside it. The trace, gradient and explain code read this.
+ATTENTION_IMPLS = {"reference": (), "fused": ("scores", "probs")}
 
 
 @dataclass(frozen=True)
@@ -42,15 +47,14 @@ class Config:
     tie_embeddings: bool = True    # output projection is the token table transposed
     dropout: float = 0.1           # rate used only in training mode, with a supplied keep mask
     head: str = "none"             # BERT task head: "none" (+ pooler), "mlm", "classification", "qa"
-    # torch_impl's MultiHeadAttention calls F.scaled_dot_product_attention (one fused kernel; its
-    # trace records q, k, v, context, merged but no scores / probs). numpy_ref and tf_impl ignore it.
-    fused_attention: bool = False
+    attention_impl: str = "reference"  # "reference" or "fused": see ATTENTION_IMPLS
     attention_scale: float | None = None  # scores = q k^T * scale; None: 1/sqrt(Dh), as every model here
 
     def __post_init__(self):
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("position", self.position, POSITIONS)
         _check_choice("head", self.head, HEADS)
+        _check_choice("attention_impl", self.attention_impl, tuple(ATTENTION_IMPLS))
         for name in ("d_model", "num_heads", "d_ff", "vocab_size", "max_positions"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:

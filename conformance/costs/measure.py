@@ -33,6 +33,8 @@ import tracemalloc
 
 import numpy as np
 
+from conformance import training
+
 DATA_MOVEMENT = {"Const", "Placeholder", "ReadVariableOp", "Reshape", "Transpose", "Identity", "StridedSlice",
                  "GatherV2", "Cast", "ConcatV2", "ExpandDims", "Squeeze", "Pack", "Shape", "Range", "NoOp",
                  "Fill", "ZerosLike", "OnesLike", "BroadcastTo"}
@@ -215,3 +217,27 @@ def torch_training(module, inputs) -> dict:
     gc.collect()
     return {"saved_for_backward": sum(saved.values()),
             "state_per_parameter": {"weights": weights / n, "gradients": grads / n, "AdamW moments": state / n}}
+
+
+def torch_peak_memory(preset: str = "bert-tiny", task: str = "mlm", tcfg: "training.TrainConfig | None" = None,
+                      dtype: str = "float32") -> dict:
+    """Peak bytes torch's CPU allocator holds during one training step (forward, backward, clip,
+    AdamW; `torch.profiler` memory events summed in time order, over what it held at the start),
+    next to the bytes of weights, gradients and AdamW moments it keeps after."""
+    import torch
+
+    tcfg = (tcfg or training.TrainConfig()).replace(task=task, steps=1)
+    cfg, w, batches = training.setup(preset, task, tcfg)
+    step, built = training.trainer("torch", cfg, w, training.for_framework(tcfg, "torch"), dtype)
+    with profiling_memory() as prof:
+        step.step(batches[:tcfg.accumulation_steps])
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    params = list(built.module.parameters())
+    state = sum(t.numel() * t.element_size() for s in step.optimizer.state.values() for t in s.values()
+                if torch.is_tensor(t) and t.dim() > 0)
+    return {"preset": preset, "task": task, "dtype": dtype, "batch": tcfg.micro_batch_size, "seq_len": tcfg.seq_len,
+            "peak_step_bytes": int(np.cumsum([e.nbytes() for e in events]).max(initial=0)),
+            "weights_bytes": sum(p.numel() * p.element_size() for p in params),
+            "gradients_bytes": sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None),
+            "adamw_state_bytes": state}

@@ -5,18 +5,18 @@
     out = run(kh, cfg, **inputs)          # NumPy in, our output names out
 
 Like `conformance.oracles.layers`, this maps canonical weights into a *library's* model, not
-into one of our mirrors. Every keras-hub name and layout quirk lives in the one table
-`KERAS_HUB` (canonical module -> keras-hub layer path and leaves). keras-hub keeps each
-attention projection per head, as `keras.layers.MultiHeadAttention` does: query, key and
-value kernels `(D, H, Dh)` with biases `(H, Dh)`, the output kernel `(H, Dh, D)`; the
-canonical `[in, out]` kernels are reshaped to those, never transposed.
+into one of our mirrors. Every keras-hub name and layout quirk lives in the family's `KerasHub`
+table (`conformance.spec.families`: canonical module -> keras-hub layer path and leaves).
+keras-hub keeps each attention projection per head, as `keras.layers.MultiHeadAttention`
+does: query, key and value kernels `(D, H, Dh)` with biases `(H, Dh)`, the output kernel
+`(H, Dh, D)`; the canonical `[in, out]` kernels are reshaped to those, never transposed.
 
 Where keras-hub's numerics are its own (measured in `test_keras_hub.py`, each shown to be
 exactly the named cause by rebuilding our reference with keras-hub's choice):
 
 - GELU. `BertBackbone` hard-codes `gelu_approximate` (the tanh formula) in every layer;
   BERT as published in `transformers` and our `bert` presets use the exact erf GELU. This
-  is the one difference visible in float32: `KERAS_HUB_NUMERICS` names keras-hub's choice
+  is the one difference visible in float32: the table's `numerics` names keras-hub's choice
   and the reference rebuilt with it (`activation="gelu_tanh"`) matches. (The original
   TensorFlow BERT code also used tanh, so keras-hub follows Google's code, HF the paper.)
   GPT-2 uses tanh everywhere: no difference.
@@ -48,77 +48,13 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-
 import numpy as np
 
-from conformance.spec import registry
 from conformance import weights as weights_lib
 from conformance.core.config import Config
-
-
-@dataclass(frozen=True)
-class Leaf:
-    """One canonical parameter leaf <-> one keras-hub variable leaf, and the layout change."""
-    canonical: str
-    keras_hub: str
-    layout: str = "same"  # "same", or a per-head layout in LAYOUTS
-
-
-LAYOUTS = {  # layout -> (canonical array, cfg) -> keras-hub array
-    "same": lambda a, cfg: a,
-    "heads_in": lambda a, cfg: a.reshape(cfg.d_model, cfg.num_heads, cfg.head_dim),    # (D, D) -> (D, H, Dh)
-    "heads_bias": lambda a, cfg: a.reshape(cfg.num_heads, cfg.head_dim),               # (D,) -> (H, Dh)
-    "heads_out": lambda a, cfg: a.reshape(cfg.num_heads, cfg.head_dim, cfg.d_model),   # (D, D) -> (H, Dh, D)
-}
-INVERSE = {  # keras-hub array -> canonical array
-    "same": lambda a, cfg: a,
-    "heads_in": lambda a, cfg: a.reshape(cfg.d_model, cfg.d_model),
-    "heads_bias": lambda a, cfg: a.reshape(cfg.d_model),
-    "heads_out": lambda a, cfg: a.reshape(cfg.d_model, cfg.d_model),
-}
-
-DENSE = (Leaf("kernel", "kernel"), Leaf("bias", "bias"))
-HEADS_IN = (Leaf("kernel", "kernel", "heads_in"), Leaf("bias", "bias", "heads_bias"))
-HEADS_OUT = (Leaf("kernel", "kernel", "heads_out"), Leaf("bias", "bias"))
-NORM = (Leaf("gamma", "gamma"), Leaf("beta", "beta"))
-TABLE = (Leaf("table", "embeddings"),)
-
-# canonical module -> (keras-hub layer path, leaves); "{i}" is a layer index. BERT and GPT-2
-# share the embedding names; their blocks differ (`encoder.{i}` / `self_attention_layer` for
-# BERT's TransformerEncoder, `layers.{i}` / `self_attention` for GPT-2's TransformerDecoder).
-KERAS_HUB = {
-    "embeddings.token": ("token_embedding", TABLE),
-    "embeddings.position": ("position_embedding", TABLE),
-    "embeddings.segment": ("segment_embedding", TABLE),
-    "embeddings.norm": ("embeddings_layer_norm", NORM),
-    "encoder.{i}.attention.query": ("transformer_layer_{i}/self_attention_layer/query", HEADS_IN),
-    "encoder.{i}.attention.key": ("transformer_layer_{i}/self_attention_layer/key", HEADS_IN),
-    "encoder.{i}.attention.value": ("transformer_layer_{i}/self_attention_layer/value", HEADS_IN),
-    "encoder.{i}.attention.output": ("transformer_layer_{i}/self_attention_layer/attention_output", HEADS_OUT),
-    "encoder.{i}.attention_norm": ("transformer_layer_{i}/self_attention_layer_norm", NORM),
-    "encoder.{i}.feed_forward.inner": ("transformer_layer_{i}/feedforward_intermediate_dense", DENSE),
-    "encoder.{i}.feed_forward.outer": ("transformer_layer_{i}/feedforward_output_dense", DENSE),
-    "encoder.{i}.feed_forward_norm": ("transformer_layer_{i}/feedforward_layer_norm", NORM),
-    "pooler": ("pooled_dense", DENSE),
-    "layers.{i}.attention.query": ("transformer_layer_{i}/self_attention/query", HEADS_IN),
-    "layers.{i}.attention.key": ("transformer_layer_{i}/self_attention/key", HEADS_IN),
-    "layers.{i}.attention.value": ("transformer_layer_{i}/self_attention/value", HEADS_IN),
-    "layers.{i}.attention.output": ("transformer_layer_{i}/self_attention/attention_output", HEADS_OUT),
-    "layers.{i}.attention_norm": ("transformer_layer_{i}/self_attention_layer_norm", NORM),
-    "layers.{i}.feed_forward.inner": ("transformer_layer_{i}/feedforward_intermediate_dense", DENSE),
-    "layers.{i}.feed_forward.outer": ("transformer_layer_{i}/feedforward_output_dense", DENSE),
-    "layers.{i}.feed_forward_norm": ("transformer_layer_{i}/feedforward_layer_norm", NORM),
-    "final_norm": ("layer_norm", NORM),
-}
-
-# What keras-hub hard-codes, as Config fields: a reference rebuilt with these is keras-hub's math.
-KERAS_HUB_NUMERICS = {
-    "bert": {"activation": "gelu_tanh", "layer_norm_eps": 1e-12, "norm_first": False, "causal": False},
-    "gpt2": {"activation": "gelu_tanh", "layer_norm_eps": 1e-5, "norm_first": True, "causal": True},
-}
-# What the backbones cannot express at all: a Config asking otherwise is refused.
-REQUIRED = {"use_bias": True, "position": "learned", "scale_embeddings": False, "head": "none"}
+from conformance.spec import families, registry
+from conformance.spec.family import KerasHub
+from conformance.spec.leaves import table_rows
 
 
 def _keras_hub():
@@ -128,43 +64,40 @@ def _keras_hub():
     return keras_hub
 
 
+def table(cfg: Config) -> KerasHub:
+    """The keras-hub table of `cfg`'s family."""
+    family = families.get(cfg.kind) if cfg.kind in families.FAMILIES else None
+    if family is None or family.keras_hub is None:
+        raise ValueError(f"keras-hub oracles exist for "
+                         f"{sorted(f.name for f in families.FAMILIES.values() if f.keras_hub)}; received kind={cfg.kind!r}")
+    return family.keras_hub
+
+
 def differences(cfg: Config) -> dict[str, tuple]:
     """Config field -> (ours, keras-hub's) for every numeric choice keras-hub hard-codes otherwise."""
-    return {field: (getattr(cfg, field), value) for field, value in _numerics(cfg).items()
+    return {field: (getattr(cfg, field), value) for field, value in table(cfg).numerics.items()
             if getattr(cfg, field) != value}
 
 
 def numerics_config(cfg: Config) -> Config:
     """`cfg` with keras-hub's hard-coded numerics: the reference to hold keras-hub against exactly."""
-    return cfg.replace(**_numerics(cfg))
+    return cfg.replace(**table(cfg).numerics)
 
 
 def backbone(cfg: Config, dtype: str = "float32"):
-    """A keras-hub BertBackbone / GPT2Backbone with `cfg`'s dimensions (random weights: call `load`)."""
-    keras_hub = _keras_hub()
-    _numerics(cfg)
-    for field, value in REQUIRED.items():
+    """A keras-hub backbone with `cfg`'s dimensions (random weights: call `load`)."""
+    t = table(cfg)
+    for field, value in t.required.items():
         if getattr(cfg, field) != value:
-            raise ValueError(f"keras-hub's {cfg.kind} backbone needs Config.{field}={value!r}; "
+            raise ValueError(f"keras-hub's {t.backbone} needs Config.{field}={value!r}; "
                              f"received {field}={getattr(cfg, field)!r}")
-    dims = dict(vocabulary_size=cfg.vocab_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
-                hidden_dim=cfg.d_model, intermediate_dim=cfg.d_ff, dropout=cfg.dropout,
-                max_sequence_length=cfg.max_positions, dtype=dtype)
-    if cfg.kind == "bert":
-        return keras_hub.models.BertBackbone(num_segments=cfg.type_vocab_size, **dims)
-    return keras_hub.models.GPT2Backbone(**dims)
+    return getattr(_keras_hub().models, t.backbone)(**t.dims(cfg), dtype=dtype)
 
 
-def variable_map(cfg: Config) -> dict[str, tuple[str, str]]:
-    """Canonical name -> (keras-hub variable path, layout), for every parameter of `cfg`."""
+def variable_map(cfg: Config) -> dict[str, tuple]:
+    """Canonical name -> (keras-hub variable path, leaf), for every parameter of `cfg`."""
     expected = registry.param_shapes(cfg)
-    rows = {}
-    for module, (path, leaves) in KERAS_HUB.items():
-        for i in range(cfg.num_layers) if "{i}" in module else [None]:
-            for leaf in leaves:
-                name = f"{module.format(i=i)}.{leaf.canonical}"
-                if name in expected:
-                    rows[name] = (f"{path.format(i=i)}/{leaf.keras_hub}", leaf.layout)
+    rows = {name: (f"{path}/{leaf.external}", leaf) for name, path, leaf in table_rows(table(cfg).modules, expected)}
     missing = sorted(expected.keys() - rows.keys())
     if missing:
         raise ValueError(f"no keras-hub variable for canonical weights {missing}")
@@ -179,44 +112,44 @@ def load(model, cfg: Config, w: dict[str, np.ndarray]):
     unknown = sorted(path for path, _ in rows.values() if path not in variables)
     unset = sorted(variables.keys() - {path for path, _ in rows.values()})
     if unknown or unset:
-        raise ValueError(f"keras-hub {cfg.kind} variables do not line up with KERAS_HUB: "
+        raise ValueError(f"keras-hub {table(cfg).backbone} variables do not line up with its table: "
                          f"not in the model {unknown}, never set {unset}")
-    for name, (path, layout) in rows.items():
+    for name, (path, leaf) in rows.items():
         v = variables[path]
-        v.assign(LAYOUTS[layout](np.asarray(w[name]), cfg).astype(v.dtype))
+        v.assign(leaf.to_external(w[name], cfg).astype(v.dtype))
     return model
 
 
 def export(model, cfg: Config) -> dict[str, np.ndarray]:
     """keras-hub's variables back under canonical names and layout (the inverse of `load`)."""
     variables = {v.path: v for v in model.weights}
-    return {name: INVERSE[layout](np.asarray(variables[path].numpy()), cfg)
-            for name, (path, layout) in variable_map(cfg).items()}
+    return {name: leaf.to_canonical(variables[path].numpy(), cfg) for name, (path, leaf) in variable_map(cfg).items()}
 
 
-def inputs(cfg: Config, input_ids, attention_mask=None, token_type_ids=None) -> dict[str, np.ndarray]:
-    """Our input names -> keras-hub's: token_ids, padding_mask (1 = attend) and BERT's segment_ids."""
-    ids = np.asarray(input_ids).astype("int32")
-    out = {"token_ids": ids,
-           "padding_mask": (np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)).astype("int32")}
-    if cfg.kind == "bert":
-        out["segment_ids"] = (np.zeros_like(ids) if token_type_ids is None
-                              else np.asarray(token_type_ids).astype("int32"))
+def inputs(cfg: Config, **ours) -> dict[str, np.ndarray]:
+    """Our input names -> keras-hub's (token_ids, padding_mask 1 = attend, ...); a left-out one
+    gets the value the model would have used."""
+    ids = np.asarray(ours["input_ids"])
+    out = {}
+    for name, (theirs, default) in table(cfg).inputs.items():
+        value = ours.get(name)
+        if value is None:
+            value = np.ones_like(ids) if default == "ones" else np.zeros_like(ids)
+        out[theirs] = np.asarray(value).astype("int32")
     return out
 
 
 def forward(model, cfg: Config):
     """A function of keras-hub's input dict -> our output names, as tensors (for tf.function / XLA)."""
-    if cfg.kind == "bert":
-        def bert(x):
-            out = model(x, training=False)
-            return {"last_hidden_state": out["sequence_output"], "pooled_output": out["pooled_output"]}
-        return bert
+    t = table(cfg)
 
-    def gpt2(x):
-        h = model(x, training=False)                                        # (B, T, D), after the final norm
-        return {"logits": model.token_embedding(h, reverse=True), "last_hidden_state": h}  # (B, T, V)
-    return gpt2
+    def call(x):
+        out = model(x, training=False)
+        mine = {ours: out if theirs is None else out[theirs] for ours, theirs in t.outputs.items()}
+        if t.tied_logits:  # (B, T, V): the backbone's token embedding reversed, as its CausalLM does
+            mine["logits"] = model.token_embedding(mine["last_hidden_state"], reverse=True)
+        return mine
+    return call
 
 
 def run(model, cfg: Config, **our_inputs) -> dict[str, np.ndarray]:
@@ -241,9 +174,3 @@ def exact_constants(model):
         if isinstance(layer, keras.layers.Dense) and layer.name == "feedforward_intermediate_dense":
             layer.activation = gelu_tanh
     return model
-
-
-def _numerics(cfg: Config) -> dict:
-    if cfg.kind not in KERAS_HUB_NUMERICS:
-        raise ValueError(f"keras-hub oracles exist for {sorted(KERAS_HUB_NUMERICS)}; received kind={cfg.kind!r}")
-    return KERAS_HUB_NUMERICS[cfg.kind]

@@ -1,7 +1,9 @@
 """`tmirror explain COMPONENT`: one component on numbers small enough to read.
 
-A walkthrough is a declaration (`WALKTHROUGHS`, one per registry entry): the example inputs
-worth reading, a config small enough to print, and the steps, each a trace name. Nothing
+A walkthrough is a declaration: the example inputs worth reading, a config small enough to
+print, and the steps, each a trace name. A component's is in `WALKTHROUGHS` below, with the
+library layers that check it; a model's is in its family's declaration (`Family.walkthrough`),
+checked by the family's `transformers` class and any torch layers it names. Nothing
 shown is typed by hand:
 
 - every value comes from running the mirrors through the harness (`build(...).trace(...)`):
@@ -36,11 +38,15 @@ from typing import Callable
 import numpy as np
 from tabulate import tabulate
 
-from conformance.spec import registry
-from conformance.compare import tolerance
 from conformance import weights
+from conformance.backends import build
+from conformance.compare import tolerance
+from conformance.core.config import ATTENTION_IMPLS
+from conformance.oracles import layers as oracles
 from conformance.core import trace
-from conformance.backends.build import build
+from conformance.spec import families, registry
+from conformance.spec.family import Step
+from conformance.weights import checkpoints
 
 WIDTH = 100  # columns, text and Markdown alike
 TWINS = (("torch", "float64"), ("torch", "float32"), ("tf", "float64"), ("tf", "float32"))
@@ -49,13 +55,6 @@ FORMATS = ("text", "md")
 
 
 # -------------------------------------------------------------------------------- declarations
-
-@dataclass(frozen=True)
-class Step:
-    op: str             # a trace name of the reference, e.g. "encoder.0.attention.probs"
-    says: str           # what happens here, one line
-    library: str = ""   # what the libraries' own layers do differently here, one line
-
 
 @dataclass(frozen=True)
 class Library:
@@ -129,9 +128,9 @@ def explain(name: str, variant: str = "default") -> Explained:
     entry = registry.get(name)
     if variant not in entry.variants:
         raise ValueError(f"variant must be one of {list(entry.variants)}; received variant={variant!r}")
-    if name not in WALKTHROUGHS:
-        raise ValueError(f"{name!r} has no walkthrough yet; explained: {', '.join(WALKTHROUGHS)}")
-    wt = WALKTHROUGHS[name]
+    wt = walkthroughs().get(name)
+    if wt is None:
+        raise ValueError(f"{name!r} has no walkthrough yet; explained: {', '.join(walkthroughs())}")
     start = time.perf_counter()
     cfg = entry.config(variant).replace(**wt.config)
     w = {k: np.round(v.astype(np.float64), 2) for k, v in weights.initialize(cfg, seed=0, std=0.5).items()}
@@ -298,7 +297,7 @@ def _render(ex: Explained, fmt: str) -> str:
     md = fmt == "md"
     wt, cfg = ex.walkthrough, ex.cfg
     entry = registry.get(wt.name)
-    module = inspect.getmodule(entry.implementation("numpy"))
+    module = inspect.getmodule(entry.implementation("numpy_ref"))
     out: list[str] = []
 
     def heading(text, level):
@@ -560,7 +559,7 @@ def layer_norm_inner(module, w, inputs, records):
 
 
 def layer_norm_library(cfg, w, inputs, records, calls):
-    from conformance.oracles import layers as oracles
+
     x = inputs["x"]
     return [
         Library("output", f"torch.nn.LayerNorm({cfg.d_model}, eps={cfg.layer_norm_eps:g})",
@@ -702,7 +701,7 @@ def sdpa_inner(module, w, inputs, records):
 
 
 def sdpa_library(cfg, w, inputs, records, calls):
-    from conformance.oracles import layers as oracles
+
     keras = _keras()
     q, k, v, mask = inputs["q"], inputs["k"], inputs["v"], inputs["mask"]
     swap = lambda a: a.transpose(0, 2, 1, 3)  # noqa: E731 - (B, H, T, Dh) <-> (B, T, H, Dh)
@@ -726,7 +725,7 @@ def mha_inner(module, w, inputs, records, prefix=""):
 
 def mha_library(cfg, w, inputs, records, calls):
     torch, keras = _torch(), _keras()
-    from conformance.oracles import layers as oracles
+
     x, mask = inputs["x"], inputs["mask"]
     attn = torch.nn.MultiheadAttention(cfg.d_model, cfg.num_heads, bias=cfg.use_bias, batch_first=True).double()
     oracles._load_torch_mha(attn.eval(), w, "", cfg)
@@ -754,7 +753,7 @@ def ffn_library(cfg, w, inputs, records, calls):
     x = inputs["x"]
     inner = torch.nn.Linear(cfg.d_model, cfg.d_ff).double()
     outer = torch.nn.Linear(cfg.d_ff, cfg.d_model).double()
-    from conformance.oracles import layers as oracles
+
     oracles._load_torch_linear(inner, w, "inner")
     oracles._load_torch_linear(outer, w, "outer")
     gelu = torch.nn.GELU(approximate="tanh" if cfg.activation == "gelu_tanh" else "none")
@@ -781,7 +780,7 @@ def encoder_inputs(cfg):
 
 
 def encoder_library(cfg, w, inputs, records, calls):
-    from conformance.oracles import layers as oracles
+
     return [Library("output", "nn.TransformerEncoderLayer(norm_first=False)",
                     oracles.torch_encoder_layer(cfg, w, inputs["x"], inputs["mask"]))]
 
@@ -796,78 +795,14 @@ def decoder_inputs(cfg):
 
 
 def decoder_library(cfg, w, inputs, records, calls):
-    from conformance.oracles import layers as oracles
+
     return [Library("output", "nn.TransformerDecoderLayer(norm_first=False)",
                     oracles.torch_decoder_layer(cfg, w, inputs["x"], inputs["memory"], inputs["mask"],
                                                 inputs["memory_mask"]))]
 
 
-def token_inputs(segments):
-    def make(cfg):
-        inputs = {"input_ids": np.array([[2, 7, 7, 5]]), "attention_mask": np.array([[1, 1, 1, 0]])}
-        if segments:
-            inputs["token_type_ids"] = np.array([[0, 0, 1, 1]])
-        return inputs
-    return make
-
-
-def _hf(cfg, w, cls):
-    import transformers
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-
-    from conformance.weights import checkpoints
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoints.to_hf(cfg, w, tmp, cls)
-        model = getattr(transformers, cls).from_pretrained(tmp, attn_implementation="eager")
-    return model.double().eval()
-
-
-def hf_library(cls, steps):
-    """A `library` for a transformers model: `steps` maps our trace names to its outputs' fields."""
-    def library(cfg, w, inputs, records, calls):
-        torch = _torch()
-        model = _hf(cfg, w, cls)
-        with torch.no_grad():
-            out = model(**{k: _tensor(v) for k, v in inputs.items()}, output_attentions=True,
-                        output_hidden_states=True)
-        call = f"{cls}(output_attentions=True, output_hidden_states=True)"
-        return [Library(op, f"{call}.{field}[{i}]" if i is not None else f"{call}.{field}",
-                        _np(getattr(out, field) if i is None else getattr(out, field)[i]))
-                for op, (field, i) in steps.items()]
-    return library
-
-
-bert_library = hf_library("BertModel", {"embeddings.output": ("hidden_states", 0),
-                                        "encoder.0.attention.probs": ("attentions", 0),
-                                        "encoder.0.output": ("hidden_states", 1),
-                                        "pooled": ("pooler_output", None)})
-gpt2_library = hf_library("GPT2LMHeadModel", {"embeddings.output": ("hidden_states", 0),
-                                              "layers.0.attention.probs": ("attentions", 0),
-                                              "final_norm.output": ("hidden_states", -1),
-                                              "logits": ("logits", None)})
-
-
-def seq2seq_inputs(cfg):
-    return {"input_ids": np.array([[2, 7, 7, 5]]), "decoder_input_ids": np.array([[1, 4, 9]]),
-            "attention_mask": np.array([[1, 1, 1, 0]]), "decoder_attention_mask": np.array([[1, 1, 1]])}
-
-
-def transformer_library(cfg, w, inputs, records, calls):
-    from conformance.oracles import layers as oracles
-    enc_args, enc_kwargs, _ = calls["encoder.0"]
-    dec_args, dec_kwargs, _ = calls["decoder.0"]
-    encoder = oracles.torch_encoder_layer(cfg, _within_prefix(w, "encoder.0."), enc_args[0], enc_kwargs["mask"])
-    decoder = oracles.torch_decoder_layer(cfg, _within_prefix(w, "decoder.0."), dec_args[0], dec_args[1],
-                                          dec_kwargs["mask"], dec_kwargs["memory_mask"])
-    return [Library("encoder.0.output", "nn.TransformerEncoderLayer on encoder.0's input", encoder),
-            Library("decoder.0.output", "nn.TransformerDecoderLayer on decoder.0's inputs", decoder)]
-
-
 LAYER = dict(d_model=8, num_heads=2, d_ff=16)
 LAYER_SHOWS = ("num_heads", "head_dim", "d_ff", "activation", "layer_norm_eps", "norm_first")
-MODEL_SHOWS = ("num_layers",) + LAYER_SHOWS + ("causal", "vocab_size", "max_positions")
-MODEL = dict(LAYER, vocab_size=11, max_positions=8, num_layers=1, num_decoder_layers=1)
 
 MHA_STEPS = (
     Step("query.output", "Project every token to its query: x @ W_q + b_q, still one D-wide vector a token.",
@@ -1019,50 +954,57 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                  Step("output", "The layer's output.",
                       "nn.TransformerDecoderLayer names these self_attn, multihead_attn and norm1..norm3.")),
                 library=decoder_library,
-                shows=LAYER_SHOWS),
-    Walkthrough("bert", "A one-layer BERT (D = 8, 2 heads) on 4 tokens in two segments, the 4th padding.",
-                MODEL, token_inputs(segments=True),
-                (Step("embeddings.token.output", "Token rows."),
-                 Step("embeddings.position.output", "Position rows 0..3."),
-                 Step("embeddings.segment.output", "Segment rows: A, A, B, B."),
-                 Step("embeddings.output", "Their sum, layer-normed (eps 1e-12).",
-                      "transformers.BertModel's hidden_states[0]."),
-                 Step("encoder.0.attention.q", "Layer 0's queries, split into heads."),
-                 Step("encoder.0.attention.probs", "Layer 0's attention, per head; the padded key is 0.",
-                      "transformers fills masked scores with the dtype minimum, not -1e9: the same after "
-                      "softmax unless a row is fully masked."),
-                 Step("encoder.0.output", "Layer 0's output: the last hidden state here."),
-                 Step("pooled", "The pooler: tanh(h[:, 0] W + b) on the [CLS] position.")),
-                library=bert_library,
-                shows=MODEL_SHOWS),
-    Walkthrough("gpt2", "A one-layer GPT-2 (pre-norm, causal, tanh GELU, D = 8) on 4 tokens, the 4th padding.",
-                dict(MODEL, norm_first=True, causal=True, activation="gelu_tanh", layer_norm_eps=1e-5),
-                token_inputs(segments=False),
-                (Step("embeddings.output", "Token rows plus position rows; no layer norm here (pre-norm).",
-                      "transformers' hidden_states[0]."),
-                 Step("layers.0.attention_norm.output", "Pre-norm: the attention sees LN(h), the residual h."),
-                 Step("layers.0.attention.probs", "Causal and padded: token i sees 0..i, never the pad.",
-                      "transformers' GPT-2 fuses q, k, v in one Conv1D c_attn [D, 3D], already [in, out]."),
-                 Step("layers.0.feed_forward.activation.output", "GELU, tanh form (GPT-2's gelu_new)."),
-                 Step("layers.0.output", "h + Attention(LN(h)), then h + FFN(LN(h))."),
-                 Step("final_norm.output", "The final layer norm a pre-norm stack needs.",
-                      "transformers' hidden_states[-1] is after this norm, not the last layer's output."),
-                 Step("logits", "h @ E_token^T: the head is tied to the token table.")),
-                library=gpt2_library,
-                shows=MODEL_SHOWS),
-    Walkthrough("transformer", "The 2017 encoder-decoder, one layer each (D = 8, 2 heads, ReLU), source of 4 "
-                               "tokens (the 4th padding), target of 3.",
-                dict(MODEL, position="sinusoidal", activation="relu", layer_norm_eps=1e-6, scale_embeddings=True),
-                seq2seq_inputs,
-                (Step("source_embedding.output", "Source token rows (scaled by sqrt(D) next)."),
-                 Step("position.output", "The sinusoidal encoding of positions 0..3, added to them."),
-                 Step("encoder.0.attention.probs", "Encoder self-attention; the padded source key is 0."),
-                 Step("encoder.0.output", "The encoder's output: the memory the decoder attends to.",
-                      "Checked against nn.TransformerEncoderLayer run on this layer's own input."),
-                 Step("decoder.0.self_attention.probs", "Causal self-attention over the target."),
-                 Step("decoder.0.cross_attention.probs", "Target over source; the padded source position 0."),
-                 Step("decoder.0.output", "The decoder's output."),
-                 Step("logits", "h @ E^T, tied to the shared token table.")),
-                library=transformer_library, capture="*coder.0",
-                shows=MODEL_SHOWS + ("position", "scale_embeddings")),
+                shows=LAYER_SHOWS)
 ]}
+
+
+# -------------------------------------------------------------------------------- the models' walkthroughs
+
+def _transformers_model(cfg, w, cls):
+    """`cls` from transformers on the canonical weights (`to_hf` in a temporary directory), float64."""
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoints.to_hf(cfg, w, tmp, cls)
+        model = getattr(transformers, cls).from_pretrained(tmp, attn_implementation="eager")
+    return model.double().eval()
+
+
+def _model_library(family):
+    """A `library` for a family's walkthrough: its `transformers` class at `transformers_steps`, and
+    each torch layer of `conformance.oracles.layers` named in `layer_oracles` on that layer's own inputs."""
+    wt = family.walkthrough
+
+    def library(cfg, w, inputs, records, calls):
+        out = []
+        cls = family.transformers_class(cfg)
+        if wt.transformers_steps and cls:
+            torch = _torch()
+            with torch.no_grad():
+                got = _transformers_model(cfg, w, cls)(**{k: _tensor(v) for k, v in inputs.items()},
+                                                        output_attentions=True, output_hidden_states=True)
+            call = f"{cls}(output_attentions=True, output_hidden_states=True)"
+            out += [Library(op, f"{call}.{field}" + ("" if i is None else f"[{i}]"),
+                            _np(getattr(got, field) if i is None else getattr(got, field)[i]))
+                    for op, (field, i) in wt.transformers_steps.items()]
+        for path, name in wt.layer_oracles.items():
+            fn = getattr(oracles, name)
+            args, kwargs, _ = calls[path]
+            wanted = inspect.signature(fn).parameters
+            value = fn(cfg, _within_prefix(w, f"{path}."), *args, **{k: v for k, v in kwargs.items() if k in wanted})
+            out.append(Library(f"{path}.output", f"{name} on {path}'s own inputs", value))
+        return out
+    return library
+
+
+def _model_walkthrough(family) -> Walkthrough:
+    wt = family.walkthrough
+    return Walkthrough(family.name, wt.summary, wt.config, lambda cfg: {k: np.array(v) for k, v in wt.inputs.items()},
+                       wt.steps, library=_model_library(family), capture=wt.capture, shows=wt.shows)
+
+
+def walkthroughs() -> dict[str, Walkthrough]:
+    """Every walkthrough: the components' (`WALKTHROUGHS`) and each family's, in registry order."""
+    every = {**WALKTHROUGHS, **{f.name: _model_walkthrough(f) for f in families.FAMILIES.values() if f.walkthrough}}
+    return {name: every[name] for name in registry.ENTRIES if name in every}

@@ -10,7 +10,9 @@ import time
 
 from tabulate import tabulate
 
-from conformance.suites.cases import CASES, case_id, check_case
+from conformance.spec.registry import CASES, case_id
+
+from conformance.suites.cases import check_case
 from conformance.compare.tolerance import TOLERANCES
 
 

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance.spec import presets, registry
 from conformance import weights
-from conformance.backends.build import build
-from conformance.backends.precision import precision_environment
+from conformance.backends import FRAMEWORKS, build, environment as framework_environment
 from conformance.core.config import Config
+from conformance.spec import families, presets
 from conformance.compare.divergence import compare_traces
 from conformance.compare.tolerance import TOLERANCES, compare_outputs
 
@@ -60,8 +59,7 @@ def resolve(preset: str, weights_path: str | None, seed: int = 0) -> tuple[Confi
 def model_inputs(cfg: Config, batch: int, length: int, seed: int = 0) -> dict:
     if length > cfg.max_positions and cfg.position == "learned":
         raise ValueError(f"--seq-len must be <= max_positions={cfg.max_positions}; received {length}")
-    entry = registry.get(cfg.kind)
-    return entry.make_inputs(cfg, np.random.default_rng(seed), batch, length, segments=cfg.kind == "bert")
+    return families.get(cfg.kind).inputs(cfg, batch, length, seed)
 
 
 SUMMARY_ABOVE_PARAMS = 200_000_000  # larger models trace in summary mode by default
@@ -103,26 +101,17 @@ def run(cfg, w, inputs, frameworks, dtypes, repeats=3, progress=None, summary=No
     return reference, reference_trace, runs
 
 
-def environment(seed: int, fingerprint: str, source: str) -> dict:
-    """Everything that changes the last bits, recorded in every report."""
-    import keras
+def environment(seed: int, fingerprint: str, source: str, frameworks=FRAMEWORKS) -> dict:
+    """Everything that changes the last bits, recorded in every report: versions, threads, oneDNN and
+    every TF32 flag, from each framework's backend."""
     import scipy
-    import tensorflow as tf
-    import torch
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),  # timings taken under load are not comparable
         "numpy": np.__version__, "scipy": scipy.__version__,
-        "torch": torch.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torch_mkldnn": bool(torch.backends.mkldnn.is_available()),
-        "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (TF default: on for x86 CPUs)"),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
-        **precision_environment(),  # every TF32 flag of torch and TensorFlow, and the GPU if any
+        **framework_environment(frameworks),
         "device": "cpu",
         "seed": seed,
         "weights": source,

@@ -18,7 +18,7 @@ from tabulate import tabulate
 from conformance.compare import gradients
 from conformance import training
 from conformance.backends.build import build
-from conformance.costs import memory
+from conformance.costs import measure, memory
 from conformance.compare.tolerance import gradient_tolerance, training_tolerance
 
 TASKS = {"bert": "mlm", "gpt2": "causal_lm"}  # the pretraining loss each family trains with here
@@ -51,7 +51,7 @@ def section(preset: str, cfg, w: dict, inputs: dict, frameworks, dtypes, progres
         out["mixed_precision"] = named(training.mixed_precision_drift(((cfg, task),), frameworks=("torch",),
                                                                       dtypes=("mixed_bfloat16",), steps=STEPS))
         say("training memory")
-        measured = training.torch_peak_memory(cfg, task)
+        measured = measure.torch_peak_memory(cfg, task)
         params = measured["weights_bytes"] // 4  # float32: the task model's own count (its head included)
         saved = memory.activations(training.task_config(cfg, task), measured["batch"], measured["seq_len"])
         out["memory"] = {**measured, "preset": preset, "parameters": params,

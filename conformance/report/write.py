@@ -12,9 +12,11 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from conformance.spec import registry
-from conformance import weights
+from conformance import costs, weights
 from conformance.compare.tolerance import TOLERANCES
+from conformance.report import onnx, training as train_report
+from conformance.spec import registry
+from numpy_ref.embeddings import sinusoidal_encoding
 
 SCHEMA = 1
 
@@ -69,14 +71,11 @@ def markdown(rec: dict) -> str:
                   tabulate([(o["name"], f"{o['max_abs']:.2e}", f"{o['max_rel']:.2e}") for o in worst],
                            ["op", "max abs", "max rel"], tablefmt="github"), ""]
     if rec.get("costs"):
-        from conformance import costs
         lines += [costs.markdown(rec["costs"]), ""]
     if rec.get("train"):
-        from conformance.report import training as train_report
         lines += [train_report.markdown(rec["train"]), ""]
     if rec.get("onnx"):
-        from conformance.backends import onnx_export
-        lines += [onnx_export.markdown(rec["onnx"]), ""]
+        lines += [onnx.markdown(rec["onnx"]), ""]
     lines += ["## Tolerance table", "",
               tabulate([(k, t["atol"], t["rtol"], t["scale_rtol"], t["reason"]) for k, t in rec["tolerances"].items()],
                        ["dtype", "atol", "rtol", "scale_rtol (x max |ref|)", "why"], tablefmt="github"), ""]
@@ -118,7 +117,6 @@ def figures(cfg, reference_trace: dict) -> dict[str, str]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from numpy_ref.embeddings import sinusoidal_encoding
     out = {}
     probs = [(n, v) for n, v in reference_trace.items() if n.endswith(".probs") and isinstance(v, np.ndarray)]
     if probs:

@@ -2,21 +2,18 @@
 and the CLI all call: one reference per case, one comparison, one failure message."""
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
 
-from conformance.spec import registry
 from conformance import weights
-from conformance.backends.build import build
-from conformance.compare.tolerance import compare_outputs
-
-CASES = [(entry.name, variant) for entry in registry.ENTRIES.values() for variant in entry.variants]
-
-
-def case_id(case) -> str:
-    name, variant = case
-    return name if variant == "default" else f"{name}[{variant}]"
+from conformance.backends import Gradients, build, supports
+from conformance.backends.dtypes import output_dtypes
+from conformance.compare.gradients import absent_activations, gradient_rows
+from conformance.compare.tolerance import Comparison, compare_outputs, gradient_tolerance
+from conformance.spec import registry
+from conformance.spec.registry import CASES, case_id
 
 
 @lru_cache(maxsize=None)
@@ -41,11 +38,9 @@ def check_case(name, variant, framework, dtype, device="cpu", built=None) -> lis
     out = m(**inputs)
     label = f"{framework}/{dtype}/{device} {case_id((name, variant))}"
     results = compare_outputs(label, out, reference, dtype)
-    from conformance.backends.precision import output_dtypes
     want = output_dtypes(dtype, entry.float64_output)  # mixed_*: the low dtype or float32
     for key, value in out.items():
         if str(value.dtype) not in want:
-            from conformance.compare.tolerance import Comparison
             results.append(Comparison(f"{label}.{key}", np.inf, np.inf, (), False,
                                       f"computed in {value.dtype}, expected {' or '.join(want)}"))
     return results
@@ -54,3 +49,52 @@ def check_case(name, variant, framework, dtype, device="cpu", built=None) -> lis
 def failure_message(results) -> str:
     bad = [r for r in results if not r.passed]
     return "\n".join(str(r) for r in bad)
+
+
+# ------------------------------------------------------------------------------------ gradients
+
+@lru_cache(maxsize=None)
+def reference_gradients(name: str, variant: str, seed: int = 0) -> Gradients:
+    """The float64 NumPy backward of one registry case (`suite.case_data`'s weights and inputs)."""
+    _, cfg, w, inputs, _ = case_data(name, variant, seed)
+    return build("numpy", cfg, w, dtype="float64").gradients(seed=seed, **inputs)
+
+
+def check_gradients(name: str, variant: str, framework: str, dtype: str, built=None,
+                    reference: Gradients | None = None) -> list[Comparison]:
+    """Every input, weight and activation gradient of one framework on one case against the
+    reference backward; failures are named `<framework>/<dtype> <case> <group> <tensor path>`.
+    `built` and `reference` let a caller pass a planted-bug build or a planted-bug reference."""
+    gradient_tolerance(dtype)  # a dtype with no gradient row is refused before any work
+    _, cfg, w, inputs, _ = case_data(name, variant)
+    entry = registry.get(name)
+    reference = reference or reference_gradients(name, variant)
+    m = built or build(framework, cfg, w, dtype=dtype)
+    actual = m.gradients(cotangents=reference.cotangents, **inputs)
+    label = f"{framework}/{dtype} {case_id((name, variant))}"
+    has = any(reference.groups().values()) or any(actual.groups().values())
+    if has != entry.differentiable:
+        return [Comparison(f"{label} gradients", np.inf, np.inf, (), False,
+                           "has gradients although the registry declares differentiable=False" if has else
+                           "no gradient at all although the registry declares the entry differentiable")]
+    if not has:  # declared and found constant: that agreement is the check
+        return [Comparison(f"{label} gradients", 0.0, 0.0, (), True, "nothing to differentiate, as declared")]
+    absent = absent_activations(cfg, reference.activations)
+    return [replace(r.result, name=f"{label} {r.group} {r.op}")
+            for r in gradient_rows(reference, actual, dtype, absent)]
+
+
+def measure_gradients(cases=None, frameworks=("numpy", "torch", "tf"), dtypes=("float64", "float32")) -> list[dict]:
+    """The evidence for the gradient rows: per registry case, framework and dtype, the worst
+    scale error (max |a - r| / max |r|, a bias on its layer's scale) over every gradient, and where."""
+    rows = []
+    for case in cases or CASES:
+        for framework in frameworks:
+            for dtype in dtypes:
+                if (framework, dtype) == ("numpy", "float64") or supports(framework, case, dtype, "cpu"):
+                    continue
+                results = check_gradients(*case, framework, dtype)
+                worst = max(results, key=lambda r: r.max_rel)
+                rows.append({"case": case_id(case), "framework": framework, "dtype": dtype,
+                             "worst": worst.max_rel, "where": worst.name, "passed": all(r.passed for r in results)})
+    return rows

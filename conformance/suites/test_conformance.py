@@ -3,7 +3,7 @@ and dtype, against the float64 NumPy reference. No test here names a component."
 import numpy as np
 
 from conformance.spec import registry
-from conformance.backends.build import build
+from conformance.backends import backend, build
 from conformance.suites.cases import case_data, check_case, failure_message
 
 
@@ -28,4 +28,4 @@ def test_weights_round_trip_and_count(case, framework):
 def test_every_entry_has_all_three_implementations():
     for entry in registry.ENTRIES.values():
         for framework in registry.PACKAGES:
-            assert callable(entry.implementation(framework)), (entry.name, framework)
+            assert callable(entry.implementation(backend(framework).package)), (entry.name, framework)

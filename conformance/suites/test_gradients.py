@@ -5,16 +5,19 @@ end-to-end presets and the claims the gradient docstrings make."""
 import numpy as np
 import pytest
 
+from conformance.spec import inputs as spec_inputs
 from conformance.compare import gradients
 from conformance.spec import presets, registry
 from conformance import weights
-from conformance.backends.build import build
-from conformance.compare.gradients import absent_activations, check_gradients, reference_gradients
-from conformance.suites.cases import CASES, case_data, case_id, failure_message
+from conformance.backends import backend, build, cotangents_for
+from conformance.compare.gradients import absent_activations
+from conformance.suites.cases import check_gradients, reference_gradients
+from conformance.spec.registry import CASES, case_id
+from conformance.suites.cases import case_data, failure_message
 from conformance.compare.tolerance import TOLERANCES
 
 pytestmark = pytest.mark.gradients  # conftest generates only the dtypes with a gradient row
-FUSED = [c for c in CASES if c[1] == "fused"]  # torch-only variants
+FUSED = [c for c in CASES if c[1] == "fused"]  # attention_impl="fused": one library call
 
 
 def test_gradients_match_reference(case, framework, dtype):
@@ -47,14 +50,15 @@ def test_every_weight_and_traced_activation_has_a_reference_gradient(case):
 
 
 @pytest.mark.parametrize("case", FUSED, ids=[case_id(c) for c in FUSED])
-def test_fused_attention_has_no_scores_or_probs_gradients(case):
-    """torch's fused SDPA computes scores and probs inside one kernel: exactly those trace keys
-    have no gradient, everything else is compared by the generated test."""
+def test_fused_attention_has_no_scores_or_probs_gradients(case, framework):
+    """A fused attention computes scores and probs inside one call: exactly the trace keys
+    ATTENTION_IMPLS declares have no gradient, in every framework (NumPy's backward recomputes the
+    probabilities from q and k); everything else is compared by the generated test."""
     _, cfg, w, inputs, _ = case_data(*case)
-    ref = reference_gradients(*case)
-    actual = build("torch", cfg, w, dtype="float64").gradients(cotangents=ref.cotangents, **inputs)
-    missing = set(ref.activations) - set(actual.activations)
-    assert missing and missing == absent_activations("torch", cfg, ref.activations)
+    unfused = build("numpy", cfg.replace(attention_impl="reference"), w, dtype="float64").gradients(**inputs)
+    actual = build(framework, cfg, w, dtype="float64").gradients(cotangents=unfused.cotangents, **inputs)
+    missing = set(unfused.activations) - set(actual.activations)
+    assert missing and missing == absent_activations(cfg, unfused.activations)
     assert all(k.rpartition(".")[2] in ("scores", "probs") for k in missing)
 
 
@@ -91,7 +95,7 @@ def test_cotangents_are_seeded_and_default_to_the_same_draw():
     _, cfg, w, inputs, _ = case_data("bert", "qa")
     m = build("torch", cfg, w, dtype="float64")
     default = m.gradients(seed=3, **inputs)
-    explicit = m.gradients(cotangents=gradients.cotangents_for(default.outputs, seed=3), **inputs)
+    explicit = m.gradients(cotangents=cotangents_for(default.outputs, seed=3), **inputs)
     assert list(default.cotangents) == sorted(default.outputs) == ["end_logits", "last_hidden_state", "start_logits"]
     for name, g in default.params.items():
         np.testing.assert_array_equal(explicit.params[name], g, err_msg=name)
@@ -129,13 +133,15 @@ def test_backward_order_puts_weights_after_their_module_and_inputs_last():
 
 
 @pytest.mark.parametrize("dtype,call", [
-    ("bfloat16", "gradients"), ("float16", "report")])
+    ("bfloat16", "check"), ("float16", "report")])
 def test_dtypes_without_a_gradient_row_are_refused(dtype, call):
+    """A bfloat16 backward runs (`Built.gradients`), but nothing compares it without a tolerance row."""
     _, cfg, w, inputs, _ = case_data("linear", "default")
+    assert build("torch", cfg, w, dtype=dtype).gradients(**inputs).params["kernel"].dtype.name == dtype
     with pytest.raises(ValueError, match=rf"dtype must be one with a gradient tolerance row \['float64', "
                                          rf"'float32'\]; received dtype='{dtype}'"):
-        if call == "gradients":
-            build("torch", cfg, w, dtype=dtype).gradients(**inputs)
+        if call == "check":
+            check_gradients("linear", "default", "torch", dtype)
         else:
             gradients.gradient_report(cfg, w, inputs, frameworks=("torch",), dtype=dtype)
 
@@ -143,10 +149,8 @@ def test_dtypes_without_a_gradient_row_are_refused(dtype, call):
 def test_onnx_has_no_gradients():
     _, cfg, w, inputs, _ = case_data("linear", "default")
     m = build("torch", cfg, w, dtype="float32")
-    m.framework = "onnx"
-    with pytest.raises(ValueError, match=r"framework must be one of \['numpy', 'torch', 'tf'\] for gradients; "
-                                         r"received framework='onnx'"):
-        gradients.gradients(m, inputs)
+    with pytest.raises(ValueError, match=r"the onnx framework computes no gradients"):
+        backend("onnx").gradients(m, inputs, None, 0)
 
 
 PRESET_HEADS = [("bert-tiny", "mlm"), ("gpt2-tiny", "none")]
@@ -158,7 +162,7 @@ def test_preset_end_to_end(preset, head, framework_twins_only, framework):
     traced activation of the real model sizes (std-0.02 weights), in float32, in backward order."""
     cfg = presets.get(preset).replace(head=head) if head != "none" else presets.get(preset)
     w = weights.initialize(cfg, seed=0)
-    inputs = registry.token_inputs(cfg, np.random.default_rng(0), 2, 9)
+    inputs = spec_inputs.token_inputs(cfg, np.random.default_rng(0), 2, 9)
     report = gradients.gradient_report(cfg, w, inputs, frameworks=(framework,), dtype="float32")[framework]
     bad = [r for r in report if not r["passed"]]
     assert not bad, bad[:5]
@@ -171,6 +175,6 @@ def test_module_gradients_and_replay_refuse_bad_input():
     _, cfg, w, inputs, _ = case_data("encoder_layer", "default")
     m = build("torch", cfg, w, dtype="float32")
     with pytest.raises(ValueError, match=r"no module at path 'attention.nothing'"):
-        gradients.module_gradients(m, "attention.nothing", [inputs["x"]], {}, inputs["x"])
+        m.module_gradients("attention.nothing", [inputs["x"]], {}, inputs["x"])
     with pytest.raises(ValueError, match=r"gradient tolerance row .*; received dtype='float16'"):
         replay_gradients("torch", cfg, w, inputs, "*", dtype="float16")

@@ -18,7 +18,8 @@ from conformance.spec import presets, registry
 from conformance.report import runner
 from conformance import weights
 from conformance.backends.build import build
-from conformance.suites.cases import case_data, case_id, check_case, failure_message
+from conformance.spec.registry import case_id
+from conformance.suites.cases import case_data, check_case, failure_message
 from conformance.compare.tolerance import compare_outputs
 
 MODEL_CASES = [(entry.name, variant) for entry in registry.ENTRIES.values() if entry.is_model

@@ -25,7 +25,8 @@ import numpy_ref.attention
 import numpy_ref.blocks
 import torch_impl.activations
 from conformance.backends.build import build
-from conformance.compare.gradients import check_gradients, first_backward_divergence, gradient_rows
+from conformance.compare.gradients import first_backward_divergence, gradient_rows
+from conformance.suites.cases import check_gradients
 from conformance.compare.replay import innermost_culprits, replay_gradients
 from conformance.suites.cases import case_data, check_case, failure_message
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import torch_impl.attention
-from conformance.weights import mapping
+from conformance.backends import torch_backend
+from conformance.spec.leaves import Leaf
 from conformance.backends.build import build
 from conformance.compare.divergence import first_divergence
 from conformance.suites.cases import case_data, check_case, failure_message
@@ -29,13 +30,13 @@ def shifted_mask(monkeypatch, cfg, w, dtype):
 
 
 def untransposed_query(monkeypatch, cfg, w, dtype):
-    correct = mapping.to_torch
+    correct = torch_backend.canonical_names
 
-    def buggy(name, array):
-        key, value = correct(name, array)
-        return key, (value.T if name.endswith("attention.query.kernel") else value)
+    def buggy(module):  # the torch mapping forgets to transpose the query kernel
+        return {c: (key, Leaf(leaf.canonical, leaf.external) if c.endswith("attention.query.kernel") else leaf)
+                for c, (key, leaf) in correct(module).items()}
 
-    monkeypatch.setattr(mapping, "to_torch", buggy)
+    monkeypatch.setattr(torch_backend, "canonical_names", buggy)
     return build("torch", cfg, w, dtype=dtype)
 
 

@@ -3,12 +3,14 @@ the error an op introduces from the error it inherits."""
 import numpy as np
 import pytest
 
-from conformance.weights import mapping
+from conformance.backends import torch_backend
+from conformance.spec.leaves import Leaf
 from conformance.core import trace
 from conformance.backends.build import build
 from conformance.compare.divergence import align
 from conformance.compare.replay import innermost_culprits, replay
-from conformance.suites.cases import CASES, case_data, case_id
+from conformance.spec.registry import CASES, case_id
+from conformance.suites.cases import case_data
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
@@ -16,10 +18,7 @@ def test_trace_names_line_up(case, framework, framework_twins_only):
     _, cfg, w, inputs, _ = case_data(*case)
     _, reference = build("numpy", cfg, w, dtype="float64").trace(**inputs)
     _, records = build(framework, cfg, w, dtype="float64").trace(**inputs)
-    expected = list(reference)
-    if framework == "torch" and cfg.fused_attention:  # one SDPA kernel: no scores / probs to tap
-        expected = [n for n in expected if n.rpartition(".")[2] not in ("scores", "probs")]
-    assert list(records) == expected  # same names, same order
+    assert list(records) == list(reference)  # same names, same order (a fused attention's too)
 
 
 def test_tracing_off_is_a_shared_no_op():
@@ -51,9 +50,10 @@ def test_replay_separates_introduced_from_inherited(monkeypatch, framework, fram
     everything after it carries the error (total) without introducing it."""
     _, cfg, w, inputs, _ = case_data("bert", "default")
     if framework == "torch":
-        correct = mapping.to_torch
-        monkeypatch.setattr(mapping, "to_torch", lambda n, a: (
-            correct(n, a)[0], correct(n, a)[1].T if n == "encoder.0.attention.query.kernel" else correct(n, a)[1]))
+        correct = torch_backend.canonical_names
+        monkeypatch.setattr(torch_backend, "canonical_names", lambda module: {  # the transpose forgotten once
+            c: (key, Leaf(leaf.canonical, leaf.external) if c == "encoder.0.attention.query.kernel" else leaf)
+            for c, (key, leaf) in correct(module).items()})
         buggy = build("torch", cfg, w, dtype="float32")
     else:
         broken = dict(w)

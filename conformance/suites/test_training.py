@@ -14,7 +14,7 @@ from conformance.core import dropout_masks
 from conformance.spec import presets
 from conformance import training, weights
 from conformance.backends.build import build
-from conformance.spec.registry import TINY
+from conformance.spec.components import TINY
 from numpy_ref import training as np_training
 from torch_impl import training as torch_training
 

@@ -18,6 +18,7 @@ import pytest
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
+from conformance.spec import inputs as spec_inputs
 from conformance.weights import checkpoints  # noqa: E402
 from conformance.spec import registry
 from conformance.backends.build import build  # noqa: E402
@@ -74,7 +75,7 @@ def run_hf(model, inputs):
 def inputs_for(name, padding=True, batch=3, length=9):
     """Token ids, a right-padding mask (row b drops its last b positions) and, for BERT, segments."""
     cfg = registry.get("bert").tiny.replace(vocab_size=99)
-    inputs = registry.token_inputs(cfg, np.random.default_rng(0), batch, length, segments=name.startswith("Bert"))
+    inputs = spec_inputs.token_inputs(cfg, np.random.default_rng(0), batch, length, segments=name.startswith("Bert"))
     if not padding:
         del inputs["attention_mask"]
     return inputs

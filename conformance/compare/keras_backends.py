@@ -5,7 +5,7 @@
 
 Keras fixes its backend once, when it is first imported, from KERAS_BACKEND: a process that
 has imported Keras on TensorFlow cannot switch. So each backend runs in its own subprocess
-(`python -m conformance.backends.keras_backends DIR DTYPE`), fed the canonical weights (safetensors,
+(`python -m conformance.compare.keras_backends DIR DTYPE`), fed the canonical weights (safetensors,
 with the config in the metadata) and the inputs (npz) through a temporary directory; its
 outputs come back as npz and the parent compares them through the one tolerance table.
 
@@ -26,6 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from conformance import weights
+from conformance.backends import backend as framework_backend, build
+from conformance.backends.dtypes import output_dtypes
+from conformance.compare.tolerance import Comparison, compare_outputs
 
 BACKENDS = ("tensorflow", "torch", "jax")
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,11 +78,7 @@ def keras_backend_runs(cfg, w: dict, inputs: dict, backends=("torch",), dtype: s
     Returns {backend: BackendRun}; a backend that cannot run, or whose subprocess fails, has
     `error` set (one line) and no comparisons.
     """
-    from conformance import weights
-    from conformance.backends.build import build
-    from conformance.backends.precision import output_dtypes, require
-    from conformance.compare.tolerance import Comparison, compare_outputs
-    require("tf", dtype)
+    framework_backend("tf").require(dtype)
     if reference is None:
         reference = build("numpy", cfg, w, dtype="float64")(**inputs)
     runs = {}
@@ -94,7 +95,7 @@ def keras_backend_runs(cfg, w: dict, inputs: dict, backends=("torch",), dtype: s
                    "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
             t0 = time.perf_counter()
             try:
-                p = subprocess.run([sys.executable, "-m", "conformance.backends.keras_backends", str(tmp), dtype],
+                p = subprocess.run([sys.executable, "-m", "conformance.compare.keras_backends", str(tmp), dtype],
                                    capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
             except subprocess.TimeoutExpired:
                 run.error = f"keras on {backend}: no result within {timeout:g} s"
@@ -125,8 +126,6 @@ def _child(directory: str, dtype: str) -> int:
     import keras
 
     from conformance.spec import registry
-    from conformance import weights
-    from conformance.backends.build import build
     tmp = Path(directory)
     cfg = weights.load_config(tmp / "weights.safetensors")
     w = weights.load(tmp / "weights.safetensors")

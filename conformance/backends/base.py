@@ -1,0 +1,250 @@
+"""The seam between the harness and one framework: the `Backend` every framework implements,
+and `Built`, a module of one framework with canonical weights loaded, called with NumPy.
+
+    m = build("torch", cfg, w, device="cpu", dtype="float32")
+    out = m(input_ids=ids, attention_mask=mask)   # NumPy in, dict of NumPy out
+    out, records = m.trace(input_ids=ids)          # {op name: tensor}, same names everywhere
+    grads = m.gradients(input_ids=ids)             # every input, weight and tapped tensor's gradient
+
+A backend is the only place that knows a framework: how to construct a module and load
+canonical weights into it, turn NumPy inputs into its tensors and back, walk its module tree
+for trace names, count its parameters, apply a dtype policy (autocast, TF32), differentiate
+(a vector-Jacobian product), run a training step, and which (entry, dtype, device) it runs at
+all (`supports`). Nothing outside the backends asks which framework it holds.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from conformance.backends import finite
+from conformance.backends.dtypes import DTYPES
+from conformance.core import trace
+from conformance.core.config import Config
+from conformance.spec import registry
+from conformance.spec.entry import Entry
+
+
+@dataclass(frozen=True)
+class Gradients:
+    """The gradients of L = sum_k sum(out_k * c_k), all NumPy, for one framework and case."""
+    outputs: dict      # {output key: forward output}
+    inputs: dict       # {float input name: dL/d input}
+    params: dict       # {canonical weight name: dL/d weight, canonical layout}
+    activations: dict  # {trace key: dL/d tapped tensor}, in forward (trace) order
+    cotangents: dict = field(default_factory=dict)  # {output key: c_k}, float64
+
+    def groups(self):
+        return {"input": self.inputs, "param": self.params, "activation": self.activations}
+
+
+def cotangents_for(outputs: dict, seed: int = 0) -> dict:
+    """One seeded standard-normal float64 array per output key, drawn in sorted key order."""
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal(np.shape(outputs[k])) for k in sorted(outputs)}
+
+
+def as_dict(out) -> dict:
+    return out if isinstance(out, dict) else {"output": out}
+
+
+class Backend:
+    """What every framework provides. Subclasses set the class attributes and override the rest."""
+    name: str = ""
+    package: str | None = None    # the mirror package (numpy_ref, torch_impl, tf_impl); None: no mirror of its own
+    dtypes: tuple = DTYPES        # the dtypes it runs
+    unsupported: dict = {}        # dtype -> why it does not run it
+    devices: tuple = ("cpu",)
+
+    # ---- which cases it runs
+    def available_devices(self) -> tuple:
+        return self.devices
+
+    def supports(self, entry: Entry | None = None, variant: str | None = None, dtype: str = "float32",
+                 device: str | None = "cpu") -> str | None:
+        """None if this backend runs `entry[variant]` (or any entry) in `dtype` on `device` (None: any
+        device); otherwise why not, in words."""
+        if dtype not in self.dtypes:
+            return self.unsupported.get(dtype, f"{self.name} does not run {dtype}")
+        if device is not None and device not in self.available_devices():
+            reason = "this machine has none" if device in self.devices else "this harness runs it elsewhere"
+            return f"the {self.name} framework runs on {list(self.available_devices())}: {reason}"
+        if entry is not None:
+            if entry.dtypes is not None and dtype not in entry.dtypes:
+                return f"{entry.name} declares dtypes {list(entry.dtypes)}"
+            frameworks = entry.variants[variant or "default"].frameworks
+            if frameworks is not None and self.name not in frameworks:
+                return f"{entry.name}[{variant}] is declared for {list(frameworks)} only"
+        return None
+
+    def require(self, dtype: str, device: str | None = None) -> None:
+        """Raise a ValueError saying why unless this backend runs `dtype` (on `device`)."""
+        if dtype not in self.dtypes:
+            raise ValueError(f"{self.name} does not support dtype={dtype!r}: {self.supports(None, None, dtype, None)}")
+        why = self.supports(None, None, dtype, device)
+        if why:
+            raise ValueError(f"{self.name} does not support dtype={dtype!r} on device={device!r}: {why}")
+
+    # ---- construct, load, convert
+    def construct(self, entry: Entry, cfg: Config, dtype: str, device: str):
+        raise NotImplementedError
+
+    def load(self, module, weights: dict, dtype: str) -> None:
+        raise NotImplementedError
+
+    def inputs(self, inputs: dict, dtype: str, device: str = "cpu") -> dict:
+        raise NotImplementedError
+
+    def to_numpy(self, x) -> np.ndarray:
+        return np.asarray(x)
+
+    def run(self, module, inputs, training: bool, call=None):
+        """Call `module(**inputs)`, or `module(*args, **kwargs)` for call=(args, kwargs)."""
+        raise NotImplementedError
+
+    def policy(self, dtype: str, device: str):
+        """What a call needs beyond its weights' dtype (autocast, TF32), for the length of the call."""
+        return contextlib.nullcontext()
+
+    # ---- walk
+    def named_modules(self, module):
+        return module.named_modules()
+
+    def capturing(self, module, pattern):
+        """A context in which modules whose path matches `pattern` report their calls to the tracer."""
+        return contextlib.nullcontext()
+
+    def parameters(self, module) -> dict:
+        """Canonical weight name -> the framework's own parameter object."""
+        raise NotImplementedError
+
+    def num_parameters(self, module) -> int:
+        raise NotImplementedError
+
+    def export(self, module, shapes: dict) -> dict[str, np.ndarray]:
+        """The loaded weights back out, under canonical names and in canonical layout."""
+        raise NotImplementedError
+
+    # ---- differentiate, train
+    def gradients(self, built: "Built", inputs: dict, cotangents: dict | None, seed: int) -> Gradients:
+        raise ValueError(f"the {self.name} framework computes no gradients")
+
+    def module_gradients(self, built: "Built", sub, prefix: str, tensors: dict, floats: list,
+                         cotangent: np.ndarray) -> tuple[dict, dict]:
+        raise ValueError(f"the {self.name} framework computes no gradients")
+
+    def argument_names(self, module, args, kwargs) -> dict:
+        """{argument name: value} of a call, named by the module's forward signature."""
+        import inspect
+        return dict(inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments)
+
+    def trainer(self, built: "Built", groups: dict, tcfg):
+        """The mirror's `training.Trainer` on `built`'s module (`conformance.training`)."""
+        import importlib
+        if self.package is None:
+            raise ValueError(f"the {self.name} framework has no training step")
+        package = importlib.import_module(f"{self.package}.training")
+        return package.Trainer(built.module, self.parameters(built.module), groups, tcfg, built)
+
+    # ---- record
+    def environment(self) -> dict:
+        """The settings that change this framework's last bits (threads, oneDNN, TF32), for reports."""
+        return {}
+
+
+class Built:
+    """A module of one framework with canonical weights loaded, called with NumPy."""
+
+    check_finite = True  # bfloat16/float16: inf/NaN outputs raise finite.NonFiniteError naming the op
+
+    def __init__(self, backend: Backend, entry: Entry, cfg: Config, module, dtype: str, training: bool,
+                 device: str = "cpu"):
+        self.backend, self.entry, self.cfg = backend, entry, cfg
+        self.module, self.dtype, self.training, self.device = module, dtype, training, device
+        self.framework = backend.name
+
+    def policy(self):
+        return self.backend.policy(self.dtype, self.device)
+
+    def __call__(self, **inputs) -> dict[str, np.ndarray]:
+        with self.policy():
+            out = self.backend.run(self.module, self.backend.inputs(inputs, self.dtype, self.device), self.training)
+        outputs = {k: self.backend.to_numpy(v) for k, v in as_dict(out).items()}
+        finite.check_finite(self, inputs, outputs)
+        return outputs
+
+    def step(self, input_ids, cache: list, attention_mask=None) -> dict[str, np.ndarray]:
+        """One decoding call that continues from `cache` (a causal LM's key/value list).
+
+        `__call__` converts every input from NumPy; the cache instead stays in the
+        framework's own tensors between calls (the model fills the list on the first
+        call and appends to it after), so only the new tokens cross the boundary.
+        """
+        inputs = {"input_ids": input_ids}
+        if attention_mask is not None:
+            inputs["attention_mask"] = attention_mask
+        with self.policy():
+            tensors = self.backend.inputs(inputs, self.dtype, self.device)
+            out = self.backend.run(self.module, {**tensors, "cache": cache}, False)
+        return {k: self.backend.to_numpy(v) for k, v in out.items()}
+
+    def trace(self, *, summary=False, full=None, capture=None, **inputs) -> tuple[dict, dict]:
+        """(outputs, records): the outputs and every tapped tensor, by trace name.
+
+        summary=True keeps statistics (`trace.Summary`) instead of tensors, except for names
+        matching `full` (a glob or several); modules whose path matches `capture` also record their
+        inputs and output in `self.calls`, for `replay`.
+        """
+        modules = self.backend.named_modules(self.module)
+        with trace.recording(modules, self.backend.to_numpy, summary=summary, keep=full,
+                             capture=capture) as t, self.backend.capturing(self.module, capture):
+            out = self(**inputs)
+        self.calls = t.calls
+        finite.check_finite(self, inputs, out, t.records)
+        return out, t.records
+
+    def gradients(self, cotangents: dict | None = None, seed: int = 0, **inputs) -> Gradients:
+        """The gradients of L = sum_k sum(out_k * c_k): of every float input, weight (canonical name and
+        layout) and traced activation, as NumPy. `cotangents` {output key: c_k} defaults to seeded
+        standard normals (`cotangents_for`)."""
+        return self.backend.gradients(self, inputs, cotangents, seed)
+
+    def submodule(self, path: str):
+        modules = dict(self.backend.named_modules(self.module))
+        if path not in modules:
+            raise ValueError(f"no module at path {path!r}; e.g. {list(modules)[1:4]}")
+        return modules[path]
+
+    def convert(self, value):
+        """A NumPy argument as this framework's tensor; anything else unchanged."""
+        if isinstance(value, np.ndarray):
+            return self.backend.inputs({"v": value}, self.dtype, self.device)["v"]
+        return value
+
+    def replay(self, path: str, args: list, kwargs: dict):
+        """Run the submodule at `path` alone on NumPy inputs (another framework's recorded call)."""
+        with self.policy():
+            out = self.backend.run(self.submodule(path), None, self.training,
+                                   call=([self.convert(a) for a in args], {k: self.convert(v) for k, v in kwargs.items()}))
+        return {k: self.backend.to_numpy(v) for k, v in out.items()} if isinstance(out, dict) \
+            else self.backend.to_numpy(out)
+
+    def module_gradients(self, path: str, args: list, kwargs: dict, cotangent: np.ndarray) -> tuple[dict, dict]:
+        """(input gradients by argument name, weight gradients by canonical name) of the submodule at
+        `path` run alone as module(*args, **kwargs) on NumPy inputs, for L = sum(output * cotangent):
+        one op's backward, fed the inputs and cotangent of your choice."""
+        sub = self.submodule(path)
+        kwargs = {k: v for k, v in kwargs.items() if k != "training"}  # Keras records it; `self.training` rules
+        named = self.backend.argument_names(sub, args, kwargs)
+        floats = [k for k, v in named.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f"]
+        tensors = {k: self.convert(v) for k, v in named.items()}
+        return self.backend.module_gradients(self, sub, f"{path}." if path else "", tensors, floats, cotangent)
+
+    def num_parameters(self) -> int:
+        return self.backend.num_parameters(self.module)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The loaded weights back out, under canonical names and in canonical layout."""
+        return self.backend.export(self.module, registry.param_shapes(self.cfg))

@@ -1,0 +1,124 @@
+"""Keras 3 on TensorFlow as a backend: `tf_impl` layers on the CPU, every dtype but tf32 (a GPU
+mode), mixed precision through Keras dtype policies, gradients from one `tf.GradientTape`.
+`tf_impl` names its variables canonically, so the weight mapping is the identity. Construct,
+load and run use Keras alone, so the same backend runs tf_impl under another KERAS_BACKEND
+(`conformance.compare.keras_backends`)."""
+from __future__ import annotations
+
+import inspect
+import os
+
+import numpy as np
+
+from conformance.backends.base import Backend, Gradients, as_dict, cotangents_for
+from conformance.backends.dtypes import DTYPES, cast_input
+from conformance.core import trace
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402  (TensorFlow itself only for its GradientTape: Keras may run on another backend)
+
+from tf_impl import _layer  # noqa: E402
+
+
+class TFBackend(Backend):
+    name = "tf"
+    package = "tf_impl"
+    dtypes = tuple(d for d in DTYPES if d != "tf32")
+    unsupported = {"tf32": "TF32 is a GPU mode and the tf framework runs on cpu only in this harness"}
+
+    def construct(self, entry, cfg, dtype, device):
+        return entry.implementation(self.package)(*entry.args(cfg), dtype=dtype)
+
+    def load(self, module, weights, dtype):
+        _layer.load_weights(module, weights)
+
+    def inputs(self, inputs, dtype, device="cpu"):
+        return {k: keras.ops.convert_to_tensor(cast_input(v, dtype)) for k, v in inputs.items()}
+
+    def run(self, module, inputs, training, call=None):
+        args, kwargs = call or ((), inputs)
+        # Keras decorates an exception raised inside call() with argument info and ANSI codes;
+        # with filtering off it passes the mirror's ValueError through word for word.
+        config = keras.config
+        filtering = config.is_traceback_filtering_enabled()
+        config.disable_traceback_filtering()
+        try:
+            return module(*args, **kwargs, training=training)
+        finally:
+            if filtering:
+                config.enable_traceback_filtering()
+
+    def to_numpy(self, x):
+        return keras.ops.convert_to_numpy(x)
+
+    def named_modules(self, module):
+        return _layer.named_layers(module)
+
+    def parameters(self, module):
+        return dict(_layer.named_weights(module))
+
+    def num_parameters(self, module):
+        return sum(int(np.prod(v.shape)) for _, v in _layer.named_weights(module))
+
+    def export(self, module, shapes):
+        return _layer.get_weights_dict(module)
+
+    def argument_names(self, module, args, kwargs):
+        return dict(inspect.signature(module.call).bind_partial(*args, **kwargs).arguments)
+
+    def gradients(self, built, inputs, cotangents, seed):
+        import tensorflow as tf
+        module = built.module
+        tensors = self.inputs(inputs, built.dtype)
+        leaves = {k: t for k, t in tensors.items() if t.dtype.is_floating}
+        tapped = {}
+
+        def on_tap(key, x):
+            if tf.is_tensor(x) and x.dtype.is_floating:
+                tapped[key] = x
+
+        with tf.GradientTape() as tape, trace.recording(self.named_modules(module), self.to_numpy, on_tap=on_tap):
+            tape.watch(list(leaves.values()))
+            out = as_dict(self.run(module, tensors, built.training))
+            outputs = {k: self.to_numpy(v) for k, v in out.items()}
+            cot = cotangents or cotangents_for(outputs, seed)
+            loss = tf.add_n([tf.reduce_sum(out[k] * tf.constant(c, dtype=out[k].dtype)) for k, c in cot.items()])
+        variables = self.parameters(module)
+        grads = tape.gradient(loss, {"inputs": leaves, "params": variables, "activations": tapped})
+
+        def to_numpy(g, like):  # an input or weight the loss does not reach: zeros; tables: IndexedSlices
+            return np.zeros(tuple(like.shape), like.dtype.name) if g is None else self.to_numpy(tf.convert_to_tensor(g))
+
+        # a tapped tensor that depends on no watched tensor (a constant) gets None: left out, as in torch
+        return Gradients(outputs, {k: to_numpy(g, leaves[k]) for k, g in grads["inputs"].items()},
+                         {k: to_numpy(g, variables[k]) for k, g in grads["params"].items()},
+                         {k: self.to_numpy(tf.convert_to_tensor(grads["activations"][k])) for k in tapped
+                          if grads["activations"][k] is not None}, cot)  # tf.nest sorted the keys: trace order back
+
+    def module_gradients(self, built, sub, prefix, tensors, floats, cotangent):
+        import tensorflow as tf
+        variables = {prefix + k: v for k, v in _layer.named_weights(sub)}
+        with tf.GradientTape() as tape:
+            tape.watch([tensors[k] for k in floats])
+            out = self.run(sub, tensors, built.training)
+            loss = tf.reduce_sum(out * tf.constant(cotangent, dtype=out.dtype))
+        grads = tape.gradient(loss, {"inputs": {k: tensors[k] for k in floats}, "params": variables},
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        to_numpy = lambda g: self.to_numpy(tf.convert_to_tensor(g))  # noqa: E731
+        return ({k: to_numpy(g) for k, g in grads["inputs"].items()},
+                {k: to_numpy(g) for k, g in grads["params"].items()})
+
+    def environment(self):
+        import tensorflow as tf
+        env = {"tensorflow": tf.__version__, "keras": keras.__version__,
+               "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+               "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+               "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (TF default: on for x86 CPUs)"),
+               "tf_tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled()),
+               "tf_gpus": len(tf.config.list_physical_devices("GPU"))}
+        capable = [tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0)) >= (8, 0)
+                   for g in tf.config.list_physical_devices("GPU")]
+        env["tf_tf32_effective"] = env["tf_tf32"] and any(capable)  # TensorFlow's default on Ampere and later
+        return env

@@ -1,0 +1,112 @@
+"""A model family, declared once: everything the harness knows about it, as data.
+
+One `Family` per module in `conformance.spec.families` holds the registry entry and its
+variants, the presets, the inputs of a whole-model run, the training tasks and their heads,
+the Hugging Face checkpoint table, the keras-hub table and the walkthrough. Every harness
+feature (weights, checkpoints, costs, training, reports, ONNX, explain) reads these fields;
+none asks which family it is looking at.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from conformance.core.config import Config
+from conformance.spec.entry import Entry
+
+
+@dataclass(frozen=True)
+class Task:
+    """A training objective: the head the model needs for it (`Config.head`). Its loss has the task's
+    name in every mirror's `training.LOSSES`; its labels come from `conformance.training.make_batches`."""
+    head: str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A Hugging Face checkpoint layout: config.json fields and tensor names <-> Config and canonical names.
+
+    `modules` maps a canonical module to (HF module, leaves); in both, "{i}" stands for a layer
+    index and "{base}" for `prefix` (what task classes put before the backbone's tensors)."""
+    model_type: str
+    classes: dict          # HF class -> Config.head; a head's first class is what to_hf writes by default
+    base_class: str        # the HF class whose tensors carry no prefix
+    prefix: str
+    modules: dict
+    tied: dict             # HF tensor -> the canonical tensor it duplicates (not stored separately)
+    buffers: tuple         # non-parameter HF tensors older files carry: read past, never written
+    foreign: tuple         # tensors of heads no canonical model has (BERT's next-sentence head)
+    fields: dict           # Config field <- (config.json key, HF's default)
+    fixed: dict            # config.json key -> the only value this project reproduces
+    constants: dict        # Config fields every checkpoint of this family shares
+    read: Callable[[dict, str], dict] = lambda hf, cls: {}   # more Config fields from (config.json, class)
+    write: Callable[[Config, str], dict] = lambda cfg, cls: {}  # more config.json keys for (cfg, class)
+
+
+@dataclass(frozen=True)
+class KerasHub:
+    """A keras-hub backbone with the canonical weights mapped in: the second, independent oracle.
+
+    `modules` maps a canonical module to (keras-hub variable path, leaves), "{i}" a layer index."""
+    backbone: str          # the class in keras_hub.models
+    modules: dict
+    numerics: dict         # Config fields keras-hub hard-codes: a reference rebuilt with these is its math
+    required: dict         # Config fields the backbone cannot express otherwise: anything else is refused
+    dims: Callable[[Config], dict]  # the backbone's constructor arguments for a Config
+    inputs: dict           # our input name -> (keras-hub input name, the value when left out: "ones"/"zeros")
+    outputs: dict          # our output key -> the backbone's output key (None: it returns one tensor)
+    tied_logits: bool = False  # logits = the token embedding reversed on the last output, as its CausalLM does
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a walkthrough: a trace name of the reference and what happens there."""
+    op: str             # e.g. "encoder.0.attention.probs"
+    says: str           # one line
+    library: str = ""   # what the libraries' own layers do differently here, one line
+
+
+@dataclass(frozen=True)
+class Walkthrough:
+    """`tmirror explain` for a model: a small config, readable inputs, the steps worth reading, and
+    which library layers check which outputs (the family's `transformers` class from `Checkpoint`
+    at `transformers_steps`; torch layers from `conformance.oracles.layers` at `layer_oracles`)."""
+    summary: str
+    config: dict                       # overrides of the registry's tiny config
+    inputs: dict                       # input name -> nested list, the example
+    steps: tuple
+    shows: tuple = ()                  # the Config fields worth printing beside d_model
+    transformers_steps: dict = field(default_factory=dict)  # trace name -> (output field, index or None)
+    layer_oracles: dict = field(default_factory=dict)       # module path -> conformance.oracles.layers function
+    capture: str | None = None         # module paths whose call inputs the layer oracles need
+
+
+@dataclass(frozen=True)
+class Family:
+    entry: Entry
+    presets: dict[str, Config]
+    run_inputs: dict = field(default_factory=dict)  # the input maker's options for a whole-model run
+    tasks: dict[str, Task] = field(default_factory=dict)  # training task -> Task
+    pretraining: str | None = None     # the task `tmirror report --train` trains with
+    generates: bool = False            # a causal LM with a key/value cache: `conformance.generate` drives it
+    hf: Checkpoint | None = None
+    keras_hub: KerasHub | None = None
+    walkthrough: Walkthrough | None = None
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def inputs(self, cfg: Config, batch: int, length: int, seed: int = 0, rng=None) -> dict[str, np.ndarray]:
+        """The inputs of a whole-model run (`tmirror report`, ONNX export, costs, training batches): every
+        input the model takes, drawn from `rng` (default: seeded by `seed`)."""
+        rng = np.random.default_rng(seed) if rng is None else rng
+        return self.entry.make_inputs(cfg, rng, batch, length, **self.run_inputs)
+
+    def transformers_class(self, cfg: Config) -> str | None:
+        """The `transformers` class with exactly `cfg`'s parameters, or None where it has none."""
+        if self.hf is None:
+            return None
+        return next((cls for cls, head in self.hf.classes.items() if head == cfg.head), None)

@@ -1,0 +1,98 @@
+"""Input makers: seeded NumPy inputs for registry entries, one function per input signature.
+
+Each maker is `(cfg, rng, batch, length, **options) -> {argument name: np.ndarray}`; the
+options are a registry variant's (`Variant.options`). Masks are True (or 1) = attend.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def padding_mask(rng, batch, length):
+    """(B, S) bool, True = attend; row b keeps its first length - b positions, at least 1."""
+    keep = np.maximum(length - np.arange(batch), 1)
+    return np.arange(length)[None, :] < keep[:, None]
+
+
+def hidden(cfg, rng, batch, length, **_):
+    return {"x": rng.standard_normal((batch, length, cfg.d_model))}
+
+
+def masked_hidden(cfg, rng, batch, length, mask="padding", cross=False):
+    source = length + 3 if cross else length
+    inputs = {"x": rng.standard_normal((batch, length, cfg.d_model))}
+    if cross:
+        inputs["context"] = rng.standard_normal((batch, source, cfg.d_model))
+    if mask == "padding":
+        inputs["mask"] = padding_mask(rng, batch, source)
+    return inputs
+
+
+def scores_and_mask(cfg, rng, batch, length, mask="padding", fill=None):
+    H = cfg.num_heads
+    scores = 4 * rng.standard_normal((batch, H, length, length))
+    masks = {
+        "none": None,
+        "padding": padding_mask(rng, batch, length)[:, None, None, :].repeat(length, 2),
+        "causal": np.tril(np.ones((length, length), bool))[None, None].repeat(batch, 0),
+        "fully_masked": rng.random((batch, 1, length, length)) < 0.5,
+    }
+    m = masks[mask]
+    if mask == "fully_masked":
+        m[0, 0, 1, :] = False  # one row with nothing to attend to: defined as zeros
+    return {"scores": scores} if m is None else {"scores": scores, "mask": m}
+
+
+def qkv(cfg, rng, batch, length, mask="padding"):
+    H, Dh = cfg.num_heads, cfg.head_dim
+    S = length + 2
+    inputs = {"q": rng.standard_normal((batch, H, length, Dh)),
+              "k": rng.standard_normal((batch, H, S, Dh)),
+              "v": rng.standard_normal((batch, H, S, Dh))}
+    if mask == "padding":
+        inputs["mask"] = padding_mask(rng, batch, S)[:, None, None, :].repeat(length, 2)
+    if mask == "fully_masked":
+        inputs["mask"] = padding_mask(rng, batch, S)[:, None, None, :].repeat(length, 2)
+        inputs["mask"][0, 0, 0, :] = False
+    return inputs
+
+
+def dropout_inputs(cfg, rng, batch, length, **_):
+    x = rng.standard_normal((batch, length, cfg.d_model))
+    return {"x": x, "keep": rng.random(x.shape) >= cfg.dropout}
+
+
+def ids(vocab):
+    def make(cfg, rng, batch, length, **_):
+        return {"ids": rng.integers(0, getattr(cfg, vocab), (batch, length))}
+    return make
+
+
+def positions(key):
+    def make(cfg, rng, batch, length, **_):
+        return {key: np.arange(length)[None, :].repeat(batch, 0) + rng.integers(0, 3, (batch, 1))}
+    return make
+
+
+def decoder_inputs(cfg, rng, batch, length, **_):
+    S = length + 2
+    return {"x": rng.standard_normal((batch, length, cfg.d_model)),
+            "memory": rng.standard_normal((batch, S, cfg.d_model)),
+            "mask": padding_mask(rng, batch, length),
+            "memory_mask": padding_mask(rng, batch, S)}
+
+
+def token_inputs(cfg, rng, batch, length, segments=False, **_):
+    inputs = {"input_ids": rng.integers(0, cfg.vocab_size, (batch, length)),
+              "attention_mask": padding_mask(rng, batch, length).astype(np.int64)}
+    if segments:
+        inputs["token_type_ids"] = (np.arange(length)[None, :] >= length // 2).astype(np.int64).repeat(batch, 0)
+    return inputs
+
+
+def seq2seq_inputs(cfg, rng, batch, length, **_):
+    target = max(length - 2, 1)
+    return {"input_ids": rng.integers(0, cfg.vocab_size, (batch, length)),
+            "decoder_input_ids": rng.integers(0, cfg.vocab_size, (batch, target)),
+            "attention_mask": padding_mask(rng, batch, length).astype(np.int64),
+            "decoder_attention_mask": padding_mask(rng, batch, target).astype(np.int64)}
