@@ -123,7 +123,7 @@ def cmd_models(args) -> int:
     for name in presets.names():
         cfg = presets.get(name)
         params = sum(int(np.prod(s)) for s in registry.param_shapes(cfg).values())
-        gflops = flops.totals(flops.model_ops(cfg, 1, 128))["all"] / 1e9  # analytic: instant at any size
+        gflops = flops.totals(flops.ops(cfg, 1, 128))["all"] / 1e9  # analytic: instant at any size
         rows.append((name, cfg.kind, cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.d_ff, cfg.vocab_size,
                      f"{params:,}", f"{gflops:,.2f}"))
     print(tabulate(rows, ["preset", "kind", "layers", "d_model", "heads", "d_ff", "vocab", "parameters",

@@ -17,6 +17,13 @@ from conformance.core import trace
 from numpy_ref import autograd
 
 
+# What the reference alone has, by rule (the mirror check, conformance/suites/test_mirror.py): its
+# hand-written backward and its cost formulas, and the module that exists for them. Anything else
+# the reference has and a twin lacks is declared in the twin's docstring.
+REFERENCE_ONLY = {"modules": ("autograd.py",), "methods": ("backward", "flops", "saved", "peak"),
+                  "suffixes": ("_backward", "_flops", "_saved")}
+
+
 class Param:
     """A declared, not yet loaded, parameter."""
 

@@ -25,6 +25,7 @@ import numpy as np
 from scipy.special import erf
 
 from conformance.core import checks, dropout_masks, trace
+from conformance.core.costs import BOOL, PER_ELEMENT, Op, Saved, elements
 from numpy_ref import autograd
 from numpy_ref._module import Module
 
@@ -117,6 +118,12 @@ class Activation(Module):
         checks.floating("x", checks.dtype_name(x))
         return trace.tap_for(self)("output", self.fn(x))
 
+    def flops(self, x, **_):
+        yield Op("", "activation", elements(x) * PER_ELEMENT[self.kind])
+
+    def saved(self, f, x, **_):
+        yield Saved("", "input", elements(x) * f)
+
     def backward(self, grad):
         saved = autograd.saved(self)
         grad = saved.tap("output", grad)
@@ -136,6 +143,9 @@ class Softmax(Module):
         if mask is not None:
             checks.attention_mask4("mask", checks.spec(mask), checks.shape_of(scores))
         return trace.tap_for(self)("output", softmax(scores, mask, self.fill))
+
+    def flops(self, scores, **_):
+        yield Op("", "softmax", elements(scores) * PER_ELEMENT["softmax"], pairs=True)
 
     def backward(self, grad):
         saved = autograd.saved(self)
@@ -161,6 +171,15 @@ class Dropout(Module):
         checks.shape("keep", checks.shape_of(keep), checks.shape_of(x), "(same as x)")
         autograd.save(self, keep=keep)  # drawn here: backward must drop the same units
         return trace.tap_for(self)("output", dropout(x, keep, self.rate))
+
+    def flops(self, x, **_):
+        """The identity at inference: nothing."""
+        return iter(())
+
+    def saved(self, f, x, **_):
+        """In training, the keep mask: backward must drop the same units."""
+        if self.rate > 0:
+            yield Saved("", "keep mask", elements(x) * BOOL)
 
     def backward(self, grad):
         saved = autograd.saved(self)

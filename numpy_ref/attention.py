@@ -1,5 +1,7 @@
 """Scaled dot-product attention and multi-head attention.
 
+Reference only: `attention_probs`, `tapped_only` (what the hand-written backward needs).
+
 Shape legend: B batch, T query positions, S key positions, D model width, H heads,
 Dh = D / H head width.
 
@@ -19,6 +21,11 @@ one call with nothing tapped inside (a library's fused kernel; here one NumPy ex
 so its scores and probabilities never exist outside it. Its backward recomputes them from
 q and k, as FlashAttention's backward does, instead of keeping a (B, H, T, S) tensor.
 
+Costs. Per head and (query, key) pair: 2 Dh FLOPs for the score, 2 Dh for its share of the
+context, and the scale, mask and softmax elementwise: 4 B H T S Dh matmul FLOPs, quadratic in
+the sequence. Backward keeps q, k and v (copies laid out for the batched matmuls), the mask and
+two score-shaped tensors (the softmax output and the copy with fully masked rows zeroed).
+
 Multi-head attention projects x to H independent (T, Dh) slices, attends in each, and
 concatenates the H results back to D before the output projection: the same FLOPs as
 one D-wide attention, but H different attention patterns.
@@ -26,6 +33,7 @@ one D-wide attention, but H different attention patterns.
 import numpy as np
 
 from conformance.core import checks, trace
+from conformance.core.costs import BOOL, PER_ELEMENT, Op, Saved, scoped
 from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import softmax, softmax_backward
@@ -53,6 +61,16 @@ def scaled_dot_product_attention(q, k, v, mask, cfg, tap):
     scores = tap("scores", q @ k.swapaxes(-1, -2) * cfg.scale)   # (B, H, T, S)
     probs = tap("probs", softmax(scores, mask, cfg.mask_fill))    # (B, H, T, S)
     return tap("context", probs @ v)                               # (B, H, T, Dh)
+
+
+def attention_flops(B, H, T, S, Dh, causal):
+    """The scaled dot-product core on B H T S (query, key) pairs: the same for every attention_impl."""
+    pairs = B * H * T * S
+    yield Op("scores", "attention", 2 * pairs * Dh, pairs=True, causal=causal)
+    for step in ("scale", "mask"):
+        yield Op(step, "elementwise", pairs * PER_ELEMENT[step], pairs=True, causal=causal)
+    yield Op("softmax", "softmax", pairs * PER_ELEMENT["softmax"], pairs=True, causal=causal)
+    yield Op("context", "attention", 2 * pairs * Dh, pairs=True, causal=causal)
 
 
 def fused_attention(q, k, v, mask, cfg):
@@ -111,6 +129,10 @@ class ScaledDotProductAttention(Module):
             mask = tri if mask is None else mask & tri
         return attention(q, k, v, mask, self.cfg, trace.tap_for(self))
 
+    def flops(self, q, k, **_):
+        (B, H, T, Dh), S = q, k[2]
+        yield from attention_flops(B, H, T, S, Dh, self.cfg.causal)
+
     def backward(self, grad):
         saved = autograd.saved(self)
         q, k, v, mask = (saved.inputs[n] for n in ("q", "k", "v", "mask"))
@@ -164,6 +186,37 @@ class MultiHeadAttention(Module):
         m = attention_mask(mask, T, S, self.causal)               # (B, 1, T, S)
         context_heads = attention(q, k, v, m, self.cfg, tap)                    # (B, H, T, Dh)
         return self.output(tap("merged", self.merge_heads(context_heads)))       # (B, T, D)
+
+    def flops(self, x, context=None, **_):
+        (B, T, D), S = x, (x if context is None else context)[1]
+        yield from scoped("query", self.query.flops((B, T, D)))
+        yield from scoped("key", self.key.flops((B, S, D)))
+        yield from scoped("value", self.value.flops((B, S, D)))
+        yield from attention_flops(B, self.cfg.num_heads, T, S, self.cfg.head_dim, self.causal)
+        yield from scoped("output", self.output.flops((B, T, D)))
+
+    def saved(self, f, x, context=None, **_):
+        """What torch_impl's autograd keeps (the unfused path; `tests/test_costs.py` counts it): the
+        projections' shared input, q, k^T and v laid out for the batched matmuls, the mask, two
+        score-shaped tensors and the merged heads. Cross-attention's key/value input is the
+        encoder's output, kept once by the model."""
+        (B, T, D), S = x, (x if context is None else context)[1]
+        H = self.cfg.num_heads
+        yield Saved("", "q/k/v input" if context is None else "query input", B * T * D * f)
+        yield Saved("", "q (B H, T, Dh) copy for the batched matmul", B * T * D * f)
+        yield Saved("", "k^T (B H, Dh, S) copy", B * S * D * f)
+        yield Saved("", "v (B H, S, Dh) copy", B * S * D * f)
+        yield Saved("", "attention mask", (B * T * S if self.causal else B * S) * BOOL)
+        yield Saved("", "softmax output", B * H * T * S * f)
+        yield Saved("", "row-has-a-key mask", (B * T if self.causal else B) * BOOL)
+        yield Saved("", "probabilities, fully masked rows zeroed", B * H * T * S * f)
+        yield from scoped("output", self.output.saved(f, (B, T, D)))
+
+    def peak(self, f, live, x, context=None, **_):
+        """Inference: the input, q, k, v and `live[0]` score-shaped tensors at once (+ a causal mask)."""
+        (B, T, D), S = x, (x if context is None else context)[1]
+        scores = B * self.cfg.num_heads * T * S
+        return (2 * B * T * D + 2 * B * S * D) * f + live[0] * scores * f + (B * T * S if self.causal else 0)
 
     def backward(self, grad):
         """dL/d output (B, T, D) -> dx, or (dx, dcontext) for cross-attention.

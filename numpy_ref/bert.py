@@ -9,10 +9,15 @@ Heads (`cfg.head`): "none" returns last_hidden_state and pooled_output; "mlm" ma
 every position back to the vocabulary through a dense + GELU + LN transform and the
 token table transposed (tied decoder) plus a bias; "classification" is a linear layer
 on the pooled output; "qa" gives each position a start and an end logit.
+
+Parameters (BERT-base): embeddings (V + P + G) D + 2 D = 23,837,184, each layer 4 (D^2 + D) +
+2 D F + F + D + 4 D = 7,087,872, the pooler D^2 + D = 590,592: 109,482,240 in all. FLOPs: L layers
+of attention and feed-forward on B T positions, the pooler on B rows, each head's projection.
 """
 import numpy as np
 
 from conformance.core import checks, trace
+from conformance.core.costs import INDEX, PER_ELEMENT, Op, Saved, scoped
 from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Activation, Dropout
@@ -42,6 +47,17 @@ class BertEmbeddings(Module):
         x = self.token(input_ids) + self.position(positions) + self.segment(token_type_ids)  # (B, T, D)
         return trace.tap_for(self)("output", self.dropout(self.norm(x)))         # (B, T, D)
 
+    def flops(self, input_ids, **_):
+        B, T = input_ids
+        yield Op("sum", "elementwise", 2 * B * T * self.norm.d_model * PER_ELEMENT["embedding_add"])
+        yield from scoped("norm", self.norm.flops((B, T, self.norm.d_model)))
+
+    def saved(self, f, input_ids, **_):
+        (B, T), x = input_ids, (*input_ids, self.norm.d_model)
+        yield Saved("", "token, position, segment ids", (2 * B * T + T) * INDEX)
+        yield from scoped("norm", self.norm.saved(f, x))
+        yield from scoped("dropout", self.dropout.saved(f, x))
+
     def backward(self, grad):
         """A sum of three lookups: each table gets the same gradient, the position table's summed over B."""
         saved = autograd.saved(self)
@@ -63,6 +79,19 @@ class MaskedLMHead(Module):
     def forward(self, h, table):
         h = self.norm(self.activation(self.transform(h)))   # (B, T, D)
         return h @ table.T + self.bias                       # (B, T, V)
+
+    def flops(self, h, **_):
+        V = self.bias.shape[0]
+        yield from scoped("transform", self.transform.flops(h))
+        yield from scoped("activation", self.activation.flops(h))
+        yield from scoped("norm", self.norm.flops(h))
+        yield Op("decoder", "projection", 2 * h[0] * h[1] * h[2] * V)  # the tied table, transposed
+        yield Op("decoder.bias", "elementwise", h[0] * h[1] * V * PER_ELEMENT["bias"])
+
+    def saved(self, f, h, **_):
+        yield from scoped("activation", self.activation.saved(f, h))
+        yield from scoped("norm", self.norm.saved(f, h))
+        yield Saved("", "decoder input", h[0] * h[1] * h[2] * f)
 
     def backward(self, grad):
         """-> (dh, dtable): the table is the token embedding's, passed in (a tied decoder)."""
@@ -106,6 +135,36 @@ class Bert(Module):
             out["start_logits"] = tap("start_logits", span[..., 0])               # (B, T)
             out["end_logits"] = tap("end_logits", span[..., 1])                   # (B, T)
         return out
+
+    def flops(self, input_ids, **_):
+        (B, T), D = input_ids, self.cfg.d_model
+        yield from scoped("embeddings", self.embeddings.flops(input_ids))
+        for i, layer in enumerate(self.encoder):
+            yield from scoped(f"encoder.{i}", layer.flops((B, T, D)))
+        if self.pooler is not None:
+            yield from scoped("pooler", self.pooler.flops((B, D)))          # the [CLS] row only
+            yield Op("pooler.tanh", "elementwise", B * D * PER_ELEMENT["tanh"])
+        for name, head, rows in (("classifier", self.classifier, (B, D)), ("qa", self.qa, (B, T, D)),
+                                 ("mlm", self.mlm, (B, T, D))):
+            if head is not None:
+                yield from scoped(name, head.flops(rows))
+
+    def saved(self, f, input_ids, **_):
+        (B, T), D = input_ids, self.cfg.d_model
+        yield from scoped("embeddings", self.embeddings.saved(f, input_ids))
+        for i, layer in enumerate(self.encoder):
+            yield from scoped(f"encoder.{i}", layer.saved(f, (B, T, D)))
+        yield Saved("", "last hidden state (head input)", B * T * D * f)
+        if self.pooler is not None:
+            yield Saved("pooler", "tanh output", B * D * f)
+        if self.mlm is not None:
+            yield from scoped("mlm", self.mlm.saved(f, (B, T, D)))
+
+    def peak(self, f, live, input_ids, **_):
+        """The largest layer stage, or the MLM head's logits (twice: the product, then + bias)."""
+        (B, T), D, V = input_ids, self.cfg.d_model, self.cfg.vocab_size
+        head = B * T * D * f + 2 * B * T * V * f if self.mlm is not None else 0
+        return max([layer.peak(f, live, (B, T, D)) for layer in self.encoder] + [head])
 
     def backward(self, grad):
         """grad: {output key: dL/d output}. The inputs are ids and masks: nothing to return.

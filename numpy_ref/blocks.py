@@ -10,8 +10,12 @@ pre-norm stacks train without warm-up and need one final layer norm at the top.
 
 The decoder layer adds cross-attention between its causal self-attention and its
 feed-forward: queries from the decoder, keys and values from the encoder's output.
+
+A layer's costs are its sub-blocks' (`residual_costs`): the sub-layer, the residual add (one
+FLOP an element) and the layer norm; in training each also keeps a dropout mask.
 """
 from conformance.core import trace
+from conformance.core.costs import PER_ELEMENT, Op, elements, scoped
 from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Dropout
@@ -42,6 +46,20 @@ def residual_backward(grad, sublayer_backward, norm, dropout, norm_first):
     return d_sum + sublayer_backward(dropout.backward(d_sum))
 
 
+def residual_flops(name, sublayer_ops, norm, x):
+    """A residual sub-block's FLOPs: the sub-layer's, the residual add, the layer norm."""
+    yield from scoped(name, sublayer_ops)
+    yield Op(f"{name}.residual", "elementwise", elements(x) * PER_ELEMENT["residual"])
+    yield from scoped(f"{name}_norm", norm.flops(x))
+
+
+def residual_saved(name, sublayer_saved, dropout, norm, f, x):
+    """What a residual sub-block keeps for backward: the sub-layer's, the dropout mask, the norm's."""
+    yield from scoped(name, sublayer_saved)
+    yield from scoped(f"{name}_dropout", dropout.saved(f, x))
+    yield from scoped(f"{name}_norm", norm.saved(f, x))
+
+
 class EncoderLayer(Module):
     def __init__(self, cfg):
         super().__init__()
@@ -61,6 +79,19 @@ class EncoderLayer(Module):
         x = residual(x, self.feed_forward, self.feed_forward_norm,
                      self.feed_forward_dropout, self.norm_first)                      # (B, T, D)
         return tap("output", x)
+
+    def flops(self, x, **_):
+        yield from residual_flops("attention", self.attention.flops(x), self.attention_norm, x)
+        yield from residual_flops("feed_forward", self.feed_forward.flops(x), self.feed_forward_norm, x)
+
+    def saved(self, f, x, **_):
+        yield from residual_saved("attention", self.attention.saved(f, x), self.attention_dropout,
+                                  self.attention_norm, f, x)
+        yield from residual_saved("feed_forward", self.feed_forward.saved(f, x), self.feed_forward_dropout,
+                                  self.feed_forward_norm, f, x)
+
+    def peak(self, f, live, x, **_):
+        return max(self.attention.peak(f, live, x), self.feed_forward.peak(f, live, x))
 
     def backward(self, grad):
         grad = autograd.saved(self).tap("output", grad)                                    # (B, T, D)
@@ -95,6 +126,24 @@ class DecoderLayer(Module):
         x = residual(x, self.feed_forward, self.feed_forward_norm,
                      self.feed_forward_dropout, self.norm_first)                      # (B, T, D)
         return tap("output", x)
+
+    def flops(self, x, memory, **_):
+        yield from residual_flops("self_attention", self.self_attention.flops(x), self.self_attention_norm, x)
+        yield from residual_flops("cross_attention", self.cross_attention.flops(x, context=memory),
+                                  self.cross_attention_norm, x)
+        yield from residual_flops("feed_forward", self.feed_forward.flops(x), self.feed_forward_norm, x)
+
+    def saved(self, f, x, memory, **_):
+        yield from residual_saved("self_attention", self.self_attention.saved(f, x), self.self_attention_dropout,
+                                  self.self_attention_norm, f, x)
+        yield from residual_saved("cross_attention", self.cross_attention.saved(f, x, context=memory),
+                                  self.cross_attention_dropout, self.cross_attention_norm, f, x)
+        yield from residual_saved("feed_forward", self.feed_forward.saved(f, x), self.feed_forward_dropout,
+                                  self.feed_forward_norm, f, x)
+
+    def peak(self, f, live, x, memory, **_):
+        return max(self.self_attention.peak(f, live, x), self.cross_attention.peak(f, live, x, context=memory),
+                   self.feed_forward.peak(f, live, x))
 
     def backward(self, grad):
         """-> (dx, dmemory): memory reaches the output only through cross-attention's keys and values."""

@@ -30,6 +30,10 @@ class Embedding(Module):
             checks.index_range(self.arg, int(ids.min()), int(ids.max()), self.num, self.what)
         return trace.tap_for(self)("output", self.table[ids])  # (*ids.shape, D)
 
+    def flops(self, ids, **_):
+        """A gather: no arithmetic."""
+        return iter(())
+
     def backward(self, grad):
         """Ids are integers: nothing to return; the table gets `embedding_backward`."""
         saved = autograd.saved(self)
@@ -97,6 +101,10 @@ class SinusoidalPositionalEncoding(Module):
             raise ValueError(f"position_ids must be >= 0; received minimum {positions.min()}")
         pe = sinusoidal_encoding(positions, self.d_model)  # float64: callers cast
         return trace.tap_for(self)("output", pe)  # (*positions.shape, D)
+
+    def flops(self, positions, **_):
+        """O(T D) sines and cosines with no weights: not counted."""
+        return iter(())
 
     def backward(self, grad):
         """A constant: no weights, integer positions. Consumes its call and returns nothing."""

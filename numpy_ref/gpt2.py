@@ -8,10 +8,14 @@ The key/value cache: at step t only the new token's query is needed, but it atte
 to the keys and values of every earlier position. Keeping those (one (B, H, S, Dh)
 pair per layer) makes each generation step O(S) instead of recomputing O(S^2); the
 cached result equals the full recomputation, which the conformance suite checks.
+
+FLOPs: the embedding sum, L layers, the final norm and the tied head's 2 B T D V, which at
+GPT-2's vocabulary of 50,257 costs as much as about two layers at T = 128.
 """
 import numpy as np
 
 from conformance.core import checks, trace
+from conformance.core.costs import INDEX, PER_ELEMENT, Op, Saved, scoped
 from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Dropout
@@ -32,6 +36,15 @@ class GPT2Embeddings(Module):
         positions = past + np.arange(T)[None, :]                              # (1, T)
         x = self.token(input_ids) + self.position(positions)                  # (B, T, D)
         return trace.tap_for(self)("output", self.dropout(x))
+
+    def flops(self, input_ids, **_):
+        B, T = input_ids
+        yield Op("sum", "elementwise", B * T * self.token.table.shape[1] * PER_ELEMENT["embedding_add"])
+
+    def saved(self, f, input_ids, **_):
+        B, T = input_ids
+        yield Saved("", "token and position ids", (B * T + T) * INDEX)
+        yield from scoped("dropout", self.dropout.saved(f, (B, T, self.token.table.shape[1])))
 
     def backward(self, grad):
         grad = autograd.saved(self).tap("output", grad)                           # (B, T, D)
@@ -64,6 +77,27 @@ class GPT2(Module):
         h = self.final_norm(h)                                                # (B, T, D)
         logits = h @ self.embeddings.token.table.T                            # (B, T, V)
         return {"logits": trace.tap_for(self)("logits", logits), "last_hidden_state": h}
+
+    def flops(self, input_ids, **_):
+        (B, T), D = input_ids, self.cfg.d_model
+        yield from scoped("embeddings", self.embeddings.flops(input_ids))
+        for i, layer in enumerate(self.layers):
+            yield from scoped(f"layers.{i}", layer.flops((B, T, D)))
+        yield from scoped("final_norm", self.final_norm.flops((B, T, D)))
+        yield Op("logits", "projection", 2 * B * T * D * self.cfg.vocab_size)  # the tied table, transposed
+
+    def saved(self, f, input_ids, **_):
+        (B, T), D = input_ids, self.cfg.d_model
+        yield from scoped("embeddings", self.embeddings.saved(f, input_ids))
+        for i, layer in enumerate(self.layers):
+            yield from scoped(f"layers.{i}", layer.saved(f, (B, T, D)))
+        yield from scoped("final_norm", self.final_norm.saved(f, (B, T, D)))
+        yield Saved("", "logits input", B * T * D * f)
+
+    def peak(self, f, live, input_ids, **_):
+        (B, T), D = input_ids, self.cfg.d_model
+        head = B * T * D * f + B * T * self.cfg.vocab_size * f
+        return max([layer.peak(f, live, (B, T, D)) for layer in self.layers] + [head])
 
     def backward(self, grad):
         """grad: {output key: dL/d output}. The token table gets two gradients: lookup and head."""

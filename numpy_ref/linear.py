@@ -2,10 +2,14 @@
 
 Shapes: (..., d_in) -> (..., d_out). The kernel is stored `[in, out]` ("math layout"),
 so the product reads left to right as it does on paper. PyTorch's `nn.Linear` stores
-`[out, in]` and computes `x @ W.T`; the transpose lives in `conformance.weights.mapping`, never
-in model code.
+`[out, in]` and computes `x @ W.T`; the transpose lives in `conformance.backends.torch_backend`,
+never in model code.
+
+Costs: 2 N d_in d_out FLOPs for N positions (one multiply-add per kernel entry per position),
+N d_out for the bias; backward keeps x, which dK = x^T dy needs.
 """
 from conformance.core import checks, trace
+from conformance.core.costs import PER_ELEMENT, Op, Saved, rows
 from numpy_ref import autograd
 from numpy_ref._module import Module
 
@@ -44,6 +48,14 @@ class Linear(Module):
         checks.last_axis("x", checks.shape_of(x), self.d_in, "d_in")
         tap = trace.tap_for(self)
         return tap("output", linear(x, self.kernel, self.bias))  # (..., d_out)
+
+    def flops(self, x, **_):
+        yield Op("", "projection", 2 * rows(x) * self.d_in * self.d_out)
+        if self.bias is not None:
+            yield Op("bias", "elementwise", rows(x) * self.d_out * PER_ELEMENT["bias"])
+
+    def saved(self, f, x, **_):
+        yield Saved("", "input", rows(x) * self.d_in * f)
 
     def backward(self, grad):
         saved = autograd.saved(self)

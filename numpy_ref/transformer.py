@@ -9,12 +9,17 @@ Scaling the embeddings by sqrt(D) brings table entries initialised at about 1/sq
 to unit scale, comparable with the sinusoidal encoding they are added to. With
 `share_embeddings` source and target use one table (a joint BPE vocabulary);
 with `tie_embeddings` the output projection is that table transposed.
+
+FLOPs: the embedding scale and position adds on both sides, L encoder layers on the S source
+positions, L' decoder layers on the T target positions (cross-attention on T x S pairs), the
+output projection's 2 B T D V.
 """
 import math
 
 import numpy as np
 
 from conformance.core import checks, trace
+from conformance.core.costs import INDEX, PER_ELEMENT, Op, Saved, scoped
 from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Dropout
@@ -74,6 +79,35 @@ class Transformer(Module):
             logits = self.output_projection(h)                                # (B, T, V)
         return {"logits": tap("logits", logits), "last_hidden_state": h,
                 "encoder_last_hidden_state": memory}
+
+    def flops(self, input_ids, decoder_input_ids, **_):
+        (B, S), T, D = input_ids, decoder_input_ids[1], self.cfg.d_model
+        for side, n in (("source", S), ("target", T)):
+            if self.cfg.scale_embeddings:
+                yield Op(f"{side}.embedding_scale", "elementwise", B * n * D * PER_ELEMENT["embedding_scale"])
+            yield Op(f"{side}.position_add", "elementwise", B * n * D * PER_ELEMENT["embedding_add"])
+        for i, layer in enumerate(self.encoder):
+            yield from scoped(f"encoder.{i}", layer.flops((B, S, D)))
+        for i, layer in enumerate(self.decoder):
+            yield from scoped(f"decoder.{i}", layer.flops((B, T, D), (B, S, D)))
+        yield Op("logits", "projection", 2 * B * T * D * self.cfg.vocab_size)
+
+    def saved(self, f, input_ids, decoder_input_ids, **_):
+        (B, S), T, D = input_ids, decoder_input_ids[1], self.cfg.d_model
+        yield Saved("", "source and target ids", B * (S + T) * INDEX)
+        yield from scoped("dropout", self.dropout.saved(f, (B, S + T, D)))
+        for i, layer in enumerate(self.encoder):
+            yield from scoped(f"encoder.{i}", layer.saved(f, (B, S, D)))
+        yield Saved("", "encoder output (every cross-attention's k/v input)", B * S * D * f)
+        for i, layer in enumerate(self.decoder):
+            yield from scoped(f"decoder.{i}", layer.saved(f, (B, T, D), (B, S, D)))
+        yield Saved("", "logits input", B * T * D * f)
+
+    def peak(self, f, live, input_ids, decoder_input_ids, **_):
+        (B, S), T, D = input_ids, decoder_input_ids[1], self.cfg.d_model
+        head = B * T * D * f + B * T * self.cfg.vocab_size * f
+        return max([layer.peak(f, live, (B, S, D)) for layer in self.encoder]
+                   + [layer.peak(f, live, (B, T, D), (B, S, D)) for layer in self.decoder] + [head])
 
     def backward(self, grad):
         """grad: {output key: dL/d output}. The encoder's output (memory) feeds every decoder

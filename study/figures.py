@@ -207,7 +207,7 @@ def cost_png(c, path: Path, preset="bert-base") -> Path:
     plt = _plt()
     cfg = presets.get(preset)
     Ts = np.array([128, 256, 512, 1024, 2048, 4096, 8192])
-    t = [flops.totals(flops.model_ops(cfg, 1, int(T))) for T in Ts]
+    t = [flops.totals(flops.ops(cfg, 1, int(T))) for T in Ts]
     act = [memory.activations(cfg, 1, int(T))["training"]["none"] for T in Ts]
     fig, (a, b, m) = plt.subplots(1, 3, figsize=(14, 4.2))
     a.loglog(Ts, [x["linear"] / 1e9 for x in t], "o-", label="T terms (projections, feed-forward, ...)")

@@ -61,7 +61,7 @@ def small(kind: str, **changes) -> Config:
 def bert_base_parameters() -> dict:
     """BERT-base's parameters, split into embeddings (by table), layers (by sub-block) and pooler."""
     cfg = presets.get("bert-base")
-    a = params.analytic(cfg)
+    a = params.count(cfg)
     D, layer = cfg.d_model, a["per_layer"]["encoder"]
     embeddings = {"token (V x D)": cfg.vocab_size * D, "position (P x D)": cfg.max_positions * D,
                   "segment (G x D)": cfg.type_vocab_size * D, "layer norm (2 D)": 2 * D}
@@ -306,12 +306,14 @@ def families() -> list[Family]:
 
 
 def model_families(seq_len: int = 128) -> list[dict]:
-    """Parameters (`costs.params.analytic`) and forward FLOPs of the base model (`costs.flops`, no
-    LM head) at B = 1, T = `seq_len`; DistilBERT is BERT's count without the pooler."""
+    """Parameters (`costs.params.count`) and forward FLOPs of the base model (`costs.flops`, no
+    LM head: GPT-2's tied `logits` left out) at B = 1, T = `seq_len`; DistilBERT is BERT's count
+    without the pooler."""
     out = []
     for f in families():
-        a = params.analytic(f.config)
-        ops = [o for o in flops.base_model_ops(f.config, 1, seq_len) if f.pooler or not o.name.startswith("pooler")]
+        a = params.count(f.config)
+        ops = [o for o in flops.ops(f.config, 1, seq_len)
+               if (f.pooler or not o.name.startswith("pooler")) and o.name != "logits"]
         pooler = 0 if f.pooler else a["breakdown"]["pooler"]
         out.append({"model": f.name, "parameters": a["total"] - pooler,
                     "embeddings": a["breakdown"]["embeddings"], "layers": f.config.num_layers,

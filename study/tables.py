@@ -7,46 +7,25 @@ from __future__ import annotations
 
 import math
 
-from conformance.spec import presets, registry
+from conformance.spec import families, presets, registry
 from conformance.core.config import Config
 from conformance.costs import flops, params
 
 B, T = 1, 128  # the shape every per-component count is quoted at
 BASE = dict(d_model=768, num_heads=12, d_ff=3072, vocab_size=30522, max_positions=512, type_vocab_size=2)
-MODEL_PRESET = {"bert": "bert-base", "gpt2": "gpt2", "transformer": "transformer-base"}
 
 
 def base_config(name: str) -> Config:
     """The registry entry `name` at BERT-base width (a model: its base-size preset)."""
     entry = registry.get(name)
     if entry.is_model:
-        return presets.get(MODEL_PRESET[name])
+        return presets.get(families.get(name).base_preset)
     return entry.config().replace(**BASE)
 
 
-def component_ops(name: str, cfg: Config) -> list[flops.Op]:
-    """The forward ops of one component at (B, T): those `conformance.costs.flops` counts."""
-    if cfg.kind in params.MODELS:
-        return flops.model_ops(cfg, B, T)
-    rows, pairs, D = B * T, B * cfg.num_heads * T * T, cfg.d_model
-    per = flops.PER_ELEMENT
-    score_ops = [flops.Op("scores", "attention", 2 * pairs * cfg.head_dim, pairs=True),
-                 flops.Op("scale", "elementwise", pairs * per["scale"], pairs=True),
-                 flops.Op("mask", "elementwise", pairs * per["mask"], pairs=True),
-                 flops.Op("softmax", "softmax", pairs * per["softmax"], pairs=True),
-                 flops.Op("context", "attention", 2 * pairs * cfg.head_dim, pairs=True)]
-    table = {
-        "linear": lambda: list(flops.linear("linear", rows, D, cfg.d_ff, cfg.use_bias)),
-        "softmax": lambda: [flops.Op("softmax", "softmax", pairs * per["softmax"], pairs=True)],
-        "activation": lambda: [flops.Op(cfg.activation, "activation", rows * D * per[cfg.activation])],
-        "layer_norm": lambda: [flops.layer_norm("layer_norm", rows, D)],
-        "scaled_dot_product_attention": lambda: score_ops,
-        "multi_head_attention": lambda: list(flops.attention("attention", cfg, B, T, T, cfg.causal)),
-        "feed_forward": lambda: list(flops.feed_forward("feed_forward", cfg, rows)),
-        "encoder_layer": lambda: list(flops.encoder_layer("layer", cfg, B, T, cfg.causal)),
-        "decoder_layer": lambda: list(flops.decoder_layer("layer", cfg, B, T, T)),
-    }
-    return table[name]() if name in table else []
+def component_ops(name: str, cfg: Config) -> list:
+    """The forward ops of one registry entry at (B, T), as its reference declares them (`Module.flops`)."""
+    return flops.ops(cfg, B, T)
 
 
 def _md(header, rows) -> str:
@@ -61,7 +40,7 @@ def component(name: str) -> str:
     dims = f"D = {cfg.d_model}, H = {cfg.num_heads}, F = {cfg.d_ff}"
     out = []
     if registry.get(name).is_model:
-        out.append(params_table(MODEL_PRESET[name]))
+        out.append(params_table(families.get(name).base_preset))
     elif shapes:
         rows = [(f"`{k}`", str(s), f"{math.prod(s):,}") for k, s in shapes.items()]
         rows.append(("**total**", "", f"**{sum(math.prod(s) for s in shapes.values()):,}**"))
@@ -89,9 +68,9 @@ def component(name: str) -> str:
 
 
 def params_table(preset: str) -> str:
-    """A preset's parameters by component, from the config alone (`costs.params.analytic`)."""
+    """A preset's parameters by component, from the config alone (`costs.params.count`)."""
     cfg = presets.get(preset)
-    a = params.analytic(cfg)
+    a = params.count(cfg)
     rows = [(k, f"{v:,}", f"{v / a['total']:.1%}") for k, v in a["breakdown"].items() if v]
     rows.append(("**total**", f"**{a['total']:,}**", "100%"))
     layers = ", ".join(f"{n} x {k} layers of {a['per_layer'][k]['total']:,}" for k, n in a["layers"].items())
@@ -103,8 +82,8 @@ def models() -> str:
     rows = []
     for name in presets.names():
         cfg = presets.get(name)
-        total = params.analytic(cfg)["total"]
-        gf = flops.totals(flops.model_ops(cfg, B, T))["all"] / 1e9
+        total = params.count(cfg)["total"]
+        gf = flops.totals(flops.ops(cfg, B, T))["all"] / 1e9
         rows.append((f"`{name}`", cfg.kind, cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.d_ff, f"{total:,}",
                      f"{gf:,.2f}"))
     return _md(["preset", "kind", "L", "D", "H", "F", "parameters", f"GFLOPs (B={B}, T={T})"], rows)

@@ -15,6 +15,7 @@ from conformance.spec import presets, registry
 from conformance.report import runner
 from conformance import weights as weights_lib
 from conformance.backends.build import build
+from conformance.core.costs import MATMUL
 from conformance.costs import flops, measure, memory, params
 
 torch = pytest.importorskip("torch")
@@ -24,24 +25,26 @@ TINY = ["bert-tiny", "gpt2-tiny", "transformer-tiny"]
 
 
 @pytest.mark.parametrize("name", ["bert-base", "bert-large", "gpt2", "gpt2-medium", "gpt2-xl", "transformer-base"])
-def test_analytic_counts_equal_the_declaration(name):
+def test_counts_compose_from_the_declaration(name):
+    """The breakdown sums to the declared total, and each stack's layers are its first layer times L."""
     cfg = presets.get(name)
-    analytic, declared = params.analytic(cfg), params.canonical(cfg)
-    assert analytic["total"] == declared["total"] == sum(math.prod(s) for s in registry.param_shapes(cfg).values())
-    assert analytic["breakdown"] == declared["breakdown"]
-    assert analytic["per_layer"] == declared["per_layer"]
+    c = params.count(cfg)
+    assert c["total"] == sum(c["breakdown"].values()) == sum(math.prod(s) for s in registry.param_shapes(cfg).values())
+    layered = sum(c["breakdown"][k] for k in params.PARTS)
+    assert layered == sum(n * c["per_layer"][stack]["total"] for stack, n in c["layers"].items())
 
 
-@pytest.mark.parametrize("overrides", [{"head": "mlm"}, {"head": "classification"}, {"head": "qa"},
-                                       {"use_bias": False}, {"share_embeddings": False, "tie_embeddings": False,
-                                                             "position": "learned", "kind": "transformer"}])
-def test_analytic_counts_follow_heads_and_options(overrides):
-    cfg = presets.get("bert-tiny").replace(**overrides)
-    assert params.analytic(cfg) == params.canonical(cfg)
+@pytest.mark.parametrize("overrides,delta", [({"head": "mlm"}, 128 * 128 + 128 + 2 * 128 + 30522 - 128 * 128 - 128),
+                                             ({"use_bias": False}, -2 * 4 * 128)])
+def test_counts_follow_heads_and_options(overrides, delta):
+    """The MLM head adds its transform, norm and decoder bias and drops the pooler; dropping the
+    attention biases removes 4 D a layer."""
+    cfg = presets.get("bert-tiny")
+    assert params.count(cfg.replace(**overrides))["total"] - params.count(cfg)["total"] == delta
 
 
 def test_bert_base_breakdown_is_the_published_one():
-    a = params.analytic(presets.get("bert-base"))
+    a = params.count(presets.get("bert-base"))
     assert a["breakdown"]["embeddings"] == BERT_BASE["embeddings"]
     assert a["per_layer"]["encoder"]["total"] == BERT_BASE["per_layer"]
     assert a["breakdown"]["pooler"] == BERT_BASE["pooler"] and a["total"] == BERT_BASE["total"]
@@ -51,7 +54,7 @@ def test_bert_base_breakdown_is_the_published_one():
 def test_each_framework_counts_the_same(name, framework):
     cfg = presets.get(name)
     m = build(framework, cfg, weights_lib.initialize(cfg))
-    assert m.num_parameters() == params.analytic(cfg)["total"]
+    assert m.num_parameters() == params.count(cfg)["total"]
 
 
 @pytest.mark.parametrize("name,head", [("bert-tiny", "none"), ("bert-tiny", "mlm"), ("bert-tiny", "classification"),
@@ -59,12 +62,12 @@ def test_each_framework_counts_the_same(name, framework):
 def test_transformers_counts_the_same(name, head):
     pytest.importorskip("transformers")
     cfg = presets.get(name).replace(head=head)
-    assert params.transformers_count(cfg)["total"] == params.analytic(cfg)["total"]
+    assert params.transformers_count(cfg)["total"] == params.count(cfg)["total"]
 
 
 def test_bert_base_matmul_flops_and_flop_counter():
     cfg = presets.get("bert-base")
-    assert flops.totals(flops.model_ops(cfg, 1, 128))["matmul"] == 22_348_431_360
+    assert flops.totals(flops.ops(cfg, 1, 128))["matmul"] == 22_348_431_360
     import torch_impl
     with torch.device("meta"):
         model = torch_impl.Bert(cfg)
@@ -74,7 +77,7 @@ def test_bert_base_matmul_flops_and_flop_counter():
     inputs = {k: torch.from_numpy(v) for k, v in runner.model_inputs(cfg, 1, 128).items()}
     counted = measure.torch_flops(model, inputs)
     assert counted["total"] == pytest.approx(22_348_431_360, rel=0.01)
-    assert counted["by_op"]["aten.bmm"] == flops.totals(flops.model_ops(cfg, 1, 128))["by_category"]["attention"]
+    assert counted["by_op"]["aten.bmm"] == flops.totals(flops.ops(cfg, 1, 128))["by_category"]["attention"]
 
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "transformer"])
@@ -83,7 +86,7 @@ def test_flop_counters_agree_with_analytic_matmuls(kind):
     cfg = registry.get(kind).tiny
     w = weights_lib.initialize(cfg)
     inputs = runner.model_inputs(cfg, 2, 9)
-    expected = flops.totals(flops.model_ops(cfg, 2, 9))["matmul"]
+    expected = flops.totals(flops.ops(cfg, 2, 9))["matmul"]
     torch_model = build("torch", cfg, w)
     assert measure.torch_flops(torch_model.module, torch_model.backend.inputs(inputs, "float32"))["total"] == expected
     counted = measure.tf_flops(build("tf", cfg, w).module, inputs)
@@ -95,7 +98,7 @@ def test_sdpa_flops_are_missed_by_flop_counter_mode():
     pytest.importorskip("transformers")
     cfg = presets.get("bert-tiny")
     measured = measure.transformers_sdpa(cfg, runner.model_inputs(cfg, 2, 16))
-    base = flops.totals(flops.base_model_ops(cfg, 2, 16))
+    base = flops.totals(flops.ops(cfg, 2, 16))  # BertModel: the same model as head "none"
     assert measured["eager"] == base["matmul"]
     assert measured["missed_by_sdpa"] == base["by_category"]["attention"] > 0
     assert "aten.bmm" in measured["by_op"]["eager"] and "aten.bmm" not in measured["by_op"]["sdpa"]
@@ -109,7 +112,8 @@ def test_crossover_matches_direct_evaluation(name):
     assert c["matmul"] == c["matmul_formula"] == 2 * cfg.d_model + cfg.d_ff
 
     def quadratic_wins(T, matmul_only):
-        ops = [o for o in flops.encoder_layer("l", cfg, 1, T, False) if not matmul_only or o.category in flops.MATMUL]
+        layer = registry.get("encoder_layer").reference(cfg.replace(kind="encoder_layer", causal=False))
+        ops = [o for o in layer.flops((1, T, cfg.d_model)) if not matmul_only or o.category in MATMUL]
         return sum(o.total for o in ops if o.pairs) > sum(o.total for o in ops if not o.pairs)
 
     for key, matmul_only in (("matmul", True), ("all", False)):
@@ -121,7 +125,7 @@ def test_crossover_matches_direct_evaluation(name):
 
 
 def test_causal_halving_touches_only_causal_attention():
-    bert, gpt2 = (flops.totals(flops.model_ops(presets.get(n), 1, 128)) for n in ("bert-base", "gpt2"))
+    bert, gpt2 = (flops.totals(flops.ops(presets.get(n), 1, 128)) for n in ("bert-base", "gpt2"))
     assert bert["all_causal_halved"] == bert["all"]
     assert gpt2["matmul"] - gpt2["matmul_causal_halved"] == gpt2["by_category"]["attention"] // 2
 
@@ -174,7 +178,7 @@ def test_costs_section_is_json_with_stable_keys_markdown_and_plots():
 
 
 def test_costs_refuses_a_component():
-    with pytest.raises(ValueError, match="costs cover whole models"):
+    with pytest.raises(ValueError, match=r"costs cover whole models \['bert', 'gpt2', 'transformer'\]"):
         costs.costs(registry.get("linear").tiny, measure=False)
 
 
@@ -183,4 +187,4 @@ def test_models_command_shows_flops_at_128(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
     assert "forward GFLOPs (B=1, T=128)" in out and "22.42" in out and "403.84" in out
-    assert np.isclose(flops.totals(flops.model_ops(presets.get("gpt2-xl"), 1, 128))["all"] / 1e9, 403.84, atol=0.005)
+    assert np.isclose(flops.totals(flops.ops(presets.get("gpt2-xl"), 1, 128))["all"] / 1e9, 403.84, atol=0.005)

@@ -1,6 +1,6 @@
 """Mirrors `numpy_ref.activations`.
 
-Differences:
+Differs:
 - gelu and gelu_tanh are written out with `keras.ops`: `keras.ops.gelu` on TensorFlow casts its
   constants through float32 and is off by up to 5e-9 in float64.
 - softmax is `keras.ops.softmax` (it subtracts the row maximum) after `keras.ops.where(mask, x,

@@ -1,6 +1,6 @@
 """Mirrors `numpy_ref.attention`.
 
-Differences: masks are combined with `keras.ops.logical_and` (a 0/1 integer padding mask is cast
+Differs: masks are combined with `keras.ops.logical_and` (a 0/1 integer padding mask is cast
 to bool first, as in numpy_ref). `MultiHeadAttention.output` shadows Keras's `Layer.output` (a
 functional layer's output tensor) so the output projection keeps its canonical name; Keras's
 `save_weights` skips attribute names that `Layer` defines, so it reaches the projection through
@@ -9,6 +9,8 @@ and is filled in place.
 `fused_attention` is one `keras.ops.dot_product_attention` call, which takes (B, T, H, Dh):
 the heads axis moves there and back around it, and the scale goes in as a tensor of q's dtype
 (TensorFlow's `tf.cast` of a Python float rounds it through float32 first: 2e-8 off in float64).
+Only here: `MultiHeadAttention.get_config` (the Config with `causal` resolved).
+Own lines: `fused_attention` (the library call and its layout).
 """
 from keras import ops
 

@@ -1,6 +1,6 @@
 """Mirrors `numpy_ref.bert`.
 
-Differences: `Bert` is a `keras.Model`; the tied MLM decoder is `keras.ops.matmul` with the token
+Differs: `Bert` is a `keras.Model`; the tied MLM decoder is `keras.ops.matmul` with the token
 table transposed (no extra variable).
 """
 from keras import ops

@@ -1,6 +1,6 @@
 """Mirrors `numpy_ref.embeddings`.
 
-Differences: the table (RandomNormal(stddev=0.02)) is a Keras weight made in `__init__` and the
+Differs: the table (RandomNormal(stddev=0.02)) is a Keras weight made in `__init__` and the
 lookup is `keras.ops.take`; ids are not autocast to the layer's dtype (`autocast = False`, as in
 `keras.layers.Embedding`), so a float id array is reported with its own dtype. The checks of id
 values (in range, >= 0) run only on concrete tensors (`tf_impl._layer.is_symbolic`): under

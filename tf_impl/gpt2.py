@@ -1,6 +1,6 @@
 """Mirrors `numpy_ref.gpt2`.
 
-Differences: `GPT2` is a `keras.Model` whose `layers` attribute shadows Keras's `Model.layers`
+Differs: `GPT2` is a `keras.Model` whose `layers` attribute shadows Keras's `Model.layers`
 property (the model's top-level layers) to keep the canonical names `layers.0...`; so
 `gpt2.layers` and `summary()` list the blocks only. The tied head is `keras.ops.matmul` with the
 token table transposed. `cache` reaches `call` as the caller's list (see `tf_impl._layer`) and is

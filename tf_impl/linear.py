@@ -1,7 +1,8 @@
 """Mirrors `numpy_ref.linear`.
 
-Differences: the kernel (RandomNormal(stddev=0.02)) and bias (zeros) are Keras weights made in
+Differs: the kernel (RandomNormal(stddev=0.02)) and bias (zeros) are Keras weights made in
 `__init__`; `get_config()` returns the constructor's `d_in`, `d_out`, `use_bias` (no Config).
+Only here: `Linear.get_config`.
 """
 import keras
 from keras import ops

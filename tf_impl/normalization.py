@@ -1,6 +1,6 @@
 """Mirrors `numpy_ref.normalization`.
 
-Differences: gamma (ones) and beta (zeros) are Keras weights made in `__init__`; the formula is
+Differs: gamma (ones) and beta (zeros) are Keras weights made in `__init__`; the formula is
 written out with `keras.ops` (not `keras.layers.LayerNormalization`, whose epsilon is 1e-3).
 """
 from keras import ops

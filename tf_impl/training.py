@@ -1,6 +1,6 @@
 """Mirrors `numpy_ref.training`.
 
-Differences:
+Differs:
 - cross_entropy is `keras.losses.SparseCategoricalCrossentropy(from_logits=True,
   ignore_class=-100)`: it zeroes the ignored positions and divides by the number counted, the
   same mean as torch's ignore_index (measured equal to 4e-16 in float64). Its `dtype` must be
@@ -28,6 +28,9 @@ Differences:
   micro-batch steps.
 - Mixed precision: the model's dtype policy (`mixed_bfloat16`) computes in bfloat16 with float32
   variables; gradients arrive in float32. mixed_float16 (which needs loss scaling) is not offered.
+Not here: `AdamW.__init__`, `AdamW.step`, `log_softmax` (the library's own optimizer and loss).
+Own lines: `cross_entropy`, `causal_lm_loss` (the loss alone: autograd gives the gradient the reference writes out).
+Only here: `Schedule`, `Schedule.__init__` (the LearningRateSchedule of `optimizer.iterations`).
 """
 from __future__ import annotations
 

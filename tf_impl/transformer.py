@@ -1,6 +1,6 @@
 """Mirrors `numpy_ref.transformer`.
 
-Differences: `Transformer` is a `keras.Model`; the tied output projection is `keras.ops.matmul`
+Differs: `Transformer` is a `keras.Model`; the tied output projection is `keras.ops.matmul`
 with the target token table transposed (no extra variable).
 """
 import math

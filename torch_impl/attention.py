@@ -4,6 +4,7 @@ Differs: `causal_mask` and `attention_mask` take a `device` for the masks they b
 a padding mask becomes bool with `.bool()`; heads are split with `reshape` + `permute`
 and keys / values are cached with `torch.cat`. `fused_attention` is one
 `F.scaled_dot_product_attention` call; autograd, not a hand-written backward, differentiates it.
+Own lines: `fused_attention` (the library call).
 """
 import torch
 import torch.nn.functional as F

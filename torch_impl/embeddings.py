@@ -43,7 +43,7 @@ class SegmentEmbedding(Embedding):
 
 def sinusoidal_encoding(positions, d_model):
     """positions (...) int -> (..., D) float64."""
-    two_i = torch.arange(0, d_model, 2, dtype=torch.float64, device=positions.device)  # (D/2,)
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float64, device=positions.device)
     inv_freq = 1.0 / 10000 ** (two_i / d_model)                               # (D/2,)
     angles = positions[..., None] * inv_freq                                  # (..., D/2)
     pe = torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1)          # (..., D/2, 2)

@@ -1,7 +1,9 @@
 """Mirrors `numpy_ref.linear`.
 
 Differs: subclasses `nn.Linear`, whose `weight` is `[out, in]`, and computes with
-`F.linear` (x @ weight.T + bias); `conformance.weights.mapping` transposes the canonical kernel.
+`F.linear` (x @ weight.T + bias); `conformance.backends.torch_backend` transposes the canonical
+kernel.
+Not here: `linear` (`F.linear` is the function).
 """
 import torch.nn.functional as F
 from torch import nn

@@ -2,6 +2,7 @@
 
 Differs: subclasses `nn.LayerNorm(d_model, eps=layer_norm_eps)` (gamma is `weight`, beta
 is `bias`) and computes with `F.layer_norm`.
+Not here: `layer_norm` (`F.layer_norm` is the function).
 """
 import torch.nn.functional as F
 from torch import nn

@@ -1,6 +1,6 @@
 """Mirrors `numpy_ref.training`.
 
-Differences:
+Differs:
 - cross_entropy is `F.cross_entropy(ignore_index=-100)` (mean over counted positions, the same
   rule); autograd gives its gradient, so the losses return the loss alone. With no counted
   position it gives NaN (the harness never hands it such a batch).
@@ -14,6 +14,8 @@ Differences:
 - Mixed precision: the forward and the loss run under `torch.autocast` (`built.policy()`);
   the loss itself runs in float32 (autocast's rule for cross_entropy); "mixed_float16" also scales the loss with `torch.amp.GradScaler` (dynamic: a step whose
   gradients are not finite is skipped and the scale halved; it is unscaled before clipping).
+Not here: `AdamW.__init__`, `AdamW.step`, `log_softmax` (the library's own optimizer and loss).
+Own lines: `cross_entropy`, `causal_lm_loss` (the loss alone: autograd gives the gradient the reference writes out).
 """
 from __future__ import annotations
 

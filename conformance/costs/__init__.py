@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import gc
 
+from conformance import weights as weights_lib
+from conformance.backends import build
 from conformance.core.config import Config
+from conformance.spec import families
 from conformance.costs import flops, memory, params
 from conformance.costs import measure as meter  # `measure` is also costs()'s flag
 from conformance.costs.render import markdown, plots
@@ -29,26 +32,26 @@ def costs(cfg: Config, batch: int = 1, seq_len: int = 128, frameworks=("numpy", 
     """The whole section for `cfg` at (batch, seq_len); see the module docstring. With `measure`,
     each of `frameworks` is built (on `weights`, default seeded init), counted, timed and its
     memory measured; `peak_size` is N of the N x N matmul that measures the machine's peak."""
-    analytic, canonical = params.analytic(cfg), params.canonical(cfg)
+    params.check_model(cfg)
+    count = params.count(cfg)
     rec = {"schema": SCHEMA, "kind": cfg.kind, "batch": batch, "seq_len": seq_len,
-           "parameters": {"analytic": analytic, "canonical": canonical, "frameworks": {}, "transformers": None},
+           "parameters": {"count": count, "frameworks": {}, "transformers": None},
            "flops": {**flops.section(cfg, batch, seq_len), "measured": {}},
-           "memory": {**memory.section(cfg, batch, seq_len, analytic["total"]), "measured": {}},
+           "memory": {**memory.section(cfg, batch, seq_len, count["total"]), "measured": {}},
            "scaling": scaling(cfg, batch, seq_len),
            "speed": {}}
     if measure:
         _measure(cfg, batch, seq_len, list(frameworks), rec, weights, repeats, peak_size)
     p, hf = rec["parameters"], rec["parameters"]["transformers"]
-    counts = [canonical["total"], *p["frameworks"].values(), *([hf["total"]] if hf and hf["total"] else [])]
-    p["agree"] = (all(c == analytic["total"] for c in counts) and analytic["breakdown"] == canonical["breakdown"]
-                  and analytic["per_layer"] == canonical["per_layer"])
+    counts = [*p["frameworks"].values(), *([hf["total"]] if hf and hf["total"] else [])]
+    p["agree"] = all(c == count["total"] for c in counts)
     return rec
 
 
 def scaling(cfg: Config, batch: int, seq_len: int) -> dict:
     """FLOPs and activation memory (float32) against sequence length at `batch`, and against batch."""
     def row(B, T):
-        t, a = flops.totals(flops.model_ops(cfg, B, T)), memory.activations(cfg, B, T)
+        t, a = flops.totals(flops.ops(cfg, B, T)), memory.activations(cfg, B, T)
         return {"batch": B, "seq_len": T,
                 **{k: t[k] for k in ("linear", "quadratic", "matmul", "all", "all_causal_halved")},
                 "inference_bytes": a["inference_peak"]["torch"], "training_bytes": a["training"]["none"],
@@ -60,10 +63,8 @@ def scaling(cfg: Config, batch: int, seq_len: int) -> dict:
 
 
 def _measure(cfg, batch, seq_len, frameworks, rec, w, repeats, peak_size):
-    from conformance.report import runner
-    from conformance import weights as weights_lib
-    inputs = runner.model_inputs(cfg, batch, seq_len)
-    P, S, n = rec["parameters"], rec["speed"], rec["parameters"]["analytic"]["total"]
+    inputs = families.get(cfg.kind).inputs(cfg, batch, seq_len)
+    P, S, n = rec["parameters"], rec["speed"], rec["parameters"]["count"]["total"]
     P["transformers"] = params.transformers_count(cfg)
     S["matmul_peak_gflops"], S["matmul_peak_size"] = meter.matmul_peak(peak_size), peak_size
     S["forward"] = {}
@@ -74,15 +75,14 @@ def _measure(cfg, batch, seq_len, frameworks, rec, w, repeats, peak_size):
         else:
             _measure_framework(fw, cfg, w, inputs, rec, repeats)
             gc.collect()  # the model is gone: free its weights before building the next
-    if "torch" in frameworks and cfg.kind in ("bert", "gpt2"):
-        base = flops.totals(flops.base_model_ops(cfg, batch, seq_len))
-        rec["flops"]["measured"]["transformers"] = {
-            **meter.transformers_sdpa(cfg, inputs), "analytic_matmul": base["matmul"],
-            "analytic_attention_matmul": base["by_category"]["attention"]}
+    transformers = meter.transformers_sdpa(cfg, inputs) if "torch" in frameworks else None
+    if transformers:
+        t = rec["flops"]["totals"]
+        rec["flops"]["measured"]["transformers"] = {**transformers, "analytic_matmul": t["matmul"],
+                                                    "analytic_attention_matmul": t["by_category"]["attention"]}
 
 
 def _measure_framework(fw, cfg, w, inputs, rec, repeats):
-    from conformance.backends.build import build
     F, M, S = rec["flops"]["measured"], rec["memory"]["measured"], rec["speed"]
     total, activations = rec["flops"]["totals"]["all"], rec["memory"]["activations_float32"]
     m = build(fw, cfg, w, dtype="float32")
@@ -104,7 +104,7 @@ def _measure_framework(fw, cfg, w, inputs, rec, repeats):
     if fw == "torch":
         F["torch"] = meter.torch_flops(m.module, x)
         M[fw]["allocator_peak"] = meter.torch_peak(m.module, x)
-        if 20 * rec["parameters"]["analytic"]["total"] < meter.available_bytes():  # weights, grads, moments
+        if 20 * rec["parameters"]["count"]["total"] < meter.available_bytes():  # weights, grads, moments
             M["torch_training"] = {**meter.torch_training(m.module, x),
                                    "analytic_saved_for_backward": activations["training"]["none"]}
     if fw == "tf":

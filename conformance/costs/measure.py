@@ -34,6 +34,8 @@ import tracemalloc
 import numpy as np
 
 from conformance import training
+from conformance.spec import families
+from conformance.weights import checkpoints
 
 DATA_MOVEMENT = {"Const", "Placeholder", "ReadVariableOp", "Reshape", "Transpose", "Identity", "StridedSlice",
                  "GatherV2", "Cast", "ConcatV2", "ExpandDims", "Squeeze", "Pack", "Shape", "Range", "NoOp",
@@ -99,16 +101,17 @@ def tf_flops(module, inputs: dict) -> dict:
 
 
 def transformers_sdpa(cfg, inputs: dict) -> dict | None:
-    """FlopCounterMode on the `transformers` base model, eager attention and then sdpa."""
-    from conformance.weights import checkpoints
-    arch = checkpoints.ARCHITECTURES.get(cfg.kind)
-    if arch is None:
+    """FlopCounterMode on the `transformers` model with `cfg`'s head (`Family.transformers_class`),
+    eager attention and then sdpa; None where `transformers` has no such model."""
+    family = families.get(cfg.kind)
+    cls = family.transformers_class(cfg)
+    if cls is None:
         return None
     import torch
     import transformers
-    config = transformers.AutoConfig.for_model(**checkpoints.config_to_hf(cfg, arch, arch.base_class))
+    config = transformers.AutoConfig.for_model(**checkpoints.config_to_hf(cfg, family.hf, cls))
     with torch.device("meta"):
-        model = getattr(transformers, arch.base_class)(config)
+        model = getattr(transformers, cls)(config)
     model = model.to_empty(device="cpu").eval()  # no initialization: zeros, explicit position ids
     for p in model.parameters():
         p.data.zero_()
@@ -118,7 +121,7 @@ def transformers_sdpa(cfg, inputs: dict) -> dict | None:
     for impl in ("eager", "sdpa"):
         model.set_attn_implementation(impl)
         counts[impl] = torch_flops(model, x)
-    return {"model": arch.base_class, "eager": counts["eager"]["total"], "sdpa": counts["sdpa"]["total"],
+    return {"model": cls, "eager": counts["eager"]["total"], "sdpa": counts["sdpa"]["total"],
             "missed_by_sdpa": counts["eager"]["total"] - counts["sdpa"]["total"],
             "by_op": {impl: c["by_op"] for impl, c in counts.items()}}
 

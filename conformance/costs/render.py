@@ -33,18 +33,17 @@ def markdown(rec: dict) -> str:
 
 
 def _parameters(p):
-    a, c = p["analytic"], p["canonical"]
-    rows = [("config (analytic)", _n(a["total"])), ("canonical weights (registry.param_shapes)", _n(c["total"]))]
+    a = p["count"]
+    rows = [("the reference's declarations (registry.param_shapes)", _n(a["total"]))]
     rows += [(f"{fw} num_parameters()", _n(v)) for fw, v in p["frameworks"].items()]
     if p["transformers"]:
         hf = p["transformers"]
         rows.append((f"transformers {hf['model']}.num_parameters()" if hf["model"] else "transformers",
                      _n(hf["total"]) if hf["total"] else hf.get("reason", "")))
     out = ["### Parameters", "", _table(rows, ["counted by", "parameters"]), "",
-           f"All counts and both breakdowns agree: **{'yes' if p['agree'] else 'NO'}**", "",
-           _table([(k, _n(v), _n(c["breakdown"][k]), f"{100 * v / a['total']:.1f}%")
-                   for k, v in a["breakdown"].items() if v or c["breakdown"][k]],
-                  ["component", "analytic", "canonical", "share"]), ""]
+           f"All counts agree: **{'yes' if p['agree'] else 'NO'}**", "",
+           _table([(k, _n(v), f"{100 * v / a['total']:.1f}%") for k, v in a["breakdown"].items() if v],
+                  ["component", "parameters", "share"]), ""]
     for name, layer in a["per_layer"].items():
         out += [f"Each of the {a['layers'][name]} `{name}` layers: " + ", ".join(
             f"{k} {_n(v)}" for k, v in layer.items()), ""]

@@ -94,6 +94,7 @@ class Family:
     hf: Checkpoint | None = None
     keras_hub: KerasHub | None = None
     walkthrough: Walkthrough | None = None
+    base_preset: str | None = None     # the full-size preset the docs quote and the --full tier runs
 
     @property
     def name(self) -> str:

@@ -4,7 +4,7 @@ parameter count against the published one. Minutes, not seconds: not in the defa
 import pytest
 
 from conformance.spec import presets
-from conformance.report import runner
+from conformance.spec import families
 from conformance import weights
 from conformance.backends.build import build
 from conformance.compare.tolerance import compare_outputs
@@ -16,7 +16,7 @@ PUBLISHED = {"bert-base": 109_482_240, "gpt2": 124_439_808}
 def full_model(request):
     cfg = presets.get(request.param)
     w = weights.initialize(cfg, seed=0)
-    inputs = runner.model_inputs(cfg, batch=2, length=128)
+    inputs = families.get(cfg.kind).inputs(cfg, batch=2, length=128)
     return request.param, cfg, w, inputs, build("numpy", cfg, w, dtype="float64")(**inputs)
 
 

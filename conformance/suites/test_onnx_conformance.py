@@ -15,7 +15,7 @@ import pytest
 
 from conformance.backends import onnx_export
 from conformance.spec import presets, registry
-from conformance.report import runner
+from conformance.spec import families
 from conformance import weights
 from conformance.backends.build import build
 from conformance.spec.registry import case_id
@@ -58,7 +58,7 @@ def test_onnx_base_preset_matches_reference(preset, source):
     """The published sizes, through each source's default exporter chain."""
     cfg = presets.get(preset)
     w = weights.initialize(cfg, seed=0)
-    inputs = runner.model_inputs(cfg, batch=2, length=32)
+    inputs = families.get(cfg.kind).inputs(cfg, batch=2, length=32)
     m = build("onnx", cfg, w, source=source)
     results = compare_outputs(f"onnx[{source}] {preset}", m(**inputs), build("numpy", cfg, w, dtype="float64")(**inputs),
                               "float32")

@@ -51,5 +51,5 @@ FAMILY = Family(
     presets={"transformer-tiny": _transformer(2, 64, 4, 256, 0.1, vocab_size=1000),
              "transformer-base": _transformer(6, 512, 8, 2048, 0.1),
              "transformer-big": _transformer(6, 1024, 16, 4096, 0.3)},
-    walkthrough=WALKTHROUGH,
+    walkthrough=WALKTHROUGH, base_preset="transformer-base",
 )
