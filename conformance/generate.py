@@ -1,4 +1,4 @@
-"""Text generation from a built GPT-2 of any framework, token-identical across frameworks.
+"""Text generation from a built causal LM of any framework, token-identical across frameworks.
 
     tokens = generate(build("torch", cfg, w), prompt_ids, max_new_tokens=8)             # greedy
     tokens = generate(m, prompt_ids, 8, strategy="sample", temperature=0.8, top_p=0.9, seed=1)
@@ -21,6 +21,8 @@ Prompts in a batch have equal length: there is no padding, so positions are 0..T
 from __future__ import annotations
 
 import numpy as np
+
+from conformance.spec import families
 
 STRATEGIES = ("greedy", "sample")
 
@@ -75,9 +77,11 @@ def sample(probs, rng: np.random.Generator) -> np.ndarray:
 
 
 def _check_args(model, ids, max_new_tokens, strategy, temperature, top_k, top_p):
-    if getattr(model, "cfg", None) is None or model.cfg.kind != "gpt2":
-        kind = getattr(getattr(model, "cfg", None), "kind", type(model).__name__)
-        raise ValueError(f"model must be a built GPT-2 (conformance.backends.build); received {kind!r}")
+    kind = getattr(getattr(model, "cfg", None), "kind", type(model).__name__)
+    if kind not in families.FAMILIES or not families.get(kind).generates:
+        causal = sorted(f.name for f in families.FAMILIES.values() if f.generates)
+        raise ValueError(f"model must be a built causal LM of the families {causal} (conformance.build); "
+                         f"received {kind!r}")
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"input_ids must be a (B, T) integer array; received shape {ids.shape}, "
                          f"dtype {ids.dtype}")

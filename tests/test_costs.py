@@ -14,7 +14,7 @@ from conformance import costs
 from conformance.spec import presets, registry
 from conformance.report import runner
 from conformance import weights as weights_lib
-from conformance.backends.build import build
+from conformance.backends import build, torch_backend
 from conformance.core.costs import MATMUL
 from conformance.costs import flops, measure, memory, params
 
@@ -75,7 +75,7 @@ def test_bert_base_matmul_flops_and_flop_counter():
     for p in model.parameters():
         p.data.zero_()
     inputs = {k: torch.from_numpy(v) for k, v in runner.model_inputs(cfg, 1, 128).items()}
-    counted = measure.torch_flops(model, inputs)
+    counted = torch_backend.flop_count(model, inputs)
     assert counted["total"] == pytest.approx(22_348_431_360, rel=0.01)
     assert counted["by_op"]["aten.bmm"] == flops.totals(flops.ops(cfg, 1, 128))["by_category"]["attention"]
 
@@ -88,8 +88,9 @@ def test_flop_counters_agree_with_analytic_matmuls(kind):
     inputs = runner.model_inputs(cfg, 2, 9)
     expected = flops.totals(flops.ops(cfg, 2, 9))["matmul"]
     torch_model = build("torch", cfg, w)
-    assert measure.torch_flops(torch_model.module, torch_model.backend.inputs(inputs, "float32"))["total"] == expected
-    counted = measure.tf_flops(build("tf", cfg, w).module, inputs)
+    assert torch_model.backend.count_flops(torch_model, inputs)["total"] == expected
+    tf_model = build("tf", cfg, w)
+    counted = tf_model.backend.count_flops(tf_model, inputs)
     assert counted["matmul"] == expected
     assert "SelectV2" in counted["missed_elements"]  # TF's registry has no formula for the mask's where()
 
@@ -134,8 +135,7 @@ def test_causal_halving_touches_only_causal_attention():
 def test_training_activations_equal_what_autograd_saves(kind):
     cfg = registry.get(kind).tiny
     model = build("torch", cfg, weights_lib.initialize(cfg))
-    inputs = model.backend.inputs(runner.model_inputs(cfg, 2, 12), "float32")
-    measured = measure.torch_training(model.module, inputs)
+    measured = model.backend.training_memory(model, runner.model_inputs(cfg, 2, 12))
     assert measured["saved_for_backward"] == memory.activations(cfg, 2, 12)["training"]["none"]
     assert sum(measured["state_per_parameter"].values()) == 16  # weights, gradients, two AdamW moments
 
@@ -143,8 +143,8 @@ def test_training_activations_equal_what_autograd_saves(kind):
 def test_inference_peak_is_near_the_torch_allocator_peak():
     cfg = presets.get("gpt2-tiny")
     model = build("torch", cfg, weights_lib.initialize(cfg))
-    inputs = model.backend.inputs(runner.model_inputs(cfg, 2, 64), "float32")
-    ratio = measure.torch_peak(model.module, inputs) / memory.activations(cfg, 2, 64)["inference_peak"]["torch"]
+    peak = model.backend.allocator_peaks(model, runner.model_inputs(cfg, 2, 64))["allocator_peak"]
+    ratio = peak / memory.activations(cfg, 2, 64)["inference_peak"]["torch"]
     assert 0.9 < ratio < 1.25
 
 

@@ -67,7 +67,7 @@ def test_bad_arguments_are_named(kwargs, message):
 
 def test_generate_needs_a_gpt2_and_integer_ids():
     cfg = registry.get("bert").tiny
-    with pytest.raises(ValueError, match="model must be a built GPT-2 .*received 'bert'"):
+    with pytest.raises(ValueError, match=r"model must be a built causal LM of the families \['gpt2'\] .*received 'bert'"):
         generate(build("numpy", cfg, weights.initialize(cfg)), PROMPT, 4)
     with pytest.raises(ValueError, match=r"input_ids must be a \(B, T\) integer array; received shape \(5,\)"):
         generate(gpt2("numpy"), PROMPT[0], 4)

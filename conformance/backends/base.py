@@ -15,6 +15,7 @@ all (`supports`). Nothing outside the backends asks which framework it holds.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,18 @@ def cotangents_for(outputs: dict, seed: int = 0) -> dict:
 
 def as_dict(out) -> dict:
     return out if isinstance(out, dict) else {"output": out}
+
+
+def best_seconds(fn, repeats: int = 3, warm_up: bool = True) -> float:
+    """The fastest of `repeats` calls of `fn`, after one call that pays first-call costs."""
+    if warm_up:
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 class Backend:
@@ -147,6 +160,27 @@ class Backend:
             raise ValueError(f"the {self.name} framework has no training step")
         package = importlib.import_module(f"{self.package}.training")
         return package.Trainer(built.module, self.parameters(built.module), groups, tcfg, built)
+
+    # ---- measure (conformance.costs): each framework's own counters, where it has them
+    def count_flops(self, built: "Built", inputs: dict) -> dict | None:
+        """The framework's own FLOP counter on one forward: {"counter", "matmul", "total", ...}; None: none."""
+        return None
+
+    def allocator_peaks(self, built: "Built", inputs: dict) -> dict[str, int]:
+        """{measure: peak bytes} of one forward from the framework's own allocator statistics."""
+        return {}
+
+    def training_memory(self, built: "Built", inputs: dict) -> dict | None:
+        """Bytes autograd saves for one forward, and the state per parameter after one AdamW step."""
+        return None
+
+    def step_memory(self, trainer, micro_batches) -> dict | None:
+        """Peak allocator bytes of one `trainer.step(micro_batches)`; None where there is no allocator record."""
+        return None
+
+    def matmul_gflops(self, n: int, repeats: int) -> float:
+        """GFLOP/s of an (n, n) @ (n, n) float32 matmul: 2 n^3 FLOPs, best of `repeats`."""
+        raise NotImplementedError
 
     # ---- record
     def environment(self) -> dict:

@@ -2,9 +2,11 @@
 gradients from its hand-written backward (`numpy_ref.autograd`)."""
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 
-from conformance.backends.base import Backend, Gradients, as_dict, cotangents_for
+from conformance.backends.base import Backend, Gradients, as_dict, best_seconds, cotangents_for
 from conformance.backends.dtypes import cast_input
 from conformance.core import trace
 
@@ -45,6 +47,21 @@ class NumpyBackend(Backend):
 
     def export(self, module, shapes):
         return {k: np.asarray(v) for k, v in module.named_parameters()}
+
+    def allocator_peaks(self, built, inputs):
+        """NumPy reports its buffers to `tracemalloc`: the peak over the start of one forward."""
+        tracemalloc.start()
+        try:
+            start = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            built(**inputs)
+            return {"tracemalloc_peak": tracemalloc.get_traced_memory()[1] - start}
+        finally:
+            tracemalloc.stop()
+
+    def matmul_gflops(self, n, repeats):
+        a, b = (np.random.default_rng(i).standard_normal((n, n), dtype=np.float32) for i in range(2))
+        return 2 * n**3 / best_seconds(lambda: a @ b, repeats) / 1e9
 
     def gradients(self, built, inputs, cotangents, seed):
         from numpy_ref import autograd

@@ -5,12 +5,13 @@ load and run use Keras alone, so the same backend runs tf_impl under another KER
 (`conformance.compare.keras_backends`)."""
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 
 import numpy as np
 
-from conformance.backends.base import Backend, Gradients, as_dict, cotangents_for
+from conformance.backends.base import Backend, Gradients, as_dict, best_seconds, cotangents_for
 from conformance.backends.dtypes import DTYPES, cast_input
 from conformance.core import trace
 
@@ -20,6 +21,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402  (TensorFlow itself only for its GradientTape: Keras may run on another backend)
 
 from tf_impl import _layer  # noqa: E402
+
+
+DATA_MOVEMENT = {"Const", "Placeholder", "ReadVariableOp", "Reshape", "Transpose", "Identity", "StridedSlice",
+                 "GatherV2", "Cast", "ConcatV2", "ExpandDims", "Squeeze", "Pack", "Shape", "Range", "NoOp",
+                 "Fill", "ZerosLike", "OnesLike", "BroadcastTo"}  # ops that move data: no FLOPs to miss
 
 
 class TFBackend(Backend):
@@ -109,6 +115,39 @@ class TFBackend(Backend):
         to_numpy = lambda g: self.to_numpy(tf.convert_to_tensor(g))  # noqa: E731
         return ({k: to_numpy(g) for k, g in grads["inputs"].items()},
                 {k: to_numpy(g) for k, g in grads["params"].items()})
+
+    def count_flops(self, built, inputs):
+        """TensorFlow's own count on a concrete graph of one forward (`tf.compat.v1.profiler`
+        float_operation), and the float ops its registry has no formula for (Erf, Tanh, SelectV2, ...)."""
+        import tensorflow as tf
+        from tensorflow.python.framework import ops as tf_ops
+        importlib.import_module("tensorflow.python.profiler.internal.flops_registry")  # registers the formulas
+        x = self.inputs(inputs, built.dtype)
+        specs = {k: tf.TensorSpec(v.shape, v.dtype) for k, v in x.items()}
+        graph = tf.function(lambda x: built.module(**x, training=False)).get_concrete_function(specs).graph
+        options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+        options["output"] = "none"
+        level = tf.get_logger().level
+        tf.get_logger().setLevel("ERROR")  # the v1 profiler warns that its shape helper is deprecated
+        try:
+            total = tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
+        finally:
+            tf.get_logger().setLevel(level)
+        by_type, missed = {}, {}
+        for op in graph.get_operations():
+            value = tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value
+            if value is not None:
+                by_type[op.type] = by_type.get(op.type, 0) + int(value)
+            elif op.type not in DATA_MOVEMENT and op.outputs and op.outputs[0].dtype.is_floating:
+                missed[op.type] = missed.get(op.type, 0) + int(np.prod(op.outputs[0].shape))
+        matmul = sum(v for k, v in by_type.items() if "MatMul" in k)
+        return {"counter": "tf.compat.v1.profiler float_operation (MatMul + BatchMatMul)", "total": int(total),
+                "matmul": matmul, "by_op_type": by_type, "missed_elements": missed}
+
+    def matmul_gflops(self, n, repeats):
+        import tensorflow as tf
+        a, b = (tf.constant(np.random.default_rng(i).standard_normal((n, n), dtype=np.float32)) for i in range(2))
+        return 2 * n**3 / best_seconds(lambda: tf.linalg.matmul(a, b).numpy(), repeats) / 1e9
 
     def environment(self):
         import tensorflow as tf

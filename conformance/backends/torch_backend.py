@@ -9,13 +9,15 @@ leaf names and layout (`nn.Linear.weight` is `[out, in]`, `nn.LayerNorm.weight` 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
+import sys
 
 import numpy as np
 import torch
 from torch import nn
 
-from conformance.backends.base import Backend, Gradients, as_dict, cotangents_for
+from conformance.backends.base import Backend, Gradients, as_dict, best_seconds, cotangents_for
 from conformance.backends.dtypes import DTYPES, MIXED, cast_input, compute_dtype, numpy_dtype, parameter_dtype
 from conformance.core import trace
 from conformance.spec.leaves import TORCH_EMBEDDING, TORCH_LINEAR, TORCH_NORM, Leaf
@@ -92,6 +94,40 @@ def tf32_flags(on: bool):
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
         torch.set_float32_matmul_precision(saved[2])
+
+
+def flop_count(module, inputs: dict) -> dict:
+    """`torch.utils.flop_counter.FlopCounterMode` around one forward of any torch module: its formulas
+    cover matmuls (aten.mm, addmm, bmm), not the CPU scaled_dot_product_attention kernel."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(**inputs)
+    total = int(counter.get_total_flops())
+    return {"counter": "FlopCounterMode", "total": total, "matmul": total,
+            "by_op": {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}}
+
+
+@contextlib.contextmanager
+def profiling_memory():
+    """`torch.profiler.profile` with memory events, its native start/stop lines kept off stderr."""
+    from torch.profiler import ProfilerActivity, profile
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)  # kineto writes "USDT: ... profiler_start" to fd 2 directly
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                yield prof
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _peak(prof) -> int:
+    """The allocator's peak over its start: memory events summed in time order."""
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    return int(np.cumsum([e.nbytes() for e in events]).max(initial=0))
 
 
 class TorchBackend(Backend):
@@ -219,6 +255,63 @@ class TorchBackend(Backend):
         grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
         return ({k: to_numpy(g) for k, g in zip(floats, grads)},
                 {prefix + n: names[n][1].to_canonical(to_numpy(g)) for n, g in zip(names, grads[len(floats):])})
+
+    def count_flops(self, built, inputs):
+        return flop_count(built.module, self.inputs(inputs, built.dtype, built.device))
+
+    def allocator_peaks(self, built, inputs):
+        x = self.inputs(inputs, built.dtype, built.device)
+        with torch.no_grad(), profiling_memory() as prof:
+            built.module(**x)
+        return {"allocator_peak": _peak(prof)}
+
+    def training_memory(self, built, inputs):
+        """Bytes saved for backward (`saved_tensors_hooks`, one count per storage, parameters excluded)
+        and, after one AdamW step, bytes of parameters + gradients + optimizer state per parameter."""
+        module, x = built.module, self.inputs(inputs, built.dtype, built.device)
+        params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+        saved = {}
+
+        def pack(t):
+            s = t.untyped_storage()
+            if s.data_ptr() not in params:
+                saved[s.data_ptr()] = s.nbytes()
+            return t
+
+        module.train()
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = module(**x)
+            loss = sum(v.float().mean() for v in (out.values() if isinstance(out, dict) else [out]))
+            optimizer = torch.optim.AdamW(module.parameters())
+            loss.backward()
+            optimizer.step()
+        finally:
+            module.eval()
+        n = sum(p.numel() for p in module.parameters())
+        state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+                    if torch.is_tensor(t) and t.dim() > 0)
+        grads = sum(p.grad.numel() * p.grad.element_size() for p in module.parameters() if p.grad is not None)
+        weights = sum(p.numel() * p.element_size() for p in module.parameters())
+        module.zero_grad(set_to_none=True)
+        del optimizer, out, loss
+        gc.collect()
+        return {"saved_for_backward": sum(saved.values()),
+                "state_per_parameter": {"weights": weights / n, "gradients": grads / n, "AdamW moments": state / n}}
+
+    def step_memory(self, trainer, micro_batches):
+        with profiling_memory() as prof:
+            trainer.step(micro_batches)
+        params = list(trainer.model.parameters())
+        state = sum(t.numel() * t.element_size() for s in trainer.optimizer.state.values() for t in s.values()
+                    if torch.is_tensor(t) and t.dim() > 0)
+        return {"peak_step_bytes": _peak(prof), "weights_bytes": sum(p.numel() * p.element_size() for p in params),
+                "gradients_bytes": sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None),
+                "adamw_state_bytes": state}
+
+    def matmul_gflops(self, n, repeats):
+        a, b = (torch.from_numpy(np.random.default_rng(i).standard_normal((n, n), dtype=np.float32)) for i in range(2))
+        return 2 * n**3 / best_seconds(lambda: a @ b, repeats) / 1e9
 
     def environment(self):
         env = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),

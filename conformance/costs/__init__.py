@@ -17,6 +17,7 @@ import gc
 
 from conformance import weights as weights_lib
 from conformance.backends import build
+from conformance.backends.base import best_seconds
 from conformance.core.config import Config
 from conformance.spec import families
 from conformance.costs import flops, memory, params
@@ -66,7 +67,7 @@ def _measure(cfg, batch, seq_len, frameworks, rec, w, repeats, peak_size):
     inputs = families.get(cfg.kind).inputs(cfg, batch, seq_len)
     P, S, n = rec["parameters"], rec["speed"], rec["parameters"]["count"]["total"]
     P["transformers"] = params.transformers_count(cfg)
-    S["matmul_peak_gflops"], S["matmul_peak_size"] = meter.matmul_peak(peak_size), peak_size
+    S["matmul_peak_gflops"], S["matmul_peak_size"] = meter.matmul_peak(frameworks, peak_size), peak_size
     S["forward"] = {}
     w = weights_lib.initialize(cfg) if w is None else w
     for fw in frameworks:
@@ -87,25 +88,21 @@ def _measure_framework(fw, cfg, w, inputs, rec, repeats):
     total, activations = rec["flops"]["totals"]["all"], rec["memory"]["activations_float32"]
     m = build(fw, cfg, w, dtype="float32")
     rec["parameters"]["frameworks"][fw] = m.num_parameters()
-    x = m.backend.inputs(inputs, "float32")
-
     def call():
         return m(**inputs)
 
     rss = meter.rss_peak(call)  # the first, cold forward (the warm-up): later ones reuse freed memory
-    seconds = meter.best_seconds(call, repeats, warm_up=False)
+    seconds = best_seconds(call, repeats, warm_up=False)
     gflops = total / seconds / 1e9
     S["forward"][fw] = {"seconds": seconds, "gflops": gflops,
                         "fraction_of_peak": gflops / max(S["matmul_peak_gflops"].values()),
                         "fraction_of_own_matmul_peak": gflops / S["matmul_peak_gflops"][fw]}
-    M[fw] = {"analytic_inference_peak": activations["inference_peak"][fw], "rss_peak": rss}
-    if fw == "numpy":
-        M[fw]["tracemalloc_peak"] = meter.numpy_peak(call)
-    if fw == "torch":
-        F["torch"] = meter.torch_flops(m.module, x)
-        M[fw]["allocator_peak"] = meter.torch_peak(m.module, x)
-        if 20 * rec["parameters"]["count"]["total"] < meter.available_bytes():  # weights, grads, moments
-            M["torch_training"] = {**meter.torch_training(m.module, x),
-                                   "analytic_saved_for_backward": activations["training"]["none"]}
-    if fw == "tf":
-        F["tf"] = meter.tf_flops(m.module, inputs)
+    M[fw] = {"analytic_inference_peak": activations["inference_peak"][fw], "rss_peak": rss,
+             **m.backend.allocator_peaks(m, inputs)}
+    counted = m.backend.count_flops(m, inputs)
+    if counted:
+        F[fw] = counted
+    if 20 * rec["parameters"]["count"]["total"] < meter.available_bytes():  # weights, grads, moments
+        trained = m.backend.training_memory(m, inputs)
+        if trained:
+            M[f"{fw}_training"] = {**trained, "analytic_saved_for_backward": activations["training"]["none"]}

@@ -67,18 +67,19 @@ def _flops(f):
     if m:
         out += ["Measured:", ""]
         rows = []
-        if "torch" in m:
-            by_op = ", ".join(f"{k} {_n(v)}" for k, v in m["torch"]["by_op"].items())
-            rows.append(("torch_impl, FlopCounterMode", _n(m["torch"]["total"]),
-                         _ratio(m["torch"]["total"], t["matmul"]), f"matmuls only ({by_op})"))
-        if "tf" in m:
-            missed = ", ".join(f"{k} ({_n(v)} elements)" for k, v in m["tf"]["missed_elements"].items())
-            rows.append(("tf_impl, tf.compat.v1.profiler float_operation (MatMul + BatchMatMul)", _n(m["tf"]["matmul"]),
-                         _ratio(m["tf"]["matmul"], t["matmul"]), f"all registered ops {_n(m['tf']['total'])} "
-                         f"(analytic all ops {_n(t['all'])}); no formula for: {missed or 'none'}"))
+        for fw, c in m.items():
+            if fw == "transformers":
+                continue
+            if "missed_elements" in c:  # a counter with formulas beyond matmuls: what it has none for
+                missed = ", ".join(f"{k} ({_n(v)} elements)" for k, v in c["missed_elements"].items())
+                note = (f"all registered ops {_n(c['total'])} (analytic all ops {_n(t['all'])}); "
+                        f"no formula for: {missed or 'none'}")
+            else:
+                note = "matmuls only (" + ", ".join(f"{k} {_n(v)}" for k, v in c["by_op"].items()) + ")"
+            rows.append((f"{fw}, {c['counter']}", _n(c["matmul"]), _ratio(c["matmul"], t["matmul"]), note))
         if m.get("transformers"):
             hf = m["transformers"]
-            note = f"ratio to the base model's analytic matmuls, {_n(hf['analytic_matmul'])}"
+            note = f"ratio to the analytic matmuls, {_n(hf['analytic_matmul'])}"
             rows.append((f"transformers {hf['model']} eager, FlopCounterMode", _n(hf["eager"]),
                          _ratio(hf["eager"], hf["analytic_matmul"]), note))
             rows.append((f"transformers {hf['model']} sdpa, FlopCounterMode", _n(hf["sdpa"]),
@@ -119,20 +120,21 @@ def _memory(mem):
             _table([(k, p["per_parameter"], _mb(p["bytes"])) for k, p in mem["training_state"].items()],
                    ["training state", "bytes / parameter", "MiB"]), ""]
     rows, m = [], mem["measured"]
-    for fw in ("numpy", "torch", "tf"):
-        for key, label in (("allocator_peak", "torch.profiler allocator peak"), ("tracemalloc_peak", "tracemalloc"),
-                           ("rss_peak", "peak RSS increase, first forward")):
-            if key in m.get(fw, {}):
-                x = m[fw]
-                rows.append((fw, label, _mb(x[key]), _mb(x["analytic_inference_peak"]),
-                             _ratio(x[key], x["analytic_inference_peak"])))
-    if "torch_training" in m:
-        tr = m["torch_training"]
-        rows.append(("torch", "training: bytes autograd saves for backward", _mb(tr["saved_for_backward"]),
-                     _mb(tr["analytic_saved_for_backward"]),
-                     _ratio(tr["saved_for_backward"], tr["analytic_saved_for_backward"])))
-        rows.append(("torch", "after one AdamW step: bytes / parameter (not MiB)",
-                     f"{sum(tr['state_per_parameter'].values()):.2f}", "16", ""))
+    labels = {"allocator_peak": "torch.profiler allocator peak", "tracemalloc_peak": "tracemalloc",
+              "rss_peak": "peak RSS increase, first forward"}
+    for fw, x in m.items():
+        if fw.endswith("_training"):
+            continue
+        rows += [(fw, labels.get(key, key), _mb(x[key]), _mb(x["analytic_inference_peak"]),
+                  _ratio(x[key], x["analytic_inference_peak"])) for key in labels if key in x]
+    for key, tr in m.items():
+        if key.endswith("_training"):
+            fw = key.removesuffix("_training")
+            rows.append((fw, "training: bytes autograd saves for backward", _mb(tr["saved_for_backward"]),
+                         _mb(tr["analytic_saved_for_backward"]),
+                         _ratio(tr["saved_for_backward"], tr["analytic_saved_for_backward"])))
+            rows.append((fw, "after one AdamW step: bytes / parameter (not MiB)",
+                         f"{sum(tr['state_per_parameter'].values()):.2f}", "16", ""))
     if rows:
         out += ["Measured against analytic (inference rows: the analytic peak of one forward):", "",
                 _table(rows, ["framework", "measure", "measured MiB", "analytic MiB", "ratio"]), ""]

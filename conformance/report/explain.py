@@ -29,7 +29,6 @@ import ast
 import inspect
 import math
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ from conformance.oracles import layers as oracles
 from conformance.core import trace
 from conformance.spec import families, registry
 from conformance.spec.family import Step
-from conformance.weights import checkpoints
+from conformance.oracles.transformers import transformers_model
 
 WIDTH = 100  # columns, text and Markdown alike
 TWINS = (("torch", "float64"), ("torch", "float32"), ("tf", "float64"), ("tf", "float32"))
@@ -960,17 +959,6 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
 
 # -------------------------------------------------------------------------------- the models' walkthroughs
 
-def _transformers_model(cfg, w, cls):
-    """`cls` from transformers on the canonical weights (`to_hf` in a temporary directory), float64."""
-    import transformers
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoints.to_hf(cfg, w, tmp, cls)
-        model = getattr(transformers, cls).from_pretrained(tmp, attn_implementation="eager")
-    return model.double().eval()
-
-
 def _model_library(family):
     """A `library` for a family's walkthrough: its `transformers` class at `transformers_steps`, and
     each torch layer of `conformance.oracles.layers` named in `layer_oracles` on that layer's own inputs."""
@@ -982,7 +970,7 @@ def _model_library(family):
         if wt.transformers_steps and cls:
             torch = _torch()
             with torch.no_grad():
-                got = _transformers_model(cfg, w, cls)(**{k: _tensor(v) for k, v in inputs.items()},
+                got = transformers_model(cfg, w)(**{k: _tensor(v) for k, v in inputs.items()},
                                                         output_attentions=True, output_hidden_states=True)
             call = f"{cls}(output_attentions=True, output_hidden_states=True)"
             out += [Library(op, f"{call}.{field}" + ("" if i is None else f"[{i}]"),

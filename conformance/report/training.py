@@ -6,22 +6,23 @@ Three parts, each a view of functions the test suites also call:
   of tolerance;
 - training (`training.drift`): `steps` AdamW updates from the same weights and batches with dropout
   on (the same units dropped everywhere), each framework under its own optimizer conventions, and
-  the weights' distance from the float64 NumPy run; torch's mixed-bfloat16 drift against its float32
-  run beside it;
-- memory: one torch training step's measured bytes next to the analytic figure of `costs.memory`
-  (16 bytes a parameter for float32 + AdamW, plus the activations saved for backward).
+  the weights' distance from the float64 NumPy run; a twin's mixed-bfloat16 drift against its own
+  float32 run beside it;
+- memory: one training step's bytes by the first twin's allocator record that has one (torch's
+  profiler) next to the analytic figure of `costs.memory` (16 bytes a parameter for float32 +
+  AdamW, plus the activations saved for backward).
 """
 from __future__ import annotations
 
 from tabulate import tabulate
 
-from conformance.compare import gradients
 from conformance import training
-from conformance.backends.build import build
-from conformance.costs import measure, memory
+from conformance.backends import build, supports
+from conformance.compare import gradients
 from conformance.compare.tolerance import gradient_tolerance, training_tolerance
+from conformance.costs import measure, memory
+from conformance.spec import families
 
-TASKS = {"bert": "mlm", "gpt2": "causal_lm"}  # the pretraining loss each family trains with here
 STEPS = 3
 
 
@@ -36,9 +37,10 @@ def section(preset: str, cfg, w: dict, inputs: dict, frameworks, dtypes, progres
         say(f"gradients {dtype}")
         out["gradients"][dtype] = gradients.gradient_report(cfg, w, inputs, frameworks=twins, dtype=dtype,
                                                             reference=reference)
-    task = TASKS.get(cfg.kind)
+    task = families.get(cfg.kind).pretraining
     if task is None:
-        out["unsupported"] = f"the training step trains BERT (masked LM) and GPT-2 (causal LM); {cfg.kind} has no loss here"
+        trained = sorted(f.name for f in families.FAMILIES.values() if f.pretraining)
+        out["unsupported"] = f"the training step trains the families {trained}; {cfg.kind} declares no pretraining task"
         return out
     tcfg = training.TrainConfig(task=task, steps=STEPS)
     say(f"training {STEPS} steps")
@@ -46,12 +48,14 @@ def section(preset: str, cfg, w: dict, inputs: dict, frameworks, dtypes, progres
     named = lambda rows: [{**r, "preset": preset} for r in rows]  # noqa: E731  (drift names the Config)
     out["training"] = named(training.drift(((cfg, task),), frameworks=list(frameworks), dtypes=grad_dtypes,
                                            steps=STEPS))
-    if "torch" in frameworks:
+    mixed = [f for f in twins if supports(f, None, "mixed_bfloat16") is None]
+    if mixed:  # each twin's drift against its own float32 run
         say("mixed precision")
-        out["mixed_precision"] = named(training.mixed_precision_drift(((cfg, task),), frameworks=("torch",),
+        out["mixed_precision"] = named(training.mixed_precision_drift(((cfg, task),), frameworks=mixed[:1],
                                                                       dtypes=("mixed_bfloat16",), steps=STEPS))
-        say("training memory")
-        measured = measure.torch_peak_memory(cfg, task)
+    say("training memory")  # from the first twin whose framework keeps an allocator record
+    measured = next((m for m in (measure.step_memory(cfg, task, f) for f in twins) if m), None)
+    if measured:
         params = measured["weights_bytes"] // 4  # float32: the task model's own count (its head included)
         saved = memory.activations(training.task_config(cfg, task), measured["batch"], measured["seq_len"])
         out["memory"] = {**measured, "preset": preset, "parameters": params,
@@ -127,7 +131,7 @@ def markdown(sec: dict) -> str:
         kept = m["weights_bytes"] + m["gradients_bytes"] + m["adamw_state_bytes"]
         analytic = m["analytic_state_bytes"] + m["analytic_saved_activation_bytes"]
         mib = lambda b: f"{b / 2**20:,.1f} MiB"  # noqa: E731
-        lines += ["## Training memory (torch, float32, one step)", "",
+        lines += [f"## Training memory ({m['framework']}, {m['dtype']}, one step)", "",
                   tabulate([("weights + gradients + AdamW moments after the step", mib(kept),
                              mib(m["analytic_state_bytes"]) + " (16 B x parameters)", f"{kept / m['analytic_state_bytes']:.3f}"),
                             ("peak during the step (weights + allocator peak)", mib(m["weights_bytes"] + m["peak_step_bytes"]),

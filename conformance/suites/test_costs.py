@@ -6,7 +6,7 @@ import pytest
 
 from conformance.backends import build
 from conformance.core.config import ATTENTION_IMPLS
-from conformance.costs import flops, measure
+from conformance.costs import flops
 from conformance.spec.registry import CASES, case_id
 from conformance.suites.cases import case_data
 
@@ -20,5 +20,5 @@ def test_declared_matmul_flops_equal_flop_counter_mode(case):
     entry, cfg, w, inputs, _ = case_data(*case)
     m = build("torch", cfg, w, dtype="float32", training=False)
     declared = flops.totals(flops.collapse(entry.reference(cfg).flops(**{k: v.shape for k, v in inputs.items()})))
-    counted = measure.torch_flops(m.module, m.backend.inputs(inputs, "float32"))
+    counted = m.backend.count_flops(m, inputs)
     assert counted["total"] == declared["matmul"], counted["by_op"]

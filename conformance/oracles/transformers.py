@@ -1,0 +1,71 @@
+"""`transformers` as an oracle: the Hugging Face model of a family, on the canonical weights or empty.
+
+    model = transformers_model(cfg, w)            # to_hf into a temporary directory, then from_pretrained
+    model = transformers_model(cfg)               # the same class from its config on the meta device: shapes only
+    counts = flop_counts(cfg, inputs)             # FlopCounterMode, eager and sdpa attention
+
+The class is the family's (`Family.transformers_class`: the one with exactly `cfg`'s head), the
+config.json its `Checkpoint` table writes. Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import tempfile
+
+from conformance.core.config import Config
+from conformance.spec import families
+from conformance.weights import checkpoints
+
+
+def _transformers():
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return transformers
+
+
+def class_name(cfg: Config) -> str | None:
+    family = families.get(cfg.kind)
+    return family.transformers_class(cfg)
+
+
+def transformers_model(cfg: Config, w: dict | None = None, attn_implementation: str = "eager", dtype="float64"):
+    """The `transformers` model of `cfg` with the canonical weights `w` loaded (float64 by default), or
+    with `w=None` built from its config on the meta device and left uninitialized (zeros): for
+    counting, not for running numbers."""
+    cls = class_name(cfg)
+    if cls is None:
+        raise ValueError(f"transformers has no model with the {cfg.kind} family's layout and head={cfg.head!r}")
+    transformers = _transformers()
+    if w is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoints.to_hf(cfg, w, tmp, cls)
+            model = getattr(transformers, cls).from_pretrained(tmp, attn_implementation=attn_implementation)
+        import torch
+        return model.to(getattr(torch, dtype)).eval()
+    import torch
+    family = families.get(cfg.kind)
+    config = transformers.AutoConfig.for_model(**checkpoints.config_to_hf(cfg, family.hf, cls))
+    with torch.device("meta"):
+        model = getattr(transformers, cls)(config)
+    model = model.to_empty(device="cpu").eval()  # no initialization: counting needs shapes, not values
+    for p in model.parameters():
+        p.data.zero_()
+    return model
+
+
+def flop_counts(cfg: Config, inputs: dict, implementations=("eager", "sdpa")) -> dict | None:
+    """{attention implementation: FlopCounterMode's count of one forward} of the `transformers` model;
+    None where `transformers` has none."""
+    if class_name(cfg) is None:
+        return None
+    import torch
+
+    from conformance.backends.torch_backend import flop_count
+    model = transformers_model(cfg)
+    x = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    x["position_ids"] = torch.arange(x["input_ids"].shape[1])[None]
+    out = {}
+    for impl in implementations:
+        model.set_attn_implementation(impl)
+        out[impl] = {"model": class_name(cfg), **flop_count(model, x)}
+    return out
