@@ -9,6 +9,7 @@ import numpy as np
 from conformance.backends.base import Backend, Gradients, as_dict, best_seconds, cotangents_for
 from conformance.backends.dtypes import cast_input
 from conformance.core import trace
+from numpy_ref import autograd
 
 
 class NumpyBackend(Backend):
@@ -64,7 +65,6 @@ class NumpyBackend(Backend):
         return 2 * n**3 / best_seconds(lambda: a @ b, repeats) / 1e9
 
     def gradients(self, built, inputs, cotangents, seed):
-        from numpy_ref import autograd
         module = built.module
         with trace.recording(self.named_modules(module), self.to_numpy) as t, autograd.recording(module) as tape:
             out = self.run(module, self.inputs(inputs, built.dtype), built.training)
@@ -77,7 +77,6 @@ class NumpyBackend(Backend):
         return Gradients(outputs, dict(grads_in), dict(tape.param_grads), ordered, cot)
 
     def module_gradients(self, built, sub, prefix, tensors, floats, cotangent):
-        from numpy_ref import autograd
         with autograd.recording(sub) as tape:
             out = self.run(sub, tensors, built.training)
         grads_in = tape.backward(np.asarray(cotangent, np.asarray(out).dtype))

@@ -6,6 +6,7 @@ record the module outputs the graph keeps, under the reference's trace names.
 """
 from __future__ import annotations
 
+from conformance.backends import onnx_export
 from conformance.backends.base import Backend
 from conformance.core import trace
 
@@ -17,7 +18,6 @@ class OnnxBackend(Backend):
                    ("float64", "tf32", "bfloat16", "float16", "mixed_bfloat16", "mixed_float16")}
 
     def construct_exported(self, cfg, weights, source, exporter=None):
-        from conformance.backends import onnx_export
         return onnx_export.Session(onnx_export.export(cfg, weights, source, exporter=exporter))
 
     def inputs(self, inputs, dtype, device="cpu"):

@@ -49,7 +49,9 @@ from functools import lru_cache
 import numpy as np
 
 from conformance.core import checks
-from conformance.spec import families, registry
+from conformance.backends.base import Built
+from conformance.backends.build import backend, build
+from conformance.spec import families, presets, registry
 from conformance import weights as weights_lib
 from conformance.core.config import Config
 
@@ -204,7 +206,6 @@ def _export_torchscript(cfg, weights, inputs, opset):
 def _torch_model(cfg, weights, inputs):
     import torch
 
-    from conformance.backends.build import build
     model = build("torch", cfg, weights, dtype="float32").module.eval()
     args = {k: torch.from_numpy(v) for k, v in inputs.items()}
     with torch.no_grad():
@@ -216,7 +217,6 @@ def _export_tf2onnx(cfg, weights, inputs, opset):
     import tensorflow as tf
     import tf2onnx
 
-    from conformance.backends.build import build
     model = build("tf", cfg, weights, dtype="float32").module
     names = list(inputs)
     spec = [tf.TensorSpec([None, None], tf.int64, name=n) for n in names]
@@ -363,7 +363,6 @@ def _one_line(e: BaseException) -> str:
 
 
 def _preset_name(cfg: Config) -> str:
-    from conformance.spec import presets
     return next((name for name in presets.names() if presets.get(name) == cfg), f"custom {cfg.kind}")
 
 
@@ -456,7 +455,6 @@ class Session:
 
 def build_from(exported: Exported):
     """A `Built` over an `Exported` (for a modified graph, e.g. a planted bug)."""
-    from conformance.backends.build import Built, backend
     return Built(backend("onnx"), registry.get(exported.cfg.kind), exported.cfg, Session(exported),
                  "float32", False)
 
@@ -468,7 +466,6 @@ def trace_names(cfg: Config) -> tuple:
     """The reference's trace names for `cfg`, in order. Names depend on the structure (layers,
     heads, options), not on widths or vocabulary: a batch-1, length-2 run of a narrow copy with zero
     weights takes milliseconds for any preset."""
-    from conformance.backends.build import build
     narrow = cfg.replace(d_model=2 * cfg.num_heads, d_ff=4, vocab_size=4, max_positions=8)
     w = {name: np.zeros(shape, np.float32) for name, shape in registry.param_shapes(narrow).items()}
     inputs = {k: v[:1, :2] for k, v in example_inputs(narrow).items()}

@@ -31,6 +31,7 @@ from conformance import weights
 from conformance.backends import backend as framework_backend, build
 from conformance.backends.dtypes import output_dtypes
 from conformance.compare.tolerance import Comparison, compare_outputs
+from conformance.spec import registry
 
 BACKENDS = ("tensorflow", "torch", "jax")
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,7 +126,6 @@ def _child(directory: str, dtype: str) -> int:
     """In the subprocess: build tf_impl on this process's Keras backend and write its outputs."""
     import keras
 
-    from conformance.spec import registry
     tmp = Path(directory)
     cfg = weights.load_config(tmp / "weights.safetensors")
     w = weights.load(tmp / "weights.safetensors")

@@ -45,6 +45,11 @@ from conformance.oracles import layers as oracles
 from conformance.core import trace
 from conformance.spec import families, registry
 from conformance.spec.family import Step
+from numpy_ref.activations import dropout, softmax
+from numpy_ref.attention import scaled_dot_product_attention
+from numpy_ref.embeddings import sinusoidal_encoding
+from numpy_ref.linear import linear
+from numpy_ref.normalization import layer_norm
 from conformance.oracles.transformers import transformers_model
 
 WIDTH = 100  # columns, text and Markdown alike
@@ -540,7 +545,6 @@ def softmax_library(cfg, w, inputs, records, calls):
 
 
 def softmax_inner(module, w, inputs, records):
-    from numpy_ref.activations import softmax
     return [Inner(softmax, (inputs["scores"], inputs["mask"], module.fill), "output")]
 
 
@@ -552,7 +556,6 @@ def layer_norm_inputs(cfg):
 
 
 def layer_norm_inner(module, w, inputs, records):
-    from numpy_ref.normalization import layer_norm
     return [Inner(layer_norm, (inputs["x"], w["gamma"].astype(np.float64), w["beta"].astype(np.float64),
                                module.eps), "output")]
 
@@ -588,7 +591,6 @@ def linear_library(cfg, w, inputs, records, calls):
 
 
 def linear_inner(module, w, inputs, records):
-    from numpy_ref.linear import linear
     return [Inner(linear, (inputs["x"], w["kernel"].astype(np.float64),
                            None if "bias" not in w else w["bias"].astype(np.float64)), "output")]
 
@@ -646,7 +648,6 @@ def dropout_library(cfg, w, inputs, records, calls):
 
 
 def dropout_inner(module, w, inputs, records):
-    from numpy_ref.activations import dropout
     return [Inner(dropout, (inputs["x"], inputs["keep"], module.rate), "output")]
 
 
@@ -668,7 +669,6 @@ def embedding_library(cfg, w, inputs, records, calls):
 
 
 def sinusoidal_inner(module, w, inputs, records):
-    from numpy_ref.embeddings import sinusoidal_encoding
     return [Inner(sinusoidal_encoding, (inputs["positions"], module.d_model), "output")]
 
 
@@ -694,7 +694,6 @@ def sdpa_inputs(cfg):
 
 
 def sdpa_inner(module, w, inputs, records):
-    from numpy_ref.attention import scaled_dot_product_attention
     return [Inner(scaled_dot_product_attention, (inputs["q"], inputs["k"], inputs["v"], inputs.get("mask"), module.cfg,
                                                  trace.untraced), "context")]
 
