@@ -10,8 +10,8 @@ from conformance.weights import checkpoints
 from conformance.spec import registry
 from conformance import weights
 
-transformers = pytest.importorskip("transformers")
-torch = pytest.importorskip("torch")
+import transformers  # noqa: E402
+import torch  # noqa: E402
 
 BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=99,
             max_position_embeddings=64)

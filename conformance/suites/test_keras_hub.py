@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-pytest.importorskip("keras_hub")
+import keras_hub  # noqa: E402,F401  (keras-hub is a test dependency: a missing one is a failure)
 
 from conformance.oracles import keras_hub as kho  # noqa: E402
 from conformance.spec import presets, registry  # noqa: E402

@@ -15,8 +15,8 @@ inputs never have. HF runs with its "eager" attention and with "sdpa" (its fused
 import numpy as np
 import pytest
 
-transformers = pytest.importorskip("transformers")
-torch = pytest.importorskip("torch")
+import transformers  # noqa: E402
+import torch  # noqa: E402
 
 from conformance.spec import inputs as spec_inputs
 from conformance.weights import checkpoints  # noqa: E402
