@@ -76,7 +76,7 @@ def test_bad_input_message_is_the_same_in_every_framework(case_id, name, inputs,
 
 @pytest.mark.parametrize("fields,words", [
     ({"d_model": 30, "num_heads": 4}, "num_heads must divide d_model; received d_model=30, num_heads=4"),
-    ({"activation": "swish"}, "activation must be one of ['gelu', 'gelu_tanh', 'relu']; received activation='swish'"),
+    ({"activation": "swish"}, "activation must be one of ['gelu', 'gelu_tanh', 'relu', 'silu']; received activation='swish'"),
     ({"d_model": 0}, "d_model must be a positive int; received d_model=0"),
     ({"dropout": 1.0}, "dropout must be in [0, 1); received dropout=1.0"),
     ({"layer_norm_eps": 0.0}, "layer_norm_eps must be > 0"),

@@ -13,9 +13,15 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
-POSITIONS = ("learned", "sinusoidal")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+POSITIONS = ("learned", "sinusoidal", "rotary")
 HEADS = ("none", "mlm", "classification", "qa")
+NORMS = ("layer", "rms")
+RMS_UPCASTS = ("none", "statistic", "all")
+ROTARY_PAIRINGS = ("half", "interleaved")
+ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3", "yarn")
+LAYER_TYPES = ("full_attention", "sliding_attention")
+CAUSAL_ALIGNMENTS = ("bottom_right", "top_left")
 # attention_impl -> the taps of the reference attention it does not produce. "reference" is
 # q k^T -> softmax -> @ v one traced op a line; "fused" is one library call (torch's
 # F.scaled_dot_product_attention, keras.ops.dot_product_attention, one NumPy expression), whose
@@ -48,21 +54,85 @@ class Config:
     dropout: float = 0.1           # rate used only in training mode, with a supplied keep mask
     head: str = "none"             # BERT task head: "none" (+ pooler), "mlm", "classification", "qa"
     attention_impl: str = "reference"  # "reference" or "fused": see ATTENTION_IMPLS
-    attention_scale: float | None = None  # scores = q k^T * scale; None: 1/sqrt(Dh), as every model here
+    attention_scale: float | None = None  # scores = q k^T * scale; None: 1/sqrt(Dh) (Gemma 2: query_pre_attn_scalar^-0.5)
+    # ---- the LLaMA family (Llama, Mistral, Qwen2, Gemma, Gemma 2) and the components it brought
+    norm: str = "layer"            # a model's normalization: "layer" (LayerNorm) or "rms" (RMSNorm, no mean, no beta)
+    rms_norm_offset: float = 0.0   # RMSNorm y = x / rms(x) * (offset + g): Gemma stores g around 0, offset 1
+    rms_norm_upcast: str = "statistic"  # half precision: "none"; "statistic" (HF Llama: normalize in float32,
+    #                                     cast back, then scale); "all" (HF Gemma, keras-hub: scale in float32 too)
+    num_kv_heads: int | None = None  # key/value heads, grouped-query attention; None: num_heads; 1: multi-query
+    attention_head_dim: int | None = None  # Dh when it is not D / H (Gemma: 256)
+    output_bias: bool | None = None  # bias of the attention output projection; None: as use_bias (Qwen2: False)
+    mlp_bias: bool = False         # biases of the gated feed-forward's projections (Llama's mlp_bias)
+    rope_theta: float = 10000.0    # the rotary base: Llama 2 1e4, Llama 3 5e5, Qwen2 1e6
+    rotary_pairing: str = "half"   # "half": feature i with i + Dr/2 (rotate_half; HF, GPT-NeoX); "interleaved": 2i
+    #                                with 2i + 1 (GPT-J, Meta's original checkpoints)
+    rotary_dim: int | None = None  # the first Dr features of each head rotate, the rest pass; None: all of them
+    rope_scaling: str = "none"     # "none", "linear", "dynamic" (NTK), "llama3", "yarn": the transformers rope types
+    rope_factor: float = 1.0       # the scaling factor of every type
+    rope_low_freq_factor: float = 1.0   # llama3
+    rope_high_freq_factor: float = 4.0  # llama3
+    rope_original_max_positions: int | None = None  # llama3, yarn: the pretraining context; None: max_positions
+    rope_beta_fast: float = 32.0   # yarn
+    rope_beta_slow: float = 1.0    # yarn
+    rope_attention_factor: float | None = None  # yarn: cos and sin scaled by it; None: 0.1 ln(factor) + 1
+    rope_truncate: bool = True     # yarn: round the correction range to whole dimensions
+    rotary_float32: bool = True    # inverse frequencies and angles pos * inv_freq in float32, as transformers and
+    #                                keras-hub compute them (at position 131071 a float64 angle differs by 3e-3)
+    sliding_window: int | None = None  # local attention: each query sees its last W keys, itself included
+    sliding_window_right: int = 0  # ... and R keys after it (bidirectional local attention)
+    layer_types: tuple = ()        # per layer "full_attention" or "sliding_attention"; (): every layer slides
+    #                                if sliding_window is set (Mistral); Gemma 2 alternates, Qwen2 slides the top ones
+    attn_logit_softcap: float | None = None   # scores = cap tanh(scores / cap), before the mask (Gemma 2: 50)
+    final_logit_softcap: float | None = None  # logits = cap tanh(logits / cap) (Gemma 2: 30)
+    qk_norm: bool = False          # RMSNorm over each head's q and k before the rotation (Qwen3, Gemma 3)
+    causal_alignment: str = "bottom_right"  # T queries, S > T keys: "bottom_right" (query i at S - T + i: a KV
+    #                                        cache) or "top_left" (query i at i: PyTorch's and ONNX's is_causal)
+    sandwich_norm: bool = False    # Gemma 2: a norm on the attention's and the feed-forward's outputs too
+    checkpoint: str = ""           # the Hugging Face model_type this config writes as; "": its family's first
 
     def __post_init__(self):
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("position", self.position, POSITIONS)
         _check_choice("head", self.head, HEADS)
         _check_choice("attention_impl", self.attention_impl, tuple(ATTENTION_IMPLS))
+        _check_choice("norm", self.norm, NORMS)
+        _check_choice("rms_norm_upcast", self.rms_norm_upcast, RMS_UPCASTS)
+        _check_choice("rotary_pairing", self.rotary_pairing, ROTARY_PAIRINGS)
+        _check_choice("rope_scaling", self.rope_scaling, ROPE_SCALINGS)
+        _check_choice("causal_alignment", self.causal_alignment, CAUSAL_ALIGNMENTS)
+        for i, t in enumerate(self.layer_types):
+            _check_choice(f"layer_types[{i}]", t, LAYER_TYPES)
         for name in ("d_model", "num_heads", "d_ff", "vocab_size", "max_positions"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"Config.{name} must be a positive int; received {name}={value!r}")
-        if self.d_model % self.num_heads:
+        for name in ("num_kv_heads", "attention_head_dim", "rotary_dim", "sliding_window", "rope_original_max_positions"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ValueError(f"Config.{name} must be a positive int or None; received {name}={value!r}")
+        if self.attention_head_dim is None and self.d_model % self.num_heads:
             raise ValueError(
                 f"Config.num_heads must divide d_model; received d_model={self.d_model}, "
                 f"num_heads={self.num_heads} (remainder {self.d_model % self.num_heads})")
+        if self.num_heads % self.kv_heads:
+            raise ValueError(f"Config.num_kv_heads must divide num_heads (each key/value head serves a group of "
+                             f"query heads); received num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}")
+        if self.rotary_dim is not None and (self.rotary_dim > self.head_dim or self.rotary_dim % 2):
+            raise ValueError(f"Config.rotary_dim must be even and at most head_dim={self.head_dim}; "
+                             f"received rotary_dim={self.rotary_dim}")
+        if self.layer_types and len(self.layer_types) != self.num_layers:
+            raise ValueError(f"Config.layer_types must give one type per layer (num_layers={self.num_layers}); "
+                             f"received {len(self.layer_types)} types")
+        if self.rope_scaling != "none" and not self.rope_factor > 0:
+            raise ValueError(f"Config.rope_factor must be > 0; received rope_factor={self.rope_factor!r}")
+        if not isinstance(self.sliding_window_right, int) or self.sliding_window_right < 0:
+            raise ValueError(f"Config.sliding_window_right must be an int >= 0; "
+                             f"received sliding_window_right={self.sliding_window_right!r}")
+        for name in ("attn_logit_softcap", "final_logit_softcap"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"Config.{name} must be > 0 or None; received {name}={value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"Config.dropout must be in [0, 1); received dropout={self.dropout}")
         if self.attention_scale is not None and not self.attention_scale > 0:
@@ -72,7 +142,19 @@ class Config:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.num_heads
+        """Dh: `attention_head_dim`, else D / H."""
+        return self.attention_head_dim or self.d_model // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """The key/value heads: `num_kv_heads`, else one per query head."""
+        return self.num_kv_heads or self.num_heads
+
+    def sliding(self, layer: int) -> bool:
+        """Does layer `layer` attend through the sliding window?"""
+        if self.sliding_window is None:
+            return False
+        return not self.layer_types or self.layer_types[layer] == "sliding_attention"
 
     @property
     def scale(self) -> float:
@@ -91,7 +173,7 @@ class Config:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown Config fields {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})  # JSON lists: tuples
 
 
 def _check_choice(name, value, choices):
