@@ -99,6 +99,15 @@ def softmax_backward(grad, probs, mask=None):
     return d_x if mask is None else np.where(mask, d_x, 0)
 
 
+def softcap(x, cap):
+    """cap tanh(x / cap): about x for |x| << cap, never past +-cap (Gemma 2's scores and logits)."""
+    return cap * np.tanh(x / cap)
+
+
+def softcap_backward(grad, capped, cap):
+    """d/dx cap tanh(x / cap) = 1 - tanh^2(x / cap) = 1 - (y / cap)^2, from the output y alone."""
+    return grad * (1.0 - (capped / cap) ** 2)
+
 def dropout(x, keep, rate):
     return np.where(keep, x / (1.0 - rate), 0).astype(x.dtype, copy=False)
 

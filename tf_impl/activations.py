@@ -42,6 +42,10 @@ def softmax(x, mask=None, fill=-1e9):
     return probs
 
 
+def softcap(x, cap):
+    """cap tanh(x / cap): about x for |x| << cap, never past +-cap (Gemma 2's scores and logits)."""
+    return cap * ops.tanh(x / cap)
+
 def dropout(x, keep, rate):
     return ops.where(keep, x / (1.0 - rate), 0)
 

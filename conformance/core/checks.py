@@ -126,3 +126,10 @@ def token_inputs(input_ids, attention_mask=None, token_type_ids=None, past: int 
 def _after(past: int, n):
     """past + n, or None for an unknown (traced) axis."""
     return None if n is None else past + n
+
+
+def position_ids(arg: str, positions, ids_shape: tuple) -> None:
+    """Explicit positions (B, T) integers, one per token of `input_ids`, never negative."""
+    shape_, dtype = positions
+    integer(arg, dtype)
+    shape(arg, shape_, ids_shape, "(B, T) like input_ids")

@@ -17,6 +17,7 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 POSITIONS = ("learned", "sinusoidal", "rotary")
 HEADS = ("none", "mlm", "classification", "qa")
 NORMS = ("layer", "rms")
+FEED_FORWARDS = ("standard", "gated")
 RMS_UPCASTS = ("none", "statistic", "all")
 ROTARY_PAIRINGS = ("half", "interleaved")
 ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3", "yarn")
@@ -57,6 +58,7 @@ class Config:
     attention_scale: float | None = None  # scores = q k^T * scale; None: 1/sqrt(Dh) (Gemma 2: query_pre_attn_scalar^-0.5)
     # ---- the LLaMA family (Llama, Mistral, Qwen2, Gemma, Gemma 2) and the components it brought
     norm: str = "layer"            # a model's normalization: "layer" (LayerNorm) or "rms" (RMSNorm, no mean, no beta)
+    feed_forward: str = "standard"  # a layer's MLP: "standard" act(x W1) W2, or "gated" down(act(gate x) * up x)
     rms_norm_offset: float = 0.0   # RMSNorm y = x / rms(x) * (offset + g): Gemma stores g around 0, offset 1
     rms_norm_upcast: str = "statistic"  # half precision: "none"; "statistic" (HF Llama: normalize in float32,
     #                                     cast back, then scale); "all" (HF Gemma, keras-hub: scale in float32 too)
@@ -97,6 +99,7 @@ class Config:
         _check_choice("head", self.head, HEADS)
         _check_choice("attention_impl", self.attention_impl, tuple(ATTENTION_IMPLS))
         _check_choice("norm", self.norm, NORMS)
+        _check_choice("feed_forward", self.feed_forward, FEED_FORWARDS)
         _check_choice("rms_norm_upcast", self.rms_norm_upcast, RMS_UPCASTS)
         _check_choice("rotary_pairing", self.rotary_pairing, ROTARY_PAIRINGS)
         _check_choice("rope_scaling", self.rope_scaling, ROPE_SCALINGS)

@@ -24,6 +24,7 @@ PER_ELEMENT = {
     "bias": 1, "residual": 1, "embedding_add": 1, "embedding_scale": 1, "tanh": 1,
     "scale": 1,       # scores * 1/sqrt(Dh)
     "mask": 1,        # where(mask, scores, fill)
+    "softcap": 3,     # cap tanh(x / cap): divide, tanh, multiply
     "softmax": 5,     # max, subtract, exp, sum, divide (TensorFlow's profiler counts 5 too)
     "layer_norm": 7,  # mean, subtract, square, variance sum, divide by std, * gamma, + beta
     "gelu": 5,        # 0.5 x (1 + erf(x / sqrt 2)): divide, erf, add, two multiplies

@@ -69,7 +69,7 @@ def transformers_count(cfg: Config) -> dict:
                 "reason": f"transformers has no model with the {cfg.kind} family's layout and head={cfg.head!r}"}
     import torch
     import transformers
-    config = transformers.AutoConfig.for_model(**checkpoints.config_to_hf(cfg, family.hf, cls))
+    config = transformers.AutoConfig.for_model(**checkpoints.config_to_hf(cfg, family.checkpoint(cfg), cls))
     with torch.device("meta"):  # shapes only: instant for gpt2-xl
         model = getattr(transformers, cls)(config)
     return {"model": cls, "total": model.num_parameters()}

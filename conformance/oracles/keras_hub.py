@@ -67,10 +67,13 @@ def _keras_hub():
 def table(cfg: Config) -> KerasHub:
     """The keras-hub table of `cfg`'s family."""
     family = families.get(cfg.kind) if cfg.kind in families.FAMILIES else None
-    if family is None or family.keras_hub is None:
-        raise ValueError(f"keras-hub oracles exist for "
-                         f"{sorted(f.name for f in families.FAMILIES.values() if f.keras_hub)}; received kind={cfg.kind!r}")
-    return family.keras_hub
+    found = None if family is None else family.keras_hub_table(cfg)
+    if found is None:
+        having = sorted(f"{f.name} ({', '.join(t.backbone for t in f.keras_hub)})"
+                        for f in families.FAMILIES.values() if f.keras_hub)
+        raise ValueError(f"keras-hub oracles exist for {having}; received kind={cfg.kind!r}"
+                         + (f", checkpoint={cfg.checkpoint!r}" if cfg.checkpoint else ""))
+    return found
 
 
 def differences(cfg: Config) -> dict[str, tuple]:

@@ -44,7 +44,7 @@ def transformers_model(cfg: Config, w: dict | None = None, attn_implementation: 
         return model.to(getattr(torch, dtype)).eval()
     import torch
     family = families.get(cfg.kind)
-    config = transformers.AutoConfig.for_model(**checkpoints.config_to_hf(cfg, family.hf, cls))
+    config = transformers.AutoConfig.for_model(**checkpoints.config_to_hf(cfg, family.checkpoint(cfg), cls))
     with torch.device("meta"):
         model = getattr(transformers, cls)(config)
     model = model.to_empty(device="cpu").eval()  # no initialization: counting needs shapes, not values

@@ -58,6 +58,7 @@ class KerasHub:
     inputs: dict           # our input name -> (keras-hub input name, the value when left out: "ones"/"zeros")
     outputs: dict          # our output key -> the backbone's output key (None: it returns one tensor)
     tied_logits: bool = False  # logits = the token embedding reversed on the last output, as its CausalLM does
+    model_type: str = ""   # the Checkpoint model_type whose configs it reproduces ("": the family's only one)
 
 
 @dataclass(frozen=True)
@@ -84,15 +85,44 @@ class Walkthrough:
 
 
 @dataclass(frozen=True)
+class Decoding:
+    """How `conformance.generate` drives a model of a family that `generates`: what its forward takes.
+
+    Decoder-only (`encoder_decoder=False`): the prompt starts every sequence. A call is
+    `model(input_ids=(N, t), attention_mask=(N, t), position_ids=(N, t))`; with the cache,
+    `Built.step(new_ids, cache, attention_mask=(N, past + new), position_ids=(N, new))`. The mask
+    is passed only when the prompt has padding, `position_ids` only where `position_ids` is True:
+    then positions are cumsum(mask) - 1 (pads at 0) and a left-padded prompt is allowed; a model
+    without them numbers positions 0.. itself, so its prompts must be unpadded.
+
+    Encoder-decoder (`encoder_decoder=True`): the prompt is the encoder's input; every sequence
+    starts with the decoder start token. Without the cache a call is
+    `model(input_ids=source, attention_mask=source_mask, decoder_input_ids=(N, t))`. With it
+    (`cache=True`), the first `Built.step(cache=cache, input_ids=source, attention_mask=source_mask,
+    decoder_input_ids=(N, t))` runs the encoder once and keeps in each decoder layer's cache dict
+    what cross-attention needs (its keys and values, and the source mask) beside the growing
+    self-attention keys and values; later steps pass only `decoder_input_ids=(N, 1)`.
+
+    Either way the cache is a list of dicts of framework tensors whose axis 0 is the sequence:
+    beam search reorders every entry with `Built.reorder_cache`, so a model may keep anything there.
+    `cache=False`: the model keeps none, and generation recomputes every step (`use_cache=False`).
+    """
+    position_ids: bool = False
+    encoder_decoder: bool = False
+    cache: bool = True
+
+
+@dataclass(frozen=True)
 class Family:
     entry: Entry
     presets: dict[str, Config]
     run_inputs: dict = field(default_factory=dict)  # the input maker's options for a whole-model run
     tasks: dict[str, Task] = field(default_factory=dict)  # training task -> Task
     pretraining: str | None = None     # the task `tmirror report --train` trains with
-    generates: bool = False            # a causal LM with a key/value cache: `conformance.generate` drives it
-    hf: Checkpoint | None = None
-    keras_hub: KerasHub | None = None
+    generates: bool = False            # `conformance.generate` drives it, as `decoding` says
+    decoding: Decoding = Decoding()
+    checkpoints: tuple = ()           # its Hugging Face layouts (`Checkpoint`), one per model_type
+    keras_hub: tuple = ()             # keras-hub backbones (`KerasHub`), by the model_type each reproduces
     walkthrough: Walkthrough | None = None
     base_preset: str | None = None     # the full-size preset the docs quote and the --full tier runs
 
@@ -106,8 +136,23 @@ class Family:
         rng = np.random.default_rng(seed) if rng is None else rng
         return self.entry.make_inputs(cfg, rng, batch, length, **self.run_inputs)
 
+    def checkpoint(self, cfg: Config) -> Checkpoint | None:
+        """The Hugging Face layout `cfg` writes as: `cfg.checkpoint`'s, else the family's first; None: none."""
+        tables = {c.model_type: c for c in self.checkpoints}
+        if cfg.checkpoint and cfg.checkpoint not in tables:
+            raise ValueError(f"Config.checkpoint must be one of the {self.name} family's Hugging Face model types "
+                             f"{list(tables)} (or ''); received checkpoint={cfg.checkpoint!r}")
+        return tables.get(cfg.checkpoint) or next(iter(tables.values()), None)
+
+    def keras_hub_table(self, cfg: Config) -> KerasHub | None:
+        """The keras-hub backbone that reproduces `cfg`'s checkpoint type, or None where keras-hub has none."""
+        hf = self.checkpoint(cfg)
+        model_type = hf.model_type if hf else ""
+        return next((t for t in self.keras_hub if t.model_type in ("", model_type)), None)
+
     def transformers_class(self, cfg: Config) -> str | None:
         """The `transformers` class with exactly `cfg`'s parameters, or None where it has none."""
-        if self.hf is None:
+        hf = self.checkpoint(cfg)
+        if hf is None:
             return None
-        return next((cls for cls, head in self.hf.classes.items() if head == cfg.head), None)
+        return next((cls for cls, head in hf.classes.items() if head == cfg.head), None)

@@ -38,7 +38,7 @@ from conformance.spec.leaves import Leaf, fuse, table_rows
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 ACTIVATION_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 LEGACY_LEAVES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}  # pre-2019 BERT files
-ARCHITECTURES = {f.hf.model_type: f.hf for f in families.FAMILIES.values() if f.hf is not None}
+ARCHITECTURES = {c.model_type: c for f in families.FAMILIES.values() for c in f.checkpoints}
 
 
 # -------------------------------------------------------------------------------- import
@@ -67,7 +67,10 @@ def from_hf(path, head: str | None = None) -> tuple[Config, dict[str, np.ndarray
     rows = _rows(arch, cfg, prefix)
     w = {c: np.ascontiguousarray(leaf.to_canonical(tensors[h], cfg)) for c, h, leaf in rows if h in tensors}
     used = {h for _, h, _ in rows} | _buffers(arch, cfg, prefix)
+    mapped = set(used)
     for h, c in arch.tied.items():
+        if h in mapped:  # an untied head is a parameter of its own: mapped like any other
+            continue
         used.add(h)
         if h in tensors and c in w and not np.array_equal(tensors[h], w[c]):
             raise ValueError(f"{path}: {h} differs from the tensor it is tied to ({c}); untied output "
@@ -98,7 +101,7 @@ def config_from_hf(hf: dict, arch: Checkpoint, cls: str) -> Config:
     head = arch.classes[cls]
     if head == "classification":
         values["num_labels"] = len(hf["id2label"]) if "id2label" in hf else hf.get("num_labels", 2)
-    if cls != arch.base_class and not hf.get("tie_word_embeddings", True):
+    if "tie_embeddings" not in arch.fields and cls != arch.base_class and not hf.get("tie_word_embeddings", True):
         raise ValueError(f"config.json tie_word_embeddings must be true for {cls} (the output head is the "
                          f"token table); received false")
     return Config(head=head, **arch.constants, **values)
@@ -127,10 +130,11 @@ def to_hf(cfg: Config, w: dict[str, np.ndarray], path, architecture: str | None 
     """Write config.json and model.safetensors for `architecture` (default: from cfg.head)."""
     from safetensors.numpy import save_file
 
-    arch = families.get(cfg.kind).hf
+    arch = families.get(cfg.kind).checkpoint(cfg)
     if arch is None:
         raise ValueError(f"Config.kind must be a family with a Hugging Face checkpoint table "
-                         f"{sorted(f.name for f in families.FAMILIES.values() if f.hf)}; received kind={cfg.kind!r}")
+                         f"{sorted(f.name for f in families.FAMILIES.values() if f.checkpoints)}; "
+                         f"received kind={cfg.kind!r}")
     choices = [c for c, head in arch.classes.items() if head == cfg.head]
     if not choices:
         raise ValueError(f"Config.head must be one of {sorted(set(arch.classes.values()))} for a Hugging Face "

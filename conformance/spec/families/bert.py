@@ -122,5 +122,5 @@ FAMILY = Family(
     run_inputs={"segments": True},
     tasks={"mlm": Task("mlm"), "classification": Task("classification")},
     pretraining="mlm",
-    hf=HF, keras_hub=KERAS_HUB, walkthrough=WALKTHROUGH, base_preset="bert-base",
+    checkpoints=(HF,), keras_hub=(KERAS_HUB,), walkthrough=WALKTHROUGH, base_preset="bert-base",
 )

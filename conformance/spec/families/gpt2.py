@@ -108,5 +108,5 @@ FAMILY = Family(
     tasks={"causal_lm": Task("none")},
     pretraining="causal_lm",
     generates=True,
-    hf=HF, keras_hub=KERAS_HUB, walkthrough=WALKTHROUGH, base_preset="gpt2",
+    checkpoints=(HF,), keras_hub=(KERAS_HUB,), walkthrough=WALKTHROUGH, base_preset="gpt2",
 )
