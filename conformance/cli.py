@@ -21,6 +21,16 @@ def _csv(allowed):
     return parse
 
 
+def _positive_seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds; received {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds; received {text}")
+    return value
+
+
 def _positive(text):
     value = int(text)
     if value < 1:
@@ -94,6 +104,27 @@ def parser() -> argparse.ArgumentParser:
     tol.add_argument("--out", help="Markdown table (default: reports/tolerances.md; -cuda.md on cuda)")
     tol.add_argument("--evidence", help="evidence JSON (default: conformance/compare/tolerance_evidence.json; "
                                         "_cuda.json on cuda)")
+    gpu = sub.add_parser("gpu-check", help="the GPU conformance run within a time budget (issue 21): torch on "
+                                           "cuda in every GPU dtype, TF32 on and off, presets, Keras on jax and "
+                                           "torch, timing, tolerances; writes gpu-DEVICE.md/.json and prints a verdict")
+    gpu.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                     help="cuda (default): torch on the GPU; cpu: the dry run, every part on small inputs")
+    gpu.add_argument("--out", default="reports", help="output directory (default: reports/)")
+    gpu.add_argument("--budget-seconds", type=_positive_seconds, default=None,
+                     help="the run ends within this many seconds, cutting the lowest-priority work first "
+                          "(default: 480 on cuda, 60 on cpu)")
+    gpu.add_argument("--frameworks", type=_csv(("torch", "tf")), default=["torch"],
+                     help="in-process mirrors on the device (default torch; tf: cpu only, needs TensorFlow)")
+    gpu.add_argument("--dtypes", type=_csv(DTYPES), default=None,
+                     help="default: float32,tf32,bfloat16,float16,mixed_bfloat16,mixed_float16 on cuda; "
+                          "float32,bfloat16 on cpu")
+    gpu.add_argument("--keras-backends", type=_csv(("jax", "torch", "tensorflow")),
+                     default=["jax", "torch", "tensorflow"], help="Keras backends to run tf_impl on (subprocesses)")
+    gpu.add_argument("--cases", default=None,
+                     help="glob over registry case ids (default: every case on cuda, a sample of each kind on cpu)")
+    gpu.add_argument("--wheels", default=None,
+                     help="a directory of carried wheels (default: .whl/ in the checkout; scripts/gpu-wheels)")
+    gpu.error = lambda message: gpu.exit(2, f"tmirror gpu-check: error: {message}\n")  # one line, no usage
     fig = sub.add_parser("figures", help="the docs' numbers and figures: docs/generated/*.md, docs/figures/*.png")
     fig.add_argument("--out", default="docs", help="the docs directory (default: docs/)")
     fig.add_argument("--quick", action="store_true", help="smaller measurements, in seconds (not for committing)")
@@ -326,7 +357,7 @@ def cmd_tolerances(args) -> int:
     evidence_path.parent.mkdir(parents=True, exist_ok=True)
     evidence_path.write_text(measure.dumps(ev))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(measure.markdown(ev))
+    out.write_text(measure.markdown(ev, str(evidence_path)))
     uncovered = []
     for dtype, row in ev["rows"].items():
         state = ("no row in TOLERANCES" if "covered" not in row else
@@ -341,8 +372,20 @@ def cmd_tolerances(args) -> int:
     return 1 if uncovered else 0
 
 
+def cmd_gpu_check(args) -> int:
+    import time
+    started = time.perf_counter()  # the budget counts the imports below too
+    from conformance.report import gpu
+    s = gpu.settings(args.device, args.out, args.budget_seconds, args.frameworks, args.dtypes,
+                     keras=args.keras_backends, cases=args.cases, wheels=args.wheels,
+                     command="tmirror gpu-check " + " ".join(args.argv))
+    rep = gpu.run(s, progress=lambda line: print(line, file=sys.stderr, flush=True), started=started)
+    print(rep.line, flush=True)  # the verdict the report holds
+    return rep.code
+
+
 COMMANDS = {"export": cmd_export, "explain": cmd_explain, "figures": cmd_figures, "matrix": cmd_matrix, "models": cmd_models, "report": cmd_report, "compare": cmd_compare, "trace": cmd_trace,
-            "tolerances": cmd_tolerances}
+            "tolerances": cmd_tolerances, "gpu-check": cmd_gpu_check}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,23 +1,31 @@
-"""tf_impl on Keras's other backends, as extra columns: the same layers under KERAS_BACKEND=torch.
+"""tf_impl on Keras's other backends, as extra columns: the same layers under KERAS_BACKEND=torch or jax.
 
     runs = keras_backend_runs(cfg, w, inputs, backends=("torch",))
     runs["torch"].passed, runs["torch"].comparisons      # against the float64 NumPy reference
+    runs = keras_backend_batch([(label, cfg, w, inputs, reference), ...], ("jax", "torch"), ("float32",))
+    runs[(label, "jax", "float32")].device                # where Keras put the tensors: "cuda:0", "gpu", "cpu"
 
 Keras fixes its backend once, when it is first imported, from KERAS_BACKEND: a process that
 has imported Keras on TensorFlow cannot switch. So each backend runs in its own subprocess
-(`python -m conformance.compare.keras_backends DIR DTYPE`), fed the canonical weights (safetensors,
-with the config in the metadata) and the inputs (npz) through a temporary directory; its
-outputs come back as npz and the parent compares them through the one tolerance table.
+(`python -m conformance.compare.keras_backends DIR DTYPES OUT`), fed the canonical weights (safetensors,
+with the config in the metadata) and the inputs (npz) of every case through a temporary directory;
+it writes each case's outputs (npz) as it goes, so a subprocess stopped at its timeout still returns
+what it finished, and the parent compares them through the one tolerance table. The backends'
+subprocesses run at the same time. Keras on another backend puts its tensors where that framework
+does by default (torch: a CUDA device if there is one; JAX: its first device, a GPU where jax has
+its CUDA plugin); each run records the device and the matmul precision the subprocess saw.
 
 Backends: "tensorflow" (the default, for symmetry), "torch", "jax". JAX is not installed in
-this environment (on purpose: the project pins TensorFlow and PyTorch), so a "jax" run
-reports that instead of running.
+the project's environment (on purpose: it pins TensorFlow and PyTorch), so a "jax" run there
+reports that instead of running; a GPU machine with JAX and without TensorFlow runs "jax" and
+"torch" and reports "tensorflow" so.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -28,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from conformance import weights
-from conformance.backends import backend as framework_backend, build
-from conformance.backends.dtypes import output_dtypes
+from conformance.backends import build
+from conformance.backends.dtypes import DTYPES, output_dtypes
 from conformance.compare.tolerance import Comparison, compare_outputs
 from conformance.spec import registry
 
@@ -44,6 +52,10 @@ KNOWN = {
         "(the TensorFlow backend does not); tf_impl calls them at linear.py:15, attention.py:36 and :38, "
         "activations.py:29 (relu), bert.py:45, gpt2.py:59 and transformer.py:57, so float64 is float32 there",
 }
+# What each backend's subprocess environment gets beyond KERAS_BACKEND: JAX would otherwise take 75%
+# of the GPU's memory at its first operation, beside the parent's torch
+CHILD_ENV = {"jax": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}}
+KERAS_DTYPES = tuple(d for d in DTYPES if d != "tf32")  # `TFBackend.dtypes`, without importing Keras here
 
 
 @dataclass
@@ -55,6 +67,8 @@ class BackendRun:
     error: str | None = None
     seconds: float = 0.0
     note: str | None = None  # a known Keras limitation for this backend and dtype (`KNOWN`)
+    device: str | None = None  # the device of a tensor Keras made in the subprocess, e.g. "cuda:0"
+    precision: dict = field(default_factory=dict)  # matmul precision settings the subprocess saw
 
     @property
     def passed(self) -> bool:
@@ -67,83 +81,212 @@ def unavailable(backend: str) -> str | None:
         return f"keras backend must be one of {list(BACKENDS)}; received {backend!r}"
     module = {"tensorflow": "tensorflow", "torch": "torch", "jax": "jax"}[backend]
     if importlib.util.find_spec(module) is None:
-        return (f"{module} is not installed in this environment (not installed on purpose: the project "
-                f"pins tensorflow and torch), so Keras cannot run on the {backend} backend")
+        return f"{module} is not installed in this environment, so Keras cannot run on the {backend} backend"
     return None
 
 
 def keras_backend_runs(cfg, w: dict, inputs: dict, backends=("torch",), dtype: str = "float32",
-                       reference: dict | None = None, timeout: float = 600) -> dict[str, BackendRun]:
+                       reference: dict | None = None, timeout: float = 600, env: dict | None = None
+                       ) -> dict[str, BackendRun]:
     """Run tf_impl on each Keras backend in a subprocess; compare with the float64 reference.
 
     Returns {backend: BackendRun}; a backend that cannot run, or whose subprocess fails, has
-    `error` set (one line) and no comparisons.
+    `error` set (one line) and no comparisons. `env`: more environment variables for the subprocesses.
     """
-    framework_backend("tf").require(dtype)
-    if reference is None:
-        reference = build("numpy", cfg, w, dtype="float64")(**inputs)
-    runs = {}
+    runs = keras_backend_batch([("case", cfg, w, inputs, reference)], backends, (dtype,), timeout, env)
+    return {b: runs[("case", b, dtype)] for b in backends}
+
+
+def keras_backend_batch(items, backends=("torch",), dtypes=("float32",), timeout: float = 600,
+                        env: dict | None = None) -> dict[tuple, BackendRun]:
+    """Every item (label, cfg, weights, inputs, reference or None, [dtypes]) on every backend, one
+    subprocess per backend, all started together; each item in each of `dtypes` (or the item's own
+    sixth field, a subset of them), dtype by dtype in the order given.
+
+    Returns {(label, backend, dtype): BackendRun}. `timeout` bounds the whole batch: a run the
+    subprocess had not finished by then has `error` "no result within ...".
+    """
+    batch = KerasBatch(items, dtypes)
     for backend in backends:
-        run = runs[backend] = BackendRun(backend, dtype, note=KNOWN.get((backend, dtype)))
-        run.error = unavailable(backend)
-        if run.error:
-            continue
-        with tempfile.TemporaryDirectory(prefix="tmirror-keras-") as tmp:
-            tmp = Path(tmp)
-            weights.save(w, tmp / "weights.safetensors", cfg)
-            np.savez(tmp / "inputs.npz", **{k: np.asarray(v) for k, v in inputs.items()})
-            env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
-                   "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
-            t0 = time.perf_counter()
-            try:
-                p = subprocess.run([sys.executable, "-m", "conformance.compare.keras_backends", str(tmp), dtype],
-                                   capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                run.error = f"keras on {backend}: no result within {timeout:g} s"
-                continue
-            run.seconds = time.perf_counter() - t0
-            if p.returncode != 0:
-                lines = [line for line in p.stderr.strip().splitlines() if line.strip()]
-                run.error = f"keras on {backend}: " + (lines[-1] if lines else f"exit status {p.returncode}")
-                continue
-            meta = json.loads((tmp / "meta.json").read_text())
-            with np.load(tmp / "outputs.npz") as f:
-                run.outputs = {k: f[k] for k in f.files}
-        label = f"keras[{backend}]/{dtype}"
-        run.comparisons = compare_outputs(label, run.outputs, reference, dtype)
-        if meta["keras_backend"] != backend:
-            run.comparisons.append(Comparison(label, np.inf, np.inf, (), False,
-                                              f"ran on keras backend {meta['keras_backend']}, expected {backend}"))
-        want = output_dtypes(dtype, meta["float64_output"])
-        for key, got in meta["dtypes"].items():
-            if got not in want:
-                run.comparisons.append(Comparison(f"{label}.{key}", np.inf, np.inf, (), False,
-                                                  f"computed in {got}, expected {' or '.join(want)}"))
-    return runs
+        batch.launch(backend, env=env)
+    return batch.collect(timeout)
 
 
-def _child(directory: str, dtype: str) -> int:
-    """In the subprocess: build tf_impl on this process's Keras backend and write its outputs."""
+class KerasBatch:
+    """The items written once to a temporary directory; `launch` starts a backend's subprocess on them
+    (and may start the same backend again under another `tag` with other environment variables, e.g.
+    TF32 off), `collect` waits for all of them and compares. Launch, do other work, then collect:
+
+        batch = KerasBatch(items, ("float32", "bfloat16"))
+        batch.launch("jax"); batch.launch("jax", env={"JAX_DEFAULT_MATMUL_PRECISION": "highest"},
+                                          dtypes=("float32",), tag="jax,TF32 off")
+        runs = batch.collect(timeout=300)      # {(label, tag, dtype): BackendRun}
+    """
+
+    def __init__(self, items, dtypes=("float32",)):
+        for dtype in dtypes:  # checked here: asking the tf backend would import Keras, so TensorFlow, in this process
+            if dtype not in KERAS_DTYPES:
+                raise ValueError(f"tf does not support dtype={dtype!r}: tf_impl on Keras runs {list(KERAS_DTYPES)} "
+                                 "(TF32 is a matmul mode of the GPU, not a Keras dtype policy)")
+        self.dtypes = tuple(dtypes)
+        self.items = [(it[0], it[1], it[2], it[3], it[4],
+                       tuple(d for d in dtypes if d in (it[5] if len(it) > 5 else dtypes))) for it in items]
+        self.references = {it[0]: it[4] if it[4] is not None else build("numpy", it[1], it[2], dtype="float64")(**it[3])
+                           for it in self.items}
+        self._tmp = tempfile.TemporaryDirectory(prefix="tmirror-keras-")
+        self.dir = Path(self._tmp.name)
+        for i, (_, cfg, w, inputs, _, _) in enumerate(self.items):
+            (self.dir / str(i)).mkdir()
+            weights.save(w, self.dir / str(i) / "weights.safetensors", cfg)
+            np.savez(self.dir / str(i) / "inputs.npz", **{k: np.asarray(v) for k, v in inputs.items()})
+        (self.dir / "items.json").write_text(json.dumps([{"dir": str(i), "dtypes": list(it[5])}
+                                                         for i, it in enumerate(self.items)]))
+        self.launched = {}  # tag -> (backend, dtypes, Popen or None, stderr file, start time, why not)
+
+    def launch(self, backend: str, env: dict | None = None, dtypes=None, tag: str | None = None) -> None:
+        tag = tag or backend
+        dtypes = tuple(d for d in (dtypes or self.dtypes) if d in self.dtypes)
+        why = unavailable(backend)
+        if why:
+            self.launched[tag] = (backend, dtypes, None, None, time.perf_counter(), why)
+            return
+        out = self.dir / re.sub(r"[^\w.-]+", "_", tag)
+        out.mkdir()
+        child_env = {**os.environ, **CHILD_ENV.get(backend, {}), **(env or {}), "KERAS_BACKEND": backend,
+                     "TF_CPP_MIN_LOG_LEVEL": "3",
+                     "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+        stderr = open(out / "stderr.txt", "w")
+        p = subprocess.Popen([sys.executable, "-m", "conformance.compare.keras_backends", str(self.dir),
+                              ",".join(dtypes), str(out)], stdout=subprocess.DEVNULL, stderr=stderr, env=child_env,
+                             cwd=ROOT)
+        self.launched[tag] = (backend, dtypes, p, stderr, time.perf_counter(), None)
+
+    def collect(self, timeout: float) -> dict[tuple, BackendRun]:
+        """Wait up to `timeout` seconds in all for the subprocesses (then stop them), compare what they wrote."""
+        deadline = time.perf_counter() + timeout
+        runs = {}
+        try:
+            for tag, (backend, dtypes, p, stderr, t0, why) in self.launched.items():
+                failure = why
+                if p is not None:
+                    timed_out = False
+                    try:
+                        p.wait(timeout=max(0.0, deadline - time.perf_counter()))
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                        p.wait()
+                        timed_out = True
+                    stderr.close()
+                    out = Path(stderr.name).parent
+                    lines = [line for line in (out / "stderr.txt").read_text().splitlines() if line.strip()]
+                    failure = (f"keras on {backend}: no result within {timeout:g} s" if timed_out else
+                               f"keras on {backend}: " + (lines[-1] if lines else f"exit status {p.returncode}"))
+                for i, (label, _, _, _, _, item_dtypes) in enumerate(self.items):
+                    for dtype in item_dtypes:
+                        if dtype not in dtypes:
+                            continue
+                        run = runs[(label, tag, dtype)] = BackendRun(backend, dtype, note=KNOWN.get((backend, dtype)))
+                        if p is None:
+                            run.error = why
+                        else:
+                            _collect(run, out / f"{i}-{dtype}", self.references[label], time.perf_counter() - t0,
+                                     failure)
+        finally:
+            self.close()
+        return runs
+
+    def close(self) -> None:
+        """Stop any subprocess still running and remove the directory (collect does it; safe to repeat)."""
+        for _, _, p, stderr, _, _ in self.launched.values():
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+            if stderr is not None:
+                stderr.close()
+        self._tmp.cleanup()
+
+
+def _collect(run: BackendRun, stem: Path, reference: dict, seconds: float, failure: str) -> None:
+    """Fill `run` from the subprocess's files `stem`.json / .npz, or with `failure` where it left none."""
+    meta_path = stem.with_suffix(".json")
+    if not meta_path.is_file():
+        run.error, run.seconds = failure, seconds
+        return
+    meta = json.loads(meta_path.read_text())
+    run.seconds, run.device, run.precision = meta.get("seconds", 0.0), meta.get("device"), meta.get("precision", {})
+    if meta.get("error"):
+        run.error = f"keras on {run.backend}: {meta['error']}"
+        return
+    with np.load(stem.with_suffix(".npz")) as f:
+        run.outputs = {k: f[k] for k in f.files}
+    label = f"keras[{run.backend}]/{run.dtype}"
+    run.comparisons = compare_outputs(label, run.outputs, reference, run.dtype)
+    if meta["keras_backend"] != run.backend:
+        run.comparisons.append(Comparison(label, np.inf, np.inf, (), False,
+                                          f"ran on keras backend {meta['keras_backend']}, expected {run.backend}"))
+    want = output_dtypes(run.dtype, meta["float64_output"])
+    for key, got in meta["dtypes"].items():
+        if got not in want:
+            run.comparisons.append(Comparison(f"{label}.{key}", np.inf, np.inf, (), False,
+                                              f"computed in {got}, expected {' or '.join(want)}"))
+
+
+def _where(keras) -> tuple[str, dict]:
+    """(the device of a tensor Keras makes, the matmul precision settings) in this subprocess."""
+    x = keras.ops.zeros((1,))
+    device = getattr(x, "device", None)
+    device = str(device() if callable(device) else device)
+    precision = {}
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+        precision["jax_default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
+        device = f"{jax.devices()[0].platform}:{jax.devices()[0].id}" if device == "None" else device
+    elif backend == "torch":
+        import torch
+        precision["torch_tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        precision["torch_float32_matmul_precision"] = torch.get_float32_matmul_precision()
+    if os.environ.get("NVIDIA_TF32_OVERRIDE") is not None:
+        precision["NVIDIA_TF32_OVERRIDE"] = os.environ["NVIDIA_TF32_OVERRIDE"]
+    return device, precision
+
+
+def _child(directory: str, dtypes: str, out: str) -> int:
+    """In the subprocess: build tf_impl on this process's Keras backend for every item and dtype and
+    write each one's outputs as soon as it has them; an item that raises records its one-line error."""
     import keras
 
-    tmp = Path(directory)
-    cfg = weights.load_config(tmp / "weights.safetensors")
-    w = weights.load(tmp / "weights.safetensors")
-    with np.load(tmp / "inputs.npz") as f:
-        inputs = {k: f[k] for k in f.files}
-    out = build("tf", cfg, w, dtype=dtype)(**inputs)
-    dtypes = {k: str(v.dtype) for k, v in out.items()}
-    np.savez(tmp / "outputs.npz", **{k: np.asarray(v).astype(np.float64) for k, v in out.items()})
-    (tmp / "meta.json").write_text(json.dumps({
-        "keras_backend": keras.backend.backend(), "dtypes": dtypes,
-        "float64_output": registry.get(cfg.kind).float64_output}))
+    tmp, out = Path(directory), Path(out)
+    items = json.loads((tmp / "items.json").read_text())
+    device, precision = _where(keras)
+    for dtype in dtypes.split(","):
+        for i, item in enumerate(items):
+            if dtype not in item["dtypes"]:
+                continue
+            stem = out / f"{i}-{dtype}"
+            meta = {"keras_backend": keras.backend.backend(), "keras_version": keras.__version__,
+                    "device": device, "precision": precision}
+            t0 = time.perf_counter()
+            try:
+                path = tmp / item["dir"] / "weights.safetensors"
+                cfg, w = weights.load_config(path), weights.load(path)
+                with np.load(tmp / item["dir"] / "inputs.npz") as f:
+                    inputs = {k: f[k] for k in f.files}
+                got = build("tf", cfg, w, dtype=dtype)(**inputs)
+                np.savez(stem.with_suffix(".npz"), **{k: np.asarray(v).astype(np.float64) for k, v in got.items()})
+                meta.update(dtypes={k: str(v.dtype) for k, v in got.items()},
+                            float64_output=registry.get(cfg.kind).float64_output)
+            except Exception as e:  # one line for the parent; the traceback would be noise
+                meta["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            meta["seconds"] = time.perf_counter() - t0
+            stem.with_suffix(".json").write_text(json.dumps(meta))
     return 0
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
-        sys.exit(_child(*sys.argv[1:3]))
+        sys.exit(_child(*sys.argv[1:4]))
     except Exception as e:  # one line for the parent; the traceback would be noise
         print(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
         sys.exit(1)

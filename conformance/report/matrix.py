@@ -29,14 +29,25 @@ def measure(frameworks, dtypes, device="cpu", progress=None) -> dict:
     return {"columns": columns, "cells": cells, "device": device}
 
 
+def cell(value) -> str:
+    """One matrix cell: "worst max-abs error pass|FAIL"; "-" where the case did not run (value None)."""
+    if value is None:
+        return "-"
+    return f"{value[0]:.1e} {'pass' if value[1] else 'FAIL'}"
+
+
+def table(case_ids, columns, cells: dict, device) -> str:
+    """The matrix as a Markdown table: a row per case id, a column per (framework, dtype) labelled
+    "framework dtype device" (`device` a str, or {framework: device}); cells {(case id, framework,
+    dtype): (worst max abs, passed)}, a missing cell shown as "-"."""
+    where = device if isinstance(device, dict) else {f: device for f, _ in columns}
+    header = ["component / model"] + [f"{f} {d} {where[f]}" for f, d in columns]
+    rows = [[cid] + [cell(cells.get((cid, f, d))) for f, d in columns] for cid in case_ids]
+    return tabulate(rows, header, tablefmt="github")
+
+
 def markdown(m: dict, environment: dict) -> str:
     columns, cells = m["columns"], m["cells"]
-    header = ["component / model"] + [f"{f} {d} {m['device']}" for f, d in columns]
-    rows = []
-    for case in CASES:
-        cid = case_id(case)
-        rows.append([cid] + [f"{cells[(cid, f, d)][0]:.1e} {'pass' if cells[(cid, f, d)][1] else 'FAIL'}"
-                             for f, d in columns])
     passed = sum(ok for _, ok in cells.values())
     worst = {f"{f} {d}": max(cells[(case_id(c), f, d)][0] for c in CASES) for f, d in columns}
     return "\n".join([
@@ -47,7 +58,7 @@ def markdown(m: dict, environment: dict) -> str:
         "show op-by-op detail.", "",
         f"**{passed} of {len(cells)} cells pass.** Worst error per column: "
         + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + ".", "",
-        tabulate(rows, header, tablefmt="github"), "",
+        table([case_id(c) for c in CASES], columns, cells, m["device"]), "",
         "Tolerances: |actual - reference| <= atol + rtol |reference| elementwise, or for the "
         "low-precision rows <= scale_rtol max |reference| per tensor (conformance/compare/tolerance.py):", "",
         tabulate([(k, t.atol, t.rtol, t.scale_rtol) for k, t in TOLERANCES.items()],
