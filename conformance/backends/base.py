@@ -113,6 +113,12 @@ class Backend:
     def to_numpy(self, x) -> np.ndarray:
         return np.asarray(x)
 
+    def take_rows(self, x, rows: np.ndarray):
+        """The rows `rows` (N',) int of axis 0 of the framework tensor `x`, as a framework tensor (a cache
+        reordered for beam search). A framework that cannot keeps the base's refusal: generate without a cache."""
+        raise ValueError(f"the {self.name} framework cannot reorder a key/value cache; "
+                         f"generate with use_cache=False")
+
     def run(self, module, inputs, training: bool, call=None):
         """Call `module(**inputs)`, or `module(*args, **kwargs)` for call=(args, kwargs)."""
         raise NotImplementedError
@@ -209,20 +215,34 @@ class Built:
         finite.check_finite(self, inputs, outputs)
         return outputs
 
-    def step(self, input_ids, cache: list, attention_mask=None) -> dict[str, np.ndarray]:
-        """One decoding call that continues from `cache` (a causal LM's key/value list).
+    def step(self, input_ids=None, cache: list | None = None, attention_mask=None, **inputs) -> dict:
+        """One decoding call that continues from `cache` (the model's key/value list).
 
         `__call__` converts every input from NumPy; the cache instead stays in the
         framework's own tensors between calls (the model fills the list on the first
         call and appends to it after), so only the new tokens cross the boundary.
+        Inputs left None are not passed; what a family's model takes is its
+        `conformance.spec.family.Decoding` (e.g. `position_ids`, `decoder_input_ids`).
         """
-        inputs = {"input_ids": input_ids}
-        if attention_mask is not None:
-            inputs["attention_mask"] = attention_mask
+        if not isinstance(cache, list):
+            raise ValueError(f"cache must be a list (empty on the first step); received {type(cache).__name__}")
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, **inputs}
+        given = {k: v for k, v in given.items() if v is not None}
         with self.policy():
-            tensors = self.backend.inputs(inputs, self.dtype, self.device)
+            tensors = self.backend.inputs(given, self.dtype, self.device)
             out = self.backend.run(self.module, {**tensors, "cache": cache}, False)
         return {k: self.backend.to_numpy(v) for k, v in out.items()}
+
+    def reorder_cache(self, cache: list, rows) -> None:
+        """Sequence i of the cache becomes what sequence `rows[i]` was, in every entry of every layer
+        (beam search: each beam continues the one it was chosen from). In place; the tensors stay the
+        framework's, and `rows` may repeat rows or drop them (N' = len(rows))."""
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+            raise ValueError(f"rows must be a (N,) integer array; received shape {rows.shape}, dtype {rows.dtype}")
+        for layer in cache:
+            for name, tensor in layer.items():
+                layer[name] = self.backend.take_rows(tensor, rows)
 
     def trace(self, *, summary=False, full=None, capture=None, **inputs) -> tuple[dict, dict]:
         """(outputs, records): the outputs and every tapped tensor, by trace name.

@@ -40,6 +40,9 @@ class NumpyBackend(Backend):
         module.train(training)
         return module(*args, **kwargs)
 
+    def take_rows(self, x, rows):
+        return np.take(x, rows, axis=0)
+
     def parameters(self, module):
         return dict(module.named_parameters())
 

@@ -59,6 +59,9 @@ class TFBackend(Backend):
     def to_numpy(self, x):
         return keras.ops.convert_to_numpy(x)
 
+    def take_rows(self, x, rows):
+        return keras.ops.take(x, keras.ops.convert_to_tensor(rows), axis=0)
+
     def named_modules(self, module):
         return _layer.named_layers(module)
 

@@ -155,6 +155,9 @@ class TorchBackend(Backend):
     def to_numpy(self, x):
         return to_numpy(x)
 
+    def take_rows(self, x, rows):
+        return x.index_select(0, torch.as_tensor(rows, dtype=torch.long, device=x.device))
+
     def run(self, module, inputs, training, call=None):
         args, kwargs = call or ((), inputs)
         module.train(training)

@@ -11,7 +11,16 @@ Both sides run float32 and are compared with the suite's one float32 tolerance, 
 inputs with padding masks and segment ids. HF fills masked scores with the dtype minimum
 and we with -1e9: identical after the softmax unless a row is fully masked, which these
 inputs never have. HF runs with its "eager" attention and with "sdpa" (its fused kernel).
+
+Generation (greedy, beam search, left padding) is compared with `GPT2LMHeadModel.generate` under a
+fresh `GenerationConfig()`: no default eos, pad or forced token, so the only logits processors HF
+builds are the ones the arguments ask for (no_repeat_ngram_size, min_length, min_new_tokens), and
+each case asserts that list (`hf_processors`). Beam scores are HF's `sequences_scores`, which HF
+accumulates in float32: they are compared with the suite's float32 row (measured worst 1.1e-6
+against an allowance of 1e-4 + 1e-4 |score|; an off-by-one length moves a score by 10% or more).
 """
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -22,7 +31,12 @@ from conformance.spec import inputs as spec_inputs
 from conformance.weights import checkpoints  # noqa: E402
 from conformance.spec import registry
 from conformance.backends.build import build  # noqa: E402
-from conformance.generate import generate  # noqa: E402
+from conformance.generate import generate, search  # noqa: E402
+from conformance.backends import backend  # noqa: E402
+from conformance.backends.base import Built  # noqa: E402
+from conformance.spec import families  # noqa: E402
+from conformance.spec.family import Decoding  # noqa: E402
+import numpy_ref.gpt2  # noqa: E402
 from conformance.compare.tolerance import TOLERANCES, compare  # noqa: E402
 
 BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=99,
@@ -119,6 +133,143 @@ def test_gpt2_greedy_generation_matches_transformers(use_cache, framework, hf_di
     ours = generate(build(framework, cfg, w, dtype="float32"), prompt, max_new_tokens=8, use_cache=use_cache)
     assert expected.shape == (2, 13)
     np.testing.assert_array_equal(ours, expected, err_msg=f"{framework} greedy tokens differ from transformers")
+
+
+MIRRORED = {"no_repeat_ngram_size": "NoRepeatNGramLogitsProcessor", "min_length": "MinLengthLogitsProcessor",
+            "min_new_tokens": "MinNewTokensLengthLogitsProcessor"}  # the processors conformance.generate mirrors
+EOS, EOS2 = "the most frequent generated token", "the second most frequent"
+BEAM_CASES = {
+    "beams3": dict(num_beams=3, max_new_tokens=8, eos_token_id=EOS),
+    "lp2_early_return2": dict(num_beams=4, length_penalty=2.0, early_stopping=True, max_new_tokens=9,
+                              eos_token_id=EOS, num_return_sequences=2),
+    "lp-0.5_never": dict(num_beams=3, length_penalty=-0.5, early_stopping="never", max_new_tokens=8, eos_token_id=EOS),
+    "two_eos_ngram_min_new": dict(num_beams=3, length_penalty=0.7, max_new_tokens=10, eos_token_id=[EOS, EOS2],
+                                  no_repeat_ngram_size=2, min_new_tokens=3),
+    "early_min_length_pad": dict(num_beams=2, early_stopping=True, max_new_tokens=6, eos_token_id=EOS, min_length=7,
+                                 pad_token_id=45),
+    "pad0_return3": dict(num_beams=3, max_new_tokens=8, eos_token_id=EOS, pad_token_id=0, num_return_sequences=3),
+    "no_eos": dict(num_beams=3, max_new_tokens=8, no_repeat_ngram_size=1),
+}
+GREEDY_CASES = {
+    "eos": dict(max_new_tokens=10, eos_token_id=EOS),
+    "two_eos_pad0": dict(max_new_tokens=10, eos_token_id=[EOS, EOS2], pad_token_id=0),
+    "min_new_ngram": dict(max_new_tokens=10, eos_token_id=EOS, min_new_tokens=4, no_repeat_ngram_size=2),
+    "min_length_unigram": dict(max_new_tokens=10, eos_token_id=EOS2, min_length=9, no_repeat_ngram_size=1),
+}
+PROMPT = np.random.default_rng(1).integers(0, GPT2["vocab_size"], (3, 5))
+
+
+def load_generator(path):
+    """GPT2LMHeadModel with a fresh GenerationConfig: no default eos, pad or forced tokens."""
+    hf = load_hf("GPT2LMHeadModel", path)
+    hf.generation_config = transformers.GenerationConfig()
+    return hf
+
+
+@pytest.fixture(scope="module")
+def eos_ids(hf_dirs):
+    """{EOS: id, EOS2: id}: the two tokens HF's beam search (no eos) generates most on PROMPT, so that
+    an eos makes rows finish at different steps."""
+    hf = load_generator(hf_dirs["GPT2LMHeadModel"])
+    new = hf.generate(torch.from_numpy(PROMPT), max_new_tokens=10, num_beams=4, do_sample=False).numpy()[:, 5:]
+    ids, counts = np.unique(new, return_counts=True)
+    first, second = ids[np.argsort(-counts, kind="stable")[:2]]
+    return {EOS: int(first), EOS2: int(second)}
+
+
+def resolve(case, eos_ids):
+    eos = case.get("eos_token_id")
+    return {**case, "eos_token_id": [eos_ids[e] for e in eos] if isinstance(eos, list) else eos_ids.get(eos)}
+
+
+def hf_processors(hf, length, **kwargs):
+    """The logits processors HF's generate builds for these arguments (its own private helpers)."""
+    config, _ = hf._prepare_generation_config(None, **kwargs)
+    hf._prepare_special_tokens(config, True, device="cpu")
+    return sorted(type(p).__name__ for p in hf._get_logits_processor(config, input_ids_seq_length=length, device="cpu"))
+
+
+def hf_generate(hf, prompt, mask=None, **kwargs):
+    """HF's `generate` output, after checking that it applies exactly the processors we mirror."""
+    assert hf_processors(hf, prompt.shape[1], **kwargs) == sorted(MIRRORED[k] for k in MIRRORED if kwargs.get(k))
+    mask = np.ones_like(prompt) if mask is None else mask
+    with torch.no_grad():
+        return hf.generate(torch.from_numpy(prompt), attention_mask=torch.from_numpy(mask), do_sample=False,
+                           return_dict_in_generate=True, output_scores=True, **kwargs)
+
+
+def assert_generation_matches(label, ours, expected):
+    np.testing.assert_array_equal(ours.sequences, expected.sequences.numpy(), err_msg=f"{label}: tokens differ")
+    if hasattr(expected, "sequences_scores"):
+        result = compare(f"{label} sequences_scores", ours.scores, expected.sequences_scores.numpy(),
+                         TOLERANCES["float32"])
+        assert result.passed, str(result)
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no_cache"])
+@pytest.mark.parametrize("case", BEAM_CASES)
+def test_gpt2_beam_search_matches_transformers(case, use_cache, framework, hf_dirs, eos_ids):
+    """Beam search: the tokens of `generate(num_beams=...)` and its `sequences_scores`; with an eos, the
+    rows of the batch finish at different steps."""
+    path = hf_dirs["GPT2LMHeadModel"]
+    kwargs = resolve(BEAM_CASES[case], eos_ids)
+    expected = hf_generate(load_generator(path), PROMPT, **kwargs)
+    cfg, w = checkpoints.from_hf(path)
+    ours = search(build(framework, cfg, w, dtype="float32"), PROMPT, strategy="beam", use_cache=use_cache, **kwargs)
+    assert_generation_matches(f"{framework} beam {case}", ours, expected)
+    if kwargs["eos_token_id"] is not None:
+        assert len(set(ours.lengths.tolist())) > 1, f"every row ended at the same step: {ours.lengths}"
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no_cache"])
+@pytest.mark.parametrize("case", GREEDY_CASES)
+def test_gpt2_greedy_stopping_matches_transformers(case, use_cache, framework, hf_dirs, eos_ids):
+    """Greedy with eos, padding, min lengths and n-gram bans: finished rows padded, the result cut where
+    every row has finished, as `generate(do_sample=False)`."""
+    path = hf_dirs["GPT2LMHeadModel"]
+    kwargs = resolve(GREEDY_CASES[case], eos_ids)
+    expected = hf_generate(load_generator(path), PROMPT, **kwargs)
+    cfg, w = checkpoints.from_hf(path)
+    ours = search(build(framework, cfg, w, dtype="float32"), PROMPT, use_cache=use_cache, **kwargs)
+    assert_generation_matches(f"{framework} greedy {case}", ours, expected)
+    assert len(set(ours.lengths.tolist())) > 1, f"every row ended at the same step: {ours.lengths}"
+
+
+class PositionedGPT2(numpy_ref.gpt2.GPT2):
+    """GPT-2 whose forward takes position_ids, as transformers' does (our GPT-2 numbers positions itself):
+    the model a left-padded prompt needs, declared by `Decoding(position_ids=True)`."""
+
+    def forward(self, input_ids, attention_mask=None, cache=None, position_ids=None):
+        if cache is not None and not cache:
+            cache.extend({} for _ in self.layers)
+        h = self.embeddings.token(input_ids) + self.embeddings.position(position_ids)   # (B, T, D)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, mask=attention_mask, cache=None if cache is None else cache[i])
+        return {"logits": self.final_norm(h) @ self.embeddings.token.table.T}          # (B, T, V)
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no_cache"])
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_left_padded_generation_matches_transformers(strategy, use_cache, hf_dirs, eos_ids, monkeypatch):
+    """A left-padded batch: the mask grows by one a step and positions are cumsum(mask) - 1, as HF's generate
+    feeds its GPT-2; tokens and scores as HF's."""
+    monkeypatch.setitem(families.FAMILIES, "gpt2", dataclasses.replace(families.get("gpt2"),
+                                                                       decoding=Decoding(position_ids=True)))
+    path = hf_dirs["GPT2LMHeadModel"]
+    cfg, w = checkpoints.from_hf(path)
+    numpy = backend("numpy")
+    module = PositionedGPT2(cfg)
+    numpy.load(module, w, "float32")
+    model = Built(numpy, registry.get("gpt2"), cfg, module, "float32", False)
+    prompt = np.random.default_rng(3).integers(0, GPT2["vocab_size"], (3, 7))
+    mask = np.ones_like(prompt)
+    mask[1, :2] = mask[2, :5] = 0
+    kwargs = dict(max_new_tokens=8, eos_token_id=eos_ids[EOS])
+    if strategy == "beam":
+        kwargs.update(num_beams=3, num_return_sequences=2, length_penalty=1.5, no_repeat_ngram_size=2)
+    expected = hf_generate(load_generator(path), prompt, mask, **kwargs)
+    ours = search(model, prompt, strategy=strategy, attention_mask=mask, use_cache=use_cache, **kwargs)
+    assert_generation_matches(f"left-padded {strategy}", ours, expected)
 
 
 def test_gpt2_cache_equals_full_recompute(framework, hf_dirs):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from conformance.core.config import Config
 from conformance.spec.entry import Entry, Variant as V
-from conformance.spec.family import Family, Step, Walkthrough
+from conformance.spec.family import Decoding, Family, Step, Walkthrough
 from conformance.spec.inputs import seq2seq_inputs
 
 
@@ -51,5 +51,7 @@ FAMILY = Family(
     presets={"transformer-tiny": _transformer(2, 64, 4, 256, 0.1, vocab_size=1000),
              "transformer-base": _transformer(6, 512, 8, 2048, 0.1),
              "transformer-big": _transformer(6, 1024, 16, 4096, 0.3)},
+    generates=True,
+    decoding=Decoding(encoder_decoder=True, cache=False),  # no key/value cache: every step reruns it all
     walkthrough=WALKTHROUGH, base_preset="transformer-base",
 )
