@@ -9,12 +9,15 @@ from numpy_ref.bert import Bert
 from numpy_ref.blocks import DecoderLayer, EncoderLayer
 from numpy_ref.embeddings import (PositionEmbedding, SegmentEmbedding, SinusoidalPositionalEncoding,
                                   TokenEmbedding)
-from numpy_ref.feed_forward import FeedForward
+from numpy_ref.feed_forward import FeedForward, GatedFeedForward
 from numpy_ref.gpt2 import GPT2
+from numpy_ref.llama import Llama
 from numpy_ref.linear import Linear
-from numpy_ref.normalization import LayerNorm
+from numpy_ref.normalization import LayerNorm, RMSNorm
+from numpy_ref.rotary import RotaryEmbedding
 from numpy_ref.transformer import Transformer
 
 __all__ = ["Activation", "Bert", "DecoderLayer", "Dropout", "EncoderLayer", "FeedForward", "GPT2",
-           "LayerNorm", "Linear", "MultiHeadAttention", "PositionEmbedding", "ScaledDotProductAttention",
-           "SegmentEmbedding", "SinusoidalPositionalEncoding", "Softmax", "TokenEmbedding", "Transformer"]
+           "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PositionEmbedding", "RMSNorm",
+           "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
+           "Softmax", "TokenEmbedding", "Transformer"]

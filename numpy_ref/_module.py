@@ -20,7 +20,7 @@ from numpy_ref import autograd
 # What the reference alone has, by rule (the mirror check, conformance/suites/test_mirror.py): its
 # hand-written backward and its cost formulas, and the module that exists for them. Anything else
 # the reference has and a twin lacks is declared in the twin's docstring.
-REFERENCE_ONLY = {"modules": ("autograd.py",), "methods": ("backward", "flops", "saved", "peak"),
+REFERENCE_ONLY = {"modules": ("autograd.py",), "methods": ("backward", "flops", "saved", "peak", "cache_bytes"),
                   "suffixes": ("_backward", "_flops", "_saved")}
 
 
@@ -35,6 +35,10 @@ class Param:
 
 
 class Module:
+    # Taps whose tensors depend on no float input or weight (the sinusoidal table, rotary's cos and
+    # sin): no framework has a gradient for them, and the suites leave them out (`autograd.constant_keys`).
+    constant_taps: tuple = ()
+
     def __init__(self):
         self._param_names: list[str] = []
         self.training = False

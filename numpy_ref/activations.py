@@ -7,6 +7,11 @@ GELU(x) = x * Phi(x), Phi the standard normal CDF.
 arrays to float64.) The two differ by up to about 1e-3 (near |x| = 2): enough to fail a float32
 comparison, so which one a model uses is a config field.
 
+SiLU(x) = x sigmoid(x) = x / (1 + exp(-x)) ("silu", also swish): the activation of Llama's
+SwiGLU feed-forward. Like GELU it is x times a smooth step (the logistic instead of the normal
+CDF: about 1.702 GELU(x / 1.702)), smooth and slightly negative below 0, its minimum -0.278 at
+x = -1.278.
+
 softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x). Subtracting the row maximum
 changes nothing mathematically and keeps exp() from overflowing: the largest term is
 exp(0) = 1. Masked positions get `fill` before the softmax (so exp(fill - max) = 0 for
@@ -17,12 +22,13 @@ attend to: it is defined as all zeros, not NaN (fill = -inf) and not uniform
 Dropout in training keeps each unit with probability 1 - rate and scales the kept
 ones by 1 / (1 - rate), so the expected activation is unchanged and inference needs
 no rescaling. A supplied `keep` mask makes all three frameworks drop the same units; so
-does `conformance.core.dropout_masks.supplying`, which draws each call's mask from NumPy by module path.
+does `conformance.core.dropout_masks.supplying`, which draws each call's mask from NumPy
+by module path.
 """
 import math
 
 import numpy as np
-from scipy.special import erf
+from scipy.special import erf, expit
 
 from conformance.core import checks, dropout_masks, trace
 from conformance.core.costs import BOOL, PER_ELEMENT, Op, Saved, elements
@@ -42,7 +48,11 @@ def relu(x):
     return np.maximum(x, 0)
 
 
-ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu": relu}
+def silu(x):
+    return x * expit(x)  # expit = sigmoid, without exp(-x) overflowing for very negative x
+
+
+ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu": relu, "silu": silu}
 
 
 def gelu_backward(grad, x):
@@ -69,7 +79,18 @@ def relu_backward(grad, x):
     return np.where(x > 0, grad, 0)
 
 
-ACTIVATION_BACKWARDS = {"gelu": gelu_backward, "gelu_tanh": gelu_tanh_backward, "relu": relu_backward}
+def silu_backward(grad, x):
+    """d/dx [x s(x)] = s(x) + x s(x) (1 - s(x)) = s(x) (1 + x (1 - s(x))),  s the sigmoid, s' = s (1 - s).
+
+    Like GELU's, the slope is negative below x = -1.278 (the minimum) and tends to 1 above (it
+    overshoots to 1.1 near x = 2.4 before settling).
+    """
+    s = expit(x)
+    return grad * s * (1.0 + x * (1.0 - s))
+
+
+ACTIVATION_BACKWARDS = {"gelu": gelu_backward, "gelu_tanh": gelu_tanh_backward, "relu": relu_backward,
+                        "silu": silu_backward}
 
 
 def softmax(x, mask=None, fill=-1e9):

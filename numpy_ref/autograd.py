@@ -240,6 +240,14 @@ def sum_to_shape(grad, shape: tuple):
     return grad.sum(axis=axes, keepdims=True) if axes else grad
 
 
+def constant_keys(model, keys) -> list[str]:
+    """The trace keys among `keys` (in their order) of tensors that depend on no float input or weight:
+    the taps each module of `model` declares in `constant_taps`, at every call (`#k`). Neither torch
+    nor TensorFlow has a gradient for them, so the reference's backward records none either."""
+    constants = {f"{path}.{name}" if path else name for path, m in model.named_modules() for name in m.constant_taps}
+    return [k for k in keys if k.split("#")[0] in constants]
+
+
 @contextmanager
 def recording(model):
     """Record `model`'s next forward for `Tape.backward`. One recording at a time."""

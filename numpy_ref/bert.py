@@ -10,9 +10,10 @@ every position back to the vocabulary through a dense + GELU + LN transform and 
 token table transposed (tied decoder) plus a bias; "classification" is a linear layer
 on the pooled output; "qa" gives each position a start and an end logit.
 
-Parameters (BERT-base): embeddings (V + P + G) D + 2 D = 23,837,184, each layer 4 (D^2 + D) +
-2 D F + F + D + 4 D = 7,087,872, the pooler D^2 + D = 590,592: 109,482,240 in all. FLOPs: L layers
-of attention and feed-forward on B T positions, the pooler on B rows, each head's projection.
+Parameters (BERT-base): embeddings (V + P + G) D + 2 D = 23,837,184, each layer
+4 (D^2 + D) + 2 D F + F + D + 4 D = 7,087,872, the pooler D^2 + D = 590,592: 109,482,240
+in all. FLOPs: L layers of attention and feed-forward on B T positions, the pooler on
+B rows, each head's projection.
 """
 import numpy as np
 

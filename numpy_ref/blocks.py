@@ -11,6 +11,12 @@ pre-norm stacks train without warm-up and need one final layer norm at the top.
 The decoder layer adds cross-attention between its causal self-attention and its
 feed-forward: queries from the decoder, keys and values from the encoder's output.
 
+The LLaMA family's layer is the pre-norm encoder layer with other parts (config fields, not
+another class): RMSNorm for the layer norms (`cfg.norm`), the gated feed-forward
+(`cfg.feed_forward`), rotary attention with grouped-query heads and, per layer, a sliding
+window (`cfg.sliding(i)`). Gemma 2 adds a norm on each sub-layer's output too, "sandwich" norms:
+    x = x + LN_out(Attention(LN(x)));   x = x + LN_out(FFN(LN(x)))
+
 A layer's costs are its sub-blocks' (`residual_costs`): the sub-layer, the residual add (one
 FLOP an element) and the layer norm; in training each also keeps a dropout mask.
 """
@@ -20,18 +26,29 @@ from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Dropout
 from numpy_ref.attention import MultiHeadAttention
-from numpy_ref.feed_forward import FeedForward
-from numpy_ref.normalization import LayerNorm
+from numpy_ref.feed_forward import FeedForward, GatedFeedForward
+from numpy_ref.normalization import LayerNorm, RMSNorm
 
 
-def residual(x, sublayer, norm, dropout, norm_first):
-    """One residual sub-block: post-norm LN(x + f(x)) or pre-norm x + f(LN(x))."""
+def norm_for(cfg):
+    """The layer norm of `cfg.norm`: LayerNorm, or RMSNorm."""
+    return RMSNorm(cfg) if cfg.norm == "rms" else LayerNorm(cfg)
+
+
+def feed_forward_for(cfg):
+    """The feed-forward of `cfg.feed_forward`: act(x W1) W2, or down(act(gate x) * up x)."""
+    return GatedFeedForward(cfg) if cfg.feed_forward == "gated" else FeedForward(cfg)
+
+
+def residual(x, sublayer, norm, dropout, norm_first, output_norm=None):
+    """One residual sub-block: post-norm LN(x + f(x)) or pre-norm x + f(LN(x)) (x + LN_out(f(LN(x))))."""
     if norm_first:
-        return x + dropout(sublayer(norm(x)))
+        h = sublayer(norm(x))
+        return x + dropout(h if output_norm is None else output_norm(h))
     return norm(x + dropout(sublayer(x)))
 
 
-def residual_backward(grad, sublayer_backward, norm, dropout, norm_first):
+def residual_backward(grad, sublayer_backward, norm, dropout, norm_first, output_norm=None):
     """The backward of `residual`: y = x + f(x) gives dx = dy + f'(x)^T dy.
 
     The skip path passes dy to x unchanged, whatever f does. Across L pre-norm layers the
@@ -40,55 +57,68 @@ def residual_backward(grad, sublayer_backward, norm, dropout, norm_first):
     Post-norm puts LN's backward (a projection divided by the position's std) on the skip
     path itself, once per layer: deep post-norm stacks need warm-up to survive early steps.
     """
-    if norm_first:  # y = x + drop(f(LN(x)))
-        return grad + norm.backward(sublayer_backward(dropout.backward(grad)))
+    if norm_first:  # y = x + drop(f(LN(x))), or x + drop(LN_out(f(LN(x))))
+        d_h = dropout.backward(grad)
+        d_h = d_h if output_norm is None else output_norm.backward(d_h)
+        return grad + norm.backward(sublayer_backward(d_h))
     d_sum = norm.backward(grad)  # y = LN(s), s = x + drop(f(x))
     return d_sum + sublayer_backward(dropout.backward(d_sum))
 
 
-def residual_flops(name, sublayer_ops, norm, x):
-    """A residual sub-block's FLOPs: the sub-layer's, the residual add, the layer norm."""
+def residual_flops(name, sublayer_ops, norm, x, output_norm=None):
+    """A residual sub-block's FLOPs: the sub-layer's, the residual add, the layer norm(s)."""
     yield from scoped(name, sublayer_ops)
     yield Op(f"{name}.residual", "elementwise", elements(x) * PER_ELEMENT["residual"])
     yield from scoped(f"{name}_norm", norm.flops(x))
+    if output_norm is not None:
+        yield from scoped(f"{name}_output_norm", output_norm.flops(x))
 
 
-def residual_saved(name, sublayer_saved, dropout, norm, f, x):
+def residual_saved(name, sublayer_saved, dropout, norm, f, x, output_norm=None):
     """What a residual sub-block keeps for backward: the sub-layer's, the dropout mask, the norm's."""
     yield from scoped(name, sublayer_saved)
     yield from scoped(f"{name}_dropout", dropout.saved(f, x))
     yield from scoped(f"{name}_norm", norm.saved(f, x))
+    if output_norm is not None:
+        yield from scoped(f"{name}_output_norm", output_norm.saved(f, x))
 
 
 class EncoderLayer(Module):
-    def __init__(self, cfg):
+    """`sliding`: does this layer attend through the config's window (None: whenever one is set)."""
+
+    def __init__(self, cfg, sliding=None):
         super().__init__()
         self.norm_first = cfg.norm_first
-        self.attention = MultiHeadAttention(cfg)
-        self.attention_norm = LayerNorm(cfg)
+        self.attention = MultiHeadAttention(cfg, sliding=sliding)
+        self.attention_norm = norm_for(cfg)
+        self.attention_output_norm = norm_for(cfg) if cfg.sandwich_norm else None
         self.attention_dropout = Dropout(cfg)
-        self.feed_forward = FeedForward(cfg)
-        self.feed_forward_norm = LayerNorm(cfg)
+        self.feed_forward = feed_forward_for(cfg)
+        self.feed_forward_norm = norm_for(cfg)
+        self.feed_forward_output_norm = norm_for(cfg) if cfg.sandwich_norm else None
         self.feed_forward_dropout = Dropout(cfg)
 
-    def forward(self, x, mask=None, cache=None):
-        """x: (B, T, D)  mask: (B, S) padding, True = attend."""
+    def forward(self, x, mask=None, cache=None, position_ids=None):
+        """x: (B, T, D)  mask: (B, S) padding, True = attend  position_ids: (B, T) for a rotary attention."""
         tap = trace.tap_for(self)
-        x = residual(x, lambda h: self.attention(h, mask=mask, cache=cache),
-                     self.attention_norm, self.attention_dropout, self.norm_first)    # (B, T, D)
+        x = residual(x, lambda h: self.attention(h, mask=mask, cache=cache, position_ids=position_ids),
+                     self.attention_norm, self.attention_dropout, self.norm_first,
+                     self.attention_output_norm)                                      # (B, T, D)
         x = residual(x, self.feed_forward, self.feed_forward_norm,
-                     self.feed_forward_dropout, self.norm_first)                      # (B, T, D)
+                     self.feed_forward_dropout, self.norm_first, self.feed_forward_output_norm)  # (B, T, D)
         return tap("output", x)
 
     def flops(self, x, **_):
-        yield from residual_flops("attention", self.attention.flops(x), self.attention_norm, x)
-        yield from residual_flops("feed_forward", self.feed_forward.flops(x), self.feed_forward_norm, x)
+        yield from residual_flops("attention", self.attention.flops(x), self.attention_norm, x,
+                                  self.attention_output_norm)
+        yield from residual_flops("feed_forward", self.feed_forward.flops(x), self.feed_forward_norm, x,
+                                  self.feed_forward_output_norm)
 
     def saved(self, f, x, **_):
         yield from residual_saved("attention", self.attention.saved(f, x), self.attention_dropout,
-                                  self.attention_norm, f, x)
+                                  self.attention_norm, f, x, self.attention_output_norm)
         yield from residual_saved("feed_forward", self.feed_forward.saved(f, x), self.feed_forward_dropout,
-                                  self.feed_forward_norm, f, x)
+                                  self.feed_forward_norm, f, x, self.feed_forward_output_norm)
 
     def peak(self, f, live, x, **_):
         return max(self.attention.peak(f, live, x), self.feed_forward.peak(f, live, x))
@@ -96,9 +126,10 @@ class EncoderLayer(Module):
     def backward(self, grad):
         grad = autograd.saved(self).tap("output", grad)                                    # (B, T, D)
         grad = residual_backward(grad, self.feed_forward.backward, self.feed_forward_norm,
-                                 self.feed_forward_dropout, self.norm_first)                # (B, T, D)
+                                 self.feed_forward_dropout, self.norm_first,
+                                 self.feed_forward_output_norm)                             # (B, T, D)
         return residual_backward(grad, self.attention.backward, self.attention_norm,
-                                 self.attention_dropout, self.norm_first)                   # (B, T, D)
+                                 self.attention_dropout, self.norm_first, self.attention_output_norm)  # (B, T, D)
 
 
 class DecoderLayer(Module):

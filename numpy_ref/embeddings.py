@@ -91,6 +91,8 @@ def sinusoidal_encoding(positions, d_model):
 
 
 class SinusoidalPositionalEncoding(Module):
+    constant_taps = ("output",)  # a function of the integer positions alone: no gradient anywhere
+
     def __init__(self, cfg):
         super().__init__()
         self.d_model = cfg.d_model

@@ -12,9 +12,14 @@ docs/generated/ and tests/test_questions.py asserts the claim each one makes. We
     bert_vs_gpt_masks()         bidirectional padding mask vs causal mask, and what a later token changes
     layer_vs_batch_norm()       per-example independence, and padding
     model_families()            BERT, RoBERTa, DistilBERT and GPT-2 in parameters and FLOPs
+    decoding_strategies()       greedy vs beam vs sampling on one model; what length_penalty does to the length
+    rotary_is_relative()        RoPE scores depend on m - n only; an additive encoding's do not
+    rms_vs_layer_norm()         equal on zero-mean rows; the FLOPs and parameters RMSNorm saves
+    swiglu_width()              why SwiGLU's inner width is 8/3 D at a 4 D GELU MLP's parameters
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 import tracemalloc
@@ -26,7 +31,9 @@ from conformance.spec import presets
 from conformance import weights
 from conformance.backends.build import build
 from conformance.core.config import Config
-from conformance.costs import flops, params
+from conformance.costs import flops, memory, params
+from conformance.generate import log_softmax, search
+from conformance.training import TrainConfig, train
 from numpy_ref.activations import softmax
 from numpy_ref.attention import attention_mask
 from numpy_ref.normalization import layer_norm
@@ -329,3 +336,214 @@ def transformers_parameters(family: Family) -> int:
     config = transformers.AutoConfig.for_model(**family.hf_config)
     with torch.device("meta"):
         return getattr(transformers, family.hf_class)(config).num_parameters()
+
+
+# -------------------------------------------------------------------------------- decoding
+
+# A corpus whose continuations of "[CLS] the dog" have known probabilities (count / 20) and lengths.
+CORPUS = {"the dog barks": 6, "the dog bites the man": 5, "the dog sat on the mat": 4, "the dog sat on a mat": 3,
+          "the dog sat on a cat": 2}
+PROMPT = "the dog"
+EOS = VOCAB.index("[SEP]")
+
+
+def words(ids) -> str:
+    return " ".join(VOCAB[i] for i in ids)
+
+
+@functools.lru_cache(maxsize=None)
+def toy_lm(steps: int = 60, seed: int = 0) -> tuple[Config, dict]:
+    """A one-layer GPT-2 (D = 16) trained on `CORPUS` by the NumPy reference (`conformance.training`, 60 AdamW
+    steps on the whole corpus, under a second): small enough to read, trained enough to end its sentences."""
+    cfg = small("gpt2").replace(d_model=16, num_heads=2, d_ff=64, num_layers=1, dropout=0.0)
+    sentences = [s for s, n in CORPUS.items() for _ in range(n)]
+    T = max(len(s.split()) for s in sentences) + 2
+    ids = np.zeros((len(sentences), T), np.int64)                                        # (N, T) [PAD] = 0
+    for i, s in enumerate(sentences):
+        ids[i, :len(s.split()) + 2] = [VOCAB.index(t) for t in ["[CLS]", *s.split(), "[SEP]"]]
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64), "labels": np.where(ids != 0, ids, -100)}
+    tcfg = TrainConfig(task="causal_lm", steps=steps, micro_batch_size=len(sentences), seq_len=T, learning_rate=3e-2,
+                       warmup_steps=5, weight_decay=0.0)
+    return cfg, train("numpy", cfg, weights.initialize(cfg, seed=seed, std=0.02), [batch] * steps, tcfg).weights
+
+
+@dataclass(frozen=True)
+class Decoded:
+    strategy: str          # e.g. "beam (4 beams, length_penalty 1.0)"
+    text: str              # the continuation, up to and including [SEP]
+    length: int            # its tokens, [SEP] included: what the length penalty divides by
+    log_prob: float        # the model's log-probability of it
+    score: float           # what the strategy ranked by: log_prob / length ** length_penalty for beams
+
+
+def _decoded(label: str, out, row: int = 0, length_penalty: float = 0.0) -> Decoded:
+    n = int(out.lengths[row])
+    new = out.sequences[row, len(PROMPT.split()) + 1:][:n]
+    return Decoded(label, words(new), n, float(out.scores[row]) * n ** length_penalty, float(out.scores[row]))
+
+
+def decoding_strategies(num_beams: int = 3, penalties=(-1.0, 0.0, 0.5, 1.0, 2.0), samples: int = 5) -> dict:
+    """Greedy, beam search and sampling on one model and prompt ("[CLS] the dog"), and beam search's choice
+    as length_penalty varies: the measured continuations, their lengths and log-probabilities.
+
+    Beam search ranks finished hypotheses by log p / length ** length_penalty: at 0 by the plain sum, which
+    every extra token lowers, so the shortest wins; the larger the penalty, the more a long hypothesis's sum
+    is divided, and the longer the winner.
+    """
+    cfg, w = toy_lm()
+    m = build("numpy", cfg, w, dtype="float64")
+    prompt = np.array([[VOCAB.index(t) for t in ["[CLS]", *PROMPT.split()]]])           # (1, T)
+    limit = dict(max_new_tokens=8, eos_token_id=EOS)
+    rows = [_decoded("greedy", search(m, prompt, **limit))]
+    beam = search(m, prompt, strategy="beam", num_beams=num_beams, **limit)
+    rows.append(_decoded(f"beam ({num_beams} beams, length_penalty 1.0)", beam, length_penalty=1.0))
+    rows += [_decoded(f"sample (seed {seed})", search(m, prompt, strategy="sample", seed=seed, **limit))
+             for seed in range(samples)]
+    by_penalty = [_decoded(f"length_penalty {lp:g}", search(m, prompt, strategy="beam", num_beams=num_beams,
+                                                           length_penalty=lp, **limit), length_penalty=lp)
+                  for lp in penalties]
+    corpus = {s[len(PROMPT) + 1:]: (n / sum(CORPUS.values()), continuation_log_prob(m, s[len(PROMPT) + 1:]))
+              for s, n in CORPUS.items()}
+    return {"strategies": rows, "length_penalty": by_penalty, "corpus": corpus, "num_beams": num_beams}
+
+
+def continuation_log_prob(model, continuation: str) -> float:
+    """The model's log p of `continuation` [SEP] after "[CLS] the dog", from one forward pass."""
+    ids = np.array([[VOCAB.index(t) for t in ["[CLS]", *PROMPT.split(), *continuation.split(), "[SEP]"]]])
+    logp = log_softmax(model(input_ids=ids)["logits"][0, :-1])                           # (T - 1, V) predicts 1..
+    start = len(PROMPT.split())                                                          # the last prompt token
+    return float(logp[np.arange(start, ids.shape[1] - 1), ids[0, start + 1:]].sum())
+
+
+def beam_walkthrough(num_beams: int = 3, length_penalty: float = 1.0) -> dict:
+    """Beam search on the toy model step by step (`generate.BeamStep`): every candidate of each step, its sum of
+    log p, whether it ended, ran on or entered the store of finished hypotheses."""
+    cfg, w = toy_lm()
+    m = build("numpy", cfg, w, dtype="float64")
+    prompt = np.array([[VOCAB.index(t) for t in ["[CLS]", *PROMPT.split()]]])           # (1, T)
+    steps = []
+    out = search(m, prompt, 8, "beam", num_beams=num_beams, length_penalty=length_penalty, eos_token_id=EOS,
+                 steps=steps)
+    start = prompt.shape[1]
+    table = []
+    for i, step in enumerate(steps, start=1):
+        for k in range(step.candidates.shape[1]):
+            fate = "stored" if step.stored[0, k] else "runs on" if step.runs[0, k] else "dropped"
+            table.append({"step": i, "candidate": words(step.candidates[0, k, start:]),
+                          "log_prob": float(step.scores[0, k]), "ends": bool(step.ends[0, k]), "fate": fate,
+                          "final": float(step.scores[0, k]) / i ** length_penalty if step.ends[0, k] else None})
+    return {"rows": table, "steps": len(steps), "result": _decoded("beam", out, length_penalty=length_penalty),
+            "num_beams": num_beams, "length_penalty": length_penalty}
+
+
+# -------------------------------------------------------------------------------- the LLaMA family
+
+def _rotary_scores(cfg, q, k, start: int, T: int):
+    """(T, T) scores q_m . k_n of one q and one k vector placed at positions start .. start + T - 1."""
+    m = build("numpy", cfg, {}, dtype="float64")
+    positions = np.arange(start, start + T)[None]                                        # (1, T)
+    out = m(q=np.broadcast_to(q, (1, 1, T, q.size)).copy(), k=np.broadcast_to(k, (1, 1, T, k.size)).copy(),
+            position_ids=positions)
+    return out["q"][0, 0] @ out["k"][0, 0].T                                             # (T, T)
+
+
+def rotary_is_relative(head_dim: int = 16, T: int = 12, shift: int = 37, seed: int = 0) -> dict:
+    """Shift both positions by `shift`: with the rotary embedding (the reference `RotaryEmbedding`) every
+    score q_m . k_n stays the same, for every rope type whose frequencies do not depend on the length; an
+    additive encoding, (q + PE(m)) . (k + PE(n)) with the 2017 sinusoidal PE, changes. Dynamic NTK is
+    relative only while the sequence stays within max_positions: past it, the frequencies depend on
+    the longest position. With float32 angles (`rotary_float32`, as transformers) it holds up to the
+    angle's rounding, which grows with the position."""
+    from numpy_ref.embeddings import sinusoidal_encoding
+    rng = np.random.default_rng(seed)
+    q, k = rng.standard_normal(head_dim), rng.standard_normal(head_dim)                  # (Dh,)
+    base = Config(kind="rotary_embedding", d_model=head_dim, num_heads=1, max_positions=64, rotary_float32=False)
+
+    def moved(cfg):
+        return float(np.abs(_rotary_scores(cfg, q, k, shift, T) - _rotary_scores(cfg, q, k, 0, T)).max())
+
+    types = {kind: moved(base.replace(rope_scaling=kind, rope_factor=4.0))
+             for kind in ("none", "linear", "llama3", "yarn")}
+    types["dynamic, within max_positions"] = moved(base.replace(rope_scaling="dynamic", rope_factor=4.0,
+                                                                  max_positions=shift + T))
+    types["dynamic, past max_positions"] = moved(base.replace(rope_scaling="dynamic", rope_factor=4.0,
+                                                                max_positions=T))
+    scores = _rotary_scores(base, q, k, 0, T)
+    by_offset = [np.diagonal(scores, d) for d in range(-T + 1, T)]                       # one offset m - n each
+    pe = lambda start: sinusoidal_encoding(np.arange(start, start + T), head_dim)        # noqa: E731  (T, Dh)
+    additive = lambda start: (q + pe(start)) @ (k + pe(start)).T                          # noqa: E731  (T, T)
+    return {"rotary": types["none"], "by_type": types,
+            "same_offset_spread": float(max(d.max() - d.min() for d in by_offset)),
+            "float32_angles": moved(base.replace(rotary_float32=True)),
+            "additive_sinusoidal": float(np.abs(additive(shift) - additive(0)).max()),
+            "score_scale": float(np.abs(scores).max())}
+
+
+def rms_vs_layer_norm(d_model: int = 768, seed: int = 0) -> dict:
+    """The reference RMSNorm and LayerNorm (same gamma, beta 0) on zero-mean rows (the same numbers) and on
+    rows with a mean (not); their declared parameters and forward FLOPs at BERT-base width (B = 1, T = 128,
+    `conformance.costs.flops`)."""
+    from conformance.spec import registry
+    from numpy_ref.normalization import rms_norm
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((4, 16, d_model)) + rng.standard_normal((4, 16, 1))          # (B, T, D) rows with a mean
+    centred = x - x.mean(-1, keepdims=True)                                               # (B, T, D) zero-mean rows
+    gamma = 1 + 0.1 * rng.standard_normal(d_model)
+    ln = lambda a: layer_norm(a, gamma, 0.0, 1e-6)                                       # noqa: E731
+    rms = lambda a: rms_norm(a, gamma, 1e-6, 0.0, "statistic")                           # noqa: E731
+    out = {"zero_mean_difference": float(np.abs(ln(centred) - rms(centred)).max()),
+           "with_mean_difference": float(np.abs(ln(x) - rms(x)).max())}
+    for name in ("layer_norm", "rms_norm"):
+        cfg = registry.get(name).config().replace(d_model=d_model, num_heads=12)
+        out[name] = {"parameters": sum(math.prod(s) for s in registry.param_shapes(cfg).values()),
+                     "flops": flops.totals(flops.ops(cfg, 1, 128))["all"]}
+    out["flops_saved"] = 1 - out["rms_norm"]["flops"] / out["layer_norm"]["flops"]
+    out["parameters_saved"] = out["layer_norm"]["parameters"] - out["rms_norm"]["parameters"]
+    return out
+
+
+def swiglu_width(d_model: int = 4096, multiple_of: int = 256) -> dict:
+    """The gated feed-forward's inner width F' that gives it the parameters of a standard 4 D MLP, from the
+    declared parameter counts (`registry.param_shapes`): a gated layer holds three D x F' matrices, so its
+    count is linear in F' (read off at two widths), and F' = count(4 D MLP) / (3 D) = 8/3 D (plus 5/3 for
+    the standard MLP's biases). Llama rounds it up to a multiple of 256; the FLOPs follow the parameters."""
+    from conformance.spec import registry
+    def count(name, **changes):
+        cfg = registry.get(name).config().replace(d_model=d_model, num_heads=32, **changes)
+        return sum(math.prod(s) for s in registry.param_shapes(cfg).values()), cfg
+    standard, standard_cfg = count("feed_forward", d_ff=4 * d_model)
+    one, _ = count("gated_feed_forward", d_ff=1)
+    two, _ = count("gated_feed_forward", d_ff=2)
+    per_unit, fixed = two - one, 2 * one - two                                           # count = fixed + per_unit F'
+    width = (standard - fixed) / per_unit
+    llama = multiple_of * math.ceil(width / multiple_of)
+    gated, gated_cfg = count("gated_feed_forward", d_ff=llama)
+    matmul = lambda cfg: flops.totals(flops.ops(cfg, 1, 128))["matmul"]                  # noqa: E731
+    return {"d_model": d_model, "standard_parameters": standard, "gated_parameters_per_width": per_unit,
+            "equal_width": width, "ratio": width / d_model, "llama_width": llama,
+            "llama_parameters_ratio": gated / standard, "llama_flops_ratio": matmul(gated_cfg) / matmul(standard_cfg)}
+
+
+def gqa_cache(preset: str = "llama3-8b", tokens: int = 8192, kv_heads=(32, 8, 1)) -> dict:
+    """What grouped-query attention saves: the key/value cache of `preset` at `tokens` tokens in bfloat16
+    with `kv_heads` key/value heads (32: multi-head, 8: Llama 3's GQA, 1: multi-query), from the declared
+    `cache_bytes`, with the parameters the k and v projections keep; and, on a tiny model, the bytes its
+    cache really holds after a 16-token prompt, which fall by the same factor G = H / KV."""
+    base = presets.get(preset)
+    rows = []
+    for kv in kv_heads:
+        cfg = base.replace(num_kv_heads=kv)
+        rows.append({"kv_heads": kv, "groups": cfg.num_heads // kv,
+                     "per_token": memory.kv_cache_per_token(cfg, 2),
+                     "bytes": memory.kv_cache(cfg, 1, tokens)["bytes"]["bfloat16"],
+                     "kv_projection_parameters": 2 * cfg.num_layers * cfg.d_model * kv * cfg.head_dim,
+                     "parameters": params.count(cfg)["total"]})
+    measured = []
+    for kv in (4, 2, 1):
+        cfg = presets.get("llama-tiny").replace(num_heads=4, num_kv_heads=kv)
+        m = build("numpy", cfg, weights.initialize(cfg, seed=0), dtype="float32")
+        cache = []
+        m.step(np.arange(16)[None] % cfg.vocab_size, cache)
+        measured.append({"kv_heads": kv, "held": sum(layer[k].nbytes for layer in cache for k in ("key", "value")),
+                         "declared": 16 * memory.kv_cache_per_token(cfg, 4)})
+    return {"preset": preset, "tokens": tokens, "num_heads": base.num_heads, "rows": rows, "measured": measured}

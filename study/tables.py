@@ -1,7 +1,9 @@
-"""Tables the docs compute when they are built (`{{ table NAME ARGS }}`): analytic only, so instant.
+"""Tables the docs compute when they are built (`{{ table NAME ARGS }}`): analytic, so instant, except the
+generation tables, measured on a toy model the NumPy reference trains in about a second.
 
 Parameter counts come from the NumPy reference's declared shapes (`registry.param_shapes`) and
-`conformance.costs.params`; FLOPs from `conformance.costs.flops`, op by op. Nothing is typed by hand.
+`conformance.costs.params`; FLOPs from `conformance.costs.flops`, op by op; generation from
+`study.questions.decoding_strategies` and `beam_walkthrough`. Nothing is typed by hand.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import math
 
 from conformance.spec import families, presets, registry
 from conformance.core.config import Config
-from conformance.costs import flops, params
+from conformance.costs import flops, memory, params
 
 B, T = 1, 128  # the shape every per-component count is quoted at
 BASE = dict(d_model=768, num_heads=12, d_ff=3072, vocab_size=30522, max_positions=512, type_vocab_size=2)
@@ -97,7 +99,108 @@ def crossover(preset: str) -> str:
             f"skipped: {c['matmul_causal_halved']:,.0f}).")
 
 
-TABLES = {"component": component, "params": params_table, "models": models, "crossover": crossover}
+def _p(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def corpus() -> str:
+    """The toy corpus's continuations of "[CLS] the dog": their share and the trained model's log p."""
+    from study import questions
+    r = questions.decoding_strategies()
+    rows = [(f"{text} [SEP]", len(text.split()) + 1, f"{share:.2f}", _p(math.log(share)), _p(logp))
+            for text, (share, logp) in r["corpus"].items()]
+    return _md(["continuation", "length", "share of the corpus", "log share", "model's log p"], rows)
+
+
+def decoding() -> str:
+    """Greedy, beam search and sampling on the toy model: what each returns."""
+    from study import questions
+    r = questions.decoding_strategies()
+    rows = [(d.strategy, d.text, d.length, _p(d.log_prob), _p(d.log_prob / d.length)) for d in r["strategies"]]
+    return _md(["strategy", "continuation", "length", "log p", "log p per token"], rows)
+
+
+def length_penalty() -> str:
+    """Beam search's choice as length_penalty varies: score = log p / length ** length_penalty."""
+    from study import questions
+    r = questions.decoding_strategies()
+    rows = [(d.strategy.split()[-1], d.text, d.length, _p(d.log_prob), _p(d.score)) for d in r["length_penalty"]]
+    return _md(["length_penalty", f"chosen ({r['num_beams']} beams)", "length", "log p", "score"], rows)
+
+
+def beam_steps() -> str:
+    """Beam search on the toy model, step by step: each candidate, its sum of log p and its fate."""
+    from study import questions
+    r = questions.beam_walkthrough()
+    rows = [(row["step"], row["candidate"], _p(row["log_prob"]), "yes" if row["ends"] else "",
+             "" if row["final"] is None else _p(row["final"]), row["fate"]) for row in r["rows"]]
+    return _md(["step", "candidate", "sum log p", "ends", "log p / length", "fate"], rows)
+
+
+def rope_relative() -> str:
+    """`questions.rotary_is_relative`: how far the scores move when both positions shift."""
+    from study import questions
+    r = questions.rotary_is_relative()
+    rows = [(f"rotary, rope_scaling {kind}", f"{v:.1e}") for kind, v in r["by_type"].items()]
+    rows += [("rotary, float32 angles (as transformers)", f"{r['float32_angles']:.1e}"),
+             ("additive sinusoidal, (q + PE(m)) . (k + PE(n))", f"{r['additive_sinusoidal']:.1e}")]
+    return _md([f"scores, both positions + 37 (largest score magnitude {r['score_scale']:.2f})",
+                "largest change"], rows)
+
+
+def rms_vs_layer_norm() -> str:
+    """`questions.rms_vs_layer_norm`: equal on zero-mean rows; parameters and FLOPs at D = 768."""
+    from study import questions
+    r = questions.rms_vs_layer_norm()
+    rows = [(name, f"{r[name]['parameters']:,}", f"{r[name]['flops']:,}") for name in ("layer_norm", "rms_norm")]
+    rows.append(("saved", f"{r['parameters_saved']:,}", f"{r['flops_saved']:.0%}"))
+    return (_md(["norm (D = 768, B = 1, T = 128)", "parameters", "forward FLOPs"], rows)
+            + f"\n\nOn zero-mean rows they differ by {r['zero_mean_difference']:.1e}; on rows with a mean, by "
+              f"{r['with_mean_difference']:.2f}.")
+
+
+def swiglu_width() -> str:
+    """`questions.swiglu_width`: the gated MLP's width at a 4 D MLP's parameters, for Llama's D = 4096."""
+    from study import questions
+    r = questions.swiglu_width()
+    rows = [("4 D MLP (GELU, biases) parameters", f"{r['standard_parameters']:,}"),
+            ("gated MLP parameters per unit of width (3 D)", f"{r['gated_parameters_per_width']:,}"),
+            ("equal-parameter width F'", f"{r['equal_width']:,.1f} = {r['ratio']:.4f} D"),
+            ("Llama's width (a multiple of 256)", f"{r['llama_width']:,}"),
+            ("its parameters, its matmul FLOPs, against the 4 D MLP",
+             f"{r['llama_parameters_ratio']:.4f}, {r['llama_flops_ratio']:.4f}")]
+    return _md([f"D = {r['d_model']:,}", "value"], rows)
+
+
+def family(kind: str) -> str:
+    """A family's presets: dimensions, parameters, and the key/value cache a token adds in bfloat16."""
+    rows = []
+    for name in presets.names():
+        cfg = presets.get(name)
+        if cfg.kind != kind:
+            continue
+        cache = memory.kv_cache_per_token(cfg, 2)
+        rows.append((f"`{name}`", cfg.checkpoint or "", cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.kv_heads,
+                     cfg.head_dim, cfg.d_ff, f"{cfg.vocab_size:,}", f"{cfg.max_positions:,}",
+                     f"{params.count(cfg)['total']:,}", f"{cache / 1024:,.1f}" if cache else ""))
+    return _md(["preset", "layout", "L", "D", "H", "KV", "Dh", "F", "V", "context", "parameters",
+                "KV cache KiB / token (bf16)"], rows)
+
+
+def gqa_cache() -> str:
+    """`questions.gqa_cache`: llama3-8b's cache at 8,192 tokens with 32, 8 and 1 key/value heads."""
+    from study import questions
+    r = questions.gqa_cache()
+    rows = [(f"{x['kv_heads']}" + {1: " (multi-query)", r["num_heads"]: " (multi-head)"}.get(x["kv_heads"], " (GQA)"),
+             x["groups"], f"{x['per_token'] / 1024:,.0f}", f"{x['bytes'] / 2 ** 30:,.3g}",
+             f"{x['kv_projection_parameters']:,}", f"{x['parameters']:,}") for x in r["rows"]]
+    return _md([f"kv heads ({r['preset']}, H = {r['num_heads']})", "G = H / KV", "KiB / token (bf16)",
+                f"GiB at {r['tokens']:,} tokens", "k, v projection parameters", "model parameters"], rows)
+
+
+TABLES = {"component": component, "family": family, "gqa_cache": gqa_cache, "params": params_table, "models": models, "crossover": crossover,
+          "corpus": corpus, "decoding": decoding, "length_penalty": length_penalty, "beam_steps": beam_steps,
+          "rope_relative": rope_relative, "rms_vs_layer_norm": rms_vs_layer_norm, "swiglu_width": swiglu_width}
 
 
 def table(name: str, *args: str) -> str:

@@ -33,6 +33,11 @@ def bad_cases():
     _, drop = inputs_of("dropout")
     bcfg, bert = inputs_of("bert")
     _, gpt = inputs_of("gpt2")
+    _, rope = inputs_of("rotary_embedding")
+    _, rms = inputs_of("rms_norm")
+    _, glu = inputs_of("gated_feed_forward")
+    lcfg, llama = inputs_of("llama")
+    llama_long = rng.integers(0, lcfg.vocab_size, (2, lcfg.max_positions + 1))
     long_ids = rng.integers(0, bcfg.vocab_size, (2, bcfg.max_positions + 1))
     return [
         ("rank", "multi_head_attention", with_(mha, x=mha["x"][0]), "x must have rank 3 (B, T, D); received shape (7, 32)"),
@@ -53,6 +58,23 @@ def bad_cases():
         ("bert_mask", "bert", with_(bert, attention_mask=bert["attention_mask"][:, 1:]), "attention_mask must have shape (B, T) = (2, 7); received shape (2, 6)"),
         ("float_ids", "bert", with_(bert, input_ids=bert["input_ids"].astype(np.float64)), "input_ids must hold integer ids; received dtype float"),
         ("ids_rank", "gpt2", with_(gpt, input_ids=gpt["input_ids"][0], attention_mask=None), "input_ids must have rank 2 (B, T); received shape (7,)"),
+        ("rotary_rank", "rotary_embedding", with_(rope, q=rope["q"][0]), "q must have rank 4 (B, H, T, Dh); received shape (4, 7, 8)"),
+        ("rotary_head_dim", "rotary_embedding", with_(rope, q=rope["q"][..., :6]), "q must have last axis head_dim=8 (..., 8); received shape (2, 4, 7, 6)"),
+        ("rotary_k", "rotary_embedding", with_(rope, k=rope["k"][:, :, :5]), "k must have shape (B, KV, T, Dh) = (2, '*', 7, 8); received shape (2, 4, 5, 8)"),
+        ("rotary_int_q", "rotary_embedding", with_(rope, q=np.ones((2, 4, 7, 8), np.int64)), "q must be a floating dtype"),
+        ("rotary_float_positions", "rotary_embedding", with_(rope, position_ids=rope["position_ids"].astype(np.float64)), "position_ids must hold integer ids; received dtype float"),
+        ("rotary_positions_shape", "rotary_embedding", with_(rope, position_ids=rope["position_ids"][:, 1:]), "position_ids must have shape (B, T) = (2, 7); received shape (2, 6)"),
+        ("rotary_no_positions", "rotary_embedding", with_(rope, q=rope["q"][:, :, :0], k=rope["k"][:, :, :0], position_ids=rope["position_ids"][:, :0]), "position_ids must hold at least one position (B, T) with T >= 1; received shape (2, 0)"),
+        ("rotary_too_long", "rotary_embedding", with_(rope, position_ids=rope["position_ids"] + 60), "position_ids must lie in [0, max_positions) = [0, 64) (rope_scaling='none' rotates only the positions it was trained on: a longer context needs a rope_scaling); received values in [60, 66]"),
+        ("rotary_negative", "rotary_embedding", with_(rope, position_ids=rope["position_ids"] - 1), "position_ids must lie in [0, max_positions) = [0, 64)"),
+        ("rms_width", "rms_norm", with_(rms, x=rms["x"][..., :5]), "x must have last axis d_model=32 (..., 32); received shape (2, 7, 5)"),
+        ("rms_int_x", "rms_norm", with_(rms, x=np.ones((2, 7, 32), np.int64)), "x must be a floating dtype"),
+        ("gated_width", "gated_feed_forward", with_(glu, x=glu["x"][..., :5]), "x must have last axis d_model=32 (..., 32); received shape (2, 7, 5)"),
+        ("llama_too_long", "llama", {"input_ids": llama_long}, f"position_ids must lie in [0, max_positions) = [0, {lcfg.max_positions}) (rope_scaling='none' rotates only the positions it was trained on: a longer context needs a rope_scaling); received values in [0, {lcfg.max_positions}]"),
+        ("llama_positions_shape", "llama", with_(llama, position_ids=llama["position_ids"][:, 1:]), "position_ids must have shape (B, T) like input_ids = (2, 7); received shape (2, 6)"),
+        ("llama_float_positions", "llama", with_(llama, position_ids=llama["position_ids"].astype(np.float64)), "position_ids must hold integer ids; received dtype float"),
+        ("llama_vocab", "llama", with_(llama, input_ids=llama["input_ids"] + lcfg.vocab_size), f"input_ids must lie in [0, {lcfg.vocab_size}) (vocab_size)"),
+        ("llama_mask", "llama", with_(llama, attention_mask=llama["attention_mask"][:, 2:]), "attention_mask must have shape (B, T) = (2, 7); received shape (2, 5)"),
     ]
 
 
@@ -74,6 +96,20 @@ def test_bad_input_message_is_the_same_in_every_framework(case_id, name, inputs,
         assert str(err.value) == str(ref_err.value)
 
 
+@pytest.mark.parametrize("variant", ["linear", "dynamic", "llama3", "yarn"])
+def test_scaled_rotary_takes_any_position_but_a_negative_one(variant, framework):
+    """With a rope scaling, positions past max_positions are what the scaling is for; a negative one is
+    still an error, word for word the reference's."""
+    entry = registry.get("rotary_embedding")
+    cfg = entry.config(variant)
+    inputs = entry.inputs(cfg, variant)
+    m = build(framework, cfg, {}, dtype="float32")
+    assert m(**with_(inputs, position_ids=inputs["position_ids"] + 2 * cfg.max_positions))["q"].shape == inputs["q"].shape
+    with pytest.raises(ValueError) as err:
+        m(**with_(inputs, position_ids=inputs["position_ids"] - 3))
+    assert str(err.value) == "position_ids must be >= 0; received values in [-3, 3]"
+
+
 @pytest.mark.parametrize("fields,words", [
     ({"d_model": 30, "num_heads": 4}, "num_heads must divide d_model; received d_model=30, num_heads=4"),
     ({"activation": "swish"}, "activation must be one of ['gelu', 'gelu_tanh', 'relu', 'silu']; received activation='swish'"),
@@ -82,6 +118,17 @@ def test_bad_input_message_is_the_same_in_every_framework(case_id, name, inputs,
     ({"layer_norm_eps": 0.0}, "layer_norm_eps must be > 0"),
     ({"head": "ner"}, "head must be one of"),
     ({"attention_scale": 0.0}, "attention_scale must be > 0 or None; received 0.0"),
+    ({"rope_scaling": "dynamic", "d_model": 8, "num_heads": 4}, "rope_scaling='dynamic' needs a rotated width above 2"),
+    ({"rope_scaling": "llama3", "rope_low_freq_factor": 4.0}, "rope_high_freq_factor must be > rope_low_freq_factor"),
+    ({"rotary_pairing": "pairs"}, "rotary_pairing must be one of ['half', 'interleaved']; received rotary_pairing='pairs'"),
+    ({"num_heads": 4, "num_kv_heads": 3}, "num_kv_heads must divide num_heads (each key/value head serves a group of query heads); received num_heads=4, num_kv_heads=3"),
+    ({"rope_scaling": "longrope"}, "rope_scaling must be one of ['none', 'linear', 'dynamic', 'llama3', 'yarn']; received rope_scaling='longrope'"),
+    ({"sliding_window": 600, "max_positions": 512}, "sliding_window must be at most max_positions=512 (a window wider than every sequence the model takes never slides: set sliding_window=None); received sliding_window=600"),
+    ({"sliding_window": 0}, "sliding_window must be a positive int or None; received sliding_window=0"),
+    ({"layer_types": ("sliding_attention", "full_attention")}, "layer_types names sliding_attention layers, which need a sliding_window"),
+    ({"layer_types": ("full_attention",), "num_layers": 2}, "layer_types must give one type per layer (num_layers=2); received 1 types"),
+    ({"attn_logit_softcap": -1.0}, "attn_logit_softcap must be > 0 or None; received attn_logit_softcap=-1.0"),
+    ({"rotary_dim": 5}, "rotary_dim must be even and at most head_dim=8; received rotary_dim=5"),
 ])
 def test_bad_config(fields, words):
     with pytest.raises(ValueError, match=None) as err:

@@ -1,13 +1,14 @@
 """Hugging Face import / export (`conformance.weights.checkpoints`): bit-exact round trips, files
 `transformers` loads cleanly, config fields read, and every bad checkpoint named."""
 import json
+import re
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
 from conformance.weights import checkpoints
-from conformance.spec import registry
+from conformance.spec import families, registry
 from conformance import weights
 
 import transformers  # noqa: E402
@@ -84,7 +85,7 @@ def test_config_fields_are_read_from_config_json(tmp_path):
     assert (cfg.layer_norm_eps, cfg.activation, cfg.d_ff, cfg.norm_first, cfg.causal) == (1e-6, "relu", 48, True, True)
 
 
-@pytest.mark.parametrize("field,value", [("hidden_act", "silu"), ("position_embedding_type", "relative_key"),
+@pytest.mark.parametrize("field,value", [("hidden_act", "mish"), ("position_embedding_type", "relative_key"),
                                          ("is_decoder", True)])
 def test_unsupported_config_values_are_named(field, value, tmp_path):
     path = save_hf("BertModel", tmp_path)
@@ -95,8 +96,10 @@ def test_unsupported_config_values_are_named(field, value, tmp_path):
 
 
 def test_another_architecture_names_the_supported_ones(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5", "architectures": ["T5Model"]}))
-    with pytest.raises(ValueError, match=r"model_type must be one of \['bert', 'gpt2'\].*received model_type='t5'"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "architectures": ["MambaModel"]}))
+    known = [c.model_type for f in families.FAMILIES.values() for c in f.checkpoints]
+    assert {"bert", "gpt2", "llama", "mistral", "qwen2", "gemma", "gemma2"} <= set(known)
+    with pytest.raises(ValueError, match=re.escape(f"model_type must be one of {known}") + ".*received model_type='mamba'"):
         checkpoints.from_hf(tmp_path)
 
 

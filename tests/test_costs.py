@@ -6,12 +6,13 @@ where one forward is cheap (torch_impl BERT-base at B = 1, T = 128 with uninitia
 import base64
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
 from conformance import costs
-from conformance.spec import presets, registry
+from conformance.spec import families, presets, registry
 from conformance.report import runner
 from conformance import weights as weights_lib
 from conformance.backends import build, torch_backend
@@ -62,6 +63,20 @@ def test_each_framework_counts_the_same(name, framework):
 def test_transformers_counts_the_same(name, head):
     cfg = presets.get(name).replace(head=head)
     assert params.transformers_count(cfg)["total"] == params.count(cfg)["total"]
+
+
+PUBLISHED = {"llama2-7b": 6_738_415_616, "llama3-8b": 8_030_261_248, "llama3.2-1b": 1_235_814_400,
+             "mistral-7b": 7_241_732_096, "qwen2.5-0.5b": 494_032_768, "gemma-2b": 2_506_172_416}
+
+
+@pytest.mark.parametrize("name", [p for p in presets.names() if presets.get(p).kind == "llama"])
+def test_llama_family_presets_count_as_transformers_and_as_published(name):
+    """Every LLaMA-family preset, counted from its config, equals `num_parameters()` of the transformers
+    class its checkpoint layout names (built on the meta device); the issue's published six, exactly."""
+    cfg = presets.get(name)
+    ours = params.count(cfg)["total"]
+    assert params.transformers_count(cfg)["total"] == ours
+    assert PUBLISHED.get(name, ours) == ours
 
 
 def test_bert_base_matmul_flops_and_flop_counter():
@@ -175,7 +190,8 @@ def test_costs_section_is_json_with_stable_keys_markdown_and_plots():
 
 
 def test_costs_refuses_a_component():
-    with pytest.raises(ValueError, match=r"costs cover whole models \['bert', 'gpt2', 'transformer'\]"):
+    with pytest.raises(ValueError, match=re.escape(f"costs cover whole models {list(families.FAMILIES)}; "
+                                                   f"received kind='linear'")):
         costs.costs(registry.get("linear").tiny, measure=False)
 
 
@@ -185,3 +201,27 @@ def test_models_command_shows_flops_at_128(capsys):
     out = capsys.readouterr().out
     assert "forward GFLOPs (B=1, T=128)" in out and "22.42" in out and "403.84" in out
     assert np.isclose(flops.totals(flops.ops(presets.get("gpt2-xl"), 1, 128))["all"] / 1e9, 403.84, atol=0.005)
+
+
+@pytest.mark.parametrize("variant", ["default", "multi_query", "gemma2"])
+@pytest.mark.parametrize("framework", ["numpy", "torch", "tf"])
+def test_kv_cache_bytes_are_what_the_cache_holds(framework, variant):
+    """The declared bytes a token (2 L KV Dh f) equal the bytes of the k and v every layer's cache holds
+    after a prompt of 7 tokens, float32: grouped-query attention stores only the kv heads."""
+    entry = registry.get("llama")
+    cfg = entry.config(variant)
+    m = build(framework, cfg, weights_lib.initialize(cfg, seed=0), dtype="float32")
+    cache = []
+    m.step(np.arange(2 * 7).reshape(2, 7) % cfg.vocab_size, cache)
+    held = sum(np.asarray(layer[k]).nbytes for layer in cache for k in ("key", "value"))
+    assert held == 2 * 7 * memory.kv_cache_per_token(cfg, 4)
+    ungrouped = memory.kv_cache_per_token(cfg.replace(num_kv_heads=None), 4)
+    assert memory.kv_cache_per_token(cfg, 4) * cfg.num_heads == ungrouped * cfg.kv_heads
+
+
+def test_kv_cache_of_llama3_8b_at_8192_tokens():
+    """The issue's figure: 8 kv heads against 32, bfloat16, 8,192 tokens: 1 GiB against 4 GiB."""
+    kv = memory.kv_cache(presets.get("llama3-8b"), 1, 8192)
+    assert kv["per_token"]["bfloat16"] == 128 * 1024
+    assert (kv["bytes"]["bfloat16"], kv["bytes_without_grouping"]["bfloat16"]) == (2 ** 30, 4 * 2 ** 30)
+    assert memory.section(presets.get("bert-base"), 1, 128, 1)["kv_cache"] is None  # no causal self-attention

@@ -116,7 +116,7 @@ def test_multi_head_attention_shows_the_reshapes(explained):
     calls = {lib.call.split("(")[0] for lib in e.library if lib.op == "probs"}
     assert calls == {"nn.MultiheadAttention", "keras.layers.MultiHeadAttention"}
     text = e.render("text")
-    assert "x.reshape(B, T, self.cfg.num_heads, self.cfg.head_dim) (1, 4, 4, 2)" in text
+    assert "x.reshape(B, T, width // Dh, Dh) (1, 4, 4, 2)" in text
 
 
 @pytest.mark.parametrize("name", ["multi_head_attention", "softmax", "bert"])

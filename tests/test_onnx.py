@@ -14,6 +14,7 @@ import pytest
 
 from conformance import cli, weights
 from conformance.backends import onnx_export
+from conformance.spec import families
 from conformance.report import onnx as onnx_report
 from conformance.backends.build import build
 from conformance.core.config import Config
@@ -34,8 +35,7 @@ def onnx_model(name, variant, source, exporter):
     return onnx_export.build_from(exported(name, variant, source, exporter))
 
 
-EXPORTS = [(*DYNAMO, "torch", "dynamo")] + [(m, "default", s, e) for m in ("bert", "gpt2", "transformer")
-                                             for s, e in FAST.items()]
+EXPORTS = [(*DYNAMO, "torch", "dynamo")] + [(m, "default", s, e) for m in families.FAMILIES for s, e in FAST.items()]
 
 
 @pytest.mark.parametrize("name,variant,source,exporter", EXPORTS, ids=lambda v: str(v))
@@ -49,13 +49,20 @@ def test_runs_at_other_shapes_than_exported(name, variant, source, exporter):
     assert all(v.shape[0] == 3 for v in out.values())
 
 
-@pytest.mark.parametrize("exporter", ["dynamo", "tf2onnx"])
-def test_greedy_gpt2_tokens_match_the_reference(exporter):
-    _, cfg, w, _, _ = case_data("gpt2", "default")
+@pytest.mark.parametrize("name,exporter", [("gpt2", "dynamo"), ("gpt2", "tf2onnx"), ("llama", "torchscript"),
+                                           ("llama", "tf2onnx")])
+def test_greedy_tokens_match_the_reference(name, exporter):
+    """Greedy decoding through onnxruntime (no cache: the graph takes whole sequences); Llama's
+    prompt is left-padded, so its graph is fed position_ids = cumsum(mask) - 1."""
+    _, cfg, w, _, _ = case_data(name, "default")
     source = "tf" if exporter == "tf2onnx" else "torch"
     prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 5))
-    reference = generate(build("numpy", cfg, w, dtype="float64"), prompt, 6, use_cache=False)
-    tokens = generate(onnx_model("gpt2", "default", source, exporter), prompt, 6, use_cache=False)
+    mask = None
+    if families.get(name).decoding.position_ids:
+        mask = np.ones_like(prompt)
+        mask[1, :2] = 0
+    reference = generate(build("numpy", cfg, w, dtype="float64"), prompt, 6, use_cache=False, attention_mask=mask)
+    tokens = generate(onnx_model(name, "default", source, exporter), prompt, 6, use_cache=False, attention_mask=mask)
     np.testing.assert_array_equal(tokens, reference)
 
 

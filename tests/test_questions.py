@@ -140,3 +140,109 @@ def test_figures_command_writes_every_table_and_figure(tmp_path):
     assert figures == {"positional_encoding.png", "attention_patterns.png", "error_by_depth.png",
                        "cost_vs_length.png", "softmax_scale.png", "pre_post_norm.png"}
     assert all((tmp_path / "figures" / f).read_bytes()[:4] == b"\x89PNG" for f in figures)
+
+
+def test_the_toy_model_learned_its_corpus():
+    """The decoding answers need a model that ends its sentences: each continuation's log p within 0.05 of the
+    log of its share of the corpus."""
+    corpus = q.decoding_strategies()["corpus"]
+    assert sum(share for share, _ in corpus.values()) == pytest.approx(1.0)
+    for text, (share, logp) in corpus.items():
+        assert logp == pytest.approx(np.log(share), abs=0.05), text
+
+
+def test_greedy_is_myopic_beam_search_is_not_and_sampling_explores():
+    r = q.decoding_strategies()
+    rows = {d.strategy.split()[0]: d for d in r["strategies"]}
+    greedy, beam = rows["greedy"], rows["beam"]
+    corpus = r["corpus"]
+    first = max({t.split()[0] for t in corpus}, key=lambda w: sum(s for t, (s, _) in corpus.items()
+                                                                 if t.split()[0] == w))
+    assert greedy.text.split()[0] == first                    # the likeliest first word ...
+    assert beam.log_prob > greedy.log_prob + 0.1              # ... leads greedy to a sentence beam search beats
+    assert beam.score == pytest.approx(beam.log_prob / beam.length)
+    samples = [d for d in r["strategies"] if d.strategy.startswith("sample")]
+    assert all(d.text.removesuffix(" [SEP]") in corpus for d in samples + [greedy, beam])
+    assert len({d.text for d in samples}) >= 3
+    assert [d.text for d in samples] == [d.text for d in q.decoding_strategies()["strategies"][2:]]  # seeded
+
+
+def test_length_penalty_lengthens_the_chosen_hypothesis():
+    r = q.decoding_strategies()
+    rows = r["length_penalty"]
+    lengths = [d.length for d in rows]
+    assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
+    for d, lp in zip(rows, (-1.0, 0.0, 0.5, 1.0, 2.0)):
+        assert d.score == pytest.approx(d.log_prob / d.length ** lp)
+    at_zero = next(d for d, lp in zip(rows, (-1.0, 0.0, 0.5, 1.0, 2.0)) if lp == 0.0)
+    best = max(r["corpus"], key=lambda t: r["corpus"][t][1])
+    assert at_zero.text == f"{best} [SEP]"                    # penalty 0: the most probable (and shortest) wins
+
+
+def test_beam_walkthrough_follows_the_rules():
+    w = q.beam_walkthrough()
+    for step in range(1, w["steps"] + 1):
+        rows = [r for r in w["rows"] if r["step"] == step]
+        assert [r["log_prob"] for r in rows] == sorted((r["log_prob"] for r in rows), reverse=True)
+        assert sum(r["fate"] == "runs on" for r in rows) == w["num_beams"]
+        assert all(r["ends"] for r in rows if r["fate"] == "stored")
+        assert not any(r["ends"] for r in rows if r["fate"] == "runs on")
+    chosen = q.decoding_strategies()["strategies"][1]
+    assert w["result"].text == chosen.text and w["result"].score == pytest.approx(chosen.score)
+    assert any(r["fate"] == "stored" and r["candidate"] == chosen.text for r in w["rows"])
+
+
+# -------------------------------------------------------------------------------- the LLaMA family
+
+def test_rotary_scores_depend_on_the_offset_only():
+    """Both positions shifted by 37: rotary scores stay (rounding), an additive sinusoidal encoding's move by
+    more than the scores' own size; dynamic NTK stays relative only within max_positions."""
+    r = q.rotary_is_relative()
+    for kind in ("none", "linear", "llama3", "yarn", "dynamic, within max_positions"):
+        assert r["by_type"][kind] < 1e-12 * r["score_scale"], (kind, r["by_type"][kind])
+    assert r["same_offset_spread"] < 1e-12 * r["score_scale"]  # each diagonal m - n = const is one number
+    assert r["additive_sinusoidal"] > 0.1 * r["score_scale"]
+    assert r["by_type"]["dynamic, past max_positions"] > 1e-2
+    assert 1e-9 < r["float32_angles"] < 1e-5  # float32 angles: relative up to their rounding only
+
+
+def test_rotary_relativity_test_fails_on_a_rotation_of_q_alone(monkeypatch):
+    """The check can fail: a rotary that turns q but leaves k alone is no longer relative."""
+    import numpy_ref.rotary as rotary
+    original = rotary.apply_rotary
+    calls = []
+
+    def q_only(x, cos, sin, cfg):
+        calls.append(1)
+        return original(x, cos, sin, cfg) if len(calls) % 2 else x
+    monkeypatch.setattr(rotary, "apply_rotary", q_only)
+    r = q.rotary_is_relative()
+    assert r["rotary"] > 0.1 * r["score_scale"]
+
+
+def test_rms_norm_is_layer_norm_on_zero_mean_rows_and_saves_beta_and_flops():
+    r = q.rms_vs_layer_norm()
+    assert r["zero_mean_difference"] < 1e-12 and r["with_mean_difference"] > 0.1
+    assert r["layer_norm"]["parameters"] == 2 * 768 and r["rms_norm"]["parameters"] == 768
+    assert r["parameters_saved"] == 768
+    assert r["layer_norm"]["flops"] == 128 * (7 * 768 + 4) and r["rms_norm"]["flops"] == 128 * (4 * 768 + 3)
+    assert 0.42 < r["flops_saved"] < 0.43
+
+
+def test_swiglu_width_at_equal_parameters_is_eight_thirds_d():
+    r = q.swiglu_width()
+    D = r["d_model"]
+    assert r["gated_parameters_per_width"] == 3 * D
+    assert r["equal_width"] == pytest.approx(8 * D / 3 + 5 / 3, abs=1e-9)  # 5/3: the standard MLP's biases
+    assert r["llama_width"] == 11008
+    assert 1 < r["llama_parameters_ratio"] < 1.01 and r["llama_flops_ratio"] == pytest.approx(11008 * 3 / (8 * D))
+
+
+def test_gqa_cache_falls_by_the_group_factor():
+    r = q.gqa_cache()
+    by = {x["kv_heads"]: x for x in r["rows"]}
+    assert by[8]["per_token"] == 128 * 1024 and by[8]["bytes"] == 2 ** 30                     # llama3-8b, bf16
+    assert all(by[32]["bytes"] == x["groups"] * x["bytes"] for x in r["rows"])
+    assert by[8]["parameters"] == 8_030_261_248 and by[32]["parameters"] > by[8]["parameters"] > by[1]["parameters"]
+    held = [m["held"] for m in r["measured"]]
+    assert all(m["held"] == m["declared"] for m in r["measured"]) and held[0] == 2 * held[1] == 4 * held[2]

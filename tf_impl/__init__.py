@@ -10,12 +10,15 @@ from tf_impl.bert import Bert
 from tf_impl.blocks import DecoderLayer, EncoderLayer
 from tf_impl.embeddings import (PositionEmbedding, SegmentEmbedding, SinusoidalPositionalEncoding,
                                 TokenEmbedding)
-from tf_impl.feed_forward import FeedForward
+from tf_impl.feed_forward import FeedForward, GatedFeedForward
 from tf_impl.gpt2 import GPT2
+from tf_impl.llama import Llama
 from tf_impl.linear import Linear
-from tf_impl.normalization import LayerNorm
+from tf_impl.normalization import LayerNorm, RMSNorm
+from tf_impl.rotary import RotaryEmbedding
 from tf_impl.transformer import Transformer
 
 __all__ = ["Activation", "Bert", "DecoderLayer", "Dropout", "EncoderLayer", "FeedForward", "GPT2",
-           "LayerNorm", "Linear", "MultiHeadAttention", "PositionEmbedding", "ScaledDotProductAttention",
-           "SegmentEmbedding", "SinusoidalPositionalEncoding", "Softmax", "TokenEmbedding", "Transformer"]
+           "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PositionEmbedding", "RMSNorm",
+           "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
+           "Softmax", "TokenEmbedding", "Transformer"]

@@ -3,6 +3,8 @@
 Differs:
 - gelu and gelu_tanh are written out with `keras.ops`: `keras.ops.gelu` on TensorFlow casts its
   constants through float32 and is off by up to 5e-9 in float64.
+- silu is `keras.ops.silu` (`tf.nn.silu`, x sigmoid(beta x)): its one constant, beta = 1.0, also goes
+  through float32, but 1.0 is exact there, so it is exact in float64 (the suite holds it to 1e-12).
 - softmax is `keras.ops.softmax` (it subtracts the row maximum) after `keras.ops.where(mask, x,
   fill)`; it gives NaN on a fully masked row with fill = -inf, and that row is then set to zeros.
 - Dropout: training mode is Keras's `training` call argument (default False); without a `keep`
@@ -29,7 +31,11 @@ def relu(x):
     return ops.maximum(x, 0)
 
 
-ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu": relu}
+def silu(x):
+    return ops.silu(x)
+
+
+ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu": relu, "silu": silu}
 
 
 def softmax(x, mask=None, fill=-1e9):

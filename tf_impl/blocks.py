@@ -1,39 +1,64 @@
-"""Mirrors `numpy_ref.blocks`. No differences beyond the Keras layer plumbing."""
+"""Mirrors `numpy_ref.blocks`. No differences beyond the Keras layer plumbing.
+
+Only here: `EncoderLayer.get_config` (the layer's window choice, for from_config).
+"""
 from conformance.core import trace
 from tf_impl._layer import Layer
 from tf_impl.activations import Dropout
 from tf_impl.attention import MultiHeadAttention
-from tf_impl.feed_forward import FeedForward
-from tf_impl.normalization import LayerNorm
+from tf_impl.feed_forward import FeedForward, GatedFeedForward
+from tf_impl.normalization import LayerNorm, RMSNorm
 
 
-def residual(x, sublayer, norm, dropout, norm_first):
-    """One residual sub-block: post-norm LN(x + f(x)) or pre-norm x + f(LN(x))."""
+def norm_for(cfg, **kwargs):
+    """The layer norm of `cfg.norm`: LayerNorm, or RMSNorm."""
+    return RMSNorm(cfg, **kwargs) if cfg.norm == "rms" else LayerNorm(cfg, **kwargs)
+
+
+def feed_forward_for(cfg, **kwargs):
+    """The feed-forward of `cfg.feed_forward`: act(x W1) W2, or down(act(gate x) * up x)."""
+    return GatedFeedForward(cfg, **kwargs) if cfg.feed_forward == "gated" else FeedForward(cfg, **kwargs)
+
+
+def residual(x, sublayer, norm, dropout, norm_first, output_norm=None):
+    """One residual sub-block: post-norm LN(x + f(x)) or pre-norm x + f(LN(x)) (x + LN_out(f(LN(x))))."""
     if norm_first:
-        return x + dropout(sublayer(norm(x)))
+        h = sublayer(norm(x))
+        return x + dropout(h if output_norm is None else output_norm(h))
     return norm(x + dropout(sublayer(x)))
 
 
 class EncoderLayer(Layer):
-    def __init__(self, cfg, **kwargs):
-        super().__init__(**kwargs)
-        self.cfg = cfg
-        self.norm_first = cfg.norm_first
-        self.attention = MultiHeadAttention(cfg, name="attention", dtype=self.dtype_policy)
-        self.attention_norm = LayerNorm(cfg, name="attention_norm", dtype=self.dtype_policy)
-        self.attention_dropout = Dropout(cfg, name="attention_dropout", dtype=self.dtype_policy)
-        self.feed_forward = FeedForward(cfg, name="feed_forward", dtype=self.dtype_policy)
-        self.feed_forward_norm = LayerNorm(cfg, name="feed_forward_norm", dtype=self.dtype_policy)
-        self.feed_forward_dropout = Dropout(cfg, name="feed_forward_dropout", dtype=self.dtype_policy)
+    """`sliding`: does this layer attend through the config's window (None: whenever one is set)."""
 
-    def call(self, x, mask=None, cache=None):
-        """x: (B, T, D)  mask: (B, S) padding, True = attend."""
+    def __init__(self, cfg, sliding=None, **kwargs):
+        super().__init__(**kwargs)
+        self.cfg, self.sliding = cfg, sliding
+        self.norm_first = cfg.norm_first
+        policy = self.dtype_policy
+        sandwich = cfg.sandwich_norm
+        self.attention = MultiHeadAttention(cfg, sliding=sliding, name="attention", dtype=policy)
+        self.attention_norm = norm_for(cfg, name="attention_norm", dtype=policy)
+        self.attention_output_norm = norm_for(cfg, name="attention_output_norm", dtype=policy) if sandwich else None
+        self.attention_dropout = Dropout(cfg, name="attention_dropout", dtype=policy)
+        self.feed_forward = feed_forward_for(cfg, name="feed_forward", dtype=policy)
+        self.feed_forward_norm = norm_for(cfg, name="feed_forward_norm", dtype=policy)
+        self.feed_forward_output_norm = (norm_for(cfg, name="feed_forward_output_norm", dtype=policy)
+                                         if sandwich else None)
+        self.feed_forward_dropout = Dropout(cfg, name="feed_forward_dropout", dtype=policy)
+
+    def call(self, x, mask=None, cache=None, position_ids=None):
+        """x: (B, T, D)  mask: (B, S) padding, True = attend  position_ids: (B, T) for a rotary attention."""
         tap = trace.tap_for(self)
-        x = residual(x, lambda h: self.attention(h, mask=mask, cache=cache),
-                     self.attention_norm, self.attention_dropout, self.norm_first)    # (B, T, D)
+        x = residual(x, lambda h: self.attention(h, mask=mask, cache=cache, position_ids=position_ids),
+                     self.attention_norm, self.attention_dropout, self.norm_first,
+                     self.attention_output_norm)                                      # (B, T, D)
         x = residual(x, self.feed_forward, self.feed_forward_norm,
-                     self.feed_forward_dropout, self.norm_first)                      # (B, T, D)
+                     self.feed_forward_dropout, self.norm_first, self.feed_forward_output_norm)  # (B, T, D)
         return tap("output", x)
+
+    def get_config(self):  # from_config rebuilds the same layer: its window choice too
+        return {**super().get_config(), "sliding": self.sliding}
 
 
 class DecoderLayer(Layer):

@@ -1,7 +1,15 @@
 """Mirrors `numpy_ref.normalization`.
 
 Differs: gamma (ones) and beta (zeros) are Keras weights made in `__init__`; the formula is
-written out with `keras.ops` (not `keras.layers.LayerNormalization`, whose epsilon is 1e-3).
+written out with `keras.ops` (not `keras.layers.LayerNormalization`, whose epsilon is 1e-3, nor
+`keras.layers.RMSNormalization`, which has no offset and always scales in float32). RMSNorm's
+gamma is made with `autocast=False`: under a mixed policy Keras would hand `call` a bfloat16 copy
+of it, and the "all" upcast scales with the float32 weight, as torch's autocast leaves it. The
+last scale is `ops.multiply`, which promotes a bfloat16 x times a float32 weight to float32 as
+torch does (TensorFlow's `*` refuses two dtypes).
+RMSNorm's `get_config` adds its width `d` to the Config's fields, so `from_config` rebuilds a
+QK-norm at head_dim.
+Only here: `RMSNorm.get_config` (the Config with `d`).
 """
 from keras import ops
 
@@ -27,3 +35,35 @@ class LayerNorm(Layer):
         checks.floating("x", checks.dtype_name(x))
         checks.last_axis("x", checks.shape_of(x), self.d_model, "d_model")
         return trace.tap_for(self)("output", layer_norm(x, self.gamma, self.beta, self.eps))
+
+
+def norm_dtype(x, upcast):
+    """The dtype RMSNorm computes its statistic in: float32 for a half-precision x (unless upcast is "none")."""
+    return "float32" if upcast != "none" and checks.dtype_name(x) in checks.HALF_DTYPES else x.dtype
+
+
+def rms_norm(x, gamma, eps, offset, upcast):
+    h = ops.cast(x, norm_dtype(x, upcast))                              # (..., D)
+    h = h / ops.sqrt(ops.mean(h * h, axis=-1, keepdims=True) + eps)     # (..., D)
+    if upcast == "all":
+        return ops.cast(h * (offset + ops.cast(gamma, h.dtype)), x.dtype)  # (..., D)
+    return ops.multiply(ops.cast(h, x.dtype), offset + gamma)           # (..., D)
+
+
+class RMSNorm(Layer):
+    """RMS normalization over the last axis, width `d` (default d_model; a QK-norm's is head_dim)."""
+
+    def __init__(self, cfg, d=None, **kwargs):
+        super().__init__(**kwargs)
+        self.cfg = cfg
+        self.d, self.what = (cfg.d_model, "d_model") if d is None else (d, "d")
+        self.eps, self.offset, self.upcast = cfg.layer_norm_eps, cfg.rms_norm_offset, cfg.rms_norm_upcast
+        self.gamma = self.add_weight(shape=(self.d,), name="gamma", initializer="ones", autocast=False)
+
+    def call(self, x):
+        checks.floating("x", checks.dtype_name(x))
+        checks.last_axis("x", checks.shape_of(x), self.d, self.what)
+        return trace.tap_for(self)("output", rms_norm(x, self.gamma, self.eps, self.offset, self.upcast))
+
+    def get_config(self):  # the Config with the width: from_config rebuilds a QK-norm at head_dim
+        return {**super().get_config(), "d": self.d}

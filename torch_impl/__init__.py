@@ -10,12 +10,15 @@ from torch_impl.bert import Bert
 from torch_impl.blocks import DecoderLayer, EncoderLayer
 from torch_impl.embeddings import (PositionEmbedding, SegmentEmbedding, SinusoidalPositionalEncoding,
                                    TokenEmbedding)
-from torch_impl.feed_forward import FeedForward
+from torch_impl.feed_forward import FeedForward, GatedFeedForward
 from torch_impl.gpt2 import GPT2
+from torch_impl.llama import Llama
 from torch_impl.linear import Linear
-from torch_impl.normalization import LayerNorm
+from torch_impl.normalization import LayerNorm, RMSNorm
+from torch_impl.rotary import RotaryEmbedding
 from torch_impl.transformer import Transformer
 
 __all__ = ["Activation", "Bert", "DecoderLayer", "Dropout", "EncoderLayer", "FeedForward", "GPT2",
-           "LayerNorm", "Linear", "MultiHeadAttention", "PositionEmbedding", "ScaledDotProductAttention",
-           "SegmentEmbedding", "SinusoidalPositionalEncoding", "Softmax", "TokenEmbedding", "Transformer"]
+           "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PositionEmbedding", "RMSNorm",
+           "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
+           "Softmax", "TokenEmbedding", "Transformer"]

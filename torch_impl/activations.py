@@ -1,6 +1,6 @@
 """Mirrors `numpy_ref.activations`.
 
-Differs: GELU is `F.gelu` (exact) and `F.gelu(approximate="tanh")`, ReLU `torch.relu`;
+Differs: GELU is `F.gelu` (exact) and `F.gelu(approximate="tanh")`, ReLU `torch.relu`, SiLU `F.silu`;
 softmax is `torch.softmax` after `torch.where(mask, x, fill)` (a non-bool 0/1 mask is
 cast with `.bool()`), fully masked rows then set to 0, which also replaces the NaN of
 fill = -inf. Dropout reads `nn.Module.training`; a missing `keep` mask comes from
@@ -26,7 +26,11 @@ def relu(x):
     return torch.relu(x)
 
 
-ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu": relu}
+def silu(x):
+    return F.silu(x)
+
+
+ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "relu": relu, "silu": silu}
 
 
 def softmax(x, mask=None, fill=-1e9):

@@ -4,35 +4,51 @@ from torch import nn
 from conformance.core import trace
 from torch_impl.activations import Dropout
 from torch_impl.attention import MultiHeadAttention
-from torch_impl.feed_forward import FeedForward
-from torch_impl.normalization import LayerNorm
+from torch_impl.feed_forward import FeedForward, GatedFeedForward
+from torch_impl.normalization import LayerNorm, RMSNorm
 
 
-def residual(x, sublayer, norm, dropout, norm_first):
-    """One residual sub-block: post-norm LN(x + f(x)) or pre-norm x + f(LN(x))."""
+def norm_for(cfg):
+    """The layer norm of `cfg.norm`: LayerNorm, or RMSNorm."""
+    return RMSNorm(cfg) if cfg.norm == "rms" else LayerNorm(cfg)
+
+
+def feed_forward_for(cfg):
+    """The feed-forward of `cfg.feed_forward`: act(x W1) W2, or down(act(gate x) * up x)."""
+    return GatedFeedForward(cfg) if cfg.feed_forward == "gated" else FeedForward(cfg)
+
+
+def residual(x, sublayer, norm, dropout, norm_first, output_norm=None):
+    """One residual sub-block: post-norm LN(x + f(x)) or pre-norm x + f(LN(x)) (x + LN_out(f(LN(x))))."""
     if norm_first:
-        return x + dropout(sublayer(norm(x)))
+        h = sublayer(norm(x))
+        return x + dropout(h if output_norm is None else output_norm(h))
     return norm(x + dropout(sublayer(x)))
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, cfg):
+    """`sliding`: does this layer attend through the config's window (None: whenever one is set)."""
+
+    def __init__(self, cfg, sliding=None):
         super().__init__()
         self.norm_first = cfg.norm_first
-        self.attention = MultiHeadAttention(cfg)
-        self.attention_norm = LayerNorm(cfg)
+        self.attention = MultiHeadAttention(cfg, sliding=sliding)
+        self.attention_norm = norm_for(cfg)
+        self.attention_output_norm = norm_for(cfg) if cfg.sandwich_norm else None
         self.attention_dropout = Dropout(cfg)
-        self.feed_forward = FeedForward(cfg)
-        self.feed_forward_norm = LayerNorm(cfg)
+        self.feed_forward = feed_forward_for(cfg)
+        self.feed_forward_norm = norm_for(cfg)
+        self.feed_forward_output_norm = norm_for(cfg) if cfg.sandwich_norm else None
         self.feed_forward_dropout = Dropout(cfg)
 
-    def forward(self, x, mask=None, cache=None):
-        """x: (B, T, D)  mask: (B, S) padding, True = attend."""
+    def forward(self, x, mask=None, cache=None, position_ids=None):
+        """x: (B, T, D)  mask: (B, S) padding, True = attend  position_ids: (B, T) for a rotary attention."""
         tap = trace.tap_for(self)
-        x = residual(x, lambda h: self.attention(h, mask=mask, cache=cache),
-                     self.attention_norm, self.attention_dropout, self.norm_first)    # (B, T, D)
+        x = residual(x, lambda h: self.attention(h, mask=mask, cache=cache, position_ids=position_ids),
+                     self.attention_norm, self.attention_dropout, self.norm_first,
+                     self.attention_output_norm)                                      # (B, T, D)
         x = residual(x, self.feed_forward, self.feed_forward_norm,
-                     self.feed_forward_dropout, self.norm_first)                      # (B, T, D)
+                     self.feed_forward_dropout, self.norm_first, self.feed_forward_output_norm)  # (B, T, D)
         return tap("output", x)
 
 

@@ -19,3 +19,19 @@ class FeedForward(nn.Module):
         tap = trace.tap_for(self)
         h = self.activation(self.inner(x))       # (B, T, F)
         return tap("output", self.outer(self.dropout(h)))  # (B, T, D)
+
+
+class GatedFeedForward(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.gate = Linear(cfg.d_model, cfg.d_ff, cfg.mlp_bias)
+        self.up = Linear(cfg.d_model, cfg.d_ff, cfg.mlp_bias)
+        self.activation = Activation(cfg)
+        self.dropout = Dropout(cfg)
+        self.down = Linear(cfg.d_ff, cfg.d_model, cfg.mlp_bias)
+
+    def forward(self, x):
+        checks.last_axis("x", checks.shape_of(x), self.gate.d_in, "d_model")
+        tap = trace.tap_for(self)
+        h = tap("gated", self.activation(self.gate(x)) * self.up(x))   # (B, T, F)
+        return tap("output", self.down(self.dropout(h)))                # (B, T, D)

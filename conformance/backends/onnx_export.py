@@ -232,7 +232,7 @@ def _export_tf2onnx(cfg, weights, inputs, opset):
     saved = os.environ.get("TF2ONNX_CATCH_ERRORS")
     os.environ["TF2ONNX_CATCH_ERRORS"] = "FALSE"  # no deep copy of the graph before each optimizer pass
     try:
-        with _tf2onnx_fresh_constants():
+        with _tf2onnx_fresh_constants(), _tf2onnx_reshapes_keep_copied_dims():
             proto, _ = tf2onnx.convert.from_function(forward, input_signature=spec, opset=opset)
     finally:
         if saved is None:
@@ -270,6 +270,32 @@ def _tf2onnx_fresh_constants():
         yield
     finally:
         graph.Node.update_proto = original
+
+
+@contextlib.contextmanager
+def _tf2onnx_reshapes_keep_copied_dims():
+    """tf2onnx's back-to-back pass merges Reshape(Reshape(x, s1), s2) into Reshape(x, s2). Its
+    reshape pass has by then written the batch and sequence axes of s2 as 0, which ONNX reads as
+    "copy this axis of the input": after the merge the input is x, not the middle tensor, and the
+    axes copied are the wrong ones. A bias-free Linear (Keras's matmul reshapes (B, T, D) to
+    (B T, D) and back) followed by a split into heads is exactly that pattern: Llama's q, k and v.
+    Here a pair is merged only where s2 is a constant without a 0 (onnxruntime#28348 is the same
+    bug in onnxruntime's own fusion)."""
+    from tf2onnx.optimizer import back_to_back_optimizer as b2b
+    original = b2b._func_map[("Reshape",)]
+
+    def reshape_reshape(g, node, consumer_nodes):
+        if len(consumer_nodes) == 1 and consumer_nodes[0].type == "Reshape":
+            shape = consumer_nodes[0].inputs[1]
+            if not shape.is_const() or 0 in shape.get_tensor_value(as_list=True):
+                return []
+        return original(g, node, consumer_nodes)
+
+    b2b._func_map[("Reshape",)] = reshape_reshape
+    try:
+        yield
+    finally:
+        b2b._func_map[("Reshape",)] = original
 
 
 EXPORT_FUNCTIONS = {"dynamo": _export_dynamo, "torchscript": _export_torchscript, "tf2onnx": _export_tf2onnx}

@@ -24,7 +24,8 @@ How each framework gets them:
   tapped tensor that requires grad, so the hook receives that tensor's accumulated gradient.
 - tf: one `tf.GradientTape`, watching the float inputs; the Keras variables and the tapped
   tensors (intermediate tensors recorded on the tape) are the targets of `tape.gradient`.
-A tapped tensor that depends on no float input or weight (the sinusoidal encoding) has no
+A tapped tensor that depends on no float input or weight (the sinusoidal encoding, rotary's cos
+and sin: the reference module's `constant_taps`, `numpy_ref.autograd.constant_keys`) has no
 gradient in any framework and is left out; an entry whose output is such a constant declares
 `differentiable=False` in the registry.
 

@@ -7,6 +7,7 @@ wrong, what was expected, what was received. Nothing is silently broadcast.
 from __future__ import annotations
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+HALF_DTYPES = ("float16", "bfloat16")  # where RMSNorm's `rms_norm_upcast` computes in float32
 
 
 def shape_of(x) -> tuple:
@@ -133,3 +134,28 @@ def position_ids(arg: str, positions, ids_shape: tuple) -> None:
     shape_, dtype = positions
     integer(arg, dtype)
     shape(arg, shape_, ids_shape, "(B, T) like input_ids")
+
+
+def rotary_inputs(q, k, position_ids, head_dim: int) -> None:
+    """The rotary embedding: q (B, H, T, Dh), k (B, KV, T, Dh), position_ids (B, T) ints; each a `spec`."""
+    for arg, (s, d) in (("q", q), ("k", k)):
+        floating(arg, d)
+        rank(arg, s, 4, "(B, H, T, Dh)" if arg == "q" else "(B, KV, T, Dh)")
+    last_axis("q", q[0], head_dim, "head_dim")
+    B, _, T, Dh = q[0]
+    shape("k", k[0], (B, None, T, Dh), "(B, KV, T, Dh)")
+    integer("position_ids", position_ids[1])
+    shape("position_ids", position_ids[0], (B, T), "(B, T)")
+    if T == 0:
+        raise ValueError(f"position_ids must hold at least one position (B, T) with T >= 1; "
+                         f"received shape {position_ids[0]}")
+
+
+def rotary_positions(lowest: int, highest: int, max_positions: int, rope_scaling: str) -> None:
+    """Positions are >= 0; without a rope scaling, also below `max_positions` (the trained context)."""
+    if rope_scaling == "none" and (lowest < 0 or highest >= max_positions):
+        raise ValueError(f"position_ids must lie in [0, max_positions) = [0, {max_positions}) (rope_scaling='none' "
+                         f"rotates only the positions it was trained on: a longer context needs a rope_scaling); "
+                         f"received values in [{lowest}, {highest}]")
+    if lowest < 0:
+        raise ValueError(f"position_ids must be >= 0; received values in [{lowest}, {highest}]")

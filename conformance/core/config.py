@@ -129,6 +129,19 @@ class Config:
                              f"received {len(self.layer_types)} types")
         if self.rope_scaling != "none" and not self.rope_factor > 0:
             raise ValueError(f"Config.rope_factor must be > 0; received rope_factor={self.rope_factor!r}")
+        if self.rope_scaling == "dynamic" and (self.rotary_dim or self.head_dim) <= 2:
+            raise ValueError(f"Config.rope_scaling='dynamic' needs a rotated width above 2 (its base grows as "
+                             f"^(Dr / (Dr - 2))); received rotary width {self.rotary_dim or self.head_dim}")
+        if self.rope_scaling == "llama3" and not self.rope_high_freq_factor > self.rope_low_freq_factor:
+            raise ValueError(f"Config.rope_high_freq_factor must be > rope_low_freq_factor for llama3; received "
+                             f"high={self.rope_high_freq_factor!r}, low={self.rope_low_freq_factor!r}")
+        if self.sliding_window is not None and self.rope_scaling == "none" and self.sliding_window > self.max_positions:
+            raise ValueError(f"Config.sliding_window must be at most max_positions={self.max_positions} (a window "
+                             f"wider than every sequence the model takes never slides: set sliding_window=None); "
+                             f"received sliding_window={self.sliding_window}")
+        if self.layer_types and self.sliding_window is None and "sliding_attention" in self.layer_types:
+            raise ValueError(f"Config.layer_types names sliding_attention layers, which need a sliding_window; "
+                             f"received sliding_window=None")
         if not isinstance(self.sliding_window_right, int) or self.sliding_window_right < 0:
             raise ValueError(f"Config.sliding_window_right must be an int >= 0; "
                              f"received sliding_window_right={self.sliding_window_right!r}")

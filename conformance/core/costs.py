@@ -13,7 +13,7 @@ cost is the sum over its module tree (`conformance.costs` collapses the layers o
 Convention: one multiply-add is 2 FLOPs, so x (M, K) @ w (K, N) costs 2 M K N; everything else
 is counted per element (`PER_ELEMENT`), with exp, erf, tanh and sqrt one FLOP each. Not counted:
 embedding lookups (a gather), dropout (the identity at inference), building masks (booleans),
-the sinusoidal table (O(T D), no weights).
+the sinusoidal table (O(T D), no weights), the rotary cos and sin tables (O(T Dr), no weights).
 """
 from __future__ import annotations
 
@@ -30,8 +30,13 @@ PER_ELEMENT = {
     "gelu": 5,        # 0.5 x (1 + erf(x / sqrt 2)): divide, erf, add, two multiplies
     "gelu_tanh": 9,   # 0.5 x (1 + tanh(c (x + 0.044715 x^3))): x^3 (2), 3 mul, 2 add, tanh, 0.5 *
     "relu": 1,
+    "silu": 4,        # x sigmoid(x) = x / (1 + exp(-x)): negate, exp, add, divide
+    "rms_norm": 4,    # square, sum, divide by the rms, * (offset + gamma)
+    "gate": 1,        # act(x W_gate) * (x W_up): the gated feed-forward's product
+    "rotary": 3,      # x cos + rotate(x) sin: two multiplies and an add (rotate moves a sign: not counted)
 }
 LAYER_NORM_PER_ROW = 4  # two divides by D, + eps, sqrt
+RMS_NORM_PER_ROW = 3    # the divide by D, + eps, sqrt
 CATEGORIES = ("projection", "attention", "softmax", "norm", "activation", "elementwise")
 MATMUL = ("projection", "attention")
 BOOL = 1  # bytes of a mask element

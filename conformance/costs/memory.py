@@ -91,8 +91,28 @@ def inference_peak(cfg: Config, B: int, T: int, f: int, live: tuple) -> int:
     return registry.get(cfg.kind).reference(cfg).peak(f, live, **input_shapes(cfg, B, T))
 
 
+def kv_cache_per_token(cfg: Config, f: int) -> int:
+    """Bytes of key/value cache a generated token adds, over every causal self-attention layer
+    (each declares its `cache_bytes`): 2 L KV Dh f. llama3-8b in bfloat16: 2 x 32 x 8 x 128 x 2 =
+    128 KiB a token, 1 GiB at 8,192 tokens; with 32 key/value heads it would be 4 GiB."""
+    model = registry.get(cfg.kind).reference(cfg)
+    return sum(m.cache_bytes(f) for _, m in model.named_modules() if hasattr(m, "cache_bytes"))
+
+
+def kv_cache(cfg: Config, batch: int, tokens: int) -> dict:
+    """The cache at `tokens` tokens a sequence, per dtype, and what it would be with one key/value
+    head per query head (no grouping) for comparison."""
+    full = cfg.replace(num_kv_heads=None)
+    return {"tokens": tokens, "batch": batch, "kv_heads": cfg.kv_heads, "num_heads": cfg.num_heads,
+            "per_token": {d: kv_cache_per_token(cfg, b) for d, b in BYTES.items() if d != "int8"},
+            "bytes": {d: batch * tokens * kv_cache_per_token(cfg, b) for d, b in BYTES.items() if d != "int8"},
+            "bytes_without_grouping": {d: batch * tokens * kv_cache_per_token(full, b)
+                                       for d, b in BYTES.items() if d != "int8"}}
+
+
 def section(cfg: Config, batch: int, seq_len: int, params: int) -> dict:
     return {"weights": {dtype: params * b for dtype, b in BYTES.items()},
+            "kv_cache": kv_cache(cfg, batch, cfg.max_positions) if kv_cache_per_token(cfg, 4) else None,
             "activations_float32": activations(cfg, batch, seq_len),
             "training_state": {regime: {**parts, "per_parameter": sum(parts.values()),
                                         "bytes": params * sum(parts.values())}

@@ -111,8 +111,14 @@ def _scaling(s):
 
 def _memory(mem):
     a = mem["activations_float32"]
-    out = ["### Memory", "", _table([(k, _mb(v)) for k, v in mem["weights"].items()], ["weights", "MiB"]), "",
-           "Training: what backward needs, float32, tensor by tensor as the PyTorch mirror saves it, one layer:", ""]
+    out = ["### Memory", "", _table([(k, _mb(v)) for k, v in mem["weights"].items()], ["weights", "MiB"]), ""]
+    kv = mem.get("kv_cache")
+    if kv:  # a decoder's generation cache
+        out += [_table([(d, _n(kv["per_token"][d]), _mb(kv["bytes"][d]), _mb(kv["bytes_without_grouping"][d]))
+                        for d in kv["per_token"]],
+                       [f"key/value cache, {kv['tokens']:,} tokens x batch {kv['batch']}, {kv['kv_heads']} kv heads",
+                        "bytes / token", "MiB", f"MiB with {kv['num_heads']} kv heads"]), ""]
+    out += ["Training: what backward needs, float32, tensor by tensor as the PyTorch mirror saves it, one layer:", ""]
     for name, saved in a["saved_per_layer"].items():
         rows = [(t["tensor"], _n(t["bytes"])) for t in saved] + [("total", _n(a["training_per_layer"][name]))]
         out += [_table(rows, [f"`{name}` layer", "bytes"]), ""]

@@ -1,4 +1,4 @@
-"""keras-hub's `BertBackbone` and `GPT2Backbone` as oracles, loaded with the canonical weights.
+"""keras-hub's backbones (BERT, GPT-2, Llama, Mistral, Qwen, Gemma) as oracles, loaded with the canonical weights.
 
     kh = backbone(cfg)                    # built from the Config's dimensions, no preset, no download
     load(kh, cfg, w)                      # every keras-hub variable set once, from KERAS_HUB below
@@ -41,6 +41,15 @@ exactly the named cause by rebuilding our reference with keras-hub's choice):
   The pooler is `tanh(Dense)` on position 0, as ours. The GPT-2 backbone ends with its
   final layer norm and returns no logits: `run` computes them with keras-hub's own tied
   `ReversibleEmbedding(reverse=True)`, as `GPT2CausalLM` does.
+- The LLaMA family (`LlamaBackbone`, `MistralBackbone`, `QwenBackbone`, `GemmaBackbone`).
+  keras-hub's RMSNorm multiplies by the gain in float32 and casts once at the end, where
+  transformers' Llama casts the normalized row back to the compute dtype first
+  (`rms_norm_upcast="all"` against "statistic": the same number in float32 and float64,
+  last-bit differences in bfloat16). Rotary cos and sin are computed in float32 (as
+  transformers does). `GemmaBackbone` always scales scores by 1/sqrt(head_dim) (Gemma 2 27B's
+  `query_pre_attn_scalar` cannot be expressed) and its blocks keep epsilon 1e-6. None of
+  them take position_ids: positions are 0..T-1, so a left-padded batch is refused
+  (`refusal` names the input), as are QK-norm and fused attention.
 - Softmax dtype: keras-hub computes softmax and layer norm in at least float32 under any
   dtype policy; in float32 and float64 that is the compute dtype, so nothing changes here.
 """
@@ -69,32 +78,59 @@ def table(cfg: Config) -> KerasHub:
     family = families.get(cfg.kind) if cfg.kind in families.FAMILIES else None
     found = None if family is None else family.keras_hub_table(cfg)
     if found is None:
-        having = sorted(f"{f.name} ({', '.join(t.backbone for t in f.keras_hub)})"
-                        for f in families.FAMILIES.values() if f.keras_hub)
-        raise ValueError(f"keras-hub oracles exist for {having}; received kind={cfg.kind!r}"
-                         + (f", checkpoint={cfg.checkpoint!r}" if cfg.checkpoint else ""))
+        raise ValueError(_no_table(cfg))
     return found
+
+
+def _no_table(cfg: Config) -> str:
+    having = sorted(f"{f.name} ({', '.join(t.backbone for t in f.keras_hub)})"
+                    for f in families.FAMILIES.values() if f.keras_hub)
+    return (f"keras-hub oracles exist for {having}; received kind={cfg.kind!r}"
+            + (f", checkpoint={cfg.checkpoint!r}" if cfg.checkpoint else ""))
+
+
+def _numerics(cfg: Config) -> dict:
+    """Config field -> the value keras-hub hard-codes (a table value may be a function of the Config)."""
+    return {field: value(cfg) if callable(value) else value for field, value in table(cfg).numerics.items()}
 
 
 def differences(cfg: Config) -> dict[str, tuple]:
     """Config field -> (ours, keras-hub's) for every numeric choice keras-hub hard-codes otherwise."""
-    return {field: (getattr(cfg, field), value) for field, value in table(cfg).numerics.items()
+    return {field: (getattr(cfg, field), value) for field, value in _numerics(cfg).items()
             if getattr(cfg, field) != value}
 
 
 def numerics_config(cfg: Config) -> Config:
     """`cfg` with keras-hub's hard-coded numerics: the reference to hold keras-hub against exactly."""
-    return cfg.replace(**table(cfg).numerics)
+    return cfg.replace(**_numerics(cfg))
+
+
+def refusal(cfg: Config, inputs: dict | None = None) -> str | None:
+    """Why keras-hub cannot run `cfg` (on `inputs`), or None: a Config field its backbone cannot
+    express, or an input it has no argument for (its positions are always 0..T-1)."""
+    family = families.get(cfg.kind) if cfg.kind in families.FAMILIES else None
+    if family is None or family.keras_hub_table(cfg) is None:
+        return _no_table(cfg)
+    t = table(cfg)
+    for field, value in t.required.items():
+        if getattr(cfg, field) != value:
+            return f"keras-hub's {t.backbone} needs Config.{field}={value!r}; received {field}={getattr(cfg, field)!r}"
+    for name, value in (inputs or {}).items():
+        if name in t.inputs or value is None:
+            continue
+        ids = np.asarray(inputs["input_ids"])
+        if name == "position_ids" and np.array_equal(value, np.broadcast_to(np.arange(ids.shape[1]), ids.shape)):
+            continue
+        return f"keras-hub's {t.backbone} takes {sorted(t.inputs)}; received {name}, which it cannot express"
+    return None
 
 
 def backbone(cfg: Config, dtype: str = "float32"):
     """A keras-hub backbone with `cfg`'s dimensions (random weights: call `load`)."""
-    t = table(cfg)
-    for field, value in t.required.items():
-        if getattr(cfg, field) != value:
-            raise ValueError(f"keras-hub's {t.backbone} needs Config.{field}={value!r}; "
-                             f"received {field}={getattr(cfg, field)!r}")
-    return getattr(_keras_hub().models, t.backbone)(**t.dims(cfg), dtype=dtype)
+    why = refusal(cfg)
+    if why:
+        raise ValueError(why)
+    return getattr(_keras_hub().models, table(cfg).backbone)(**table(cfg).dims(cfg), dtype=dtype)
 
 
 def variable_map(cfg: Config) -> dict[str, tuple]:
@@ -133,8 +169,12 @@ def inputs(cfg: Config, **ours) -> dict[str, np.ndarray]:
     """Our input names -> keras-hub's (token_ids, padding_mask 1 = attend, ...); a left-out one
     gets the value the model would have used."""
     ids = np.asarray(ours["input_ids"])
+    t = table(cfg)
+    why = refusal(cfg, ours)
+    if why:
+        raise ValueError(why)
     out = {}
-    for name, (theirs, default) in table(cfg).inputs.items():
+    for name, (theirs, default) in t.inputs.items():
         value = ours.get(name)
         if value is None:
             value = np.ones_like(ids) if default == "ones" else np.zeros_like(ids)

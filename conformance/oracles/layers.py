@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from conformance.spec.families.llama import rope_parameters
 from numpy_ref.attention import causal_mask
 
 TORCH_ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}
@@ -183,3 +184,130 @@ def keras_layer_norm(cfg, w, x, dtype="float64"):
     norm.gamma.assign(w["gamma"])
     norm.beta.assign(w["beta"])
     return keras.ops.convert_to_numpy(norm(x.astype(dtype)))
+
+
+# ---------------------------------------------------------------------------- the LLaMA family's components
+
+def _rms_scale(cfg, w):
+    """offset + gamma, in float64: the one weight of a library RMSNorm that has no offset (in float32 it
+    rounds as the twins' own offset + gamma does)."""
+    return cfg.rms_norm_offset + w["gamma"].astype(np.float64)
+
+
+def torch_rms_norm(cfg, w, x, dtype="float64"):
+    """`torch.nn.RMSNorm(D, eps)`; it has no offset, so its weight is offset + gamma."""
+    torch = _torch()
+    norm = torch.nn.RMSNorm(x.shape[-1], eps=cfg.layer_norm_eps).to(getattr(torch, dtype))
+    with torch.no_grad():
+        norm.weight.copy_(torch.from_numpy(_rms_scale(cfg, w)))
+    return norm(_t(x, dtype)).detach().numpy()
+
+
+def keras_rms_norm(cfg, w, x, dtype="float64"):
+    """`keras.layers.RMSNormalization(epsilon)`, its scale offset + gamma (it has no offset either)."""
+    import keras
+    norm = keras.layers.RMSNormalization(epsilon=cfg.layer_norm_eps, dtype=dtype)
+    norm.build(x.shape)
+    norm.scale.assign(_rms_scale(cfg, w))
+    return keras.ops.convert_to_numpy(norm(x.astype(dtype)))
+
+
+def transformers_rms_norm(cfg, w, x, dtype="float32"):
+    """transformers' own RMSNorm: `LlamaRMSNorm` (weight gamma), or `GemmaRMSNorm` (output * (1 + weight))
+    for the offset form. Both compute in float32 whatever the input (`x.to(torch.float32)`,
+    `x.float()`): in a float64 model that is a downcast, so float64 agrees only to float32 precision."""
+    torch = _torch()
+    if cfg.rms_norm_offset not in (0.0, 1.0):
+        raise ValueError(f"transformers' RMSNorms have offset 0 (Llama) or 1 (Gemma); "
+                         f"received rms_norm_offset={cfg.rms_norm_offset}")
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    cls = GemmaRMSNorm if cfg.rms_norm_offset == 1.0 else LlamaRMSNorm
+    norm = cls(x.shape[-1], eps=cfg.layer_norm_eps).to(getattr(torch, dtype))
+    with torch.no_grad():
+        norm.weight.copy_(torch.from_numpy(w["gamma"]))
+        return norm(_t(x, dtype)).numpy()
+
+
+def torch_silu(cfg, w, x, dtype="float64"):
+    import torch.nn.functional as F
+    return F.silu(_t(x, dtype)).numpy()
+
+
+def keras_silu(cfg, w, x, dtype="float64"):
+    import keras
+    return keras.ops.convert_to_numpy(keras.activations.silu(keras.ops.convert_to_tensor(x.astype(dtype))))
+
+
+def transformers_gated_feed_forward(cfg, w, x, dtype="float64"):
+    """`LlamaMLP` (hidden_act "silu", `mlp_bias`), or `GemmaMLP` for tanh GELU ("gelu_pytorch_tanh", no biases):
+    down_proj(act(gate_proj(x)) * up_proj(x)), the canonical gate, up and down kernels transposed in."""
+    torch = _torch()
+    from transformers import GemmaConfig, LlamaConfig
+    from transformers.models.gemma.modeling_gemma import GemmaMLP
+    from transformers.models.llama.modeling_llama import LlamaMLP
+    sizes = dict(hidden_size=cfg.d_model, intermediate_size=cfg.d_ff, num_attention_heads=1, num_key_value_heads=1)
+    if cfg.activation == "silu":
+        mlp = LlamaMLP(LlamaConfig(**sizes, hidden_act="silu", mlp_bias=cfg.mlp_bias))
+    elif cfg.activation == "gelu_tanh" and not cfg.mlp_bias:
+        mlp = GemmaMLP(GemmaConfig(**sizes, hidden_act="gelu_pytorch_tanh"))
+    else:
+        raise ValueError(f"transformers' gated MLPs are SwiGLU (LlamaMLP) and bias-free GeGLU (GemmaMLP); received "
+                         f"activation={cfg.activation!r}, mlp_bias={cfg.mlp_bias}")
+    mlp = mlp.to(getattr(torch, dtype))
+    with torch.no_grad():
+        for ours, theirs in (("gate", mlp.gate_proj), ("up", mlp.up_proj), ("down", mlp.down_proj)):
+            theirs.weight.copy_(torch.from_numpy(w[f"{ours}.kernel"].T.copy()))
+            if cfg.mlp_bias:
+                theirs.bias.copy_(torch.from_numpy(w[f"{ours}.bias"]))
+        return mlp(_t(x, dtype)).numpy()
+
+
+def transformers_rotary(cfg, q, k, position_ids, dtype="float32"):
+    """transformers' own rotary embedding on q (B, H, T, Dh) and k (B, KV, T, Dh) -> {"q", "k"}:
+    - "half" pairing, every feature: `LlamaRotaryEmbedding` built from a `LlamaConfig(rope_parameters=...)`
+      (every rope type) and `modeling_llama.apply_rotary_pos_emb`;
+    - "half", Dr < Dh: `PhiRotaryEmbedding` (`partial_rotary_factor` Dr / Dh) and Phi's
+      `apply_rotary_pos_emb` on the first Dr features, the rest passed, as `PhiAttention.forward` splits them;
+    - "interleaved": GPT-J's table (`GPTJRotaryEmbedding`, base 10000, no scaling) and its
+      `apply_rotary_pos_emb` (`rotate_every_two`) on (B, T, heads, Dh), partial as `GPTJAttention.forward`.
+    Each builds cos and sin in float32 (the table, or the angle and its cos) whatever `dtype`."""
+    torch = _torch()
+    import transformers
+    transformers.logging.set_verbosity_error()  # its config checks warn, e.g. original == max positions
+    Dh, Dr = cfg.head_dim, cfg.rotary_dim or cfg.head_dim
+    tq, tk, pos = _t(q, dtype), _t(k, dtype), torch.from_numpy(np.asarray(position_ids))
+    with torch.no_grad():
+        if cfg.rotary_pairing == "interleaved":
+            from transformers import GPTJConfig
+            from transformers.models.gptj import modeling_gptj as gptj
+            if cfg.rope_scaling != "none" or cfg.rope_theta != 10000.0:
+                raise ValueError(f"GPT-J's rotary has base 10000 and no scaling; received rope_theta={cfg.rope_theta}, "
+                                 f"rope_scaling={cfg.rope_scaling!r}")
+            config = GPTJConfig(n_embd=cfg.num_heads * Dh, n_head=cfg.num_heads, rotary_dim=Dr,
+                                n_positions=int(pos.max()) + 1)
+            sin, cos = gptj.GPTJRotaryEmbedding(config)(tq, pos)                     # (B, T, Dr / 2)
+
+            def turn(x):                                                              # (B, heads, T, Dh)
+                x = x.transpose(1, 2)                                                 # (B, T, heads, Dh)
+                x = torch.cat([gptj.apply_rotary_pos_emb(x[..., :Dr], sin, cos), x[..., Dr:]], dim=-1)
+                return x.transpose(1, 2)
+            return {"q": turn(tq).numpy(), "k": turn(tk).numpy()}
+        if Dr < Dh:
+            from transformers import PhiConfig
+            from transformers.models.phi import modeling_phi as phi
+            config = PhiConfig(hidden_size=cfg.num_heads * Dh, num_attention_heads=cfg.num_heads,
+                               max_position_embeddings=cfg.max_positions,
+                               rope_parameters={**rope_parameters(cfg), "partial_rotary_factor": Dr / Dh})
+            cos, sin = phi.PhiRotaryEmbedding(config)(tq, pos)                        # (B, T, Dr)
+            q_rot, k_rot = phi.apply_rotary_pos_emb(tq[..., :Dr], tk[..., :Dr], cos, sin)
+            return {"q": torch.cat([q_rot, tq[..., Dr:]], dim=-1).numpy(),
+                    "k": torch.cat([k_rot, tk[..., Dr:]], dim=-1).numpy()}
+        from transformers import LlamaConfig
+        from transformers.models.llama import modeling_llama as llama
+        config = LlamaConfig(hidden_size=cfg.num_heads * Dh, num_attention_heads=cfg.num_heads, head_dim=Dh,
+                             num_key_value_heads=cfg.kv_heads, max_position_embeddings=cfg.max_positions,
+                             rope_parameters=rope_parameters(cfg))
+        cos, sin = llama.LlamaRotaryEmbedding(config)(tq, pos)                        # (B, T, Dh)
+        q_out, k_out = llama.apply_rotary_pos_emb(tq, tk, cos, sin)
+        return {"q": q_out.numpy(), "k": k_out.numpy()}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import tempfile
 
+import numpy as np
+
 from conformance.core.config import Config
 from conformance.spec import families
 from conformance.weights import checkpoints
@@ -69,3 +71,21 @@ def flop_counts(cfg: Config, inputs: dict, implementations=("eager", "sdpa")) ->
         model.set_attn_implementation(impl)
         out[impl] = {"model": class_name(cfg), **flop_count(model, x)}
     return out
+
+
+OUR_NAMES = {"pooler_output": "pooled_output"}  # transformers' output name -> ours, where they differ
+
+
+def run(cfg: Config, w: dict, inputs: dict, attn_implementation: str = "eager", dtype: str = "float64") -> dict:
+    """The `transformers` model of `cfg` on the canonical weights `w`, called on our `inputs`: its outputs
+    under our names (`last_hidden_state` is its last hidden state, after the final norm), NumPy."""
+    import torch
+    model = transformers_model(cfg, w, attn_implementation, dtype)
+    x = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
+    with torch.no_grad():
+        out = model(**x, output_hidden_states=True)
+    got = {OUR_NAMES.get(k, k): v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+           for k, v in out.items() if isinstance(v, torch.Tensor)}
+    if "last_hidden_state" not in got:
+        got["last_hidden_state"] = out.hidden_states[-1].numpy()
+    return got

@@ -49,7 +49,8 @@ from numpy_ref.activations import dropout, softmax
 from numpy_ref.attention import scaled_dot_product_attention
 from numpy_ref.embeddings import sinusoidal_encoding
 from numpy_ref.linear import linear
-from numpy_ref.normalization import layer_norm
+from numpy_ref.normalization import layer_norm, rms_norm
+from numpy_ref.rotary import apply_rotary
 from conformance.oracles.transformers import transformers_model
 
 WIDTH = 100  # columns, text and Markdown alike
@@ -136,7 +137,9 @@ def explain(name: str, variant: str = "default") -> Explained:
     if wt is None:
         raise ValueError(f"{name!r} has no walkthrough yet; explained: {', '.join(walkthroughs())}")
     start = time.perf_counter()
-    cfg = entry.config(variant).replace(**wt.config)
+    cfg = entry.config(variant)
+    layers = wt.config.get("num_layers", cfg.num_layers)  # fewer layers keep the first layers' types
+    cfg = cfg.replace(**wt.config, **({"layer_types": cfg.layer_types[:layers]} if cfg.layer_types else {}))
     w = {k: np.round(v.astype(np.float64), 2) for k, v in weights.initialize(cfg, seed=0, std=0.5).items()}
     inputs = wt.inputs(cfg) if variant == "default" else entry.inputs(cfg, variant, batch=1, length=4)
     reference_build = build("numpy", cfg, w, dtype="float64")
@@ -799,6 +802,67 @@ def decoder_library(cfg, w, inputs, records, calls):
                                                 inputs["memory_mask"]))]
 
 
+def rms_norm_inner(module, w, inputs, records):
+    return [Inner(rms_norm, (inputs["x"], w["gamma"].astype(np.float64), module.eps, module.offset, module.upcast),
+                  "output")]
+
+
+def rms_norm_library(cfg, w, inputs, records, calls):
+    x = inputs["x"]
+    layer = {"gamma": w["gamma"], "beta": np.zeros_like(w["gamma"])}
+    return [
+        Library("output", f"torch.nn.RMSNorm({cfg.d_model}, eps={cfg.layer_norm_eps:g})",
+                oracles.torch_rms_norm(cfg, w, x)),
+        Library("output", f"keras.layers.RMSNormalization(epsilon={cfg.layer_norm_eps:g})",
+                oracles.keras_rms_norm(cfg, w, x)),
+        Library("output", "transformers LlamaRMSNorm", oracles.transformers_rms_norm(cfg, w, x, "float64"),
+                dtype="float32"),
+        Library("output", f"torch.nn.LayerNorm({cfg.d_model}) (same gamma, beta 0)",
+                oracles.torch_layer_norm(cfg, layer, x),
+                differs="layer norm subtracts each row's mean first: the same numbers on the zero-mean third "
+                          "row, and on the nearly constant second row it magnifies a 0.01 wobble to +-1.7 "
+                          "where RMSNorm returns about 1 everywhere."),
+    ]
+
+
+def rotary_inputs(cfg):
+    """Head 0 holds the same vector at every position: pair 0 (features 0 and 2) = (1, 0), pair 1
+    (features 1 and 3) = (0, 1), so the rotation is the angle itself; head 1 is random."""
+    rng = _rng()
+    q = _readable((1, cfg.num_heads, 4, cfg.head_dim), rng)
+    q[0, 0] = [1.0, 0.0, 0.0, 1.0]
+    k = _readable((1, cfg.kv_heads, 4, cfg.head_dim), rng)
+    return {"q": q, "k": k, "position_ids": np.arange(4)[None]}
+
+
+def rotary_inner(module, w, inputs, records):
+    return [Inner(apply_rotary, (inputs["q"], records["cos"], records["sin"], module.cfg), "q")]
+
+
+def rotary_library(cfg, w, inputs, records, calls):
+    import keras_hub
+    q, k, positions = inputs["q"], inputs["k"], inputs["position_ids"]
+    hf = oracles.transformers_rotary(cfg, q, k, positions, "float64")
+    swap = lambda a: a.transpose(0, 2, 1, 3)  # noqa: E731 - (B, H, T, Dh) <-> (B, T, H, Dh)
+    layer = keras_hub.layers.RotaryEmbedding(max_wavelength=cfg.rope_theta, dtype="float64")
+    call = "apply_rotary_pos_emb(q, k, *LlamaRotaryEmbedding(config)(q, position_ids))"
+    return [Library("q", call, hf["q"], dtype="float32"), Library("k", call, hf["k"], dtype="float32"),
+            Library("q", "keras_hub.layers.RotaryEmbedding()(q)", swap(_np(layer(swap(q)))), dtype="float32")]
+
+
+def gated_library(cfg, w, inputs, records, calls):
+    torch, keras = _torch(), _keras()
+    x = inputs["x"]
+    dense = keras.layers.Dense(cfg.d_ff, activation="silu", use_bias=cfg.mlp_bias, dtype="float64")
+    dense.build(x.shape)
+    dense.set_weights([w["gate.kernel"]] + ([w["gate.bias"]] if cfg.mlp_bias else []))
+    gate = _tensor(records["gate.output"])
+    return [Library("activation.output", "torch.nn.functional.silu(x @ W_gate)", _np(torch.nn.functional.silu(gate))),
+            Library("activation.output", "keras.layers.Dense(F, activation='silu')", _np(dense(x))),
+            Library("output", "transformers LlamaMLP(hidden_act='silu')",
+                    oracles.transformers_gated_feed_forward(cfg, w, x))]
+
+
 LAYER = dict(d_model=8, num_heads=2, d_ff=16)
 LAYER_SHOWS = ("num_heads", "head_dim", "d_ff", "activation", "layer_norm_eps", "norm_first")
 
@@ -952,7 +1016,46 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                  Step("output", "The layer's output.",
                       "nn.TransformerDecoderLayer names these self_attn, multihead_attn and norm1..norm3.")),
                 library=decoder_library,
-                shows=LAYER_SHOWS)
+                shows=LAYER_SHOWS),
+    Walkthrough("rms_norm", "RMSNorm on layer norm's three vectors of width 4: the first as an RMS scale, the "
+                            "nearly constant second left near 1, the zero-mean third exactly as layer norm.",
+                dict(d_model=4), layer_norm_inputs,
+                (Step("output", "Each row divided by its root mean square sqrt(mean(x^2) + eps), then scaled by "
+                                "offset + gamma; no mean is subtracted and there is no beta.",
+                      "torch.nn.RMSNorm and keras.layers.RMSNormalization have no offset (Gemma's 1 + gamma is "
+                      "passed as their weight); transformers' LlamaRMSNorm computes in float32 whatever the "
+                      "dtype, so it is held to the float32 row."),),
+                inner=rms_norm_inner, library=rms_norm_library,
+                shows=("layer_norm_eps", "rms_norm_offset", "rms_norm_upcast")),
+    Walkthrough("rotary_embedding", "Rotary embedding of 2 heads of width 4 (two pairs) at positions 0..3; head 0 "
+                                    "is the same vector at every position, so its rotation is the angle itself.",
+                dict(d_model=8, num_heads=2), rotary_inputs,
+                (Step("cos", "cos(m theta_i), laid out like the features: pair 0 (features 0 and 2) turns "
+                             "theta_0 = 1 radian a position, pair 1 (features 1 and 3) theta_1 = 10000^(-1/2) = "
+                             "0.01.",
+                      "transformers builds the same (B, T, Dh) table, emb = cat(freqs, freqs), in float32."),
+                 Step("sin", "sin(m theta_i), the same layout."),
+                 Step("q", "Each pair turned by its angle: head 0's pair 0 goes (1, 0) -> (cos m, sin m) around "
+                           "the unit circle; pair 1 (0, 1) -> (-sin 0.01 m, cos 0.01 m) barely moves. Lengths "
+                           "are unchanged.",
+                      "GPT-J and Meta's checkpoints pair features (2i, 2i + 1) instead (rotary_pairing "
+                      "'interleaved'); keras_hub's RotaryEmbedding takes (B, T, H, Dh)."),
+                 Step("k", "The keys turn the same way, so a score q_m . k_n depends on m - n only.")),
+                inner=rotary_inner, library=rotary_library,
+                shows=("num_heads", "head_dim", "rope_theta", "rotary_pairing", "rope_scaling")),
+    Walkthrough("gated_feed_forward", "The SwiGLU feed-forward D = 8 -> F = 16 -> D on 4 tokens: a SiLU gate "
+                                      "times a linear up projection.",
+                LAYER, lambda cfg: {"x": _readable((1, 4, cfg.d_model))},
+                (Step("gate.output", "The gate's pre-activation: x @ W_gate, (B, T, F)."),
+                 Step("activation.output", "SiLU(x) = x sigmoid(x), elementwise: about x when large, about 0 when "
+                                           "very negative."),
+                 Step("up.output", "The second projection, x @ W_up, linear: what the gate lets through."),
+                 Step("gated", "The product, feature by feature: act(gate) * up, (B, T, F).",
+                      "transformers' LlamaMLP writes the same line: down_proj(act_fn(gate_proj(x)) * up_proj(x))."),
+                 Step("down.output", "Back to width D: h @ W_down."),
+                 Step("output", "The block's output (dropout is the identity at inference).")),
+                library=gated_library,
+                shows=("d_ff", "activation", "mlp_bias")),
 ]}
 
 
@@ -972,8 +1075,10 @@ def _model_library(family):
                 got = transformers_model(cfg, w)(**{k: _tensor(v) for k, v in inputs.items()},
                                                         output_attentions=True, output_hidden_states=True)
             call = f"{cls}(output_attentions=True, output_hidden_states=True)"
-            out += [Library(op, f"{call}.{field}" + ("" if i is None else f"[{i}]"),
-                            _np(getattr(got, field) if i is None else getattr(got, field)[i]))
+            why = f" ({wt.transformers_dtype} tolerance: {wt.transformers_why})" if wt.transformers_why else ""
+            out += [Library(op, f"{call}.{field}" + ("" if i is None else f"[{i}]") + why,
+                            _np(getattr(got, field) if i is None else getattr(got, field)[i]),
+                            dtype=wt.transformers_dtype)
                     for op, (field, i) in wt.transformers_steps.items()]
         for path, name in wt.layer_oracles.items():
             fn = getattr(oracles, name)

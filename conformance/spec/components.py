@@ -8,7 +8,7 @@ from __future__ import annotations
 from conformance.core.config import Config
 from conformance.spec.entry import Entry, Variant as V
 from conformance.spec.inputs import (decoder_inputs, dropout_inputs, hidden, ids, masked_hidden, positions, qkv,
-                                     scores_and_mask)
+                                     rotary_qk, scores_and_mask)
 
 TINY = Config(kind="component", d_model=32, num_heads=4, d_ff=64, vocab_size=97, max_positions=64)
 FUSED = V({"attention_impl": "fused"})  # F.scaled_dot_product_attention, keras.ops.dot_product_attention
@@ -23,7 +23,8 @@ COMPONENTS = [
            "fill_inf": V({"mask_fill": float("-inf")}, {"mask": "fully_masked"}),
            "fill_1e4": V({"mask_fill": -1e4})}),
     Entry("activation", "Activation", TINY.replace(kind="activation"), hidden,
-          {"default": V(), "gelu_tanh": V({"activation": "gelu_tanh"}), "relu": V({"activation": "relu"})}),
+          {"default": V(), "gelu_tanh": V({"activation": "gelu_tanh"}), "relu": V({"activation": "relu"}),
+           "silu": V({"activation": "silu"})}),
     Entry("dropout", "Dropout", TINY.replace(kind="dropout", dropout=0.25), dropout_inputs,
           {"default": V()}, training=True),
     Entry("layer_norm", "LayerNorm", TINY.replace(kind="layer_norm"), hidden,
@@ -41,10 +42,22 @@ COMPONENTS = [
           TINY.replace(kind="scaled_dot_product_attention"), qkv,
           {"default": V(), "no_mask": V(options={"mask": "none"}), "causal": V({"causal": True}, {"mask": "none"}),
            "padding_causal": V({"causal": True}), "fully_masked": V(options={"mask": "fully_masked"}),
-           "fused": FUSED, "fused_causal": V({"attention_impl": "fused", "causal": True})}),
+           "fused": FUSED, "fused_causal": V({"attention_impl": "fused", "causal": True}),
+           "causal_top_left": V({"causal": True, "causal_alignment": "top_left"}, {"mask": "none"}),
+           "window": V({"causal": True, "sliding_window": 3}, {"mask": "none"}),
+           "window_bidirectional": V({"sliding_window": 3, "sliding_window_right": 2}),
+           "softcap": V({"attn_logit_softcap": 2.0})}),
     Entry("multi_head_attention", "MultiHeadAttention", TINY.replace(kind="multi_head_attention"), masked_hidden,
           {"default": V(), "causal": V({"causal": True}), "cross": V(options={"cross": True}),
-           "no_bias": V({"use_bias": False}), "no_mask": V(options={"mask": "none"}), "fused": FUSED}),
+           "no_bias": V({"use_bias": False}), "no_mask": V(options={"mask": "none"}), "fused": FUSED,
+           # the LLaMA family's attention
+           "gqa": V({"num_kv_heads": 2, "causal": True}), "multi_query": V({"num_kv_heads": 1, "causal": True}),
+           "head_dim": V({"attention_head_dim": 6, "num_kv_heads": 2}),  # Gemma: H Dh != D
+           "qkv_bias": V({"output_bias": False}),  # Qwen2
+           "rotary": V({"position": "rotary", "num_kv_heads": 2, "causal": True}),
+           "rotary_qk_norm": V({"position": "rotary", "qk_norm": True, "causal": True}),
+           "sliding_window": V({"sliding_window": 3, "causal": True}),
+           "softcap": V({"attn_logit_softcap": 2.0, "causal": True})}),
     Entry("feed_forward", "FeedForward", TINY.replace(kind="feed_forward"), hidden,
           {"default": V(), "relu": V({"activation": "relu"}), "gelu_tanh": V({"activation": "gelu_tanh"})}),
     Entry("encoder_layer", "EncoderLayer", TINY.replace(kind="encoder_layer"), masked_hidden,
@@ -53,4 +66,21 @@ COMPONENTS = [
            "fused": FUSED}),
     Entry("decoder_layer", "DecoderLayer", TINY.replace(kind="decoder_layer", activation="relu"),
           decoder_inputs, {"default": V(), "pre_norm": V({"norm_first": True})}),
+    # the LLaMA family's components
+    Entry("rms_norm", "RMSNorm", TINY.replace(kind="rms_norm", norm="rms", layer_norm_eps=1e-6), hidden,
+          {"default": V(), "eps_1e-5": V({"layer_norm_eps": 1e-5}),
+           "offset": V({"rms_norm_offset": 1.0, "rms_norm_upcast": "all"}),  # Gemma: 1 + gamma, scaled in float32
+           "upcast_all": V({"rms_norm_upcast": "all"}), "upcast_none": V({"rms_norm_upcast": "none"})}),
+    Entry("rotary_embedding", "RotaryEmbedding", TINY.replace(kind="rotary_embedding", position="rotary"), rotary_qk,
+          {"default": V(), "interleaved": V({"rotary_pairing": "interleaved"}), "partial": V({"rotary_dim": 4}),
+           "interleaved_partial": V({"rotary_pairing": "interleaved", "rotary_dim": 4}),  # GPT-J
+           "gqa": V({"num_kv_heads": 2}), "offset": V(options={"positions": "offset"}),
+           "float64_angles": V({"rotary_float32": False}),
+           "linear": V({"rope_scaling": "linear", "rope_factor": 4.0}),
+           "dynamic": V({"rope_scaling": "dynamic", "rope_factor": 2.0, "max_positions": 3}),  # T > max_positions
+           "llama3": V({"rope_scaling": "llama3", "rope_factor": 8.0}),  # every regime: kept, smoothed, divided
+           "yarn": V({"rope_scaling": "yarn", "rope_factor": 4.0})}),
+    Entry("gated_feed_forward", "GatedFeedForward",
+          TINY.replace(kind="gated_feed_forward", feed_forward="gated", activation="silu"), hidden,
+          {"default": V(), "gelu_tanh": V({"activation": "gelu_tanh"}), "bias": V({"mlp_bias": True})}),
 ]

@@ -46,6 +46,16 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class Original:
+    """A model's original release layout, not Hugging Face's (Meta's `params.json` + `consolidated.NN.pth`):
+    its tensor names (`modules`, as in `Checkpoint`) and its parameters file read into Config fields."""
+    name: str              # "meta"
+    params_file: str       # the file in the directory that says which layout it is
+    modules: dict
+    read: Callable[[dict], dict]
+
+
+@dataclass(frozen=True)
 class KerasHub:
     """A keras-hub backbone with the canonical weights mapped in: the second, independent oracle.
 
@@ -80,6 +90,8 @@ class Walkthrough:
     steps: tuple
     shows: tuple = ()                  # the Config fields worth printing beside d_model
     transformers_steps: dict = field(default_factory=dict)  # trace name -> (output field, index or None)
+    transformers_dtype: str = "float64"  # the tolerance row transformers' values are held to there ...
+    transformers_why: str = ""           # ... and why, where it is not float64's
     layer_oracles: dict = field(default_factory=dict)       # module path -> conformance.oracles.layers function
     capture: str | None = None         # module paths whose call inputs the layer oracles need
 
@@ -122,6 +134,7 @@ class Family:
     generates: bool = False            # `conformance.generate` drives it, as `decoding` says
     decoding: Decoding = Decoding()
     checkpoints: tuple = ()           # its Hugging Face layouts (`Checkpoint`), one per model_type
+    originals: tuple = ()             # original release layouts (`Original`), e.g. Meta's
     keras_hub: tuple = ()             # keras-hub backbones (`KerasHub`), by the model_type each reproduces
     walkthrough: Walkthrough | None = None
     base_preset: str | None = None     # the full-size preset the docs quote and the --full tier runs
@@ -153,6 +166,6 @@ class Family:
     def transformers_class(self, cfg: Config) -> str | None:
         """The `transformers` class with exactly `cfg`'s parameters, or None where it has none."""
         hf = self.checkpoint(cfg)
-        if hf is None:
+        if hf is None or any(getattr(cfg, field) != value for field, value in hf.constants.items()):
             return None
         return next((cls for cls, head in hf.classes.items() if head == cfg.head), None)

@@ -96,3 +96,32 @@ def seq2seq_inputs(cfg, rng, batch, length, **_):
             "decoder_input_ids": rng.integers(0, cfg.vocab_size, (batch, target)),
             "attention_mask": padding_mask(rng, batch, length).astype(np.int64),
             "decoder_attention_mask": padding_mask(rng, batch, target).astype(np.int64)}
+
+
+def causal_lm_inputs(cfg, rng, batch, length, left_pad=False, **_):
+    """A rotary causal LM's inputs: ids, a padding mask and the position of every token. Right
+    padding by default (positions 0..T-1); `left_pad`: row b starts with b pads, and its first real
+    token is at position 0 (positions = cumsum(mask) - 1, pads at 0, as transformers' generate)."""
+    inputs = token_inputs(cfg, rng, batch, length)
+    if left_pad:
+        inputs["attention_mask"] = inputs["attention_mask"][:, ::-1].copy()              # (B, T)
+    mask = inputs["attention_mask"]
+    if left_pad:
+        positions = np.where(mask > 0, np.cumsum(mask, axis=1) - 1, 0)                   # (B, T)
+    else:
+        positions = np.arange(length)[None, :].repeat(batch, 0)                          # (B, T)
+    inputs["position_ids"] = positions.astype(np.int64)
+    return inputs
+
+
+def rotary_qk(cfg, rng, batch, length, positions="default", **_):
+    """q (B, H, T, Dh), k (B, KV, T, Dh) and position_ids (B, T). `positions`: "default" 0..T-1 in
+    every row; "offset": row 0 after a key/value cache of 5 (5..T+4), every other row left-padded by
+    2 (0, 0, 0, 1, ..., as transformers' generate places pads at 0)."""
+    H, KV, Dh = cfg.num_heads, cfg.kv_heads, cfg.head_dim
+    ids = np.arange(length)[None, :].repeat(batch, 0)                                    # (B, T)
+    if positions == "offset":
+        ids[0] += 5
+        ids[1:] = np.maximum(ids[1:] - 2, 0)
+    return {"q": rng.standard_normal((batch, H, length, Dh)), "k": rng.standard_normal((batch, KV, length, Dh)),
+            "position_ids": ids.astype(np.int64)}

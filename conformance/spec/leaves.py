@@ -41,6 +41,8 @@ LAYOUTS: dict[str, Layout] = {
                          lambda a, cfg: a.reshape(-1)),
     "heads_out": Layout(lambda a, cfg: a.reshape(-1, cfg.head_dim, a.shape[-1]),       # (H Dh, D) -> (H, Dh, D)
                         lambda a, cfg: a.reshape(-1, a.shape[-1])),
+    "heads_first_in": Layout(lambda a, cfg: a.reshape(a.shape[0], -1, cfg.head_dim).transpose(1, 0, 2),  # (H, D, Dh)
+                             lambda a, cfg: a.transpose(1, 0, 2).reshape(a.shape[1], -1)),  # keras-hub's Gemma
 }
 
 

@@ -29,7 +29,7 @@ from conformance.spec import registry
 from conformance import weights
 from conformance.backends.build import build
 from numpy_ref import autograd
-from numpy_ref.embeddings import SinusoidalPositionalEncoding, embedding_backward
+from numpy_ref.embeddings import embedding_backward
 
 H = 1e-6
 RTOL = 1e-6
@@ -162,10 +162,9 @@ def test_activation_gradients_are_the_trace_keys_and_match_finite_differences(ca
     with trace.recording(model.named_modules(), np.asarray) as forward:  # what Built.trace records
         model(**inputs)
     records = forward.records
-    # the one exclusion: a constant (the sinusoidal encoding: no weights, integer positions)
-    constant = tuple(f"{p}." if p else "" for p, m in model.named_modules()
-                     if isinstance(m, SinusoidalPositionalEncoding))
-    expected = {k for k, v in records.items() if v.dtype.kind == "f" and not k.startswith(constant)}
+    # the one exclusion: constants (the sinusoidal encoding, rotary's cos and sin: integer positions, no weights)
+    constant = set(autograd.constant_keys(model, records))
+    expected = {k for k, v in records.items() if v.dtype.kind == "f" and k not in constant}
     assert list(tape.activation_grads) == [k for k in records if k in expected]  # the trace's order
     noise = NOISE * np.finfo(np.float64).eps * loss(model(**inputs), cotangent)[1] / H
     rng = np.random.default_rng(3)
@@ -321,8 +320,9 @@ def softmax_backward_without_row_sum(grad, probs, mask=None):
     return probs * grad if mask is None else np.where(mask, probs * grad, 0)
 
 
-def residual_backward_without_skip(grad, sublayer_backward, norm, dropout, norm_first):
-    return norm.backward(sublayer_backward(dropout.backward(grad)))  # pre-norm, skip path dropped
+def residual_backward_without_skip(grad, sublayer_backward, norm, dropout, norm_first, output_norm=None):
+    d_h = dropout.backward(grad)  # pre-norm, skip path dropped
+    return norm.backward(sublayer_backward(d_h if output_norm is None else output_norm.backward(d_h)))
 
 
 @pytest.mark.parametrize("module, name, bug, case, blamed", [

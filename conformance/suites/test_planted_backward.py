@@ -41,9 +41,10 @@ def softmax_without_row_sum(monkeypatch):
 
 
 def residual_without_skip(monkeypatch):
-    def buggy(grad, sublayer_backward, norm, dropout, norm_first):
+    def buggy(grad, sublayer_backward, norm, dropout, norm_first, output_norm=None):
         if norm_first:  # y = x + drop(f(LN(x))): the `grad +` of the skip path dropped
-            return norm.backward(sublayer_backward(dropout.backward(grad)))
+            d_h = dropout.backward(grad)
+            return norm.backward(sublayer_backward(d_h if output_norm is None else output_norm.backward(d_h)))
         d_sum = norm.backward(grad)  # y = LN(x + drop(f(x))): the `d_sum +` dropped
         return sublayer_backward(dropout.backward(d_sum))
 

@@ -64,3 +64,43 @@ def test_masked_softmax_any_mask(batch, heads, t, s, density, fill, seed, framew
     visible = inputs["mask"].any(-1)
     np.testing.assert_allclose(rows, np.broadcast_to(visible, rows.shape).astype(float), atol=1e-12)
     agree(framework, cfg, inputs, seed)
+
+
+@st.composite
+def rotary_case(draw):
+    """Any head count and grouping, any even head width and rotated width, either pairing, any rope type,
+    positions anywhere below max_positions (a cache's offset, a left-padded row's zeros)."""
+    kv = draw(st.integers(1, 3))
+    heads, pairs = kv * draw(st.integers(1, 3)), draw(st.integers(2, 6))
+    kind = draw(st.sampled_from(["none", "linear", "dynamic", "llama3", "yarn"]))
+    fewest = 2 if kind == "dynamic" else 1  # dynamic's base grows as ^(Dr / (Dr - 2)): Dr > 2
+    rotated = 2 * draw(st.integers(fewest if draw(st.booleans()) else pairs, pairs))
+    cfg = registry.get("rotary_embedding").tiny.replace(
+        d_model=heads * 2 * pairs, num_heads=heads, num_kv_heads=kv, rotary_dim=rotated,
+        rotary_pairing=draw(st.sampled_from(["half", "interleaved"])), rope_scaling=kind,
+        rope_factor=draw(st.sampled_from([2.0, 4.0, 8.0])), max_positions=draw(st.integers(8, 64)),
+        rotary_float32=draw(st.booleans()))
+    batch, length = draw(st.integers(1, 3)), draw(st.integers(1, 8))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, cfg.max_positions - length + 1, (batch, 1))
+    positions = np.maximum(np.arange(length)[None, :] + starts - rng.integers(0, 3, (batch, 1)), 0)
+    inputs = {"q": rng.standard_normal((batch, heads, length, cfg.head_dim)),
+              "k": rng.standard_normal((batch, kv, length, cfg.head_dim)), "position_ids": positions}
+    return cfg, inputs, seed
+
+
+@SETTINGS
+@given(case=rotary_case())
+def test_rotary_embedding_any_shape(case, framework, framework_twins_only):
+    agree(framework, *case)
+
+
+@SETTINGS
+@given(width=st.integers(1, 48), rows=st.integers(1, 9), offset=st.sampled_from([0.0, 1.0]),
+       scale=st.sampled_from([1e-3, 1.0, 1e3]), seed=st.integers(0, 999))
+def test_rms_norm_any_width_and_scale(width, rows, offset, scale, seed, framework, framework_twins_only):
+    """Any width, rows of any scale (eps matters at 1e-3), either offset."""
+    cfg = registry.get("rms_norm").tiny.replace(d_model=width, num_heads=1, rms_norm_offset=offset)
+    x = scale * np.random.default_rng(seed).standard_normal((2, rows, width))
+    agree(framework, cfg, {"x": x}, seed)

@@ -27,12 +27,15 @@ def initialize(cfg: Config, seed: int = 0, std: float = 0.02) -> dict[str, np.nd
     never changes the others. Kernels and tables ~ N(0, std) as in BERT and GPT-2. Biases
     and layer-norm shifts ~ N(0, std) and gains ~ 1 + N(0, std) rather than exactly 0 and 1:
     a zero bias would hide a bias that is dropped, and a unit gain one that is ignored.
+    Gemma's RMSNorm scales by (offset + gamma): its gains start at 1 - offset + N(0, std), so the
+    scale it applies starts near 1 there too (transformers initializes them to 0).
     """
+    gain = np.float32(1.0 - (cfg.rms_norm_offset if cfg.norm == "rms" else 0.0))
     out = {}
     for name, shape in registry.param_shapes(cfg).items():
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         w = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
-        out[name] = w + np.float32(1.0) if name.endswith(".gamma") else w
+        out[name] = w + gain if name.endswith(".gamma") else w
     return out
 
 

@@ -35,8 +35,8 @@ from conformance.spec.family import Checkpoint
 from conformance.spec.leaves import Leaf, fuse, table_rows
 
 # HF activation name -> Config.activation ("gelu_new" and "gelu_pytorch_tanh" are the same tanh formula)
-ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
-ACTIVATION_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
+ACTIVATION_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 LEGACY_LEAVES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}  # pre-2019 BERT files
 ARCHITECTURES = {c.model_type: c for f in families.FAMILIES.values() for c in f.checkpoints}
 
@@ -89,7 +89,7 @@ def from_hf(path, head: str | None = None) -> tuple[Config, dict[str, np.ndarray
 def config_from_hf(hf: dict, arch: Checkpoint, cls: str) -> Config:
     """Read every numerics field; refuse values the canonical models do not implement."""
     for key, only in arch.fixed.items():
-        if hf.get(key, only) != only:
+        if hf.get(key) not in (None, only):  # null: unset, transformers' default
             raise ValueError(f"config.json {key} must be {only!r} to import as {cls}; received {hf[key]!r}")
     values = {field: default if hf.get(key) is None else hf[key] for field, (key, default) in arch.fields.items()}
     if values["activation"] not in ACTIVATIONS:
@@ -114,6 +114,13 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
         return weights_lib.load(safe)
     if not pickled.is_file():
         raise weights_lib.WeightsError(f"no weights file in {path}: expected {safe.name} or {pickled.name}")
+    return _read_file(pickled)
+
+
+def _read_file(pickled: Path) -> dict[str, np.ndarray]:
+    """A .safetensors file, or a torch pickle read with torch.load(weights_only=True): tensors only."""
+    if pickled.suffix == ".safetensors":
+        return weights_lib.load(pickled)
     import torch
     try:
         state = torch.load(pickled, map_location="cpu", weights_only=True)
@@ -167,6 +174,62 @@ def config_to_hf(cfg: Config, arch: Checkpoint, cls: str) -> dict:
         hf[key] = getattr(cfg, field)
     hf[arch.fields["activation"][0]] = ACTIVATION_OUT[cfg.activation]
     return {**hf, **arch.write(cfg, cls)}
+
+
+# -------------------------------------------------------------------------------- original layouts
+
+def from_original(path) -> tuple[Config, dict[str, np.ndarray]]:
+    """(Config, canonical weights) from a model's original release directory (Meta's Llama:
+    `params.json` and `consolidated.NN.pth` or `.safetensors`), in that release's own layout: Meta's
+    weights rotate interleaved pairs, so the Config says `rotary_pairing="interleaved"`; `permute_rotary`
+    gives the half-split weights transformers stores."""
+    path = Path(path)
+    if not path.is_dir():
+        raise weights_lib.WeightsError(f"checkpoint directory not found: {path}")
+    layouts = [(f, o) for f in families.FAMILIES.values() for o in f.originals if (path / o.params_file).is_file()]
+    if not layouts:
+        names = sorted({o.params_file for f in families.FAMILIES.values() for o in f.originals})
+        raise weights_lib.WeightsError(f"no original-layout parameters file in {path}: expected one of {names}")
+    family, layout = layouts[0]
+    values = layout.read(_read_json(path / layout.params_file))
+    files = sorted(path.glob("consolidated.*.safetensors")) or sorted(path.glob("consolidated.*.pth"))
+    if len(files) != 1:
+        raise weights_lib.WeightsError(f"{path}: expected one consolidated.NN file (one shard: merge tensor-parallel "
+                                       f"shards first); received {[f.name for f in files] or 'none'}")
+    tensors = _read_file(files[0])
+    gate = next((v for k, v in tensors.items() if k.endswith("layers.0.feed_forward.w1.weight")), None)
+    cfg = Config(**{**values, **({"d_ff": int(gate.shape[0])} if gate is not None else {})})
+    rows = table_rows(layout.modules, registry.param_shapes(cfg))
+    w = {c: np.ascontiguousarray(leaf.to_canonical(tensors[f"{external}.{leaf.external}"], cfg))
+         for c, external, leaf in rows if f"{external}.{leaf.external}" in tensors}
+    used = {f"{external}.{leaf.external}" for _, external, leaf in rows}
+    w.update({k: v for k, v in tensors.items() if k not in used and not k.endswith("freqs")})  # check names them
+    _check(cfg, w, [(c, f"{e}.{leaf.external}", leaf) for c, e, leaf in rows], path)
+    return cfg, w
+
+
+def permute_rotary(cfg: Config, w: dict, to: str = "half") -> tuple[Config, dict]:
+    """The same model for the other rotary pairing: (cfg with `rotary_pairing=to`, weights).
+
+    Interleaved pairs rotate features (2i, 2i + 1) of each head, the half split (i, i + Dh / 2).
+    Reordering each head's query and key features [0, 2, 4, ..., 1, 3, 5, ...] turns one into the
+    other (transformers' Llama conversion script does this to Meta's wq and wk); the scores, and
+    everything after them, are unchanged. Keys permute per key/value head under GQA."""
+    if to not in ("half", "interleaved"):
+        raise ValueError(f"to must be 'half' or 'interleaved'; received to={to!r}")
+    if cfg.rotary_pairing == to:
+        return cfg, dict(w)
+    Dh, Dr = cfg.head_dim, cfg.rotary_dim or cfg.head_dim
+    order = np.concatenate([np.arange(0, Dr, 2), np.arange(1, Dr, 2), np.arange(Dr, Dh)])  # interleaved -> half
+    if to == "interleaved":
+        order = np.argsort(order)
+    out = dict(w)
+    for name, array in w.items():
+        if re.search(r"attention\.(query|key)\.(kernel|bias)$|attention\.(query|key)_norm\.gamma$", name):
+            heads = array.shape[-1] // Dh
+            out[name] = np.ascontiguousarray(
+                array.reshape(*array.shape[:-1], heads, Dh)[..., order].reshape(array.shape))
+    return cfg.replace(rotary_pairing=to), out
 
 
 # -------------------------------------------------------------------------------- helpers
