@@ -8,8 +8,7 @@
 
 An implementation is named by a string: a mirror ("numpy", "torch", "tf"), "reference" (the
 float64 NumPy mirror, the default `b`), "onnx" / "onnx-tf" (the torch or Keras mirror exported and
-run in onnxruntime), "keras-torch" / "keras-jax" (the Keras mirror on another Keras backend, in a
-subprocess), "transformers", "keras-hub", or "module:PATH.py:FACTORY", a user's own model: a file whose
+run in onnxruntime), "transformers", "keras-hub", or "module:PATH.py:FACTORY", a user's own model: a file whose
 FACTORY(cfg, weights) returns a `torch.nn.Module` or a Keras model with the weights loaded and whose
 `MODULES` is its name map (a table {canonical module: (its module path, leaves)}, as the families'
 are). "NAME@DTYPE" runs it in DTYPE. An object `Model(model, modules)` is a user's model in memory.
@@ -24,7 +23,7 @@ again on B's recorded value of its input, so that
 
 say whether the op itself computes differently (introduced out of tolerance) or received its
 difference from upstream (inherited: the ops between were below tolerance one by one, or not
-traced on both sides). Where A cannot replay (an ONNX graph, a subprocess) B's op is replayed on A's
+traced on both sides). Where A cannot replay (an ONNX graph) B's op is replayed on A's
 input instead, and the report says which way it went.
 """
 from __future__ import annotations
@@ -48,7 +47,7 @@ from conformance.core.trace import Summary
 from conformance.spec import families, presets
 
 MIRRORS = ("numpy", "torch", "tf")
-NAMED = MIRRORS + ("reference", "onnx", "onnx-tf", "keras-torch", "keras-jax", "transformers", "keras-hub")
+NAMED = MIRRORS + ("reference", "onnx", "onnx-tf", "transformers", "keras-hub")
 LOOSENESS = ("float64", "float32", "tf32", "mixed_float16", "float16", "mixed_bfloat16", "bfloat16")
 
 
@@ -74,6 +73,7 @@ class Side:
     input_of: Callable = lambda name: None   # trace name -> trace name of the data input of its op
     no_replay: str = ""                      # why replayer is None
     seconds: float = 0.0
+    inside: Callable = lambda name: None     # trace name it lacks -> the module that computes it inside
 
 
 @dataclass(frozen=True)
@@ -172,8 +172,6 @@ def side(spec, cfg: Config, w: dict, inputs: dict, canon: Canonical, reference, 
         return _mirror_side(what, cfg, w, inputs, dtype, summary)
     if what in ("onnx", "onnx-tf"):
         return _onnx_side(what, cfg, w, inputs, summary)
-    if what in ("keras-torch", "keras-jax"):
-        return _keras_backend_side(what, cfg, w, inputs, dtype)
     if what == "transformers":
         return _external_side(_transformers(cfg, w, dtype), cfg, w, inputs, canon, dtype, summary)
     if what == "keras-hub":
@@ -236,14 +234,6 @@ def _onnx_side(what, cfg, w, inputs, summary) -> Side:
                 time.perf_counter() - started)
 
 
-def _keras_backend_side(what, cfg, w, inputs, dtype) -> Side:
-    from conformance.compare import keras_backends
-    name = what.split("-", 1)[1]
-    records, outputs = keras_backends.traced(cfg, w, inputs, name, dtype)
-    return Side(f"tf_impl on Keras's {name} backend", dtype, outputs, records, [], None, lambda n: None,
-                "it ran in a subprocess (Keras fixes its backend per process)")
-
-
 def _external_side(made: tuple, cfg, w, inputs, canon, dtype, summary) -> Side:
     model, modules, fw, call, label, base = made
     ext = External(model, modules, cfg, canon, backend(fw), call, label, base=base, dtype=dtype)
@@ -251,7 +241,8 @@ def _external_side(made: tuple, cfg, w, inputs, canon, dtype, summary) -> Side:
     run = ext.trace(inputs, summary=summary)
     return Side(label, dtype, run.outputs, run.records, run.notes,
                 None if summary else (lambda name, data: ext.replay(run, name, data)),
-                lambda name: run.inputs.get(name), "traced in summary mode" if summary else "", run.seconds)
+                lambda name: ext.input_of(run, name), "traced in summary mode" if summary else "", run.seconds,
+                ext.inside)
 
 
 def _transformers(cfg, w, dtype):
@@ -478,9 +469,9 @@ def markdown(r: Report, top: int | None = None, title: str | None = None) -> str
         missing = [n for n in (r.b if s is r.a else r.a).records if n not in s.records]
         if missing:
             lines += [f"## Canonical ops {s.label} does not trace ({len(missing)})", "",
-                      "Computed inside a module with no counterpart of its own, or not kept by the graph: "
-                      "compared only through the ops after them.", "",
-                      ", ".join(f"`{n}`" for n in missing), ""]
+                      "Computed inside a module with no counterpart of its own (fused away), or not kept by the "
+                      "graph: compared only through the ops after them.", "", "| op | computed inside |", "|---|---|"]
+            lines += [f"| `{n}` | {f'`{s.inside(n)}`' if s.inside(n) else '-'} |" for n in missing] + [""]
     for s in (r.a, r.b):
         if s.notes:
             lines += [f"## {s.label}: modules not compared one to one", "", "| module | kind | why |", "|---|---|---|"]
