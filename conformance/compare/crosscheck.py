@@ -74,6 +74,8 @@ class Side:
     no_replay: str = ""                      # why replayer is None
     seconds: float = 0.0
     inside: Callable = lambda name: None     # trace name it lacks -> the module that computes it inside
+    op_input: Callable = lambda name: None   # trace name -> (canonical module, its recorded data input)
+    replayed: str = ""                       # the module the last replay ran
 
 
 @dataclass(frozen=True)
@@ -206,8 +208,18 @@ def _mirror_side(framework, cfg, w, inputs, dtype, summary, built=None, label=No
         out = m.replay(path, [swap(a) for a in args], {k: swap(v) for k, v in kwargs.items()})
         return next(iter(out.values())) if isinstance(out, dict) else out
 
-    return Side(label or f"{framework} mirror", dtype, outputs, records, [], None if summary else replayer,
-                input_of, "traced in summary mode" if summary else "", seconds)
+    def op_input(name):
+        path = by_name.get(name)
+        return None if path is None or path not in own.first_input else (path, own.first_input[path])
+
+    def replay_any(name, data, module=None):
+        side_.replayed = by_name[name]
+        return replayer(name, data)
+
+    side_ = Side(label or f"{framework} mirror", dtype, outputs, records, [], None if summary else replay_any,
+                 input_of, "traced in summary mode" if summary else "", seconds,
+                 op_input=(lambda name: None) if summary else op_input)
+    return side_
 
 
 def _deepest_module(own: Canonical) -> dict:
@@ -239,10 +251,16 @@ def _external_side(made: tuple, cfg, w, inputs, canon, dtype, summary) -> Side:
     ext = External(model, modules, cfg, canon, backend(fw), call, label, base=base, dtype=dtype)
     ext.check_weights(w)
     run = ext.trace(inputs, summary=summary)
-    return Side(label, dtype, run.outputs, run.records, run.notes,
-                None if summary else (lambda name, data: ext.replay(run, name, data)),
+    def replayer(name, data, module=None):
+        out = ext.replay(run, name, data, module)
+        side_.replayed = f"{ext.replayed} ({type(ext.tree[ext.replayed]).__name__})"
+        return out
+
+    side_ = Side(label, dtype, run.outputs, run.records, run.notes,
+                None if summary else replayer,
                 lambda name: ext.input_of(run, name), "traced in summary mode" if summary else "", run.seconds,
-                ext.inside)
+                ext.inside, (lambda name: None) if summary else (lambda name: ext.op_input(run, name)))
+    return side_
 
 
 def _transformers(cfg, w, dtype):
@@ -310,7 +328,8 @@ def load_factory(spec: str, cfg, w):
     loaded.loader.exec_module(module)
     factory = getattr(module, parts[2], None)
     if not callable(factory):
-        raise ValueError(f"{path} has no function {parts[2]!r}; it defines {sorted(n for n in vars(module) if not n.startswith('_'))}")
+        defined = sorted(n for n, f in vars(module).items() if inspect.isfunction(f) and f.__module__ == module.__name__)
+        raise ValueError(f"{path} has no function {parts[2]!r}; it defines {defined}")
     if not hasattr(module, "MODULES"):
         raise ValueError(f"{path} defines no MODULES: the name map {{canonical module: (module path, leaves)}}")
     model = factory(cfg, w)
@@ -426,7 +445,17 @@ def replay(a: Side, b: Side, c: Comparison, tol) -> Verdict:
         want = second.records[c.name]
         introduced = compare_tensors(c.name, got, want, tol)
         return Verdict(c.name, source, introduced.max_abs, c.max_abs, introduced.passed, flipped,
-                       f"{first.label}'s op run on {second.label}'s {source}")
+                       f"{first.label}'s {first.replayed or 'op'} run on {second.label}'s {source}")
+    for first, second, flipped in ((a, b, False), (b, a, True)):  # no named input: the same module's own input
+        mine, theirs = first.op_input(c.name), second.op_input(c.name)
+        if first.replayer is None or mine is None or theirs is None or mine[0] != theirs[0] \
+                or np.size(mine[1]) != np.size(theirs[1]):
+            continue
+        got = first.replayer(c.name, theirs[1], mine[0])
+        introduced = compare_tensors(c.name, got, second.records[c.name], tol)
+        return Verdict(c.name, f"{mine[0]} (its input)", introduced.max_abs, c.max_abs, introduced.passed, flipped,
+                       f"{first.label}'s {first.replayed} run on the input {second.label} recorded for {mine[0]} "
+                       f"(a tensor no trace name holds)")
     why = "; ".join(dict.fromkeys(s.no_replay or f"{s.label} records no traced op as its input" for s in (a, b)))
     return Verdict(c.name, None, None, c.max_abs, None, False, f"not replayed: {why}")
 

@@ -232,6 +232,7 @@ class Run:
     records: dict                            # canonical trace name -> NumPy array or Summary, canonical order
     calls: dict = field(default_factory=dict)       # trace name -> [Call], innermost first (for replay)
     inputs: dict = field(default_factory=dict)      # trace name -> [trace name of each call's data input]
+    pairs: dict = field(default_factory=dict)       # trace name -> [Pair of each call]
     notes: list = field(default_factory=list)
     seconds: float = 0.0
 
@@ -333,7 +334,8 @@ class External:
         if pair.part is not None:
             a = np.split(a, pair.part[1], axis=-1)[pair.part[0]]
         want = np.shape(self.canon.values.get(pair.name, a))
-        if a.shape != want and a.size == int(np.prod(want)) and a.shape[:len(want) - 1] == want[:-1]:
+        if a.shape != want and a.size == int(np.prod(want)) and (a.shape[:len(want) - 1] == want[:-1] or (
+                a.ndim < len(want) and want[len(want) - a.ndim:] == a.shape)):  # heads merged; a leading 1 added
             a = a.reshape(want)
         elif a.shape != want and a.ndim == len(want) and all(w in (1, s) for w, s in zip(want, a.shape)):
             first = a[tuple(slice(0, 1) if w == 1 else slice(None) for w in want)]  # broadcast rows (positions)
@@ -363,6 +365,7 @@ class External:
                     continue
                 run.calls.setdefault(p.name, []).append(c)  # an outer module with the same output: a second way
                 run.inputs.setdefault(p.name, []).append(produced.get(id(c.data)))  # to replay it
+                run.pairs.setdefault(p.name, []).append(p)
                 if p.name in found:
                     continue
                 found[p.name] = self._canonical_array(p, c.output)
@@ -399,6 +402,7 @@ class External:
                 found[key] = found.pop(p.name)
                 run.calls[key] = run.calls.pop(p.name)
                 run.inputs[key] = run.inputs.pop(p.name)
+                run.pairs[key] = run.pairs.pop(p.name)
                 for sources in run.inputs.values():  # whatever took its output took `key`
                     sources[:] = [key if source == p.name else source for source in sources]
                 self.renamed[p.name] = key
@@ -504,11 +508,23 @@ class External:
         """The trace name of the data input of the (innermost) module call whose output is `name`."""
         return next((source for source in run.inputs.get(name, ()) if source is not None), None)
 
-    def replay(self, run: Run, name: str, data: np.ndarray) -> np.ndarray:
+    def op_input(self, run: Run, name: str):
+        """(canonical module, its recorded data input as NumPy) of the innermost call whose output is `name`
+        and that stands for a canonical module (not a fused activation), or None."""
+        for c, p in zip(run.calls.get(name, ()), run.pairs.get(name, ())):
+            if p.how != "fused activation" and p.part is None and c.data is not None:
+                return p.canonical, np.asarray(self.fw.to_numpy(c.data))
+        return None
+
+    def replay(self, run: Run, name: str, data: np.ndarray, module: str | None = None) -> np.ndarray:
         """The module whose output is trace name `name`, run again on its recorded call with its data
-        input (every argument that was that tensor) replaced by `data` (another model's value at
-        `input_of(run, name)`)."""
-        c = next(c for c, source in zip(run.calls[name], run.inputs[name]) if source == self.input_of(run, name))
+        input (every argument that was that tensor) replaced by `data`: another model's value at
+        `input_of(run, name)`, or (`module`: the canonical module) that model's recorded input of it."""
+        if module is not None:
+            c = next(c for c, p in zip(run.calls[name], run.pairs[name]) if p.canonical == module)
+        else:
+            c = next(c for c, source in zip(run.calls[name], run.inputs[name]) if source == self.input_of(run, name))
+        self.replayed = c.path
         x = self.fw.like(np.asarray(data).reshape(tuple(c.data.shape)), c.data)
         args = tuple(x if a is c.data else a for a in c.args)
         kwargs = {k: x if v is c.data else v for k, v in c.kwargs.items()}
