@@ -5,7 +5,8 @@ transformers' (the tanh GELU is the first divergence, at layer 0's feed-forward 
 is shown to be the cause by rebuilding the reference with it), keras-hub's GPT-2, Llama,
 Mistral and Gemma against transformers at the tiny presets, an ONNX export against its source
 (--full: an export costs tens of seconds). A user's own model (study/user_gpt2.py) agrees with
-the reference, and each of its three planted bugs is pinned to its op by the replay. Bad input:
+the reference, and each of its three planted bugs is pinned to its op by the replay; so does its Keras
+twin (study/user_gpt2_keras.py), whose Keras-default epsilon is pinned to its layer norm. Bad input:
 an unmappable module path, weights not from the shared set, a factory that returns no module.
 """
 import dataclasses
@@ -56,6 +57,27 @@ def test_keras_hub_decoders_agree_with_transformers_op_by_op(case):
     assert all(any(c.name.startswith(f"layers.{i}.") for c in r.ops) for i in range(r.cfg.num_layers))
 
 
+@pytest.mark.parametrize("preset,first,module,transformers_too", [
+    # both libraries' RMS norms cast their input to float32 whatever the dtype (written for half precision);
+    # keras-hub's LlamaLayerNorm also multiplies by the scale in float32, transformers' in the input dtype
+    ("llama-tiny", "layers.0.attention_norm.output", "transformer_layer_0/self_attention_layernorm", True),
+    # keras-hub's tanh GELU converts its 0.044715 to a float32 constant (conformance.oracles.keras_hub)
+    ("gpt2-tiny", "layers.0.feed_forward.activation.output", "transformer_layer_0/feedforward_intermediate_dense",
+     False),
+])
+def test_keras_hub_in_float64_diverges_at_its_float32_step(preset, first, module, transformers_too):
+    r = conformance.compare("keras-hub@float64", "transformers@float64", preset=preset, batch=1, seq_len=8)
+    assert r.tolerance == "float64" and r.first.name == first, r.summary()
+    assert r.verdicts[0].verdict == "introduces it" and module in r.verdicts[0].says
+    assert 1e-12 < r.first.max_abs < 1e-5  # float32 rounding, not a wrong formula
+    # against the float64 reference: transformers' RMS norm rounds to float32 at the same op; its GELU does not
+    hf = conformance.compare("transformers@float64", preset=preset, batch=1, seq_len=8)
+    if transformers_too:
+        assert hf.first.name == first and 1e-12 < hf.first.max_abs < 1e-5, hf.summary()
+        assert hf.verdicts[0].verdict == "introduces it" and "input_layernorm (LlamaRMSNorm)" in hf.verdicts[0].says
+    else:
+        assert hf.passed, hf.summary()
+
 def test_gemma_scaled_embedding_is_compared_at_its_own_boundary():
     """transformers' Gemma multiplies by sqrt(D) inside `embed_tokens`: compared as embeddings.output."""
     r = conformance.compare("transformers", "reference", cfg=registry.get("llama").config("gemma"), batch=1, seq_len=8)
@@ -93,6 +115,17 @@ def test_user_model_planted_bug_is_pinned_to_its_op(bug, first, module):
     assert r.verdicts[0].verdict == "introduces it" and r.culprit is r.verdicts[0]
     assert module in r.verdicts[0].says
 
+
+
+def test_user_keras_model_agrees_and_its_keras_epsilon_is_pinned():
+    """study/user_gpt2_keras.py: the same GPT-2 in Keras 3, traced by intercepting each layer's call."""
+    user = "study/user_gpt2_keras.py"
+    good = conformance.compare(f"module:{user}:make_model", preset="gpt2-tiny", std=USER_STD, batch=1, seq_len=8)
+    assert good.passed and len(good.ops) >= 20, good.summary()
+    bad = conformance.compare(f"module:{user}:make_wrong_epsilon", preset="gpt2-tiny", std=USER_STD, batch=1,
+                              seq_len=8)
+    assert bad.first.name == "layers.0.feed_forward_norm.output", bad.summary()
+    assert bad.verdicts[0].verdict == "introduces it" and "blocks_0/ln2 (LayerNormalization)" in bad.verdicts[0].says
 
 def test_user_model_in_memory_with_its_own_name_map():
     user = user_module()

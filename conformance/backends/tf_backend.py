@@ -135,7 +135,9 @@ class TFBackend(Backend):
         return module(*args, **{k: v for k, v in kwargs.items() if k != "training"}, training=False)
 
     def stored_weights(self, model):
-        return {v.path: keras.ops.convert_to_numpy(v) for v in model.weights}
+        """A subclassed model's variable paths start with its own name (`my_gpt2/wte/embeddings`); its
+        layers' paths do not (`wte`): the prefix is dropped so the two line up."""
+        return {v.path.removeprefix(f"{model.name}/"): keras.ops.convert_to_numpy(v) for v in model.weights}
 
     def gradients(self, built, inputs, cotangents, seed):
         import tensorflow as tf
