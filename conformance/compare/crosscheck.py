@@ -357,7 +357,7 @@ def _default_call(fw: str):
         forward = model.forward if fw == "torch" else model.call
         accepted = inspect.signature(forward).parameters
         given = {k: v for k, v in ours.items() if v is not None and (k in accepted or any(
-            p.kind == p.VAR_KEYWORD for p in accepted.values()))}
+            p.kind is p.VAR_KEYWORD for p in accepted.values()))}
         x = b.inputs(given, "float32")
         out = b.call_module(model, (), x)
         if isinstance(out, dict):

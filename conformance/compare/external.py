@@ -95,7 +95,7 @@ class Canonical:
 
 
 def _is_float_array(x) -> bool:
-    return isinstance(x, np.ndarray) and x.dtype.kind == "f"
+    return isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating)
 
 
 def _under(path: str, ancestor: str, sep: str = ".") -> bool:
@@ -272,6 +272,7 @@ class External:
             self.by_path.setdefault(p.external, []).append(p)
         self.placed = [(p.canonical, p.external) for p in self.pairs]
         self.renamed: dict[str, str] = {}  # a pair's name -> the name `_boundaries` found its output has
+        self.why: dict[str, str] = {}  # external module path -> why it has no canonical counterpart
 
     # ---- weights
     def exported(self) -> dict:
@@ -375,6 +376,8 @@ class External:
         for name in canon.names:  # in canonical order
             if name in found:
                 run.records[name] = self._store(name, found[name], summary, keep)
+        if summary:  # no replay in summary mode: the inputs recorded under no name are not looked for
+            return
         for name, cs in run.calls.items():  # a data input recorded under no name: found by value
             run.inputs[name] = [self._by_value(c.data, found, name) if source is None and c.data is not None
                                 else source for c, source in zip(cs, run.inputs[name])]
@@ -463,7 +466,9 @@ class External:
         if fw.owns_parameters(module):
             seen.add(c.path)
             if c.path not in self.by_path:
-                run.notes.append(Note(c.path, "container", self._why_no_container(c.path, module)))
+                if c.path not in self.why:  # structure only: worked out once per model, not per forward
+                    self.why[c.path] = self._why_no_container(c.path, module)
+                run.notes.append(Note(c.path, "container", self.why[c.path]))
             return []
         if c.passes_input:
             seen.add(c.path)
