@@ -205,3 +205,10 @@ def test_bad_names(spec, words):
     with pytest.raises(ValueError) as e:
         conformance.compare(spec, preset="gpt2-tiny")
     assert str(e.value).startswith(words)
+
+
+def test_summary_mode_finds_the_same_first_divergence_without_replay():
+    r = conformance.compare(f"module:{USER}:make_missing_scale", preset="gpt2-tiny", std=USER_STD, batch=1,
+                            seq_len=8, summary=True)
+    assert r.first.name == "layers.0.attention.output.output", r.summary()
+    assert r.verdicts[0].verdict == "not replayed" and "traced in summary mode" in r.verdicts[0].says
