@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's import noise 
 _PUBLIC = {  # name -> (module, attribute or None for the module itself)
     "Config": ("conformance.core.config", "Config"),
     "build": ("conformance.backends", "build"),
+    "compare": ("conformance.compare", None),   # callable: conformance.compare(a, b, preset=...)
     "presets": ("conformance.spec.presets", None),
     "registry": ("conformance.spec.registry", None),
     "weights": ("conformance.weights", None),

@@ -65,6 +65,12 @@ def parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="per-op error table and the first op out of tolerance")
     common(cmp_)
     cmp_.add_argument("--top", type=_positive, default=15, help="how many of the worst ops to list")
+    cmp_.add_argument("--a", help="compare two implementations op by op: numpy, torch, tf, reference, onnx, onnx-tf, "
+                                  "transformers, keras-hub or module:PATH.py:FACTORY, each NAME@DTYPE to pick its "
+                                  "dtype (default --dtype); PRESET may then be a registry case, e.g. 'llama[gemma]'")
+    cmp_.add_argument("--b", default="reference", help="the other side of --a (default: the float64 reference)")
+    cmp_.add_argument("--std", type=float, default=0.02, help="with --a: the seeded weights' std (default 0.02)")
+    cmp_.add_argument("--out", help="with --a: also write the report as Markdown to this file")
     tr = sub.add_parser("trace", help="traced outputs of ops matching PATTERN, frameworks side by side")
     common(tr)
     tr.add_argument("--op", required=True, help="glob over trace names, e.g. 'encoder.0.attention.*'")
@@ -219,6 +225,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    if args.a is not None:
+        return _cross_compare(args)
     from tabulate import tabulate
     _, _, source, _, _, runs = _run(args)
     print(f"weights: {source}")
@@ -231,6 +239,35 @@ def cmd_compare(args) -> int:
         first = r.first_divergence
         print(f"first op out of tolerance: {first if first else 'none'}")
     return 0 if all(r.passed for r in runs) else 1
+
+
+def _cross_compare(args) -> int:
+    """`tmirror compare PRESET --a X --b Y`: `conformance.compare.crosscheck.compare`, printed."""
+    from pathlib import Path
+
+    from conformance.compare import crosscheck
+    from conformance.report import runner
+    from conformance.spec import registry
+    cfg, w, preset = None, None, args.preset
+    if "[" in args.preset and args.preset.endswith("]"):  # a registry case: its tiny config
+        name, variant = args.preset[:-1].split("[", 1)
+        entry = registry.get(name)
+        if variant not in entry.variants:
+            raise ValueError(f"{name} has variants {list(entry.variants)}; received {args.preset!r}")
+        cfg, preset = entry.config(variant), None
+    elif args.weights:
+        cfg, w, _ = runner.resolve(args.preset, args.weights, args.seed)
+    print(f"tracing {args.a} and {args.b}...", file=sys.stderr)
+    report = crosscheck.compare(args.a, args.b, preset=preset, cfg=cfg, weights=w, dtype=args.dtype[0],
+                                batch=args.batch, seq_len=args.seq_len, seed=args.seed, std=args.std)
+    report.preset = args.preset
+    text = report.markdown(top=args.top)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0 if report.passed else 1
 
 
 def cmd_trace(args) -> int:

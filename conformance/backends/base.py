@@ -188,6 +188,40 @@ class Backend:
         """GFLOP/s of an (n, n) @ (n, n) float32 matmul: 2 n^3 FLOPs, best of `repeats`."""
         raise NotImplementedError
 
+    # ---- models of other libraries (conformance.compare.external): walk, record calls, rerun one
+    separator = "."               # between the components of an external module path
+
+    def external_modules(self, model) -> dict:
+        """{path: module} of a model this project did not write (transformers', keras-hub's, a user's)."""
+        raise ValueError(f"the {self.name} framework traces no external model")
+
+    def recording_calls(self, model, modules: dict, on_call):
+        """A context in which every module of `modules` reports on_call(path, args, kwargs, output)."""
+        raise ValueError(f"the {self.name} framework traces no external model")
+
+    def is_tensor(self, x) -> bool:
+        return isinstance(x, np.ndarray)
+
+    def owns_parameters(self, module) -> bool:
+        """Whether an external module holds parameters, itself or below."""
+        raise NotImplementedError
+
+    def fused_activation(self, module) -> str | None:
+        """The activation a module applies to its own output (a Keras Dense's), or None."""
+        return None
+
+    def like(self, array: np.ndarray, tensor):
+        """`array` as a tensor of `tensor`'s dtype and device."""
+        raise NotImplementedError
+
+    def call_module(self, module, args, kwargs):
+        """Run one module of an external model on its own arguments, no gradients, inference mode."""
+        raise NotImplementedError
+
+    def stored_weights(self, model) -> dict[str, np.ndarray]:
+        """{weight path: NumPy} of an external model, its own names and layouts ("query.weight")."""
+        raise NotImplementedError
+
     # ---- record
     def environment(self) -> dict:
         """The settings that change this framework's last bits (threads, oneDNN, TF32), for reports."""

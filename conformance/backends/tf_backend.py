@@ -5,6 +5,7 @@ load and run use Keras alone, so the same backend runs tf_impl under another KER
 (`conformance.compare.keras_backends`)."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
@@ -26,6 +27,17 @@ from tf_impl import _layer  # noqa: E402
 DATA_MOVEMENT = {"Const", "Placeholder", "ReadVariableOp", "Reshape", "Transpose", "Identity", "StridedSlice",
                  "GatherV2", "Cast", "ConcatV2", "ExpandDims", "Squeeze", "Pack", "Shape", "Range", "NoOp",
                  "Fill", "ZerosLike", "OnesLike", "BroadcastTo"}  # ops that move data: no FLOPs to miss
+
+
+def keras_layers(layer, path: str = "", seen: set | None = None):
+    """(path, layer) for `layer` ("") and every layer below it, depth first, paths joined by "/" as Keras's
+    variable paths are (`transformer_layer_0/self_attention_layer/query`); a layer reached twice keeps its first."""
+    seen = {id(layer)} if seen is None else seen
+    yield path, layer
+    for child in layer._flatten_layers(include_self=False, recursive=False):
+        if id(child) not in seen:
+            seen.add(id(child))
+            yield from keras_layers(child, f"{path}/{child.name}" if path else child.name, seen)
 
 
 class TFBackend(Backend):
@@ -76,6 +88,56 @@ class TFBackend(Backend):
 
     def argument_names(self, module, args, kwargs):
         return dict(inspect.signature(module.call).bind_partial(*args, **kwargs).arguments)
+
+    # ---- external models: each Keras layer's `call` intercepted
+    separator = "/"  # keras-hub's variable paths: transformer_layer_0/self_attention_layer/query
+
+    def external_modules(self, model):
+        if not isinstance(model, keras.Layer):
+            raise ValueError(f"expected a keras.Model or keras.Layer; received {type(model).__name__}")
+        return dict(keras_layers(model))
+
+    @contextlib.contextmanager
+    def recording_calls(self, model, modules, on_call):
+        """Each layer's `call` replaced, on the instance, by one that reports (path, args, kwargs, output)."""
+        def wrap(path, original):
+            def call(*args, **kwargs):
+                output = original(*args, **kwargs)
+                on_call(path, args, kwargs, output)
+                return output
+            return call
+        wrapped = [(layer, layer.call) for path, layer in modules.items() if path]
+        for (path, layer), (_, original) in zip([(p, la) for p, la in modules.items() if p], wrapped):
+            object.__setattr__(layer, "call", wrap(path, original))
+        try:
+            yield
+        finally:
+            for layer, _ in wrapped:
+                object.__delattr__(layer, "call")
+
+    def is_tensor(self, x):
+        return keras.ops.is_tensor(x)
+
+    def owns_parameters(self, module):
+        return bool(module.weights)
+
+    def fused_activation(self, module):
+        activation = getattr(module, "activation", None)
+        if activation is None or activation is keras.activations.linear or not callable(activation) \
+                or not isinstance(module, (keras.layers.Dense, keras.layers.EinsumDense)):
+            return None
+        return getattr(activation, "__name__", type(activation).__name__)
+
+    def like(self, array, tensor):
+        return keras.ops.convert_to_tensor(np.asarray(array).astype(keras.backend.standardize_dtype(tensor.dtype)))
+
+    def call_module(self, module, args, kwargs):
+        return module(*args, **{k: v for k, v in kwargs.items() if k != "training"}, training=False)
+
+    def stored_weights(self, model):
+        """A subclassed model's variable paths start with its own name (`my_gpt2/wte/embeddings`); its
+        layers' paths do not (`wte`): the prefix is dropped so the two line up."""
+        return {v.path.removeprefix(f"{model.name}/"): keras.ops.convert_to_numpy(v) for v in model.weights}
 
     def gradients(self, built, inputs, cotangents, seed):
         import tensorflow as tf

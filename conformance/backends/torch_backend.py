@@ -54,6 +54,12 @@ def to_numpy(x) -> np.ndarray:
     return x.numpy()
 
 
+def tensor_like(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """`array` as a tensor of `like`'s dtype and device (bfloat16 through float32, exactly)."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(array, np.float32 if like.dtype == torch.bfloat16
+                                                            else None))).to(device=like.device, dtype=like.dtype)
+
+
 def round_to_tf32(x: torch.Tensor) -> torch.Tensor:
     """`dtypes.round_to_tf32` for a torch float32 tensor: the same bits."""
     bits = x.contiguous().view(torch.int32)
@@ -198,6 +204,40 @@ class TorchBackend(Backend):
         finally:
             for h in handles:
                 h.remove()
+
+    # ---- external models: forward hooks
+    def external_modules(self, model):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"expected a torch.nn.Module; received {type(model).__name__}")
+        return dict(model.named_modules())
+
+    @contextlib.contextmanager
+    def recording_calls(self, model, modules, on_call):
+        """A forward hook on every module reports (path, args, kwargs, output) as the call returns."""
+        def hook(path):
+            return lambda m, args, kwargs, output: on_call(path, args, kwargs, output)
+        handles = [m.register_forward_hook(hook(path), with_kwargs=True) for path, m in modules.items()]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def is_tensor(self, x):
+        return isinstance(x, torch.Tensor)
+
+    def owns_parameters(self, module):
+        return next(module.parameters(), None) is not None
+
+    def like(self, array, tensor):
+        return tensor_like(array, tensor)
+
+    def call_module(self, module, args, kwargs):
+        with torch.no_grad():
+            return module(*args, **kwargs)
+
+    def stored_weights(self, model):
+        return {k: to_numpy(v) for k, v in model.state_dict().items()}
 
     def parameters(self, module):
         params = dict(module.named_parameters())
