@@ -208,13 +208,14 @@ class Built:
         self.module, self.dtype, self.training, self.device = module, dtype, training, device
         self.framework = backend.name
         self.check_finite = check_finite
+        self.signature = entry.signature()  # {input: required}: what the front door lets through
 
     def policy(self):
         return self.backend.policy(self.dtype, self.device)
 
     def check_inputs(self, inputs: dict, partial: bool = False) -> dict[str, np.ndarray]:
         """`inputs` through the front door (`checks.inputs`) against the module's signature."""
-        return checks.inputs(self.entry.cls, inputs, self.entry.signature(), self.check_finite, partial)
+        return checks.inputs(self.entry.cls, inputs, self.signature, self.check_finite, partial)
 
     def __call__(self, **inputs) -> dict[str, np.ndarray]:
         inputs = self.check_inputs(inputs)
