@@ -64,12 +64,12 @@ def _integer(text):
         raise argparse.ArgumentTypeError(f"expected an integer; received {text!r}") from None
 
 
-def _out(kind):
+def _out(target):
     """An --out path checked as the command line is read, before any work: a folder ("directory") that
     exists or can be made, or a file ("file") that is no folder and whose folder can be made."""
     def parse(text):
         try:
-            return files.directory(text, "path") if kind == "directory" else files.file(text, "path")
+            return files.directory(text, "path") if target == "directory" else files.file(text, "path")
         except files.WriteError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     return parse

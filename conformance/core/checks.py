@@ -53,10 +53,10 @@ def array(arg: str, value, check_finite: bool = True) -> np.ndarray:
     if value is None:
         raise ValueError(f"{arg} must be an array; received None")
     x = np.asarray(value)
-    kind, dtype = input_kind(arg), "str" if x.dtype.kind in "US" else x.dtype.name
-    if kind == "float":
+    holds, dtype = input_kind(arg), "str" if x.dtype.kind in "US" else x.dtype.name
+    if holds == "float":
         floating(arg, dtype)
-    elif kind == "index":
+    elif holds == "index":
         integer(arg, dtype)
     elif dtype not in MASK_DTYPES:
         raise ValueError(f"{arg} must be bool (True = attend) or 0/1 in {MASK_DTYPES[1:]}; received dtype {dtype}")
@@ -64,10 +64,10 @@ def array(arg: str, value, check_finite: bool = True) -> np.ndarray:
         raise ValueError(f"{arg} must be an array with a batch axis (rank >= 1); received a 0-D array")
     if x.size == 0:
         raise ValueError(f"{arg} must not be empty (every axis at least 1); received shape {x.shape}")
-    if kind == "mask" and dtype != "bool":
+    if holds == "mask" and dtype != "bool":
         mask_values(arg, x)
         x = x != 0  # every framework gets a bool mask: no where() or & meets an int or a float one
-    if kind == "float" and check_finite:
+    if holds == "float" and check_finite:
         finite(arg, x)
     return x
 

@@ -188,7 +188,7 @@ MASK_FILL_MAX = -1e4  # the largest fill still far below any score: a fill near 
 def _check_types(cfg) -> None:
     for f in dataclasses.fields(cfg):
         name, value = f.name, getattr(cfg, f.name)
-        kind, optional = f.type.split(" | ")[0], f.type.endswith("| None")
+        annotated, optional = f.type.split(" | ")[0], f.type.endswith("| None")
         if value is None and optional:
             continue
         either = " or None" if optional else ""
@@ -201,22 +201,22 @@ def _check_types(cfg) -> None:
             low, high = RANGES[name]
             if not number or not low <= value < high:
                 raise ValueError(f"Config.{name} must be in [{low:g}, {high:g}); received {name}={value!r}")
-        elif kind == "int" and name in NON_NEGATIVE:
+        elif annotated == "int" and name in NON_NEGATIVE:
             if not number or not isinstance(value, int) or value < 0:
                 raise ValueError(f"Config.{name} must be an int >= 0; received {name}={value!r}")
-        elif kind == "int":
+        elif annotated == "int":
             if not number or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"Config.{name} must be a positive int{either}; received {name}={value!r}")
-        elif kind == "float":
+        elif annotated == "float":
             finite = number and math.isfinite(value)
             if not finite or (name not in SIGNED and value <= 0):
                 what = "a finite number" if name in SIGNED else "a finite number > 0"
                 raise ValueError(f"Config.{name} must be {what}{either}; received {name}={value!r}")
-        elif kind == "bool" and not isinstance(value, bool):
+        elif annotated == "bool" and not isinstance(value, bool):
             raise ValueError(f"Config.{name} must be True or False{either}; received {name}={value!r}")
-        elif kind == "str" and not isinstance(value, str):
+        elif annotated == "str" and not isinstance(value, str):
             raise ValueError(f"Config.{name} must be a str; received {name}={value!r}")
-        elif kind == "tuple" and not isinstance(value, tuple):
+        elif annotated == "tuple" and not isinstance(value, tuple):
             raise ValueError(f"Config.{name} must be a tuple; received {name}={value!r}")
 
 
