@@ -25,6 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from conformance.core import files  # noqa: E402
+
 FRAMEWORKS = ("numpy", "torch", "tf")
 
 
@@ -103,8 +105,7 @@ def main(argv=None) -> int:
     table = tabulate(rows, ["preset", "what", "value", "check / ratio"], tablefmt="github", disable_numparse=True)
     report = "\n".join([f"# Costs: analytic against measured (batch {args.batch}, sequence {args.seq_len})", "",
                         env, "", table, "", *sections])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(report)
+    files.write(args.out, report, "--out")
     print(table)
     print(f"wrote {args.out}")
     return 0

@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 
 from bench_models import interleaved, rss_bytes, table  # noqa: E402
 from conformance import weights  # noqa: E402
+from conformance.core import files  # noqa: E402
 from conformance.costs import flops as flops_lib  # noqa: E402
 from conformance.spec import presets  # noqa: E402
 
@@ -229,7 +230,7 @@ def main(argv=None):
             raise SystemExit(f"group {group} failed (exit {proc.returncode})")
         results[group] = json.loads(proc.stdout.strip().splitlines()[-1])
     text = report(args.preset, shapes, results, environment(), time.perf_counter() - t0)
-    Path(args.out).write_text(text)
+    files.write(args.out, text, "--out")
     print(text)
 
 

@@ -62,6 +62,7 @@ import numpy as np  # noqa: E402
 
 from conformance.spec import presets, registry  # noqa: E402
 from conformance import weights
+from conformance.core import files
 
 SEQ = 128
 MODELS = ("bert-base", "gpt2")
@@ -581,8 +582,7 @@ def write_report(path, env, peak, groups, memory, profiles, cfgs, runs, elapsed)
                   ""]
     text = "\n".join(lines)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        files.write(path, text, "--out")
     return text
 
 

@@ -53,6 +53,7 @@ import onnx  # noqa: E402
 
 from bench.bench_models import matmul_flops  # noqa: E402
 from conformance.backends import onnx_export  # noqa: E402
+from conformance.core import files as files_lib  # noqa: E402
 from conformance.report import onnx as onnx_report  # noqa: E402
 from conformance.spec import presets
 from conformance import weights
@@ -271,8 +272,7 @@ def main(argv=None) -> int:
 
     elapsed = time.perf_counter() - start
     text = report(args, env, notes, peaks, groups, section_md, cfg, elapsed)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    files_lib.write(args.out, text, "--out")
     print(text)
     progress(f"wrote {args.out}")
     return 0

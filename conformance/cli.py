@@ -1,5 +1,11 @@
 """`tmirror` (also `python -m conformance`): list presets, compare frameworks, trace ops,
-write reports. Bad input exits with status 2 and one line on stderr, never a traceback."""
+write reports. Bad input exits with status 2 and one line on stderr, never a traceback.
+
+There is one error path: a bad argument (argparse's, or one of the type checks below, which also
+check every --out path before any work starts) and every expected failure of a command (a
+`ValueError` from the project's own checks, an `OSError` from the file system) are printed as
+`tmirror COMMAND: error: ...` on one line, with status 2. Anything else is a bug, and shows its
+traceback."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +15,16 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from conformance.core import files  # noqa: E402  (standard library only: the CLI starts fast)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, whose errors are one line: `tmirror report: error: ... (see tmirror report --help)`
+    instead of the usage block and the error (the subcommands' parsers are this class too)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _csv(allowed):
@@ -32,15 +48,36 @@ def _positive_seconds(text):
 
 
 def _positive(text):
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; received {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer; received {text}")
     return value
 
 
+def _integer(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer; received {text!r}") from None
+
+
+def _out(target):
+    """An --out path checked as the command line is read, before any work: a folder ("directory") that
+    exists or can be made, or a file ("file") that is no folder and whose folder can be made."""
+    def parse(text):
+        try:
+            return files.directory(text, "path") if target == "directory" else files.file(text, "path")
+        except files.WriteError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
     from conformance.backends.build import DTYPES
-    p = argparse.ArgumentParser(prog="tmirror", description=__doc__.split("\n")[0])
+    p = Parser(prog="tmirror", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list presets with their parameter counts")
 
@@ -52,11 +89,11 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("--frameworks", type=_csv(("numpy", "torch", "tf")), default=frameworks.split(","))
         cmd.add_argument("--dtype", type=_csv(DTYPES), default=dtypes.split(","))
         cmd.add_argument("--device", choices=["cpu"], default="cpu", help="cuda: see issue 7")
-        cmd.add_argument("--seed", type=int, default=0)
+        cmd.add_argument("--seed", type=_integer, default=0)
 
     rep = sub.add_parser("report", help="write PRESET.md/.json/.html: conformance, parameters, timing")
     common(rep)
-    rep.add_argument("--out", default="reports", help="output directory (default: reports/)")
+    rep.add_argument("--out", type=_out("directory"), default="reports", help="output directory (default: reports/)")
     rep.add_argument("--onnx", action="store_true",
                      help="also export with torch.export and tf2onnx and run both in onnxruntime (minutes, GiBs for base sizes)")
     rep.add_argument("--train", action="store_true",
@@ -79,22 +116,22 @@ def parser() -> argparse.ArgumentParser:
                                                  "(none, or --list: list them)")
     ex.add_argument("--variant", default="default", help="a registry variant, e.g. causal, cross")
     ex.add_argument("--format", choices=["text", "md"], default="text", help="text (100 columns) or Markdown")
-    ex.add_argument("--out", help="write to this file instead of stdout")
+    ex.add_argument("--out", type=_out("file"), help="write to this file instead of stdout")
     ex.add_argument("--list", action="store_true", help="list the components and models with a walkthrough")
     mat = sub.add_parser("matrix", help="the summary matrix of every component and model (reports/README.md)")
     mat.add_argument("--frameworks", type=_csv(("numpy", "torch", "tf")), default=["numpy", "torch", "tf"])
     mat.add_argument("--dtype", type=_csv(DTYPES), default=["float64", "float32"])
-    mat.add_argument("--out", default="reports/README.md")
+    mat.add_argument("--out", type=_out("file"), default="reports/README.md")
     exp = sub.add_parser("export", help="write an ONNX file (dynamic batch and sequence axes), checked and "
                                         "proven against the reference in onnxruntime")
     exp.add_argument("preset", help="a preset name (see `tmirror models`)")
     exp.add_argument("--framework", required=True, choices=["torch", "tf"], help="the mirror to export from")
     exp.add_argument("--weights", help="a safetensors file or a Hugging Face directory (default: seeded init)")
-    exp.add_argument("--out", help="the ONNX file to write (default: PRESET-FRAMEWORK.onnx)")
+    exp.add_argument("--out", type=_out("file"), help="the ONNX file to write (default: PRESET-FRAMEWORK.onnx)")
     exp.add_argument("--opset", type=_positive, default=18, help="ONNX opset (default 18)")
     exp.add_argument("--exporter", choices=["dynamo", "torchscript", "tf2onnx"],
                      help="torch: dynamo (default; falls back to torchscript) or torchscript; tf: tf2onnx")
-    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--seed", type=_integer, default=0)
     from conformance.spec import presets
     from conformance.suites.measure import REGIMES
     tol = sub.add_parser("tolerances", help="measure error distributions per dtype, framework and op; write "
@@ -108,15 +145,15 @@ def parser() -> argparse.ArgumentParser:
     tol.add_argument("--presets", type=_csv(tuple(presets.names())), default=[],
                      help="full-size presets to measure too (batch 1, 128 tokens), e.g. bert-base,gpt2")
     tol.add_argument("--cases", default="*", help="glob over registry case ids, e.g. 'multi_head_attention*'")
-    tol.add_argument("--out", help="Markdown table (default: reports/tolerances.md; -cuda.md on cuda)")
-    tol.add_argument("--evidence", help="evidence JSON (default: conformance/compare/tolerance_evidence.json; "
+    tol.add_argument("--out", type=_out("file"), help="Markdown table (default: reports/tolerances.md; -cuda.md on cuda)")
+    tol.add_argument("--evidence", type=_out("file"), help="evidence JSON (default: conformance/compare/tolerance_evidence.json; "
                                         "_cuda.json on cuda)")
     gpu = sub.add_parser("gpu-check", help="the GPU conformance run within a time budget (issue 21): torch on "
                                            "cuda in every GPU dtype, TF32 on and off, presets, Keras on jax and "
                                            "torch, timing, tolerances; writes gpu-DEVICE.md/.json and prints a verdict")
     gpu.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                      help="cuda (default): torch on the GPU; cpu: the dry run, every part on small inputs")
-    gpu.add_argument("--out", default="reports", help="output directory (default: reports/)")
+    gpu.add_argument("--out", type=_out("directory"), default="reports", help="output directory (default: reports/)")
     gpu.add_argument("--budget-seconds", type=_positive_seconds, default=None,
                      help="the run ends within this many seconds, cutting the lowest-priority work first "
                           "(default: 480 on cuda, 60 on cpu)")
@@ -131,9 +168,8 @@ def parser() -> argparse.ArgumentParser:
                      help="glob over registry case ids (default: every case on cuda, a sample of each kind on cpu)")
     gpu.add_argument("--wheels", default=None,
                      help="a directory of carried wheels (default: .whl/ in the checkout; scripts/gpu-wheels)")
-    gpu.error = lambda message: gpu.exit(2, f"tmirror gpu-check: error: {message}\n")  # one line, no usage
     fig = sub.add_parser("figures", help="the docs' numbers and figures: docs/generated/*.md, docs/figures/*.png")
-    fig.add_argument("--out", default="docs", help="the docs directory (default: docs/)")
+    fig.add_argument("--out", type=_out("directory"), default="docs", help="the docs directory (default: docs/)")
     fig.add_argument("--quick", action="store_true", help="smaller measurements, in seconds (not for committing)")
     return p
 
@@ -143,12 +179,19 @@ def main(argv=None) -> int:
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # the command's own arguments, for records
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"tmirror {args.command}: error: {str(e).splitlines()[0] if len(str(e).splitlines()) == 1 else e}",
-              file=sys.stderr)
+    except (ValueError, OSError) as e:  # the project's checks, and the file system's refusals
+        print(f"tmirror {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def one_line(e: BaseException) -> str:
+    """An error's message on one line: a list of problems (a `WeightsError`'s) joined by '; '."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if isinstance(e, OSError) and not isinstance(e, ValueError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    return "; ".join(lines) or type(e).__name__
 
 
 def cmd_models(args) -> int:
@@ -292,8 +335,6 @@ def cmd_trace(args) -> int:
 
 
 def cmd_matrix(args) -> int:
-    from pathlib import Path
-
     from tqdm import tqdm
 
     from conformance.report import matrix, runner
@@ -305,16 +346,13 @@ def cmd_matrix(args) -> int:
             bar.set_description(label)
         m = matrix.measure(args.frameworks, args.dtype, progress=progress)
     env = runner.environment(0, "registry weights", "weights.initialize per case")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(matrix.markdown(m, env))
+    files.write(args.out, matrix.markdown(m, env), "--out")
     failed = [k for k, (_, ok) in m["cells"].items() if not ok]
     print(f"{len(m['cells']) - len(failed)} of {len(m['cells'])} cells pass; wrote {args.out}")
     return 0 if not failed else 1
 
 
 def cmd_explain(args) -> int:
-    from pathlib import Path
-
     from conformance.report import explain
     if args.list or args.component is None:
         import textwrap
@@ -323,8 +361,7 @@ def cmd_explain(args) -> int:
         return 0
     text = explain.walkthrough(args.component, variant=args.variant, fmt=args.format)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        files.write(args.out, text + "\n", "--out")
         print(f"wrote {args.out}")
     else:
         print(text)
@@ -379,8 +416,6 @@ def tolerance_frameworks(device: str, given: list | None) -> list:
 
 
 def cmd_tolerances(args) -> int:
-    from pathlib import Path
-
     from tqdm import tqdm
 
     from conformance.compare.tolerance import TOLERANCES
@@ -391,8 +426,8 @@ def cmd_tolerances(args) -> int:
     if not cases and not args.presets:
         raise ValueError(f"no registry case matches --cases {args.cases!r}; e.g. {[case_id(c) for c in CASES[:3]]}")
     suffix = "" if args.device == "cpu" else f"_{args.device}"
-    out = Path(args.out or f"reports/tolerances{suffix.replace('_', '-')}.md")
-    evidence_path = Path(args.evidence or f"conformance/compare/tolerance_evidence{suffix}.json")
+    out = files.file(args.out or f"reports/tolerances{suffix.replace('_', '-')}.md", "--out")
+    evidence_path = files.file(args.evidence or f"conformance/compare/tolerance_evidence{suffix}.json", "--evidence")
     with tqdm(total=len(args.regimes) * len(cases) + len(args.presets), file=sys.stderr, leave=False,
               disable=None) as bar:
         def progress(label):
@@ -401,10 +436,7 @@ def cmd_tolerances(args) -> int:
         results = measure.measure(args.dtypes, args.frameworks, args.device, args.regimes, cases,
                                   args.presets, progress=progress)
     ev = measure.evidence(results, "tmirror tolerances " + " ".join(args.argv), TOLERANCES)
-    evidence_path.parent.mkdir(parents=True, exist_ok=True)
-    evidence_path.write_text(measure.dumps(ev))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(measure.markdown(ev, str(evidence_path)))
+    files.write_all({evidence_path: measure.dumps(ev), out: measure.markdown(ev, str(evidence_path))}, "--out")
     uncovered = []
     for dtype, row in ev["rows"].items():
         state = ("no row in TOLERANCES" if "covered" not in row else

@@ -53,6 +53,7 @@ the prompt (and its mask, any padding) as the encoder's input; its sequences sta
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -330,7 +331,15 @@ def top_k_sorted(x, k: int) -> tuple[np.ndarray, np.ndarray]:
 def next_token_probs(logits, temperature: float = 1.0, top_k: int | None = None,
                      top_p: float | None = None) -> np.ndarray:
     """(B, V) logits -> (B, V) float64 probabilities after temperature, top-k, then top-p."""
-    logits = np.asarray(logits, np.float64) / temperature
+    logits = np.asarray(logits, np.float64)
+    with np.errstate(over="ignore"):
+        scaled = logits / temperature
+    if not np.isfinite(scaled).all():  # exp(scaled - max) would be NaN, and every draw token 0
+        largest = float(np.abs(logits).max())
+        raise ValueError(f"temperature must be large enough that logits / temperature stays finite (max |logit| "
+                         f"{largest:.3g}: temperature > {largest / np.finfo(np.float64).max:.3g}); received "
+                         f"temperature={temperature!r}: for its limit at 0, use strategy='greedy'")
+    logits = scaled
     order = np.argsort(-logits, axis=-1, kind="stable")                            # (B, V) most likely first
     rank = np.argsort(order, axis=-1, kind="stable")                               # (B, V) rank of each token
     if top_k is not None:
@@ -478,8 +487,8 @@ def _settings(model, ids, decoding, strategy, max_new_tokens, max_length, min_le
             name, value = next(iter(given.items()))
             raise ValueError(f"{name} is a sampling option: strategy={strategy!r} chooses deterministically "
                              f"(pass strategy='sample'); received {name}={value!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0; received temperature={temperature!r}")
+    if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and 0 < temperature < math.inf):
+        raise ValueError(f"temperature must be a finite number > 0; received temperature={temperature!r}")
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be None or an int >= 1; received top_k={top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from conformance.core import files
 from study import questions as q
 
 PNG_DPI = 110
@@ -33,7 +34,7 @@ def _plt():
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=PNG_DPI)
+    files.write(path, lambda tmp: fig.savefig(tmp, dpi=PNG_DPI, format="png"), "figure")
     _plt().close(fig)
     return path
 
@@ -285,7 +286,7 @@ def write_all(docs: str | Path = "docs", quick: bool = False, progress=print) ->
     written = []
 
     def write(name, text):
-        (gen / name).write_text(text)
+        files.write(gen / name, text, "generated docs page")
         written.append(gen / name)
         progress(f"wrote {gen / name}")
 

@@ -291,6 +291,7 @@ class Family:
     differs: str           # what changes against BERT-base
     hf_class: str          # the `transformers` base model with the same parameters
     hf_config: dict
+    segments: bool = True  # DistilBertModel drops BERT's segment table: counted as BERT's, less its one row
 
 
 def families() -> list[Family]:
@@ -302,9 +303,9 @@ def families() -> list[Family]:
                "one segment type; training changes (no next-sentence task, dynamic masking) cost nothing",
                "RobertaModel", {"model_type": "roberta", "vocab_size": 50265, "max_position_embeddings": 514,
                                 "type_vocab_size": 1}),
-        Family("DistilBERT-base", bert.replace(num_layers=6, type_vocab_size=0), False,
+        Family("DistilBERT-base", bert.replace(num_layers=6, type_vocab_size=1), False,
                "6 layers instead of 12; no segment embeddings; no pooler", "DistilBertModel",
-               {"model_type": "distilbert"}),
+               {"model_type": "distilbert"}, segments=False),
         Family("GPT-2 (124M)", presets.get("gpt2"), False,
                "decoder-only: causal, pre-norm with a final layer norm, tanh GELU, vocabulary 50,257, "
                "1,024 positions, no segments, no pooler; the LM head is the token table (tied, no parameters)",
@@ -315,15 +316,16 @@ def families() -> list[Family]:
 def model_families(seq_len: int = 128) -> list[dict]:
     """Parameters (`costs.params.count`) and forward FLOPs of the base model (`costs.flops`, no
     LM head: GPT-2's tied `logits` left out) at B = 1, T = `seq_len`; DistilBERT is BERT's count
-    without the pooler."""
+    without the pooler and the segment table."""
     out = []
     for f in families():
         a = params.count(f.config)
         ops = [o for o in flops.ops(f.config, 1, seq_len)
                if (f.pooler or not o.name.startswith("pooler")) and o.name != "logits"]
         pooler = 0 if f.pooler else a["breakdown"]["pooler"]
-        out.append({"model": f.name, "parameters": a["total"] - pooler,
-                    "embeddings": a["breakdown"]["embeddings"], "layers": f.config.num_layers,
+        segments = 0 if f.segments else f.config.type_vocab_size * f.config.d_model
+        out.append({"model": f.name, "parameters": a["total"] - pooler - segments,
+                    "embeddings": a["breakdown"]["embeddings"] - segments, "layers": f.config.num_layers,
                     "layer_parameters": sum(n * a["per_layer"][k]["total"] for k, n in a["layers"].items()),
                     "flops": flops.totals(ops)["all"], "differs": f.differs})
     return out

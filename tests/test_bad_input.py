@@ -5,6 +5,7 @@ import pytest
 
 from conformance.spec import registry
 from conformance import weights
+from conformance.backends import finite
 from conformance.backends.build import build
 from conformance.core.config import Config
 
@@ -64,7 +65,7 @@ def bad_cases():
         ("rotary_int_q", "rotary_embedding", with_(rope, q=np.ones((2, 4, 7, 8), np.int64)), "q must be a floating dtype"),
         ("rotary_float_positions", "rotary_embedding", with_(rope, position_ids=rope["position_ids"].astype(np.float64)), "position_ids must hold integer ids; received dtype float"),
         ("rotary_positions_shape", "rotary_embedding", with_(rope, position_ids=rope["position_ids"][:, 1:]), "position_ids must have shape (B, T) = (2, 7); received shape (2, 6)"),
-        ("rotary_no_positions", "rotary_embedding", with_(rope, q=rope["q"][:, :, :0], k=rope["k"][:, :, :0], position_ids=rope["position_ids"][:, :0]), "position_ids must hold at least one position (B, T) with T >= 1; received shape (2, 0)"),
+        ("rotary_no_positions", "rotary_embedding", with_(rope, q=rope["q"][:, :, :0], k=rope["k"][:, :, :0], position_ids=rope["position_ids"][:, :0]), "q must not be empty (every axis at least 1); received shape (2, 4, 0, 8)"),
         ("rotary_too_long", "rotary_embedding", with_(rope, position_ids=rope["position_ids"] + 60), "position_ids must lie in [0, max_positions) = [0, 64) (rope_scaling='none' rotates only the positions it was trained on: a longer context needs a rope_scaling); received values in [60, 66]"),
         ("rotary_negative", "rotary_embedding", with_(rope, position_ids=rope["position_ids"] - 1), "position_ids must lie in [0, max_positions) = [0, 64)"),
         ("rms_width", "rms_norm", with_(rms, x=rms["x"][..., :5]), "x must have last axis d_model=32 (..., 32); received shape (2, 7, 5)"),
@@ -115,9 +116,9 @@ def test_scaled_rotary_takes_any_position_but_a_negative_one(variant, framework)
     ({"activation": "swish"}, "activation must be one of ['gelu', 'gelu_tanh', 'relu', 'silu']; received activation='swish'"),
     ({"d_model": 0}, "d_model must be a positive int; received d_model=0"),
     ({"dropout": 1.0}, "dropout must be in [0, 1); received dropout=1.0"),
-    ({"layer_norm_eps": 0.0}, "layer_norm_eps must be > 0"),
+    ({"layer_norm_eps": 0.0}, "layer_norm_eps must be a finite number > 0; received layer_norm_eps=0.0"),
     ({"head": "ner"}, "head must be one of"),
-    ({"attention_scale": 0.0}, "attention_scale must be > 0 or None; received 0.0"),
+    ({"attention_scale": 0.0}, "attention_scale must be a finite number > 0 or None; received attention_scale=0.0"),
     ({"rope_scaling": "dynamic", "d_model": 8, "num_heads": 4}, "rope_scaling='dynamic' needs a rotated width above 2"),
     ({"rope_scaling": "llama3", "rope_low_freq_factor": 4.0}, "rope_high_freq_factor must be > rope_low_freq_factor"),
     ({"rotary_pairing": "pairs"}, "rotary_pairing must be one of ['half', 'interleaved']; received rotary_pairing='pairs'"),
@@ -127,8 +128,25 @@ def test_scaled_rotary_takes_any_position_but_a_negative_one(variant, framework)
     ({"sliding_window": 0}, "sliding_window must be a positive int or None; received sliding_window=0"),
     ({"layer_types": ("sliding_attention", "full_attention")}, "layer_types names sliding_attention layers, which need a sliding_window"),
     ({"layer_types": ("full_attention",), "num_layers": 2}, "layer_types must give one type per layer (num_layers=2); received 1 types"),
-    ({"attn_logit_softcap": -1.0}, "attn_logit_softcap must be > 0 or None; received attn_logit_softcap=-1.0"),
+    ({"attn_logit_softcap": -1.0}, "attn_logit_softcap must be a finite number > 0 or None; received attn_logit_softcap=-1.0"),
     ({"rotary_dim": 5}, "rotary_dim must be even and at most head_dim=8; received rotary_dim=5"),
+    # every count positive, every bool a bool, every float finite: from the annotations (Config._check_types)
+    ({"num_layers": 0}, "Config.num_layers must be a positive int; received num_layers=0"),
+    ({"num_decoder_layers": -1}, "Config.num_decoder_layers must be a positive int; received num_decoder_layers=-1"),
+    ({"type_vocab_size": 0}, "Config.type_vocab_size must be a positive int; received type_vocab_size=0"),
+    ({"num_labels": 0}, "Config.num_labels must be a positive int; received num_labels=0"),
+    ({"d_model": True}, "Config.d_model must be a positive int; received d_model=True"),
+    ({"causal": 1}, "Config.causal must be True or False; received causal=1"),
+    ({"output_bias": 0}, "Config.output_bias must be True or False or None; received output_bias=0"),
+    ({"layer_norm_eps": float("inf")}, "Config.layer_norm_eps must be a finite number > 0; received layer_norm_eps=inf"),
+    ({"layer_norm_eps": "1e-12"}, "Config.layer_norm_eps must be a finite number > 0; received layer_norm_eps='1e-12'"),
+    ({"rope_theta": float("nan")}, "Config.rope_theta must be a finite number > 0; received rope_theta=nan"),
+    ({"rms_norm_offset": float("inf")}, "Config.rms_norm_offset must be a finite number; received rms_norm_offset=inf"),
+    ({"sliding_window_right": -1}, "Config.sliding_window_right must be an int >= 0; received sliding_window_right=-1"),
+    ({"mask_fill": 5.0}, "Config.mask_fill must be a number <= -10000 (far below any score, so a masked position gets "
+                         "no weight; -inf allowed); received mask_fill=5.0"),
+    ({"mask_fill": float("nan")}, "Config.mask_fill must be a number <= -10000"),
+    ({"checkpoint": None}, "Config.checkpoint must be a str; received checkpoint=None"),
 ])
 def test_bad_config(fields, words):
     with pytest.raises(ValueError, match=None) as err:
@@ -148,3 +166,132 @@ def test_bad_build_arguments():
         build("torch", cfg, w, device="tpu")
     with pytest.raises(ValueError, match="unknown component or model 'lstm'"):
         build("torch", cfg.replace(kind="lstm"), w)
+
+
+def test_every_config_field_refuses_a_value_of_the_wrong_type():
+    """The type checks read each field's annotation, so a field added later is checked with no new code."""
+    import dataclasses
+    wrong = {"int": "3", "float": "x", "bool": 1, "str": 3, "tuple": "x"}
+    for f in dataclasses.fields(Config):
+        with pytest.raises(ValueError, match=rf"Config\.{f.name}[ \[]") as err:
+            Config(**{"kind": "bert", f.name: wrong[f.type.split(" | ")[0]]})
+        assert "received" in str(err.value), f.name
+
+
+def test_config_from_a_dict_that_is_not_one():
+    with pytest.raises(ValueError, match="a Config is read from a dict of its fields; received list"):
+        Config.from_dict([["kind", "bert"]])
+    with pytest.raises(ValueError, match=r"Config fields must include kind \(the registry entry\); received \['d_model'\]"):
+        Config.from_dict({"d_model": 32})
+
+
+def test_every_input_maker_names_its_inputs_by_their_kind():
+    """The front door reads an input's kind from its name (`checks.input_kind`): every entry's own inputs
+    must pass it, so a new family whose input maker disagrees with its names is caught here."""
+    from conformance.core import checks
+    for name, variant in registry.CASES:
+        entry = registry.get(name)
+        for key, value in entry.inputs(entry.config(variant), variant).items():
+            kind = checks.input_kind(key)
+            allowed = {"float": "f", "index": "i", "mask": "bi"}[kind]
+            assert value.dtype.kind in allowed, (name, variant, key, kind, value.dtype)
+            checks.array(key, value)  # raises if the maker's own values are refused
+        assert set(entry.inputs(entry.config(variant), variant)) <= set(entry.signature()), (name, variant)
+
+
+@pytest.mark.parametrize("bad,words", [
+    (2, "received 1 other values: 2"), (-1, "received 1 other values: -1"), (0.5, "received 1 other values: 0.5"),
+    (float("nan"), "received 1 other values: nan")])
+def test_a_mask_holds_only_0_and_1(bad, words, framework):
+    cfg, inputs = inputs_of("bert")
+    mask = inputs["attention_mask"].astype(np.float64)
+    mask[1, 3] = bad
+    m = build(framework, cfg, weights.initialize(cfg))
+    with pytest.raises(ValueError) as err:
+        m(**with_(inputs, attention_mask=mask))
+    assert str(err.value) == f"attention_mask must hold only 0 and 1 (or False and True); {words}"
+
+
+def test_every_accepted_mask_dtype_means_the_same(framework):
+    """bool, int32, int64, float32 and float64 masks of the same 0/1 values: the same outputs, bit for bit."""
+    cfg, inputs = inputs_of("multi_head_attention")
+    m = build(framework, cfg, weights.initialize(cfg))
+    reference = m(**inputs)["output"]
+    for dtype in ("int32", "int64", "float32", "float64"):
+        np.testing.assert_array_equal(m(**with_(inputs, mask=inputs["mask"].astype(dtype)))["output"], reference)
+    with pytest.raises(ValueError, match=r"mask must be bool \(True = attend\) or 0/1 in \('int32', 'int64', "
+                                         r"'float16', 'bfloat16', 'float32', 'float64'\); received dtype uint8"):
+        m(**with_(inputs, mask=inputs["mask"].astype(np.uint8)))
+
+
+def test_the_received_dtype_is_the_callers(framework):
+    """The front door sees the caller's arrays before any cast to the model's dtype."""
+    cfg, inputs = inputs_of("bert")
+    m = build(framework, cfg, weights.initialize(cfg), dtype="float32")
+    with pytest.raises(ValueError) as err:
+        m(**with_(inputs, input_ids=inputs["input_ids"].astype(np.float64)))
+    assert str(err.value) == "input_ids must hold integer ids; received dtype float64 (expected int32 or int64)"
+
+
+def test_unknown_and_missing_inputs_are_named(framework):
+    cfg, inputs = inputs_of("gpt2")
+    m = build(framework, cfg, weights.initialize(cfg))
+    with pytest.raises(ValueError) as err:
+        m(**inputs, token_type_ids=inputs["input_ids"])
+    assert str(err.value) == "GPT2 takes inputs ['input_ids', 'attention_mask']; received unknown input 'token_type_ids'"
+    with pytest.raises(ValueError) as err:
+        m(attention_mask=inputs["attention_mask"])
+    assert str(err.value) == "GPT2 requires inputs ['input_ids']; received no 'input_ids' (given: ['attention_mask'])"
+    assert m(input_ids=inputs["input_ids"], attention_mask=None)["logits"].shape == (2, 7, cfg.vocab_size)  # None: left out
+
+
+def test_a_non_finite_input_is_refused_and_the_opt_out_lets_it_through(framework):
+    cfg, inputs = inputs_of("layer_norm")
+    x = inputs["x"].copy()
+    x[1, 2, 3], x[0, 0, 0] = np.nan, np.inf
+    w = weights.initialize(cfg)
+    with pytest.raises(ValueError) as err:
+        build(framework, cfg, w, dtype="float64")(x=x)
+    assert str(err.value) == ("x must be finite; received 1 NaN and 1 inf values, the first at index (0, 0, 0) "
+                              "(build(..., check_finite=False) lets them through)")
+    out = build(framework, cfg, w, dtype="float64", check_finite=False)(x=x)["output"]
+    assert np.isnan(out[1, 2]).all() and np.isfinite(out[1, 1]).all()  # the row holding the NaN, and only it
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_an_output_that_overflows_names_its_first_op_in_float32_and_float64(dtype, framework):
+    """Finite inputs whose scores pass the dtype's range: the first op that went inf is named, identically."""
+    entry = registry.get("scaled_dot_product_attention")
+    cfg = entry.config()
+    inputs = entry.inputs(cfg)
+    scale = 1e19 if dtype == "float32" else 1e155
+    big = with_(inputs, q=np.full_like(inputs["q"], scale), k=np.full_like(inputs["k"], scale))
+    with pytest.raises(finite.NonFiniteError) as err:
+        build(framework, cfg, {}, dtype=dtype)(**big)
+    assert err.value.op == "scores" and str(err.value).startswith(f"{framework} {dtype}: ")
+    with pytest.raises(finite.NonFiniteError) as ref:
+        build("numpy", cfg, {}, dtype=dtype)(**big)
+    assert str(err.value).removeprefix(framework) == str(ref.value).removeprefix("numpy")
+    assert np.isnan(build(framework, cfg, {}, dtype=dtype, check_finite=False)(**big)["output"]).any()
+
+
+def test_a_sinusoidal_model_is_held_to_max_positions_too(framework):
+    cfg = registry.get("transformer").config()
+    m = build(framework, cfg, weights.initialize(cfg))
+    ids = np.zeros((1, cfg.max_positions + 1), np.int64)
+    with pytest.raises(ValueError) as err:
+        m(input_ids=ids, decoder_input_ids=ids[:, :3])
+    assert str(err.value) == (f"position_ids must lie in [0, {cfg.max_positions}) (max_positions: the sequence is "
+                              f"longer than the position table); received values in [0, {cfg.max_positions}]")
+
+
+def test_build_refuses_what_is_not_a_config_or_weights():
+    cfg = registry.get("linear").config()
+    w = weights.initialize(cfg)
+    for bad in (cfg.to_dict(), None, "linear"):
+        with pytest.raises(ValueError, match=rf"cfg must be a Config .*; received {type(bad).__name__}"):
+            build("numpy", bad, w)
+    with pytest.raises(weights.WeightsError, match=r"weights must be a dict \{canonical name: np.ndarray\}"):
+        build("numpy", cfg, None)
+    with pytest.raises(weights.WeightsError, match="non-array kernel: expected a NumPy array, received list"):
+        build("torch", cfg, {**w, "kernel": w["kernel"].tolist()})

@@ -290,8 +290,8 @@ def test_encoder_decoder_cache_runs_the_encoder_once_and_follows_the_beams(strat
 # -------------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(temperature=0.0), "temperature must be > 0; received temperature=0.0"),
-    (dict(temperature=-1), "temperature must be > 0; received temperature=-1"),
+    (dict(temperature=0.0), "temperature must be a finite number > 0; received temperature=0.0"),
+    (dict(temperature=-1), "temperature must be a finite number > 0; received temperature=-1"),
     (dict(top_k=0), "top_k must be None or an int >= 1; received top_k=0"),
     (dict(top_p=0.0), r"top_p must be None or in \(0, 1\]; received top_p=0.0"),
     (dict(top_p=1.5), r"top_p must be None or in \(0, 1\]; received top_p=1.5"),

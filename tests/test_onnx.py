@@ -201,9 +201,10 @@ def test_bad_calls_say_what_was_wrong():
     ids[0, 0] = cfg.vocab_size
     with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 97\) \(vocab_size\); received values in"):
         m(**{**inputs, "input_ids": ids})
-    with pytest.raises(ValueError, match=r"unexpected input\(s\) \['cache_position'\]"):
+    with pytest.raises(ValueError, match=r"Bert takes inputs \['input_ids', 'attention_mask', 'token_type_ids'\]; "
+                                         r"received unknown input 'cache_position'"):  # the front door, as in every framework
         m(**inputs, cache_position=ids)
-    with pytest.raises(ValueError, match=r"missing input\(s\) \['input_ids'\]"):
+    with pytest.raises(ValueError, match=r"Bert requires inputs \['input_ids'\]; received no 'input_ids'"):
         m(attention_mask=inputs["attention_mask"])
     with pytest.raises(ValueError, match="keeps no key/value cache"):
         onnx_model("gpt2", "default", "torch", "torchscript").step(inputs["input_ids"], [])

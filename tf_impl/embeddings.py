@@ -37,8 +37,7 @@ class TokenEmbedding(Embedding):
 
 class PositionEmbedding(Embedding):
     def __init__(self, cfg, **kwargs):
-        super().__init__(cfg.max_positions, cfg.d_model, "position_ids",
-                         "max_positions: the sequence is longer than the position table", **kwargs)
+        super().__init__(cfg.max_positions, cfg.d_model, "position_ids", checks.POSITION_TABLE, **kwargs)
         self.cfg = cfg
 
 
@@ -62,11 +61,12 @@ class SinusoidalPositionalEncoding(Layer):
         super().__init__(**kwargs)
         self.cfg = cfg
         self.autocast = False
-        self.d_model = cfg.d_model
+        self.d_model, self.max_positions = cfg.d_model, cfg.max_positions
 
     def call(self, positions):
         checks.integer("position_ids", checks.dtype_name(positions))
-        if not is_symbolic(positions) and ops.size(positions) and ops.min(positions) < 0:
-            raise ValueError(f"position_ids must be >= 0; received minimum {int(ops.min(positions))}")
+        if not is_symbolic(positions) and ops.size(positions):
+            checks.index_range("position_ids", int(ops.min(positions)), int(ops.max(positions)), self.max_positions,
+                               checks.POSITION_TABLE)
         pe = sinusoidal_encoding(positions, self.d_model)  # float64: callers cast
         return trace.tap_for(self)("output", pe)  # (*positions.shape, D)

@@ -32,8 +32,7 @@ class TokenEmbedding(Embedding):
 
 class PositionEmbedding(Embedding):
     def __init__(self, cfg):
-        super().__init__(cfg.max_positions, cfg.d_model, "position_ids",
-                         "max_positions: the sequence is longer than the position table")
+        super().__init__(cfg.max_positions, cfg.d_model, "position_ids", checks.POSITION_TABLE)
 
 
 class SegmentEmbedding(Embedding):
@@ -53,11 +52,12 @@ def sinusoidal_encoding(positions, d_model):
 class SinusoidalPositionalEncoding(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.d_model = cfg.d_model
+        self.d_model, self.max_positions = cfg.d_model, cfg.max_positions
 
     def forward(self, positions):
         checks.integer("position_ids", checks.dtype_name(positions))
-        if positions.numel() and not torch.compiler.is_exporting() and positions.min() < 0:
-            raise ValueError(f"position_ids must be >= 0; received minimum {int(positions.min())}")
+        if positions.numel() and not torch.compiler.is_exporting():
+            checks.index_range("position_ids", int(positions.min()), int(positions.max()), self.max_positions,
+                               checks.POSITION_TABLE)
         pe = sinusoidal_encoding(positions, self.d_model)  # float64: callers cast
         return trace.tap_for(self)("output", pe)  # (*positions.shape, D)

@@ -22,7 +22,7 @@ import numpy as np
 
 from conformance.backends import finite
 from conformance.backends.dtypes import DTYPES
-from conformance.core import trace
+from conformance.core import checks, trace
 from conformance.core.config import Config
 from conformance.spec import registry
 from conformance.spec.entry import Entry
@@ -229,20 +229,30 @@ class Backend:
 
 
 class Built:
-    """A module of one framework with canonical weights loaded, called with NumPy."""
+    """A module of one framework with canonical weights loaded, called with NumPy.
 
-    check_finite = True  # bfloat16/float16: inf/NaN outputs raise finite.NonFiniteError naming the op
+    Every call's inputs pass `checks.inputs` first (the same words in every framework). With
+    `check_finite` (the default) NaN or inf in a float input is refused, and a call whose outputs go
+    non-finite from finite inputs raises `finite.NonFiniteError` naming the first op that did; False
+    hands inputs and outputs through as they are (for studying overflow)."""
 
     def __init__(self, backend: Backend, entry: Entry, cfg: Config, module, dtype: str, training: bool,
-                 device: str = "cpu"):
+                 device: str = "cpu", check_finite: bool = True):
         self.backend, self.entry, self.cfg = backend, entry, cfg
         self.module, self.dtype, self.training, self.device = module, dtype, training, device
         self.framework = backend.name
+        self.check_finite = check_finite
+        self.signature = entry.signature()  # {input: required}: what the front door lets through
 
     def policy(self):
         return self.backend.policy(self.dtype, self.device)
 
+    def check_inputs(self, inputs: dict, partial: bool = False) -> dict[str, np.ndarray]:
+        """`inputs` through the front door (`checks.inputs`) against the module's signature."""
+        return checks.inputs(self.entry.cls, inputs, self.signature, self.check_finite, partial)
+
     def __call__(self, **inputs) -> dict[str, np.ndarray]:
+        inputs = self.check_inputs(inputs)
         with self.policy():
             out = self.backend.run(self.module, self.backend.inputs(inputs, self.dtype, self.device), self.training)
         outputs = {k: self.backend.to_numpy(v) for k, v in as_dict(out).items()}
@@ -261,7 +271,7 @@ class Built:
         if not isinstance(cache, list):
             raise ValueError(f"cache must be a list (empty on the first step); received {type(cache).__name__}")
         given = {"input_ids": input_ids, "attention_mask": attention_mask, **inputs}
-        given = {k: v for k, v in given.items() if v is not None}
+        given = self.check_inputs({k: v for k, v in given.items() if v is not None}, partial=True)
         with self.policy():
             tensors = self.backend.inputs(given, self.dtype, self.device)
             out = self.backend.run(self.module, {**tensors, "cache": cache}, False)
@@ -285,6 +295,7 @@ class Built:
         matching `full` (a glob or several); modules whose path matches `capture` also record their
         inputs and output in `self.calls`, for `replay`.
         """
+        inputs = self.check_inputs(inputs)
         modules = self.backend.named_modules(self.module)
         with trace.recording(modules, self.backend.to_numpy, summary=summary, keep=full,
                              capture=capture) as t, self.backend.capturing(self.module, capture):
@@ -297,7 +308,7 @@ class Built:
         """The gradients of L = sum_k sum(out_k * c_k): of every float input, weight (canonical name and
         layout) and traced activation, as NumPy. `cotangents` {output key: c_k} defaults to seeded
         standard normals (`cotangents_for`)."""
-        return self.backend.gradients(self, inputs, cotangents, seed)
+        return self.backend.gradients(self, self.check_inputs(inputs), cotangents, seed)
 
     def submodule(self, path: str):
         modules = dict(self.backend.named_modules(self.module))

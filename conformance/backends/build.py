@@ -43,18 +43,26 @@ def supports(framework: str, case=None, dtype: str = "float32", device: str | No
 
 
 def load(b: Backend, cfg: Config, weights: dict, device: str = "cpu", dtype: str = "float32",
-         training: bool | None = None) -> Built:
+         training: bool | None = None, check_finite: bool = True) -> Built:
     """Construct `cfg`'s module in backend `b` and load `weights` (already checked) into it."""
     entry = registry.get(cfg.kind)
     module = b.construct(entry, cfg, dtype, device)
     b.load(module, weights, dtype)
-    return Built(b, entry, cfg, module, dtype, entry.training if training is None else training, device)
+    return Built(b, entry, cfg, module, dtype, entry.training if training is None else training, device,
+                 check_finite)
 
 
 def build(framework: str, cfg: Config, weights: dict, device: str = "cpu", dtype: str = "float32",
-          training: bool | None = None, source: str | None = None, exporter: str | None = None) -> Built:
+          training: bool | None = None, source: str | None = None, exporter: str | None = None,
+          check_finite: bool = True) -> Built:
     """`source` (framework="onnx" only): "torch" (default) or "tf", the mirror the graph is exported
-    from; `exporter` picks one exporter of that source (see `conformance.backends.onnx_export`)."""
+    from; `exporter` picks one exporter of that source (see `conformance.backends.onnx_export`).
+    `check_finite=False` lets NaN and inf through, in weights, inputs and outputs (see `Built`)."""
+    if not isinstance(cfg, Config):
+        raise ValueError(f"cfg must be a Config (presets.get(name), weights.load_config(path) or "
+                         f"Config(kind=...)); received {type(cfg).__name__}")
+    if not isinstance(check_finite, bool):
+        raise ValueError(f"check_finite must be True or False; received check_finite={check_finite!r}")
     if framework != "onnx" and (source is not None or exporter is not None):
         raise ValueError(f"source= and exporter= go with framework='onnx' only; received framework={framework!r}, "
                          f"source={source!r}, exporter={exporter!r}")
@@ -64,11 +72,12 @@ def build(framework: str, cfg: Config, weights: dict, device: str = "cpu", dtype
         raise ValueError(f"device must be one of {list(DEVICES)}; received device={device!r}")
     b = backend(framework)
     b.require(dtype, device)
-    weights_lib.check(cfg, weights)
+    weights_lib.check(cfg, weights, finite=check_finite)
     if framework == "onnx":
         entry = registry.get(cfg.kind)
-        return Built(b, entry, cfg, b.construct_exported(cfg, weights, source or "torch", exporter), dtype, False)
-    return load(b, cfg, weights, device, dtype, training)
+        return Built(b, entry, cfg, b.construct_exported(cfg, weights, source or "torch", exporter), dtype, False,
+                     check_finite=check_finite)
+    return load(b, cfg, weights, device, dtype, training, check_finite)
 
 
 def environment(frameworks=FRAMEWORKS) -> dict:

@@ -1,15 +1,18 @@
-"""Non-finite values are never handed back silently: a half-precision run whose outputs go
-inf or NaN from finite inputs raises `NonFiniteError` naming the first op that overflowed."""
+"""Non-finite values are never handed back silently: a run whose outputs go inf or NaN from finite
+inputs raises `NonFiniteError` naming the first op that did, in every dtype (float16 overflows past
+65504, bfloat16 and float32 past 3.4e38, float64 past 1.8e308; NaN also comes from inf - inf or a
+variance that overflowed). Inputs are refused before that, by the front door (`checks.inputs`).
+`build(..., check_finite=False)` turns both off."""
 from __future__ import annotations
 
 import numpy as np
 
-from conformance.backends.dtypes import FLOAT16_MAX, LOW, compute_dtype
+from conformance.backends.dtypes import FLOAT16_MAX, compute_dtype
 from conformance.core import trace
 
 
 class NonFiniteError(ValueError):
-    """A low-precision run produced inf/NaN from finite inputs: names the first op it happened at."""
+    """A run produced inf/NaN from finite inputs: names the first op it happened at."""
 
     def __init__(self, message, op=None, count=0):
         super().__init__(message)
@@ -52,15 +55,19 @@ def _abs_max(record) -> float:
     return float(np.abs(a).max()) if a.size else 0.0
 
 
+# dtype -> (its largest finite value, what to run in instead)
+RANGES = {"float16": (FLOAT16_MAX, "bfloat16 or float32"), "bfloat16": (3.39e38, "float32"),
+          "float32": (3.40e38, "float64"), "float64": (1.79e308, "")}
+
+
 def check_finite(built, inputs: dict, outputs: dict, records: dict | None = None) -> None:
-    """Raise `NonFiniteError` if a bfloat16/float16 run turned finite inputs into inf/NaN outputs.
+    """Raise `NonFiniteError` if a run turned finite inputs into inf/NaN outputs.
 
     Without `records` (an untraced call) the call is re-run traced to find the op; inside a
-    trace the enclosing `Built.trace` passes its records. Other dtypes pass through: float32/64
-    overflow is left to the comparison with the reference.
+    trace the enclosing `Built.trace` passes its records.
     """
     dtype = compute_dtype(built.dtype)
-    if dtype not in LOW or not getattr(built, "check_finite", True):
+    if not getattr(built, "check_finite", True):
         return
     bad = {k: nonfinite_count(v) for k, v in outputs.items()}
     bad = {k: n for k, n in bad.items() if n}
@@ -79,9 +86,10 @@ def check_finite(built, inputs: dict, outputs: dict, records: dict | None = None
         before = names[names.index(hit[0]) - 1] if names.index(hit[0]) else None
         if before:
             where += f"; the op traced before it, {before}, reached |x| = {_abs_max(records[before]):.3g}"
-    limit, instead = (f"float16 max {FLOAT16_MAX:g}", "bfloat16 or float32") if dtype == "float16" \
-        else ("bfloat16 max 3.39e38", "float32")
+    limit, instead = RANGES.get(dtype, RANGES["float32"])
+    advice = f"run in {instead}, or rescale the inputs" if instead else "rescale the inputs"
     raise NonFiniteError(
         f"{built.framework} {built.dtype}: {sum(bad.values())} non-finite values in outputs "
-        f"{sorted(bad)} from finite inputs; first non-finite op: {where}. Overflow past {limit}: "
-        f"run in {instead}, or rescale the inputs", hit[0] if hit else None, hit[1] if hit else 0)
+        f"{sorted(bad)} from finite inputs; first non-finite op: {where}. Overflow past {dtype} max {limit:g} "
+        f"(or NaN from inf - inf): {advice}; build(..., check_finite=False) hands them back",
+        hit[0] if hit else None, hit[1] if hit else 0)

@@ -48,7 +48,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from conformance.core import checks
+from conformance.core import checks, files
 from conformance.backends.base import Built
 from conformance.backends.build import backend, build
 from conformance.spec import families, presets, registry
@@ -92,8 +92,7 @@ class Exported:
         return len(self.model)
 
     def save(self, path) -> None:
-        with open(path, "wb") as f:
-            f.write(self.model)
+        files.write(path, self.model, "ONNX file")
 
 
 def signature(cfg: Config) -> tuple[list[str], list[str]]:

@@ -43,7 +43,7 @@ def tensor(x, dtype: str, device: str):
     x = cast_input(x, dtype)
     if x.dtype.name == "bfloat16":  # torch.from_numpy does not know ml_dtypes: exact via float32
         return torch.from_numpy(x.astype(np.float32)).to(device=device, dtype=torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    return torch.from_numpy(np.require(x, requirements="C")).to(device)  # not ascontiguousarray: it makes 0-D 1-D
 
 
 def to_numpy(x) -> np.ndarray:

@@ -1,13 +1,95 @@
 """The one validator all three frameworks call on user input.
 
-Every check takes plain Python values (a shape tuple, a dtype name, an int), so the
-NumPy, PyTorch and Keras mirrors raise the same `ValueError`, word for word: what was
-wrong, what was expected, what was received. Nothing is silently broadcast.
+Two layers of checks, both here. `inputs` is the front door: `conformance.build`'s models pass
+every call through it before any framework sees it, so what it refuses (an unknown or missing
+input, None, a dtype outside the few accepted, a 0-D or empty array, a mask holding anything but
+0 and 1, NaN or inf in a float input) is refused in the caller's own terms (the dtype they passed,
+not the one after casting) and in the same words whichever framework runs. The rest take plain
+Python values (a shape tuple, a dtype name, an int) and are called by the mirrors themselves, so
+the NumPy, PyTorch and Keras modules raise the same `ValueError`, word for word, when called
+directly too: what was wrong, what was expected, what was received. Nothing is silently broadcast.
 """
 from __future__ import annotations
 
+import numpy as np
+
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 HALF_DTYPES = ("float16", "bfloat16")  # where RMSNorm's `rms_norm_upcast` computes in float32
+INDEX_DTYPES = ("int32", "int64")      # ids and positions: what every framework's gather takes
+MASK_DTYPES = ("bool",) + INDEX_DTYPES + FLOAT_DTYPES  # holding 0/1 (False/True) only
+POSITION_TABLE = "max_positions: the sequence is longer than the position table"
+
+
+def input_kind(name: str) -> str:
+    """What a model input holds, by its name: "mask" (0/1: 1 = attend, or keep), "index" (integer ids
+    or positions) or "float". A new family's inputs follow the same names (`*_mask`, `*_ids`)."""
+    if name.endswith("mask") or name == "keep":
+        return "mask"
+    if name.endswith("ids") or name == "positions":
+        return "index"
+    return "float"
+
+
+def inputs(owner: str, given: dict, signature: dict, check_finite: bool = True, partial: bool = False) -> dict:
+    """The front door: `given` {name: array-like} checked against `signature` {name: required} of
+    `owner` (the module's class name); returns {name: np.ndarray}, an optional input given as None
+    left out. `partial`: a decoding step, which may leave out what its cache already holds."""
+    for name in given:
+        if name not in signature:
+            raise ValueError(f"{owner} takes inputs {list(signature)}; received unknown input {name!r}")
+    out = {name: array(name, value, check_finite) for name, value in given.items()
+           if value is not None or signature[name]}
+    required = [name for name, needed in signature.items() if needed]
+    for name in required:
+        if name not in out and not partial:
+            raise ValueError(f"{owner} requires inputs {required}; received no {name!r} "
+                             f"(given: {list(given) or 'none'})")
+    return out
+
+
+def array(arg: str, value, check_finite: bool = True) -> np.ndarray:
+    """One input as a NumPy array, its dtype, rank, size and values checked for its `input_kind`; a mask
+    comes back bool."""
+    if value is None:
+        raise ValueError(f"{arg} must be an array; received None")
+    x = np.asarray(value)
+    holds, dtype = input_kind(arg), "str" if x.dtype.kind in "US" else x.dtype.name
+    if holds == "float":
+        floating(arg, dtype)
+    elif holds == "index":
+        integer(arg, dtype)
+    elif dtype not in MASK_DTYPES:
+        raise ValueError(f"{arg} must be bool (True = attend) or 0/1 in {MASK_DTYPES[1:]}; received dtype {dtype}")
+    if x.ndim == 0:
+        raise ValueError(f"{arg} must be an array with a batch axis (rank >= 1); received a 0-D array")
+    if x.size == 0:
+        raise ValueError(f"{arg} must not be empty (every axis at least 1); received shape {x.shape}")
+    if holds == "mask" and dtype != "bool":
+        mask_values(arg, x)
+        x = x != 0  # every framework gets a bool mask: no where() or & meets an int or a float one
+    if holds == "float" and check_finite:
+        finite(arg, x)
+    return x
+
+
+def mask_values(arg: str, mask: np.ndarray) -> None:
+    """A mask holds 0 and 1 only: 2 or -1 is no polarity, 0.5 no decision, and NaN compares false to both."""
+    other = ~((mask == 0) | (mask == 1))
+    if other.any():
+        values = np.unique(mask[other].astype(np.float64))
+        shown = ", ".join(f"{v:g}" for v in values[:4]) + (", ..." if len(values) > 4 else "")
+        raise ValueError(f"{arg} must hold only 0 and 1 (or False and True); received {int(other.sum())} other "
+                         f"values: {shown}")
+
+
+def finite(arg: str, x: np.ndarray) -> None:
+    """No NaN or inf in a float input: the error names the first, instead of passing it on."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        nan = int(np.isnan(x).sum())
+        raise ValueError(f"{arg} must be finite; received {nan} NaN and {int(bad.sum()) - nan} inf values, the first "
+                         f"at index {first} (build(..., check_finite=False) lets them through)")
 
 
 def shape_of(x) -> tuple:
@@ -43,8 +125,8 @@ def floating(arg: str, dtype: str) -> None:
 
 
 def integer(arg: str, dtype: str) -> None:
-    if not (dtype.startswith("int") or dtype.startswith("uint")):
-        raise ValueError(f"{arg} must hold integer ids; received dtype {dtype}")
+    if dtype not in INDEX_DTYPES:
+        raise ValueError(f"{arg} must hold integer ids; received dtype {dtype} (expected int32 or int64)")
 
 
 def index_range(arg: str, lowest: int, highest: int, size: int, what: str) -> None:
@@ -55,8 +137,8 @@ def index_range(arg: str, lowest: int, highest: int, size: int, what: str) -> No
 
 
 def boolean_mask(arg: str, actual: tuple, expected: tuple, layout: str, dtype: str) -> None:
-    if dtype != "bool" and not dtype.startswith("int") and not dtype.startswith("float"):
-        raise ValueError(f"{arg} must be bool (True = attend) or 0/1; received dtype {dtype}")
+    if dtype not in MASK_DTYPES:
+        raise ValueError(f"{arg} must be bool (True = attend) or 0/1 in {MASK_DTYPES[1:]}; received dtype {dtype}")
     shape(arg, actual, expected, layout)
 
 

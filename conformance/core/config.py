@@ -94,6 +94,7 @@ class Config:
     checkpoint: str = ""           # the Hugging Face model_type this config writes as; "": its family's first
 
     def __post_init__(self):
+        _check_types(self)
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("position", self.position, POSITIONS)
         _check_choice("head", self.head, HEADS)
@@ -106,14 +107,6 @@ class Config:
         _check_choice("causal_alignment", self.causal_alignment, CAUSAL_ALIGNMENTS)
         for i, t in enumerate(self.layer_types):
             _check_choice(f"layer_types[{i}]", t, LAYER_TYPES)
-        for name in ("d_model", "num_heads", "d_ff", "vocab_size", "max_positions"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"Config.{name} must be a positive int; received {name}={value!r}")
-        for name in ("num_kv_heads", "attention_head_dim", "rotary_dim", "sliding_window", "rope_original_max_positions"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise ValueError(f"Config.{name} must be a positive int or None; received {name}={value!r}")
         if self.attention_head_dim is None and self.d_model % self.num_heads:
             raise ValueError(
                 f"Config.num_heads must divide d_model; received d_model={self.d_model}, "
@@ -127,8 +120,6 @@ class Config:
         if self.layer_types and len(self.layer_types) != self.num_layers:
             raise ValueError(f"Config.layer_types must give one type per layer (num_layers={self.num_layers}); "
                              f"received {len(self.layer_types)} types")
-        if self.rope_scaling != "none" and not self.rope_factor > 0:
-            raise ValueError(f"Config.rope_factor must be > 0; received rope_factor={self.rope_factor!r}")
         if self.rope_scaling == "dynamic" and (self.rotary_dim or self.head_dim) <= 2:
             raise ValueError(f"Config.rope_scaling='dynamic' needs a rotated width above 2 (its base grows as "
                              f"^(Dr / (Dr - 2))); received rotary width {self.rotary_dim or self.head_dim}")
@@ -142,19 +133,6 @@ class Config:
         if self.layer_types and self.sliding_window is None and "sliding_attention" in self.layer_types:
             raise ValueError(f"Config.layer_types names sliding_attention layers, which need a sliding_window; "
                              f"received sliding_window=None")
-        if not isinstance(self.sliding_window_right, int) or self.sliding_window_right < 0:
-            raise ValueError(f"Config.sliding_window_right must be an int >= 0; "
-                             f"received sliding_window_right={self.sliding_window_right!r}")
-        for name in ("attn_logit_softcap", "final_logit_softcap"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"Config.{name} must be > 0 or None; received {name}={value!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"Config.dropout must be in [0, 1); received dropout={self.dropout}")
-        if self.attention_scale is not None and not self.attention_scale > 0:
-            raise ValueError(f"Config.attention_scale must be > 0 or None; received {self.attention_scale}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"Config.layer_norm_eps must be > 0; received {self.layer_norm_eps}")
 
     @property
     def head_dim(self) -> int:
@@ -185,11 +163,61 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
+        if not isinstance(d, dict):
+            raise ValueError(f"a Config is read from a dict of its fields; received {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(d) - known, key=str)
         if unknown:
             raise ValueError(f"unknown Config fields {unknown}; expected a subset of {sorted(known)}")
+        if "kind" not in d:
+            raise ValueError(f"Config fields must include kind (the registry entry); received {sorted(d)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})  # JSON lists: tuples
+
+
+# What every field's type allows, read from its annotation, so a new field is checked with no new code:
+# an int is a count (> 0: zero layers, heads, labels or segments make no model), a float is finite and
+# > 0 (an epsilon, a base, a factor, a cap), a bool is True or False (never 1), a str a str, a tuple a
+# tuple; "| None" adds None. The fields below are the exceptions, each with its own range.
+NON_NEGATIVE = ("sliding_window_right",)   # an int >= 0
+SIGNED = ("rms_norm_offset",)              # any finite float
+RANGES = {"dropout": (0.0, 1.0)}           # a float in [low, high)
+MASK_FILL_MAX = -1e4  # the largest fill still far below any score: a fill near the scores (or above them)
+#                       leaves masked positions weight, and a positive one reverses the mask
+
+
+def _check_types(cfg) -> None:
+    for f in dataclasses.fields(cfg):
+        name, value = f.name, getattr(cfg, f.name)
+        annotated, optional = f.type.split(" | ")[0], f.type.endswith("| None")
+        if value is None and optional:
+            continue
+        either = " or None" if optional else ""
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if name == "mask_fill":
+            if not number or math.isnan(value) or value > MASK_FILL_MAX:
+                raise ValueError(f"Config.mask_fill must be a number <= {MASK_FILL_MAX:g} (far below any score, so a "
+                                 f"masked position gets no weight; -inf allowed); received mask_fill={value!r}")
+        elif name in RANGES:
+            low, high = RANGES[name]
+            if not number or not low <= value < high:
+                raise ValueError(f"Config.{name} must be in [{low:g}, {high:g}); received {name}={value!r}")
+        elif annotated == "int" and name in NON_NEGATIVE:
+            if not number or not isinstance(value, int) or value < 0:
+                raise ValueError(f"Config.{name} must be an int >= 0; received {name}={value!r}")
+        elif annotated == "int":
+            if not number or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"Config.{name} must be a positive int{either}; received {name}={value!r}")
+        elif annotated == "float":
+            finite = number and math.isfinite(value)
+            if not finite or (name not in SIGNED and value <= 0):
+                what = "a finite number" if name in SIGNED else "a finite number > 0"
+                raise ValueError(f"Config.{name} must be {what}{either}; received {name}={value!r}")
+        elif annotated == "bool" and not isinstance(value, bool):
+            raise ValueError(f"Config.{name} must be True or False{either}; received {name}={value!r}")
+        elif annotated == "str" and not isinstance(value, str):
+            raise ValueError(f"Config.{name} must be a str; received {name}={value!r}")
+        elif annotated == "tuple" and not isinstance(value, tuple):
+            raise ValueError(f"Config.{name} must be a tuple; received {name}={value!r}")
 
 
 def _check_choice(name, value, choices):

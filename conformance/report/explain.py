@@ -42,7 +42,7 @@ from conformance.backends import build
 from conformance.compare import tolerance
 from conformance.core.config import ATTENTION_IMPLS
 from conformance.oracles import layers as oracles
-from conformance.core import trace
+from conformance.core import files, trace
 from conformance.spec import families, registry
 from conformance.spec.family import Step
 from numpy_ref.activations import dropout, softmax
@@ -161,13 +161,11 @@ def walkthrough(name: str, variant: str = "default", fmt: str = "text") -> str:
 
 def write_all(out_dir="docs/explain", fmt: str = "md", names=None) -> list[Path]:
     """Write `<out_dir>/<registry name>.md` (.txt for fmt="text") for every registry entry, or `names`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = files.directory(out_dir, "walkthrough directory")
     paths = []
     for name in names or registry.ENTRIES:
         path = out / f"{name}.{'md' if fmt == 'md' else 'txt'}"
-        path.write_text(walkthrough(name, fmt=fmt) + "\n")
-        paths.append(path)
+        paths.append(files.write(path, walkthrough(name, fmt=fmt) + "\n", "walkthrough"))
     return paths
 
 

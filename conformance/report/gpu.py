@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from conformance import weights
+from conformance.core import files
 from conformance.backends import build, environment as framework_environment, supports
 from conformance.backends.base import as_dict
 from conformance.backends.finite import traced
@@ -779,10 +780,9 @@ def part_tolerances(s: Settings, rep: Report) -> None:
     command = (f"tmirror tolerances --device {s.device} --frameworks {','.join(frameworks)} --dtypes "
                f"{','.join(s.dtypes)} --presets {','.join(s.presets)} (run by {s.command})")
     ev = measure.evidence(results, command, TOLERANCES)
-    s.out.mkdir(parents=True, exist_ok=True)
     md, js = s.out / f"tolerances-{s.device}.md", s.out / f"tolerance_evidence_{s.device}.json"
-    js.write_text(measure.dumps(ev))
-    md.write_text(measure.markdown(ev, f"conformance/compare/{js.name}"))  # where it is committed
+    files.write_all({js: measure.dumps(ev), md: measure.markdown(ev, f"conformance/compare/{js.name}")},  # where
+                    "tolerance evidence")                                                          # it is committed
     rep.data["tolerances"] = {"rows": ev["rows"], "summary": {d: {f: {k: v for k, v in x.items() if k != "ops"}
                                                                    for f, x in fws.items()}
                                                                for d, fws in ev["summary"].items()},
@@ -902,12 +902,11 @@ def record(rep: Report, caught=()) -> dict:
 
 def write(rep: Report, caught=()) -> list[Path]:
     s = rep.settings
-    s.out.mkdir(parents=True, exist_ok=True)
     data = record(rep, caught)
     rep.line, rep.code = data["verdict"]["line"], data["verdict"]["exit_status"]
     js, md = s.out / f"gpu-{s.slug}.json", s.out / f"gpu-{s.slug}.md"
-    js.write_text(measure.dumps(data))
-    md.write_text(markdown(data, rep.data.get("tolerances", {}).get("evidence")))
+    files.write_all({js: measure.dumps(data), md: markdown(data, rep.data.get("tolerances", {}).get("evidence"))},
+                    "GPU report file")
     return [md, js]
 
 

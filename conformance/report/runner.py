@@ -43,21 +43,26 @@ class Run:
 
 
 def resolve(preset: str, weights_path: str | None, seed: int = 0) -> tuple[Config, dict, str]:
-    """(config, weights, where the weights came from) for a preset and an optional weights path."""
+    """(config, weights, where the weights came from) for a preset and an optional weights path. The
+    preset must be known either way; weights whose file or directory says what model they are (its
+    config) are that model, which must be of the preset's kind."""
+    named = presets.get(preset)
     if weights_path is None:
-        cfg = presets.get(preset)
-        return cfg, weights.initialize(cfg, seed=seed), f"weights.initialize(seed={seed})"
+        return named, weights.initialize(named, seed=seed), f"weights.initialize(seed={seed})"
     path = Path(weights_path)
     if path.is_dir():
-        cfg, w = weights.from_hf(path)
-        return cfg, w, f"Hugging Face checkpoint {path}"
-    w = weights.load(path)
-    cfg = weights.load_config(path) or presets.get(preset)
-    return cfg, w, f"safetensors file {path}"
+        (cfg, w), source = weights.from_hf(path), f"Hugging Face checkpoint {path}"
+    else:
+        w, cfg, source = weights.load(path), weights.load_config(path) or named, f"safetensors file {path}"
+    if cfg.kind != named.kind:
+        raise ValueError(f"--weights must hold a model of preset {preset!r}'s kind {named.kind!r}; received a "
+                         f"{cfg.kind!r} model in {source}")
+    return cfg, w, source
 
 
 def model_inputs(cfg: Config, batch: int, length: int, seed: int = 0) -> dict:
-    if length > cfg.max_positions and cfg.position == "learned":
+    """A family's run inputs; a length past `max_positions` only where a rope scaling makes it a position."""
+    if length > cfg.max_positions and not (cfg.position == "rotary" and cfg.rope_scaling != "none"):
         raise ValueError(f"--seq-len must be <= max_positions={cfg.max_positions}; received {length}")
     return families.get(cfg.kind).inputs(cfg, batch, length, seed)
 

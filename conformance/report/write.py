@@ -13,6 +13,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from conformance import costs, weights
+from conformance.core import files
 from conformance.compare.tolerance import TOLERANCES
 from conformance.report import onnx, training as train_report
 from conformance.spec import registry
@@ -165,11 +166,10 @@ def html_page(rec: dict, md: str, figures: dict[str, str] | None = None) -> str:
 
 
 def write(rec: dict, out_dir, figures: dict[str, str] | None = None) -> list[Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """PRESET.md, .json and .html in `out_dir`, all three or none: each is rendered in memory first,
+    then they are written together (`core.files.write_all`)."""
+    out_dir = files.directory(out_dir, "report directory")
     md = markdown(rec)
-    paths = [out_dir / f"{rec['preset']}.{ext}" for ext in ("md", "json", "html")]
-    paths[0].write_text(md)
-    paths[1].write_text(json.dumps(rec, indent=1, sort_keys=True, default=float))
-    paths[2].write_text(html_page(rec, md, figures))
-    return paths
+    texts = [md, json.dumps(rec, indent=1, sort_keys=True, default=float), html_page(rec, md, figures)]
+    return files.write_all({out_dir / f"{rec['preset']}.{ext}": text for ext, text in zip(("md", "json", "html"), texts)},
+                           "report file")

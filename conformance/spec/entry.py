@@ -8,6 +8,7 @@ the registry's entries: adding one tests it in every framework and dtype with no
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -50,6 +51,13 @@ class Entry:
     def implementation(self, package: str):
         """The class in a mirror's package (`numpy_ref`, `torch_impl`, `tf_impl`)."""
         return getattr(importlib.import_module(package), self.cls)
+
+    def signature(self) -> dict[str, bool]:
+        """{input name: required} of the class's forward (the twins' are the same; `test_mirror` checks):
+        the inputs a built model takes. `cache`, the decoding state, is `Built.step`'s own argument."""
+        forward = self.implementation(PACKAGES["numpy"]).forward
+        params = list(inspect.signature(forward).parameters.values())[1:]  # after self
+        return {p.name: p.default is inspect.Parameter.empty for p in params if p.name != "cache"}
 
     def reference(self, cfg: Config):
         """The NumPy reference module for `cfg`: its tree declares every canonical name and shape."""

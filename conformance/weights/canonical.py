@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance.spec import registry
+from conformance.core import files
+from conformance.core.checks import FLOAT_DTYPES
 from conformance.core.config import Config
+from conformance.spec import registry
 
 
 class WeightsError(ValueError):
@@ -39,8 +41,12 @@ def initialize(cfg: Config, seed: int = 0, std: float = 0.02) -> dict[str, np.nd
     return out
 
 
-def check(cfg: Config, weights: dict[str, np.ndarray]) -> None:
-    """Raise one `WeightsError` naming every missing, unexpected or mis-shaped tensor."""
+def check(cfg: Config, weights: dict[str, np.ndarray], finite: bool = True) -> None:
+    """Raise one `WeightsError` naming every missing, unexpected, mis-shaped, non-array, non-float or
+    (unless `finite=False`) non-finite tensor."""
+    if not isinstance(weights, dict):
+        raise WeightsError(f"weights must be a dict {{canonical name: np.ndarray}} (weights.initialize(cfg), "
+                           f"weights.load(path)); received {type(weights).__name__}")
     expected = registry.param_shapes(cfg)
     problems = []
     for name in expected.keys() - weights.keys():
@@ -48,13 +54,15 @@ def check(cfg: Config, weights: dict[str, np.ndarray]) -> None:
     for name in weights.keys() - expected.keys():
         problems.append(f"unexpected {name}: shape {tuple(np.shape(weights[name]))}")
     for name in expected.keys() & weights.keys():
-        got = tuple(np.shape(weights[name]))
-        if got != expected[name]:
-            problems.append(f"mis-shaped {name}: expected {expected[name]}, received {got}")
-        elif not np.issubdtype(np.asarray(weights[name]).dtype, np.floating):
-            problems.append(f"non-float {name}: received dtype {np.asarray(weights[name]).dtype}")
-        elif not np.isfinite(weights[name]).all():
-            problems.append(f"non-finite {name}: {int((~np.isfinite(weights[name])).sum())} NaN/inf values")
+        w = weights[name]
+        if not isinstance(w, np.ndarray):
+            problems.append(f"non-array {name}: expected a NumPy array, received {type(w).__name__}")
+        elif w.shape != expected[name]:
+            problems.append(f"mis-shaped {name}: expected {expected[name]}, received {w.shape}")
+        elif w.dtype.name not in FLOAT_DTYPES:
+            problems.append(f"non-float {name}: expected one of {FLOAT_DTYPES}, received dtype {w.dtype.name}")
+        elif finite and not np.isfinite(w).all():
+            problems.append(f"non-finite {name}: {int((~np.isfinite(w)).sum())} NaN/inf values")
     if problems:
         raise WeightsError(f"{len(problems)} weight problem(s) for {cfg.kind} "
                            f"(d_model={cfg.d_model}, layers={cfg.num_layers}):\n  "
@@ -62,12 +70,23 @@ def check(cfg: Config, weights: dict[str, np.ndarray]) -> None:
 
 
 def save(weights: dict[str, np.ndarray], path, cfg: Config | None = None) -> None:
+    """Write `weights` (and `cfg`, in the file's metadata) to a safetensors file, whole or not at all:
+    through a temporary file renamed onto `path` (`core.files`); its folder must exist."""
     from safetensors.numpy import save_file
 
+    if not isinstance(weights, dict):
+        raise WeightsError(f"weights must be a dict {{canonical name: np.ndarray}}; received {type(weights).__name__}")
+    bad = sorted(f"{k} ({type(v).__name__ if not isinstance(v, np.ndarray) else v.dtype.name})"
+                 for k, v in weights.items() if not isinstance(v, np.ndarray) or v.dtype.name not in FLOAT_DTYPES)
+    if bad:
+        raise WeightsError(f"weights must be NumPy arrays of a floating dtype {FLOAT_DTYPES}; received {', '.join(bad)}")
+    if cfg is not None and not isinstance(cfg, Config):
+        raise WeightsError(f"cfg must be a Config or None; received {type(cfg).__name__}")
     metadata = {"format": "transformer-mirror"}
     if cfg is not None:
         metadata["config"] = json.dumps(cfg.to_dict())
-    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(path), metadata=metadata)
+    tensors = {k: np.ascontiguousarray(v) for k, v in weights.items()}
+    files.write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), "weights file", parents=False)
 
 
 def load(path) -> dict[str, np.ndarray]:
@@ -90,7 +109,20 @@ def load_config(path) -> Config | None:
             meta = f.metadata() or {}
     except Exception as e:
         raise WeightsError(f"weights file {path} is not a readable safetensors file: {e}") from None
-    return Config.from_dict(json.loads(meta["config"])) if "config" in meta else None
+    if "config" not in meta:
+        return None
+    try:
+        fields = json.loads(meta["config"])
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"weights file {path}: metadata 'config' must be a JSON object of Config fields; "
+                           f"received text that is not JSON ({e})") from None
+    if not isinstance(fields, dict):
+        raise WeightsError(f"weights file {path}: metadata 'config' must be a JSON object of Config fields; "
+                           f"received a JSON {type(fields).__name__}")
+    try:
+        return Config.from_dict(fields)
+    except ValueError as e:
+        raise WeightsError(f"weights file {path}: metadata 'config': {e}") from None
 
 
 def fingerprint(weights: dict[str, np.ndarray]) -> str:

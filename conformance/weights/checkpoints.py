@@ -28,8 +28,9 @@ import numpy as np
 
 import re
 
-from conformance.weights import canonical as weights_lib
+from conformance.core import files
 from conformance.core.config import Config
+from conformance.weights import canonical as weights_lib
 from conformance.spec import families, registry
 from conformance.spec.family import Checkpoint
 from conformance.spec.leaves import Leaf, fuse, table_rows
@@ -39,6 +40,10 @@ ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "ge
 ACTIVATION_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 LEGACY_LEAVES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}  # pre-2019 BERT files
 ARCHITECTURES = {c.model_type: c for f in families.FAMILIES.values() for c in f.checkpoints}
+# Config fields config.json must state: they size the weights, and transformers' default for a missing one
+# (BERT-base's hidden_size 768) would describe another model. A key whose default is null (GPT-2's n_inner:
+# 4 D) is optional by definition.
+REQUIRED = ("d_model", "num_heads", "num_layers", "vocab_size", "d_ff")
 
 
 # -------------------------------------------------------------------------------- import
@@ -57,7 +62,12 @@ def from_hf(path, head: str | None = None) -> tuple[Config, dict[str, np.ndarray
         raise weights_lib.WeightsError(f"Hugging Face checkpoint directory not found: {path}")
     hf = _read_json(path / "config.json")
     arch, cls = _architecture(hf)
-    cfg = config_from_hf(hf, arch, cls)
+    try:
+        cfg = config_from_hf(hf, arch, cls)
+    except ValueError as e:  # name the file, and the config.json key a Config field came from
+        keys = [key for field, (key, _) in arch.fields.items() if f"Config.{field} " in str(e)]
+        read = f" (read from config.json {keys[0]})" if keys else ""
+        raise ValueError(f"{path / 'config.json'}: {e}{read}") from None
     if head is not None and head != cfg.head:
         if head not in set(arch.classes.values()):
             raise ValueError(f"head must be one of {sorted(set(arch.classes.values()))}; received head={head!r}")
@@ -91,6 +101,9 @@ def config_from_hf(hf: dict, arch: Checkpoint, cls: str) -> Config:
     for key, only in arch.fixed.items():
         if hf.get(key) not in (None, only):  # null: unset, transformers' default
             raise ValueError(f"config.json {key} must be {only!r} to import as {cls}; received {hf[key]!r}")
+    for field, (key, default) in arch.fields.items():
+        if field in REQUIRED and default is not None and hf.get(key) is None:
+            raise ValueError(f"config.json must give {key} (Config.{field}: it sizes the weights); received no {key}")
     values = {field: default if hf.get(key) is None else hf[key] for field, (key, default) in arch.fields.items()}
     if values["activation"] not in ACTIVATIONS:
         key = arch.fields["activation"][0]
@@ -100,6 +113,8 @@ def config_from_hf(hf: dict, arch: Checkpoint, cls: str) -> Config:
     values.update(arch.read(hf, cls))
     head = arch.classes[cls]
     if head == "classification":
+        if not isinstance(hf.get("id2label", {}), dict):
+            raise ValueError(f"config.json id2label must be an object {{id: label}}; received {hf['id2label']!r}")
         values["num_labels"] = len(hf["id2label"]) if "id2label" in hf else hf.get("num_labels", 2)
     if "tie_embeddings" not in arch.fields and cls != arch.base_class and not hf.get("tie_word_embeddings", True):
         raise ValueError(f"config.json tie_word_embeddings must be true for {cls} (the output head is the "
@@ -161,10 +176,10 @@ def to_hf(cfg: Config, w: dict[str, np.ndarray], path, architecture: str | None 
         grouped.setdefault(h, []).append((leaf, w[c]))
     tensors = {h: np.ascontiguousarray(fuse([leaf for leaf, _ in parts], [a for _, a in parts], cfg))
                for h, parts in grouped.items()}
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
-    (path / "config.json").write_text(json.dumps(config_to_hf(cfg, arch, cls), indent=2) + "\n")
+    path = files.directory(path, "Hugging Face checkpoint directory")
+    files.write_all({path / "model.safetensors": lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}),
+                     path / "config.json": json.dumps(config_to_hf(cfg, arch, cls), indent=2) + "\n"},
+                    "Hugging Face checkpoint file")
     return path
 
 
@@ -268,9 +283,13 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise weights_lib.WeightsError(f"no config.json in Hugging Face checkpoint directory {path.parent}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object of the model's settings; received a JSON "
+                         f"{type(data).__name__}")
+    return data
 
 
 def _family(model_type) -> Checkpoint:
