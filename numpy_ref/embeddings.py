@@ -67,19 +67,19 @@ def tied_logits_backward(grad, h, table):
 
 
 class TokenEmbedding(Embedding):
-    def __init__(self, cfg):
-        super().__init__(cfg.vocab_size, cfg.d_model, "input_ids", "vocab_size")
+    def __init__(self, cfg, d=None):
+        super().__init__(cfg.vocab_size, d or cfg.d_model, "input_ids", "vocab_size")
 
 
 class PositionEmbedding(Embedding):
-    def __init__(self, cfg):
-        super().__init__(cfg.max_positions, cfg.d_model, "position_ids",
+    def __init__(self, cfg, d=None):
+        super().__init__(cfg.max_positions, d or cfg.d_model, "position_ids",
                          "max_positions: the sequence is longer than the position table")
 
 
 class SegmentEmbedding(Embedding):
-    def __init__(self, cfg):
-        super().__init__(cfg.type_vocab_size, cfg.d_model, "token_type_ids", "type_vocab_size")
+    def __init__(self, cfg, d=None):
+        super().__init__(cfg.type_vocab_size, d or cfg.d_model, "token_type_ids", "type_vocab_size")
 
 
 def sinusoidal_encoding(positions, d_model):

@@ -102,8 +102,9 @@ def signature(cfg: Config) -> tuple[list[str], list[str]]:
     if not entry.is_model:
         raise ValueError(f"ONNX export covers whole models {[e.name for e in registry.ENTRIES.values() if e.is_model]}; "
                          f"received kind={cfg.kind!r}")
+    given = families.get(cfg.kind).inputs(cfg, 1, 2)  # an optional input the config's model never takes is no
     params = [p for name, p in inspect.signature(entry.implementation("torch_impl").forward).parameters.items()
-              if name not in ("self", "cache")]
+              if name not in ("self", "cache") and (p.default is inspect.Parameter.empty or name in given)]  # input
     return [p.name for p in params], [p.name for p in params if p.default is inspect.Parameter.empty]
 
 
@@ -430,7 +431,12 @@ class Session:
                 checks.index_range(f"{prefix}input_ids", int(ids.min()), int(ids.max()), self.cfg.vocab_size,
                                    "vocab_size")
             if self.cfg.position == "learned" and ids.shape[1]:
-                checks.index_range("position_ids", 0, ids.shape[1] - 1, self.cfg.max_positions,
+                positions = np.arange(ids.shape[1])                                   # (T,)
+                if self.cfg.pad_positions and not prefix:  # RoBERTa: the mirrors' positions, from the ids
+                    checks.padding_at_the_ends("input_ids", ids, self.cfg.pad_token_id)
+                    real = ids != self.cfg.pad_token_id                               # (B, T)
+                    positions = np.cumsum(real, axis=1) * real + self.cfg.pad_token_id  # (B, T)
+                checks.index_range("position_ids", int(positions.min()), int(positions.max()), self.cfg.max_positions,
                                    "max_positions: the sequence is longer than the position table")
             mask = f"{prefix}attention_mask"
             if mask in self.names and mask not in feed:

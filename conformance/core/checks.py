@@ -124,6 +124,30 @@ def token_inputs(input_ids, attention_mask=None, token_type_ids=None, past: int 
         shape("token_type_ids", token_type_ids[0], (B, T), "(B, T)")
 
 
+def no_segments(arg: str) -> None:
+    """A model without a segment table (DistilBERT, DeBERTa-v3: type_vocab_size 0) takes no segment ids."""
+    raise ValueError(f"{arg} must be left out: the model has no segment embeddings (type_vocab_size=0); "
+                     f"received {arg}")
+
+
+def padding_at_the_ends(arg: str, ids, pad: int) -> None:
+    """RoBERTa numbers positions by counting real tokens (`pad_positions`): padding is accepted before
+    the first real token of a row or after its last, never between two real tokens. `ids` is (B, T),
+    NumPy or anything `np.asarray` reads."""
+    import numpy as np
+    ids = np.asarray(ids)
+    real = ids != pad
+    before = np.cumsum(real, axis=1) > 0                       # a real token at or before t
+    after = np.cumsum(real[:, ::-1], axis=1)[:, ::-1] > 0      # a real token at or after t
+    inside = ~real & before & after
+    if inside.any():
+        b, t = (int(i) for i in np.argwhere(inside)[0])
+        raise ValueError(f"{arg} must hold the padding id {pad} only before the first or after the last real "
+                         f"token of a row (positions count the real tokens, so a pad between two of them would "
+                         f"shift the position of every token after it); received {pad} at row {b}, position {t}, "
+                         f"between real tokens")
+
+
 def _after(past: int, n):
     """past + n, or None for an unknown (traced) axis."""
     return None if n is None else past + n
