@@ -231,9 +231,8 @@ class Bert(Module):
     def flops(self, input_ids, **_):
         (B, T), D = input_ids, self.cfg.d_model
         yield from scoped("embeddings", self.embeddings.flops(input_ids))
-        for i in range(self.cfg.num_layers):  # a shared layer (ALBERT) costs at every step it runs
-            g = self.cfg.layer_group(i)
-            yield from scoped(f"encoder.{g}", self.encoder[g].flops((B, T, D)))
+        for i in range(self.cfg.num_layers):  # per step: a shared layer (ALBERT) costs at every step it runs
+            yield from scoped(f"encoder.{i}", self.encoder[self.cfg.layer_group(i)].flops((B, T, D)))
         if self.pooler is not None:
             yield from scoped("pooler", self.pooler.flops((B, D)))          # the [CLS] row only
             yield Op("pooler.tanh", "elementwise", B * D * PER_ELEMENT["tanh"])
@@ -246,9 +245,8 @@ class Bert(Module):
     def saved(self, f, input_ids, **_):
         (B, T), D = input_ids, self.cfg.d_model
         yield from scoped("embeddings", self.embeddings.saved(f, input_ids))
-        for i in range(self.cfg.num_layers):  # each step keeps its own activations, shared weights or not
-            g = self.cfg.layer_group(i)
-            yield from scoped(f"encoder.{g}", self.encoder[g].saved(f, (B, T, D)))
+        for i in range(self.cfg.num_layers):  # per step: each keeps its own activations, shared weights or not
+            yield from scoped(f"encoder.{i}", self.encoder[self.cfg.layer_group(i)].saved(f, (B, T, D)))
         yield Saved("", "last hidden state (head input)", B * T * D * f)
         if self.pooler is not None:
             yield Saved("pooler", "tanh output", B * D * f)

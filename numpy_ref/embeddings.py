@@ -82,6 +82,13 @@ class SegmentEmbedding(Embedding):
         super().__init__(cfg.type_vocab_size, d or cfg.d_model, "token_type_ids", "type_vocab_size")
 
 
+class RelativeEmbedding(Embedding):
+    """DeBERTa's relative table: 2k rows, one a relative distance (or bucket) from -k to k - 1."""
+
+    def __init__(self, cfg):
+        super().__init__(2 * cfg.relative_span, cfg.d_model, "relative_ids", "2 relative_span")
+
+
 def sinusoidal_encoding(positions, d_model):
     """positions (...) int -> (..., D) float64."""
     inv_freq = 1.0 / 10000 ** (np.arange(0, d_model, 2) / d_model)   # (D/2,)

@@ -54,6 +54,14 @@ class SegmentEmbedding(Embedding):
         self.cfg = cfg
 
 
+class RelativeEmbedding(Embedding):
+    """DeBERTa's relative table: 2k rows, one a relative distance (or bucket) from -k to k - 1."""
+
+    def __init__(self, cfg, **kwargs):
+        super().__init__(2 * cfg.relative_span, cfg.d_model, "relative_ids", "2 relative_span", **kwargs)
+        self.cfg = cfg
+
+
 def sinusoidal_encoding(positions, d_model):
     """positions (...) int -> (..., D) float64."""
     inv_freq = 1.0 / 10000 ** (ops.arange(0, d_model, 2, dtype="float64") / d_model)  # (D/2,)

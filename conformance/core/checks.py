@@ -110,6 +110,13 @@ def attention_inputs(x, context, mask, past: int, d_model: int) -> None:
         boolean_mask("mask", mask[0], (B, _after(past, S)), "(B, S)", mask[1])
 
 
+def disentangled_inputs(x, rel, mask, d_model: int, rows: int) -> None:
+    """DeBERTa's attention: x (B, T, D), the relative table rel (2k, D), a padding mask (B, T)."""
+    attention_inputs(x, None, mask, 0, d_model)
+    floating("rel", rel[1])
+    shape("rel", rel[0], (rows, d_model), "(2 relative_span, D)")
+
+
 def token_inputs(input_ids, attention_mask=None, token_type_ids=None, past: int = 0,
                  prefix: str = "") -> None:
     """input_ids (B, T) ints; attention_mask (B, past + T); token_type_ids (B, T) ints."""

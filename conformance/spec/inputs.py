@@ -57,6 +57,17 @@ def qkv(cfg, rng, batch, length, mask="padding"):
     return inputs
 
 
+def relative_hidden(cfg, rng, batch, length, mask="padding", **_):
+    """Disentangled attention's inputs: x (B, T, D), the relative table rel (2k, D) (layer-normed, as the
+    model hands it over), a padding mask (B, T)."""
+    rel = rng.standard_normal((2 * cfg.relative_span, cfg.d_model))
+    rel = (rel - rel.mean(-1, keepdims=True)) / rel.std(-1, keepdims=True)
+    inputs = {"x": rng.standard_normal((batch, length, cfg.d_model)), "rel": rel}
+    if mask == "padding":
+        inputs["mask"] = padding_mask(rng, batch, length)
+    return inputs
+
+
 def dropout_inputs(cfg, rng, batch, length, **_):
     x = rng.standard_normal((batch, length, cfg.d_model))
     return {"x": x, "keep": rng.random(x.shape) >= cfg.dropout}
