@@ -19,7 +19,8 @@ from numpy_ref.normalization import LayerNorm, RMSNorm
 from numpy_ref.rotary import RotaryEmbedding
 from numpy_ref.transformer import Transformer
 
-__all__ = ["Activation", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout", "EncoderLayer", "FeedForward", "GPT2",
+__all__ = ["Activation", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout", "EncoderLayer",
+           "FeedForward", "GPT2",
            "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PositionEmbedding", "RMSNorm",
            "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
            "Softmax", "TokenEmbedding", "Transformer"]

@@ -247,7 +247,8 @@ class Bert(Module):
         yield from scoped("embeddings", self.embeddings.saved(f, input_ids))
         for i in range(self.cfg.num_layers):  # per step: each keeps its own activations, shared weights or not
             yield from scoped(f"encoder.{i}", self.encoder[self.cfg.layer_group(i)].saved(f, (B, T, D)))
-        yield Saved("", "last hidden state (head input)", B * T * D * f)
+        if any(head is not None for head in (self.pooler, self.mlm, self.classifier, self.qa, self.discriminator)):
+            yield Saved("", "last hidden state (head input)", B * T * D * f)
         if self.pooler is not None:
             yield Saved("pooler", "tanh output", B * D * f)
         if self.mlm is not None:

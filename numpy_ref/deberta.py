@@ -94,8 +94,8 @@ class DebertaLayer(Module):
         yield from residual_flops("attention", self.attention.flops(x, rel), self.attention_norm, x)
         yield from residual_flops("feed_forward", self.feed_forward.flops(x), self.feed_forward_norm, x)
 
-    def saved(self, f, x, rel, **_):
-        yield from residual_saved("attention", self.attention.saved(f, x, rel), self.attention_dropout,
+    def saved(self, f, x, rel, mask=None, **_):
+        yield from residual_saved("attention", self.attention.saved(f, x, rel, mask), self.attention_dropout,
                                   self.attention_norm, f, x)
         yield from residual_saved("feed_forward", self.feed_forward.saved(f, x), self.feed_forward_dropout,
                                   self.feed_forward_norm, f, x)
@@ -160,8 +160,10 @@ class Deberta(Module):
         yield from scoped("embeddings", self.embeddings.saved(f, input_ids, attention_mask))
         yield Saved("relative", "relative row ids", rel[0] * INDEX)
         yield from scoped("relative_norm", self.relative_norm.saved(f, rel))
-        for i, layer in enumerate(self.encoder):
-            yield from scoped(f"encoder.{i}", layer.saved(f, (B, T, D), rel))
+        for i, layer in enumerate(self.encoder):  # every layer keeps the same relative table: one tensor
+            records = layer.saved(f, (B, T, D), rel, attention_mask)
+            yield from scoped(f"encoder.{i}", (r for r in records
+                                               if i == 0 or not r.tensor.startswith("relative table")))
         if self.classifier is not None:
             yield Saved("", "last hidden state (head input)", B * T * D * f)
 

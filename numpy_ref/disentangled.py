@@ -44,7 +44,7 @@ import math
 import numpy as np
 
 from conformance.core import checks, trace
-from conformance.core.costs import BOOL, PER_ELEMENT, Op, Saved, scoped
+from conformance.core.costs import BOOL, INDEX, PER_ELEMENT, Op, Saved, scoped
 from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import softmax, softmax_backward
@@ -155,22 +155,27 @@ class DisentangledAttention(Module):
         yield Op("context", "attention", 2 * pairs * Dh, pairs=True)
         yield from scoped("output", self.output.flops((B, T, D)))
 
-    def saved(self, f, x, rel, **_):
-        """What torch_impl's autograd keeps: the input, q, k^T, v and the position projections as the
-        batched matmuls lay them out, the gathers' indices, the mask, the softmax output and its copy
-        with masked rows zeroed, the merged heads."""
+    def saved(self, f, x, rel, mask=None, **_):
+        """What torch_impl's autograd keeps: the input; q, k^T and v laid out for the batched matmuls;
+        with position terms the relative table (both projections' input) and the (T, S) index once
+        (each gather reads a view of it); per term the attending side again, as projected and as its
+        batched copy, and the position projection transposed and batched; the mask, the softmax output
+        and its copy with masked rows zeroed; the merged heads."""
         (B, T, D), R = x, rel[0]
         H, Dh = self.cfg.num_heads, self.cfg.head_dim
         yield Saved("", "q/k/v input", B * T * D * f)
         yield Saved("", "q, k^T, v (B H, T, Dh) copies for the batched matmuls", 3 * B * T * H * Dh * f)
         if self.terms:
-            yield Saved("", "relative table (projections' input)", R * D * f)
+            yield Saved("", "relative table (the projections' input)", R * D * f)
+            yield Saved("", "relative index (T, S)", T * T * INDEX)
         for term in self.terms:
-            yield Saved("", f"{term}: position projection (H, 2k, Dh) and gather index (B, H, T, S)",
-                        R * D * f + B * H * T * T * 8)
-        yield Saved("", "attention mask", B * T * T * BOOL)
+            yield Saved("", f"{term}: q or k as projected and its batched copy, the position projection "
+                            f"(B H, Dh, 2k)", 2 * B * T * H * Dh * f + B * H * Dh * R * f)
+        if mask is not None:
+            yield Saved("", "attention mask", B * T * T * BOOL)
         yield Saved("", "softmax output", B * H * T * T * f)
-        yield Saved("", "row-has-a-key mask", B * T * BOOL)
+        if mask is not None:
+            yield Saved("", "row-has-a-key mask", B * T * BOOL)
         yield Saved("", "probabilities, fully masked rows zeroed", B * H * T * T * f)
         yield from scoped("output", self.output.saved(f, (B, T, D)))
 

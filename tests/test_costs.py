@@ -143,9 +143,12 @@ def test_causal_halving_touches_only_causal_attention():
     assert gpt2["matmul"] - gpt2["matmul_causal_halved"] == gpt2["by_category"]["attention"] // 2
 
 
-@pytest.mark.parametrize("kind", ["bert", "gpt2", "transformer"])
-def test_training_activations_equal_what_autograd_saves(kind):
-    cfg = registry.get(kind).tiny
+@pytest.mark.parametrize("kind,variant", [("bert", "default"), ("gpt2", "default"), ("transformer", "default"),
+                                          ("bert", "albert"), ("bert", "roberta"), ("bert", "electra"),
+                                          ("bert", "discriminator"), ("deberta", "default")])
+def test_training_activations_equal_what_autograd_saves(kind, variant):
+    """ALBERT's shared layer keeps each step's activations; DeBERTa's layers share one relative table."""
+    cfg = registry.get(kind).config(variant)
     model = build("torch", cfg, weights_lib.initialize(cfg))
     measured = model.backend.training_memory(model, runner.model_inputs(cfg, 2, 12))
     assert measured["saved_for_backward"] == memory.activations(cfg, 2, 12)["training"]["none"]

@@ -20,7 +20,8 @@ from torch_impl.normalization import LayerNorm, RMSNorm
 from torch_impl.rotary import RotaryEmbedding
 from torch_impl.transformer import Transformer
 
-__all__ = ["Activation", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout", "EncoderLayer", "FeedForward", "GPT2",
+__all__ = ["Activation", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout", "EncoderLayer",
+           "FeedForward", "GPT2",
            "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PositionEmbedding", "RMSNorm",
            "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
            "Softmax", "TokenEmbedding", "Transformer"]

@@ -129,7 +129,8 @@ ROBERTA_HF = Checkpoint(
         "qa": ("qa_outputs", LINEAR),
     },
     # RobertaClassificationHead is dense + tanh on position 0, then out_proj: our pooler and classifier
-    head_modules={"classification": {"pooler": ("classifier.dense", LINEAR), "classifier": ("classifier.out_proj", LINEAR)}},
+    head_modules={"classification": {"pooler": ("classifier.dense", LINEAR),
+                                     "classifier": ("classifier.out_proj", LINEAR)}},
     tied={"lm_head.decoder.weight": "embeddings.token.table", "lm_head.decoder.bias": "mlm.bias"},
     buffers=BUFFERS, foreign=(),
     fields={**BERT_FIELDS, "vocab_size": ("vocab_size", 50265), "pad_token_id": ("pad_token_id", 1)},

@@ -142,7 +142,8 @@ KERAS_HUB = KerasHub(
 WALKTHROUGH = Walkthrough(
     "A one-layer DeBERTa-v3 (D = 8, 2 heads, buckets 4 up to distance 8) on 5 tokens: distances 3 and 4 "
     "share a bucket.",
-    dict(d_model=8, num_heads=2, d_ff=16, vocab_size=11, max_positions=16, num_layers=1, max_relative_positions=8),
+    dict(d_model=8, num_heads=2, d_ff=16, vocab_size=11, max_positions=16, num_layers=1,
+         max_relative_positions=8),
     {"input_ids": [[2, 7, 7, 5, 3]], "attention_mask": [[1, 1, 1, 1, 1]]},
     (Step("embeddings.output", "Token rows, layer-normed (eps 1e-7); no position rows (a padded row would be "
                                "zeroed here).", "transformers.DebertaV2Model's hidden_states[0]."),
@@ -159,6 +160,8 @@ WALKTHROUGH = Walkthrough(
            "relative_span", "layer_norm_eps"),
     transformers_steps={"embeddings.output": ("hidden_states", 0), "encoder.0.attention.probs": ("attentions", 0),
                         "encoder.0.output": ("hidden_states", 1)},
+    transformers_dtype="float32",
+    transformers_why="its attention divides by a float32 sqrt(3 Dh) in every dtype, 1e-8 off float64's",
 )
 
 FAMILY = Family(
