@@ -217,3 +217,19 @@ def test_bad_calls_say_what_was_wrong():
     plain = {"input_ids": inputs["input_ids"]}
     np.testing.assert_allclose(m(**plain)["last_hidden_state"],
                                build("numpy", cfg, w, dtype="float64")(**plain)["last_hidden_state"], atol=1e-4)
+
+
+def test_roberta_bad_ids_are_refused_by_the_session_as_by_the_mirrors():
+    """The exported graph numbers positions from the ids itself; the session refuses what the mirrors refuse,
+    word for word: a pad between real tokens, a sequence whose positions run past the table."""
+    _, cfg, w, inputs, _ = case_data("bert", "roberta")
+    m = onnx_model("bert", "roberta", "torch", "torchscript")
+    inside = inputs["input_ids"].copy()
+    inside[0, 3] = cfg.pad_token_id
+    too_long = np.full((1, cfg.max_positions - 1), 5)
+    for bad in ({**inputs, "input_ids": inside}, {"input_ids": too_long}):
+        with pytest.raises(ValueError) as ours:
+            m(**bad)
+        with pytest.raises(ValueError) as reference:
+            build("numpy", cfg, w)(**bad)
+        assert str(ours.value) == str(reference.value)
