@@ -6,7 +6,9 @@ name. Its module tree is also the declaration of every canonical weight name and
 from numpy_ref.activations import Activation, Dropout, Softmax
 from numpy_ref.attention import MultiHeadAttention, ScaledDotProductAttention
 from numpy_ref.bert import Bert
+from numpy_ref.deberta import Deberta
 from numpy_ref.blocks import DecoderLayer, EncoderLayer
+from numpy_ref.disentangled import DisentangledAttention
 from numpy_ref.embeddings import (PositionEmbedding, SegmentEmbedding, SinusoidalPositionalEncoding,
                                   TokenEmbedding)
 from numpy_ref.feed_forward import FeedForward, GatedFeedForward
@@ -17,7 +19,8 @@ from numpy_ref.normalization import LayerNorm, RMSNorm
 from numpy_ref.rotary import RotaryEmbedding
 from numpy_ref.transformer import Transformer
 
-__all__ = ["Activation", "Bert", "DecoderLayer", "Dropout", "EncoderLayer", "FeedForward", "GPT2",
+__all__ = ["Activation", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout", "EncoderLayer",
+           "FeedForward", "GPT2",
            "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PositionEmbedding", "RMSNorm",
            "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
            "Softmax", "TokenEmbedding", "Transformer"]

@@ -70,15 +70,18 @@ def layer_norm_backward(grad, x, gamma, eps):
 
 
 class LayerNorm(Module):
-    def __init__(self, cfg):
+    """Layer normalization over the last axis, width `d` (default d_model; ALBERT's embeddings' is E)."""
+
+    def __init__(self, cfg, d=None):
         super().__init__()
-        self.d_model, self.eps = cfg.d_model, cfg.layer_norm_eps
-        self.gamma = self.param("gamma", cfg.d_model)
-        self.beta = self.param("beta", cfg.d_model)
+        self.d_model, self.what = (cfg.d_model, "d_model") if d is None else (d, "d")
+        self.eps = cfg.layer_norm_eps
+        self.gamma = self.param("gamma", self.d_model)
+        self.beta = self.param("beta", self.d_model)
 
     def forward(self, x):
         checks.floating("x", checks.dtype_name(x))
-        checks.last_axis("x", checks.shape_of(x), self.d_model, "d_model")
+        checks.last_axis("x", checks.shape_of(x), self.d_model, self.what)
         return trace.tap_for(self)("output", layer_norm(x, self.gamma, self.beta, self.eps))
 
     def flops(self, x, **_):

@@ -11,7 +11,7 @@ docs/generated/ and tests/test_questions.py asserts the claim each one makes. We
     pre_vs_post_norm()          gradient norm at the bottom of the stack against depth
     bert_vs_gpt_masks()         bidirectional padding mask vs causal mask, and what a later token changes
     layer_vs_batch_norm()       per-example independence, and padding
-    model_families()            BERT, RoBERTa, DistilBERT and GPT-2 in parameters and FLOPs
+    model_families()            BERT, RoBERTa, DistilBERT, ALBERT, ELECTRA, DeBERTa-v3, GPT-2: parameters, FLOPs
     decoding_strategies()       greedy vs beam vs sampling on one model; what length_penalty does to the length
     rotary_is_relative()        RoPE scores depend on m - n only; an additive encoding's do not
     rms_vs_layer_norm()         equal on zero-mean rows; the FLOPs and parameters RMSNorm saves
@@ -286,58 +286,59 @@ def layer_vs_batch_norm(seed: int = 0) -> dict:
 @dataclass(frozen=True)
 class Family:
     name: str
-    config: Config
-    pooler: bool           # BertModel / RobertaModel have one, DistilBertModel does not
+    preset: str            # the model itself: `conformance.spec.presets`, its Config as the mirrors build it
     differs: str           # what changes against BERT-base
-    hf_class: str          # the `transformers` base model with the same parameters
-    hf_config: dict
-    segments: bool = True  # DistilBertModel drops BERT's segment table: counted as BERT's, less its one row
+
+    @property
+    def config(self) -> Config:
+        return presets.get(self.preset)
 
 
 def families() -> list[Family]:
-    bert = presets.get("bert-base")
     return [
-        Family("BERT-base", bert, True, "(the reference)", "BertModel", {"model_type": "bert"}),
-        Family("RoBERTa-base", bert.replace(vocab_size=50265, max_positions=514, type_vocab_size=1), True,
-               "byte-level BPE vocabulary 50,265; 514 position rows (positions start after the padding id); "
-               "one segment type; training changes (no next-sentence task, dynamic masking) cost nothing",
-               "RobertaModel", {"model_type": "roberta", "vocab_size": 50265, "max_position_embeddings": 514,
-                                "type_vocab_size": 1}),
-        Family("DistilBERT-base", bert.replace(num_layers=6, type_vocab_size=1), False,
-               "6 layers instead of 12; no segment embeddings; no pooler", "DistilBertModel",
-               {"model_type": "distilbert"}, segments=False),
-        Family("GPT-2 (124M)", presets.get("gpt2"), False,
+        Family("BERT-base", "bert-base", "(the reference)"),
+        Family("RoBERTa-base", "roberta-base",
+               "byte-level BPE vocabulary 50,265; 514 position rows (numbered from the padding id + 1, padding "
+               "skipped); one segment type; LN eps 1e-5; training changes (no next-sentence task, dynamic "
+               "masking) cost nothing"),
+        Family("DistilBERT-base", "distilbert-base", "6 layers instead of 12; no segment embeddings; no pooler"),
+        Family("ALBERT-base-v2", "albert-base-v2",
+               "embeddings factorized to E = 128 and projected to 768; one layer's weights shared by all 12 "
+               "(parameters of 1 layer, FLOPs of 12); vocabulary 30,000; tanh GELU"),
+        Family("ELECTRA-small", "electra-small",
+               "the discriminator: D = 256, 4 heads, F = 1,024, embeddings E = 128 projected to 256; no pooler"),
+        Family("ELECTRA-base", "electra-base", "BERT-base's shapes without the pooler (the discriminator's "
+                                               "replaced-token head sits on top)"),
+        Family("DeBERTa-v3-base", "deberta-v3-base",
+               "no absolute positions: one relative table (512 rows) and disentangled attention (content-to-"
+               "position and position-to-content terms, each layer projecting the table); vocabulary 128,100; "
+               "no segments, no pooler"),
+        Family("GPT-2 (124M)", "gpt2",
                "decoder-only: causal, pre-norm with a final layer norm, tanh GELU, vocabulary 50,257, "
-               "1,024 positions, no segments, no pooler; the LM head is the token table (tied, no parameters)",
-               "GPT2Model", {"model_type": "gpt2"}),
+               "1,024 positions, no segments, no pooler; the LM head is the token table (tied, no parameters)"),
     ]
 
 
 def model_families(seq_len: int = 128) -> list[dict]:
-    """Parameters (`costs.params.count`) and forward FLOPs of the base model (`costs.flops`, no
-    LM head: GPT-2's tied `logits` left out) at B = 1, T = `seq_len`; DistilBERT is BERT's count
-    without the pooler and the segment table."""
+    """Parameters (`costs.params.count`) and forward FLOPs (`costs.flops`) of each family's base model,
+    as its preset declares it (a pooler where the model has one; no LM head: GPT-2's tied `logits` left
+    out), at B = 1, T = `seq_len`. "layer parameters" are the distinct layer weights (ALBERT: one layer)."""
     out = []
     for f in families():
-        a = params.count(f.config)
-        ops = [o for o in flops.ops(f.config, 1, seq_len)
-               if (f.pooler or not o.name.startswith("pooler")) and o.name != "logits"]
-        pooler = 0 if f.pooler else a["breakdown"]["pooler"]
-        segments = 0 if f.segments else f.config.type_vocab_size * f.config.d_model
-        out.append({"model": f.name, "parameters": a["total"] - pooler - segments,
-                    "embeddings": a["breakdown"]["embeddings"] - segments, "layers": f.config.num_layers,
+        cfg = f.config
+        a = params.count(cfg)
+        ops = [o for o in flops.ops(cfg, 1, seq_len) if o.name != "logits"]
+        out.append({"model": f.name, "parameters": a["total"],
+                    "embeddings": a["breakdown"]["embeddings"], "layers": cfg.num_layers,
                     "layer_parameters": sum(n * a["per_layer"][k]["total"] for k, n in a["layers"].items()),
                     "flops": flops.totals(ops)["all"], "differs": f.differs})
     return out
 
 
 def transformers_parameters(family: Family) -> int:
-    """`num_parameters()` of the `transformers` base model for `family`, built on the meta device."""
-    import torch
-    import transformers
-    config = transformers.AutoConfig.for_model(**family.hf_config)
-    with torch.device("meta"):
-        return getattr(transformers, family.hf_class)(config).num_parameters()
+    """`num_parameters()` of the `transformers` model of `family`'s checkpoint layout (`RobertaModel`,
+    `AlbertModel`, `DebertaV2Model`, ...), built from the config `to_hf` writes, on the meta device."""
+    return params.transformers_count(family.config)["total"]
 
 
 # -------------------------------------------------------------------------------- decoding

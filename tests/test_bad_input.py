@@ -97,6 +97,53 @@ def test_bad_input_message_is_the_same_in_every_framework(case_id, name, inputs,
         assert str(err.value) == str(ref_err.value)
 
 
+def bad_variant_cases():
+    """(id, registry case, inputs, the words the message must contain) for models of a family's variant."""
+    rcfg, roberta = inputs_of("bert", "roberta")
+    _, distil = inputs_of("bert", "distilbert")
+    dcfg, deberta = inputs_of("deberta")
+    _, rel = inputs_of("disentangled_attention")
+    inside = roberta["input_ids"].copy()
+    inside[0, 3] = rcfg.pad_token_id
+    too_long = rng.integers(2, rcfg.vocab_size, (1, rcfg.max_positions - 1))
+    return [
+        ("roberta_pad_inside", ("bert", "roberta"), with_(roberta, input_ids=inside),
+         f"input_ids must hold the padding id 1 only before the first or after the last real token of a row "
+         f"(positions count the real tokens, so a pad between two of them would shift the position of every token "
+         f"after it); received 1 at row 0, position 3, between real tokens"),
+        ("roberta_too_long", ("bert", "roberta"), {"input_ids": too_long},
+         f"position_ids must lie in [0, {rcfg.max_positions}) (max_positions: the sequence is longer than the position "
+         f"table); received values in [2, {rcfg.max_positions}]"),
+        ("distilbert_segments", ("bert", "distilbert"), with_(distil, token_type_ids=np.zeros_like(distil["input_ids"])),
+         "token_type_ids must be left out: the model has no segment embeddings (type_vocab_size=0); received "
+         "token_type_ids"),
+        ("deberta_mask", ("deberta", "default"), with_(deberta, attention_mask=deberta["attention_mask"][:, 2:]),
+         "attention_mask must have shape (B, T) = (2, 7); received shape (2, 5)"),
+        ("deberta_vocab", ("deberta", "default"), with_(deberta, input_ids=deberta["input_ids"] + dcfg.vocab_size),
+         f"input_ids must lie in [0, {dcfg.vocab_size}) (vocab_size)"),
+        ("relative_table", ("disentangled_attention", "default"), with_(rel, rel=rel["rel"][:7]),
+         "rel must have shape (2 relative_span, D) = (8, 32); received shape (7, 32)"),
+        ("relative_width", ("disentangled_attention", "default"), with_(rel, x=rel["x"][..., :5]),
+         "x must have last axis d_model=32 (..., 32); received shape (2, 7, 5)"),
+    ]
+
+
+VARIANT_CASES = bad_variant_cases()
+
+
+@pytest.mark.parametrize("case_id,case,inputs,words", VARIANT_CASES, ids=[c[0] for c in VARIANT_CASES])
+def test_bad_input_to_a_variant_is_refused_alike_in_every_framework(case_id, case, inputs, words, framework):
+    cfg = registry.get(case[0]).config(case[1])
+    w = weights.initialize(cfg)
+    with pytest.raises(ValueError) as err:
+        build(framework, cfg, w, dtype="float32")(**inputs)
+    assert words in str(err.value)
+    if framework != "numpy":  # word for word what the reference says
+        with pytest.raises(ValueError) as ref_err:
+            build("numpy", cfg, w, dtype="float32")(**inputs)
+        assert str(err.value) == str(ref_err.value)
+
+
 @pytest.mark.parametrize("variant", ["linear", "dynamic", "llama3", "yarn"])
 def test_scaled_rotary_takes_any_position_but_a_negative_one(variant, framework):
     """With a rope scaling, positions past max_positions are what the scaling is for; a negative one is
@@ -133,7 +180,6 @@ def test_scaled_rotary_takes_any_position_but_a_negative_one(variant, framework)
     # every count positive, every bool a bool, every float finite: from the annotations (Config._check_types)
     ({"num_layers": 0}, "Config.num_layers must be a positive int; received num_layers=0"),
     ({"num_decoder_layers": -1}, "Config.num_decoder_layers must be a positive int; received num_decoder_layers=-1"),
-    ({"type_vocab_size": 0}, "Config.type_vocab_size must be a positive int; received type_vocab_size=0"),
     ({"num_labels": 0}, "Config.num_labels must be a positive int; received num_labels=0"),
     ({"d_model": True}, "Config.d_model must be a positive int; received d_model=True"),
     ({"causal": 1}, "Config.causal must be True or False; received causal=1"),
@@ -147,6 +193,17 @@ def test_scaled_rotary_takes_any_position_but_a_negative_one(variant, framework)
                          "no weight; -inf allowed); received mask_fill=5.0"),
     ({"mask_fill": float("nan")}, "Config.mask_fill must be a number <= -10000"),
     ({"checkpoint": None}, "Config.checkpoint must be a str; received checkpoint=None"),
+    ({"num_layer_groups": 3, "num_layers": 2}, "num_layer_groups must be at most num_layers=2 (each group is run by "
+                                               "at least one layer); received num_layer_groups=3"),
+    ({"relative_attention": ("c2p", "p2q")}, "relative_attention[1] must be one of ['c2p', 'p2c']; "
+                                             "received relative_attention[1]='p2q'"),
+    ({"position_buckets": 1}, "position_buckets must be 0 (exact distances) or at least 2"),
+    ({"type_vocab_size": -1}, "type_vocab_size must be an int >= 0; received type_vocab_size=-1"),
+    ({"embedding_size": 0}, "embedding_size must be a positive int or None; received embedding_size=0"),
+    ({"pad_positions": True, "pad_token_id": 63, "max_positions": 64}, "pad_positions numbers tokens from "
+                                                                      "pad_token_id + 1 = 64, which must be below "
+                                                                      "max_positions=64"),
+    ({"mlm_activation": "swish"}, "mlm_activation must be one of ['gelu', 'gelu_tanh', 'relu', 'silu']"),
 ])
 def test_bad_config(fields, words):
     with pytest.raises(ValueError, match=None) as err:

@@ -79,6 +79,31 @@ def test_llama_family_presets_count_as_transformers_and_as_published(name):
     assert PUBLISHED.get(name, ours) == ours
 
 
+DESCENDANTS = {"roberta-base": 124_645_632, "distilbert-base": 66_362_880, "electra-small": 13_483_008,
+               "albert-base-v2": 11_683_584}
+
+
+@pytest.mark.parametrize("name", [p for p in presets.names() if presets.get(p).kind in ("bert", "deberta")])
+def test_bert_family_and_deberta_presets_count_as_transformers(name):
+    """Every BERT-family and DeBERTa-v3 preset, counted by composition, equals `num_parameters()` of the
+    transformers class of its layout (RobertaModel, DistilBertModel, ElectraModel, AlbertModel,
+    DebertaV2Model), on the meta device; the issue's four, as published."""
+    cfg = presets.get(name)
+    ours = params.count(cfg)["total"]
+    assert params.transformers_count(cfg)["total"] == ours
+    assert DESCENDANTS.get(name, ours) == ours
+
+
+def test_albert_shares_parameters_not_flops():
+    """ALBERT-base: BERT-base's layer, one copy for 12 steps; its FLOPs are BERT-base's plus the E -> D projection."""
+    bert, albert = presets.get("bert-base"), presets.get("albert-base-v2")
+    p, q = params.count(bert), params.count(albert)
+    assert q["layers"] == {"encoder": 1} and q["per_layer"]["encoder"]["total"] == p["per_layer"]["encoder"]["total"]
+    f, g = (flops.totals(flops.ops(c, 1, 128))["all"] for c in (bert, albert))
+    assert g >= f and q["total"] * 9 < p["total"]
+    assert flops.totals(flops.ops(albert.replace(num_layer_groups=12), 1, 128))["all"] == g  # sharing: no FLOPs
+
+
 def test_bert_base_matmul_flops_and_flop_counter():
     cfg = presets.get("bert-base")
     assert flops.totals(flops.ops(cfg, 1, 128))["matmul"] == 22_348_431_360
@@ -143,9 +168,12 @@ def test_causal_halving_touches_only_causal_attention():
     assert gpt2["matmul"] - gpt2["matmul_causal_halved"] == gpt2["by_category"]["attention"] // 2
 
 
-@pytest.mark.parametrize("kind", ["bert", "gpt2", "transformer"])
-def test_training_activations_equal_what_autograd_saves(kind):
-    cfg = registry.get(kind).tiny
+@pytest.mark.parametrize("kind,variant", [("bert", "default"), ("gpt2", "default"), ("transformer", "default"),
+                                          ("bert", "albert"), ("bert", "roberta"), ("bert", "electra"),
+                                          ("bert", "discriminator"), ("deberta", "default")])
+def test_training_activations_equal_what_autograd_saves(kind, variant):
+    """ALBERT's shared layer keeps each step's activations; DeBERTa's layers share one relative table."""
+    cfg = registry.get(kind).config(variant)
     model = build("torch", cfg, weights_lib.initialize(cfg))
     measured = model.backend.training_memory(model, runner.model_inputs(cfg, 2, 12))
     assert measured["saved_for_backward"] == memory.activations(cfg, 2, 12)["training"]["none"]

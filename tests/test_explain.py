@@ -14,17 +14,20 @@ from conformance.spec import registry
 from numpy_ref.activations import softmax
 
 NAMES = list(registry.ENTRIES)
+# every walkthrough: each entry's, and the variants that declare one of their own (bert-roberta, bert-albert)
+WALKED = NAMES + [f"{n}-{v}" for n, v in ex.variant_walkthroughs()]
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def explained():
-    """Each walkthrough run once for the module (the whole set takes a few seconds)."""
+    """Each walkthrough run once for the module (the whole set takes a few seconds); "name-variant" for a
+    variant's own walkthrough."""
     cache = {}
 
     def get(name):
         if name not in cache:
-            cache[name] = ex.explain(name)
+            cache[name] = ex.explain(*name.split("-", 1)) if name not in registry.ENTRIES else ex.explain(name)
         return cache[name]
     return get
 
@@ -33,7 +36,7 @@ def test_every_registry_entry_has_a_walkthrough():
     assert set(ex.walkthroughs()) == set(registry.ENTRIES)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", WALKED)
 def test_renders_in_both_formats_within_100_columns(explained, name):
     e = explained(name)
     steps = [s for s in e.walkthrough.steps if s.op in e.reference]
@@ -46,7 +49,7 @@ def test_renders_in_both_formats_within_100_columns(explained, name):
             assert step.op in text
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", WALKED)
 def test_differences_shown_are_within_the_tolerances(explained, name):
     e = explained(name)
     for step in e.walkthrough.steps:
@@ -66,7 +69,7 @@ def test_a_wrong_value_is_shown_out_of_tolerance(explained):
     assert re.search(r"PyTorch float32 +1\.0e-03 +OUT", e.render("text"))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", WALKED)
 def test_expressions_are_the_reference_source_lines(explained, name):
     e = explained(name)
     for op, (file, lineno, line) in e.expressions.items():
@@ -156,6 +159,20 @@ def test_write_all(tmp_path):
     paths = ex.write_all(tmp_path, names=["token_embedding"])
     assert paths == [tmp_path / "token_embedding.md"]
     assert paths[0].read_text().startswith("# token_embedding: TokenEmbedding")
+
+
+def test_variant_walkthroughs_are_written_and_use_their_own_example(tmp_path):
+    """bert's RoBERTa walkthrough: its own two rows (right- and left-padded) and transformers' RobertaModel
+    beside it; the real tokens read position rows 2, 3, 4 in both rows and come out the same."""
+    paths = ex.write_all(tmp_path, names=["bert"])
+    assert [p.name for p in paths] == ["bert.md"] + [f"bert-{v}.md" for n, v in ex.variant_walkthroughs() if n == "bert"]
+    e = ex.explain("bert", "roberta")
+    assert e.inputs["input_ids"].tolist() == [[5, 7, 9, 1, 1], [1, 1, 5, 7, 9]]
+    positions = e.reference["embeddings.position.output"]
+    np.testing.assert_array_equal(positions[0, :3], positions[1, 2:])
+    out = e.reference["encoder.0.output"]
+    np.testing.assert_allclose(out[0, :3], out[1, 2:], atol=1e-12)
+    assert {lib.call.split("(")[0] for lib in e.library} == {"RobertaModel"}
 
 
 def tmirror(*args):

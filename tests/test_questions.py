@@ -117,11 +117,20 @@ def test_study_batch_norm_is_torchs_training_mode_batch_norm():
 def test_model_families_parameters_and_flops():
     rows = {r["model"]: r for r in q.model_families()}
     bert, roberta, distil, gpt2 = (rows[k] for k in ("BERT-base", "RoBERTa-base", "DistilBERT-base", "GPT-2 (124M)"))
+    albert, electra, deberta = (rows[k] for k in ("ALBERT-base-v2", "ELECTRA-base", "DeBERTa-v3-base"))
     assert roberta["parameters"] - bert["parameters"] == (50265 - 30522 + 514 - 512 + 1 - 2) * 768
     assert roberta["flops"] == bert["flops"]  # the vocabulary is a lookup: no FLOPs
     assert distil["layer_parameters"] * 2 == bert["layer_parameters"]
     assert distil["flops"] < 0.51 * bert["flops"]
     assert gpt2["layer_parameters"] == bert["layer_parameters"]
+    # ALBERT: one layer's weights (BERT's layer exactly) run 12 times; the E = 128 projection adds FLOPs
+    assert albert["layer_parameters"] * 12 == bert["layer_parameters"] and albert["layers"] == 12
+    assert albert["parameters"] < bert["parameters"] / 9 and albert["flops"] > bert["flops"]
+    assert electra["parameters"] == bert["parameters"] - (768 * 768 + 768)  # no pooler, same shapes
+    # DeBERTa: BERT's layers; per layer its 512-row relative table through the key and query projections
+    assert deberta["layer_parameters"] == bert["layer_parameters"]
+    relative = 12 * (2 * 2 * 512 * 768 * 768 + 2 * 2 * 12 * 128 * 512 * 64)
+    assert deberta["flops"] - bert["flops"] == pytest.approx(relative, rel=0.02)
 
 
 @pytest.mark.parametrize("family", q.families(), ids=lambda f: f.name)

@@ -7,7 +7,9 @@ is the identity.
 from tf_impl.activations import Activation, Dropout, Softmax
 from tf_impl.attention import MultiHeadAttention, ScaledDotProductAttention
 from tf_impl.bert import Bert
+from tf_impl.deberta import Deberta
 from tf_impl.blocks import DecoderLayer, EncoderLayer
+from tf_impl.disentangled import DisentangledAttention
 from tf_impl.embeddings import (PositionEmbedding, SegmentEmbedding, SinusoidalPositionalEncoding,
                                 TokenEmbedding)
 from tf_impl.feed_forward import FeedForward, GatedFeedForward
@@ -18,7 +20,8 @@ from tf_impl.normalization import LayerNorm, RMSNorm
 from tf_impl.rotary import RotaryEmbedding
 from tf_impl.transformer import Transformer
 
-__all__ = ["Activation", "Bert", "DecoderLayer", "Dropout", "EncoderLayer", "FeedForward", "GPT2",
+__all__ = ["Activation", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout", "EncoderLayer",
+           "FeedForward", "GPT2",
            "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PositionEmbedding", "RMSNorm",
            "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
            "Softmax", "TokenEmbedding", "Transformer"]

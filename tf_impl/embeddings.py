@@ -5,7 +5,9 @@ lookup is `keras.ops.take`; ids are not autocast to the layer's dtype (`autocast
 `keras.layers.Embedding`), so a float id array is reported with its own dtype. The checks of id
 values (in range, >= 0) run only on concrete tensors (`tf_impl._layer.is_symbolic`): under
 `tf.function` or XLA an id out of range is not caught here. `sinusoidal_encoding` is computed
-and returned in float64 with `keras.ops`.
+and returned in float64 with `keras.ops`. `get_config` adds the table's width `d` to a subclass's
+Config, so `from_config` rebuilds ELECTRA's and ALBERT's E-wide tables.
+Only here: `Embedding.get_config` (the width `d`).
 """
 from keras import ops
 from keras.initializers import RandomNormal
@@ -28,23 +30,34 @@ class Embedding(Layer):
             checks.index_range(self.arg, int(ops.min(ids)), int(ops.max(ids)), self.num, self.what)
         return trace.tap_for(self)("output", ops.take(self.table, ids, axis=0))  # (*ids.shape, D)
 
+    def get_config(self):  # a subclass's Config with the width: from_config rebuilds an E-wide table
+        return {**super().get_config(), "d": int(self.table.shape[1])}
+
 
 class TokenEmbedding(Embedding):
-    def __init__(self, cfg, **kwargs):
-        super().__init__(cfg.vocab_size, cfg.d_model, "input_ids", "vocab_size", **kwargs)
+    def __init__(self, cfg, d=None, **kwargs):
+        super().__init__(cfg.vocab_size, d or cfg.d_model, "input_ids", "vocab_size", **kwargs)
         self.cfg = cfg
 
 
 class PositionEmbedding(Embedding):
-    def __init__(self, cfg, **kwargs):
-        super().__init__(cfg.max_positions, cfg.d_model, "position_ids", checks.POSITION_TABLE, **kwargs)
+    def __init__(self, cfg, d=None, **kwargs):
+        super().__init__(cfg.max_positions, d or cfg.d_model, "position_ids", checks.POSITION_TABLE, **kwargs)
         self.cfg = cfg
 
 
 class SegmentEmbedding(Embedding):
-    def __init__(self, cfg, **kwargs):
-        super().__init__(cfg.type_vocab_size, cfg.d_model, "token_type_ids", "type_vocab_size",
+    def __init__(self, cfg, d=None, **kwargs):
+        super().__init__(cfg.type_vocab_size, d or cfg.d_model, "token_type_ids", "type_vocab_size",
                          **kwargs)
+        self.cfg = cfg
+
+
+class RelativeEmbedding(Embedding):
+    """DeBERTa's relative table: 2k rows, one a relative distance (or bucket) from -k to k - 1."""
+
+    def __init__(self, cfg, **kwargs):
+        super().__init__(2 * cfg.relative_span, cfg.d_model, "relative_ids", "2 relative_span", **kwargs)
         self.cfg = cfg
 
 

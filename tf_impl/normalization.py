@@ -7,9 +7,9 @@ gamma is made with `autocast=False`: under a mixed policy Keras would hand `call
 of it, and the "all" upcast scales with the float32 weight, as torch's autocast leaves it. The
 last scale is `ops.multiply`, which promotes a bfloat16 x times a float32 weight to float32 as
 torch does (TensorFlow's `*` refuses two dtypes).
-RMSNorm's `get_config` adds its width `d` to the Config's fields, so `from_config` rebuilds a
-QK-norm at head_dim.
-Only here: `RMSNorm.get_config` (the Config with `d`).
+`get_config` adds the width `d` to the Config's fields, so `from_config` rebuilds a QK-norm at
+head_dim and an embedding norm at E.
+Only here: `LayerNorm.get_config`, `RMSNorm.get_config` (the Config with `d`).
 """
 from keras import ops
 
@@ -24,17 +24,23 @@ def layer_norm(x, gamma, beta, eps):
 
 
 class LayerNorm(Layer):
-    def __init__(self, cfg, **kwargs):
+    """Layer normalization over the last axis, width `d` (default d_model; ALBERT's embeddings' is E)."""
+
+    def __init__(self, cfg, d=None, **kwargs):
         super().__init__(**kwargs)
         self.cfg = cfg
-        self.d_model, self.eps = cfg.d_model, cfg.layer_norm_eps
-        self.gamma = self.add_weight(shape=(cfg.d_model,), name="gamma", initializer="ones")
-        self.beta = self.add_weight(shape=(cfg.d_model,), name="beta", initializer="zeros")
+        self.d_model, self.what = (cfg.d_model, "d_model") if d is None else (d, "d")
+        self.eps = cfg.layer_norm_eps
+        self.gamma = self.add_weight(shape=(self.d_model,), name="gamma", initializer="ones")
+        self.beta = self.add_weight(shape=(self.d_model,), name="beta", initializer="zeros")
 
     def call(self, x):
         checks.floating("x", checks.dtype_name(x))
-        checks.last_axis("x", checks.shape_of(x), self.d_model, "d_model")
+        checks.last_axis("x", checks.shape_of(x), self.d_model, self.what)
         return trace.tap_for(self)("output", layer_norm(x, self.gamma, self.beta, self.eps))
+
+    def get_config(self):  # the Config with the width: from_config rebuilds an E-wide embedding norm
+        return {**super().get_config(), "d": self.d_model}
 
 
 def norm_dtype(x, upcast):

@@ -7,7 +7,9 @@ parameters; `conformance.weights.mapping` translates canonical names and layouts
 from torch_impl.activations import Activation, Dropout, Softmax
 from torch_impl.attention import MultiHeadAttention, ScaledDotProductAttention
 from torch_impl.bert import Bert
+from torch_impl.deberta import Deberta
 from torch_impl.blocks import DecoderLayer, EncoderLayer
+from torch_impl.disentangled import DisentangledAttention
 from torch_impl.embeddings import (PositionEmbedding, SegmentEmbedding, SinusoidalPositionalEncoding,
                                    TokenEmbedding)
 from torch_impl.feed_forward import FeedForward, GatedFeedForward
@@ -18,7 +20,8 @@ from torch_impl.normalization import LayerNorm, RMSNorm
 from torch_impl.rotary import RotaryEmbedding
 from torch_impl.transformer import Transformer
 
-__all__ = ["Activation", "Bert", "DecoderLayer", "Dropout", "EncoderLayer", "FeedForward", "GPT2",
+__all__ = ["Activation", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout", "EncoderLayer",
+           "FeedForward", "GPT2",
            "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PositionEmbedding", "RMSNorm",
            "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
            "Softmax", "TokenEmbedding", "Transformer"]

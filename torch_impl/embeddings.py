@@ -26,18 +26,25 @@ class Embedding(nn.Embedding):
 
 
 class TokenEmbedding(Embedding):
-    def __init__(self, cfg):
-        super().__init__(cfg.vocab_size, cfg.d_model, "input_ids", "vocab_size")
+    def __init__(self, cfg, d=None):
+        super().__init__(cfg.vocab_size, d or cfg.d_model, "input_ids", "vocab_size")
 
 
 class PositionEmbedding(Embedding):
-    def __init__(self, cfg):
-        super().__init__(cfg.max_positions, cfg.d_model, "position_ids", checks.POSITION_TABLE)
+    def __init__(self, cfg, d=None):
+        super().__init__(cfg.max_positions, d or cfg.d_model, "position_ids", checks.POSITION_TABLE)
 
 
 class SegmentEmbedding(Embedding):
+    def __init__(self, cfg, d=None):
+        super().__init__(cfg.type_vocab_size, d or cfg.d_model, "token_type_ids", "type_vocab_size")
+
+
+class RelativeEmbedding(Embedding):
+    """DeBERTa's relative table: 2k rows, one a relative distance (or bucket) from -k to k - 1."""
+
     def __init__(self, cfg):
-        super().__init__(cfg.type_vocab_size, cfg.d_model, "token_type_ids", "type_vocab_size")
+        super().__init__(2 * cfg.relative_span, cfg.d_model, "relative_ids", "2 relative_span")
 
 
 def sinusoidal_encoding(positions, d_model):

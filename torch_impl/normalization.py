@@ -16,13 +16,15 @@ from conformance.core import checks, trace
 
 
 class LayerNorm(nn.LayerNorm):
-    def __init__(self, cfg):
-        super().__init__(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.d_model = cfg.d_model
+    """Layer normalization over the last axis, width `d` (default d_model; ALBERT's embeddings' is E)."""
+
+    def __init__(self, cfg, d=None):
+        super().__init__(cfg.d_model if d is None else d, eps=cfg.layer_norm_eps)
+        self.d_model, self.what = (cfg.d_model, "d_model") if d is None else (d, "d")
 
     def forward(self, x):
         checks.floating("x", checks.dtype_name(x))
-        checks.last_axis("x", checks.shape_of(x), self.d_model, "d_model")
+        checks.last_axis("x", checks.shape_of(x), self.d_model, self.what)
         return trace.tap_for(self)("output", F.layer_norm(x, (self.d_model,), self.weight, self.bias, self.eps))
 
 

@@ -101,8 +101,9 @@ def signature(cfg: Config) -> tuple[list[str], list[str]]:
     if not entry.is_model:
         raise ValueError(f"ONNX export covers whole models {[e.name for e in registry.ENTRIES.values() if e.is_model]}; "
                          f"received kind={cfg.kind!r}")
+    given = families.get(cfg.kind).inputs(cfg, 1, 2)  # an optional input the config's model never takes is no
     params = [p for name, p in inspect.signature(entry.implementation("torch_impl").forward).parameters.items()
-              if name not in ("self", "cache")]
+              if name not in ("self", "cache") and (p.default is inspect.Parameter.empty or name in given)]  # input
     return [p.name for p in params], [p.name for p in params if p.default is inspect.Parameter.empty]
 
 
@@ -409,7 +410,7 @@ class Session:
             self.options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(exported.model, self.options, providers=["CPUExecutionProvider"])
         self._traced = None  # (session, {trace name: value name}), made on the first traced run
-        trace_names(self.cfg)  # now: inside a traced run a reference trace cannot be recorded
+        trace_names(self.cfg), input_free(self.cfg)  # now: inside a traced run no reference trace can be recorded
 
     def feed(self, inputs: dict) -> dict:
         unknown = sorted(set(inputs) - set(self.names))
@@ -429,7 +430,12 @@ class Session:
                 checks.index_range(f"{prefix}input_ids", int(ids.min()), int(ids.max()), self.cfg.vocab_size,
                                    "vocab_size")
             if self.cfg.position == "learned" and ids.shape[1]:
-                checks.index_range("position_ids", 0, ids.shape[1] - 1, self.cfg.max_positions,
+                positions = np.arange(ids.shape[1])                                   # (T,)
+                if self.cfg.pad_positions and not prefix:  # RoBERTa: the mirrors' positions, from the ids
+                    checks.padding_at_the_ends("input_ids", ids, self.cfg.pad_token_id)
+                    real = ids != self.cfg.pad_token_id                               # (B, T)
+                    positions = np.cumsum(real, axis=1) * real + self.cfg.pad_token_id  # (B, T)
+                checks.index_range("position_ids", int(positions.min()), int(positions.max()), self.cfg.max_positions,
                                    "max_positions: the sequence is longer than the position table")
             mask = f"{prefix}attention_mask"
             if mask in self.names and mask not in feed:
@@ -496,6 +502,21 @@ def trace_names(cfg: Config) -> tuple:
     inputs = {k: v[:1, :2] for k, v in example_inputs(narrow).items()}
     _, records = build("numpy", narrow, w, dtype="float32").trace(**inputs)
     return tuple(records)
+
+
+@lru_cache(maxsize=None)
+def input_free(cfg: Config) -> frozenset:
+    """The trace names whose values no input changes, not even its length: functions of the weights alone
+    (DeBERTa's relative table, normed, and its projections; not BERT's positions, which follow T). An
+    exporter may fold them into initializers and keep no node for them. Two runs of the narrow copy of
+    `trace_names`, random weights, on inputs of lengths 3 and 4."""
+    narrow = cfg.replace(d_model=2 * cfg.num_heads, d_ff=4, vocab_size=8, max_positions=8)
+    w = weights_lib.initialize(narrow, seed=0)
+    model = build("numpy", narrow, w, dtype="float64")
+    runs = [model.trace(**{k: np.asarray(v).astype(np.int64)
+                           for k, v in families.get(cfg.kind).inputs(narrow, 1, length, seed=length).items()})[1]
+            for length in (3, 4)]
+    return frozenset(n for n, v in runs[0].items() if n in runs[1] and np.array_equal(v, runs[1][n]))
 
 
 def module_calls(cfg: Config) -> dict:
@@ -589,16 +610,19 @@ def trace_map(proto, exporter: str, cfg: Config) -> dict:
         match = next((o for o in graph_outputs if o in (name, f"{name}_output")), None) if "." not in name else None
         if match:
             mapping[name] = match
+    folded = input_free(cfg)
     for path, n in calls.items():
         groups = leaving.get(path, {})
-        if len(groups) == n:
+        names = [f"{path}.output" + (f"#{k}" if k else "") for k in range(n)]
+        if len(groups) != n and len(groups) == len([x for x in names if x not in folded]):
+            names = [x for x in names if x not in folded]  # the calls on weights alone were folded away
+        if len(groups) == len(names):
             values = [groups[key][-1] for key in sorted(groups)]
-        elif len(groups) == 1 and len(next(iter(groups.values()))) >= n:
-            values = next(iter(groups.values()))[-n:]
+        elif len(groups) == 1 and len(next(iter(groups.values()))) >= len(names):
+            values = next(iter(groups.values()))[-len(names):]
         else:
             continue
-        for k, value in enumerate(values):
-            mapping[f"{path}.output" + (f"#{k}" if k else "")] = value
+        mapping.update(zip(names, values))
     return mapping
 
 

@@ -192,6 +192,13 @@ def attention_inputs(x, context, mask, past: int, d_model: int) -> None:
         boolean_mask("mask", mask[0], (B, _after(past, S)), "(B, S)", mask[1])
 
 
+def disentangled_inputs(x, rel, mask, d_model: int, rows: int) -> None:
+    """DeBERTa's attention: x (B, T, D), the relative table rel (2k, D), a padding mask (B, T)."""
+    attention_inputs(x, None, mask, 0, d_model)
+    floating("rel", rel[1])
+    shape("rel", rel[0], (rows, d_model), "(2 relative_span, D)")
+
+
 def token_inputs(input_ids, attention_mask=None, token_type_ids=None, past: int = 0,
                  prefix: str = "") -> None:
     """input_ids (B, T) ints; attention_mask (B, past + T); token_type_ids (B, T) ints."""
@@ -204,6 +211,30 @@ def token_inputs(input_ids, attention_mask=None, token_type_ids=None, past: int 
     if token_type_ids is not None:
         integer("token_type_ids", token_type_ids[1])
         shape("token_type_ids", token_type_ids[0], (B, T), "(B, T)")
+
+
+def no_segments(arg: str) -> None:
+    """A model without a segment table (DistilBERT, DeBERTa-v3: type_vocab_size 0) takes no segment ids."""
+    raise ValueError(f"{arg} must be left out: the model has no segment embeddings (type_vocab_size=0); "
+                     f"received {arg}")
+
+
+def padding_at_the_ends(arg: str, ids, pad: int) -> None:
+    """RoBERTa numbers positions by counting real tokens (`pad_positions`): padding is accepted before
+    the first real token of a row or after its last, never between two real tokens. `ids` is (B, T),
+    NumPy or anything `np.asarray` reads."""
+    import numpy as np
+    ids = np.asarray(ids)
+    real = ids != pad
+    before = np.cumsum(real, axis=1) > 0                       # a real token at or before t
+    after = np.cumsum(real[:, ::-1], axis=1)[:, ::-1] > 0      # a real token at or after t
+    inside = ~real & before & after
+    if inside.any():
+        b, t = (int(i) for i in np.argwhere(inside)[0])
+        raise ValueError(f"{arg} must hold the padding id {pad} only before the first or after the last real "
+                         f"token of a row (positions count the real tokens, so a pad between two of them would "
+                         f"shift the position of every token after it); received {pad} at row {b}, position {t}, "
+                         f"between real tokens")
 
 
 def _after(past: int, n):

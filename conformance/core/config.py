@@ -14,8 +14,9 @@ import math
 from dataclasses import dataclass
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
-POSITIONS = ("learned", "sinusoidal", "rotary")
-HEADS = ("none", "mlm", "classification", "qa")
+POSITIONS = ("learned", "sinusoidal", "rotary", "relative")
+RELATIVE_TERMS = ("c2p", "p2c")  # DeBERTa's disentangled terms: content-to-position, position-to-content
+HEADS = ("none", "mlm", "classification", "qa", "token_classification", "discriminator")
 NORMS = ("layer", "rms")
 FEED_FORWARDS = ("standard", "gated")
 RMS_UPCASTS = ("none", "statistic", "all")
@@ -56,6 +57,22 @@ class Config:
     head: str = "none"             # BERT task head: "none" (+ pooler), "mlm", "classification", "qa"
     attention_impl: str = "reference"  # "reference" or "fused": see ATTENTION_IMPLS
     attention_scale: float | None = None  # scores = q k^T * scale; None: 1/sqrt(Dh) (Gemma 2: query_pre_attn_scalar^-0.5)
+    # ---- BERT's descendants: RoBERTa, DistilBERT, ELECTRA, ALBERT (the bert family) and DeBERTa (its own)
+    pad_token_id: int = 0          # the padding id; only RoBERTa's positions read it (pad_positions)
+    pad_positions: bool = False    # RoBERTa: positions count the real tokens from pad_token_id + 1 and pads sit
+    #                                at pad_token_id, computed from input_ids as transformers does; False: 0..T-1
+    embedding_size: int | None = None  # E: embeddings of width E, then a Linear(E, D) into the layers (ELECTRA,
+    #                                    ALBERT's factorized embeddings); None: the embeddings are D wide
+    num_layer_groups: int | None = None  # ALBERT: G distinct layers, layer i runs group int(i / (L / G)) (G = 1:
+    #                                      one layer's weights for every layer); None: each layer its own
+    pooler: bool = True            # head "none" has a tanh pooler on position 0 (BERT, RoBERTa, ALBERT); DistilBERT,
+    #                                ELECTRA and DeBERTa have none
+    mlm_activation: str | None = None  # the masked-LM transform's activation; None: `activation` (BERT, ALBERT);
+    #                                    RoBERTa's LM head is erf GELU whatever the layers use
+    relative_attention: tuple = ()  # DeBERTa: the position terms added to content-to-content, of RELATIVE_TERMS
+    position_buckets: int = 0      # DeBERTa: distances past buckets / 2 share log-spaced buckets (v3: 256);
+    #                                0: distances are exact, clipped at max_relative_positions
+    max_relative_positions: int | None = None  # DeBERTa: the distance the buckets reach; None: max_positions
     # ---- the LLaMA family (Llama, Mistral, Qwen2, Gemma, Gemma 2) and the components it brought
     norm: str = "layer"            # a model's normalization: "layer" (LayerNorm) or "rms" (RMSNorm, no mean, no beta)
     feed_forward: str = "standard"  # a layer's MLP: "standard" act(x W1) W2, or "gated" down(act(gate x) * up x)
@@ -107,6 +124,19 @@ class Config:
         _check_choice("causal_alignment", self.causal_alignment, CAUSAL_ALIGNMENTS)
         for i, t in enumerate(self.layer_types):
             _check_choice(f"layer_types[{i}]", t, LAYER_TYPES)
+        if self.mlm_activation is not None:
+            _check_choice("mlm_activation", self.mlm_activation, ACTIVATIONS)
+        for i, term in enumerate(self.relative_attention):
+            _check_choice(f"relative_attention[{i}]", term, RELATIVE_TERMS)
+        if self.num_layer_groups is not None and self.num_layer_groups > self.num_layers:
+            raise ValueError(f"Config.num_layer_groups must be at most num_layers={self.num_layers} (each group is "
+                             f"run by at least one layer); received num_layer_groups={self.num_layer_groups}")
+        if self.pad_positions and self.pad_token_id + 1 >= self.max_positions:
+            raise ValueError(f"Config.pad_positions numbers tokens from pad_token_id + 1 = {self.pad_token_id + 1}, "
+                             f"which must be below max_positions={self.max_positions}")
+        if self.position_buckets == 1:
+            raise ValueError("Config.position_buckets must be 0 (exact distances) or at least 2 (buckets / 2 exact "
+                             "ones each side); received position_buckets=1")
         if self.attention_head_dim is None and self.d_model % self.num_heads:
             raise ValueError(
                 f"Config.num_heads must divide d_model; received d_model={self.d_model}, "
@@ -150,6 +180,18 @@ class Config:
             return False
         return not self.layer_types or self.layer_types[layer] == "sliding_attention"
 
+    def layer_group(self, layer: int) -> int:
+        """The distinct layer whose weights layer `layer` runs: ALBERT's int(i / (L / G)), as transformers
+        computes it (consecutive layers share a group); `layer` itself without num_layer_groups."""
+        if self.num_layer_groups is None:
+            return layer
+        return int(layer / (self.num_layers / self.num_layer_groups))
+
+    @property
+    def relative_span(self) -> int:
+        """k, DeBERTa's relative attention span: the relative table has 2k rows (buckets, else distances)."""
+        return self.position_buckets or self.max_relative_positions or self.max_positions
+
     @property
     def scale(self) -> float:
         """The attention scale: `attention_scale` if set, else 1/sqrt(Dh)."""
@@ -178,7 +220,8 @@ class Config:
 # an int is a count (> 0: zero layers, heads, labels or segments make no model), a float is finite and
 # > 0 (an epsilon, a base, a factor, a cap), a bool is True or False (never 1), a str a str, a tuple a
 # tuple; "| None" adds None. The fields below are the exceptions, each with its own range.
-NON_NEGATIVE = ("sliding_window_right",)   # an int >= 0
+NON_NEGATIVE = ("sliding_window_right", "type_vocab_size", "pad_token_id", "position_buckets")  # an int >= 0
+#                         (no segment table: DeBERTa-v3; 0 buckets: exact relative distances)
 SIGNED = ("rms_norm_offset",)              # any finite float
 RANGES = {"dropout": (0.0, 1.0)}           # a float in [low, high)
 MASK_FILL_MAX = -1e4  # the largest fill still far below any score: a fill near the scores (or above them)

@@ -21,7 +21,8 @@ from conformance.weights import checkpoints
 
 COMPONENTS = ("embeddings", "attention", "feed_forward", "norms", "final_norm", "pooler", "head")
 TOP_LEVEL = {"embeddings": "embeddings", "source_embedding": "embeddings", "target_embedding": "embeddings",
-             "position": "embeddings", "final_norm": "final_norm", "pooler": "pooler"}  # anything else: head
+             "position": "embeddings", "relative": "embeddings", "relative_norm": "embeddings",  # DeBERTa's table
+             "final_norm": "final_norm", "pooler": "pooler"}  # anything else: head
 PARTS = ("attention", "feed_forward", "norms")
 
 

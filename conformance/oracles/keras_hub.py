@@ -134,13 +134,36 @@ def backbone(cfg: Config, dtype: str = "float32"):
 
 
 def variable_map(cfg: Config) -> dict[str, tuple]:
-    """Canonical name -> (keras-hub variable path, leaf), for every parameter of `cfg`."""
+    """Canonical name -> (keras-hub variable path, leaf), for every parameter of `cfg` the backbone has
+    (`KerasHub.absent` lists those it has not)."""
     expected = registry.param_shapes(cfg)
     rows = {name: (f"{path}/{leaf.external}", leaf) for name, path, leaf in table_rows(table(cfg).modules, expected)}
-    missing = sorted(expected.keys() - rows.keys())
+    missing = sorted(expected.keys() - rows.keys() - set(table(cfg).absent))
     if missing:
         raise ValueError(f"no keras-hub variable for canonical weights {missing}")
     return rows
+
+
+def seen(cfg: Config, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The weights as the backbone computes with them: those it has no variable for (`KerasHub.absent`:
+    RoBERTa's segment row, a pooler) zeroed. A reference built on these is keras-hub's math."""
+    absent = set(table(cfg).absent)
+    return {name: np.zeros_like(v) if name in absent else v for name, v in w.items()}
+
+
+def comparable(cfg: Config, outputs: dict, inputs: dict) -> dict:
+    """`outputs` as keras-hub can be held to them: the outputs the backbone returns (`KerasHub.outputs`,
+    and logits where it reverses the token embedding), and, where its outputs at padded positions are
+    its own (`KerasHub.padded_positions` False: other positions, no query mask), those positions zeroed."""
+    t = table(cfg)
+    keys = set(t.outputs) | ({"logits"} if t.tied_logits else set())
+    outputs = {k: v for k, v in outputs.items() if k in keys}
+    mask = inputs.get("attention_mask")
+    if t.padded_positions or mask is None:
+        return outputs
+    keep = np.asarray(mask) > 0                                                   # (B, T)
+    return {k: np.where(keep.reshape(*keep.shape, *([1] * (np.ndim(v) - 2))), v, 0)
+            if np.ndim(v) >= 2 and np.shape(v)[:2] == keep.shape else v for k, v in outputs.items()}
 
 
 def load(model, cfg: Config, w: dict[str, np.ndarray]):
@@ -149,7 +172,7 @@ def load(model, cfg: Config, w: dict[str, np.ndarray]):
     variables = {v.path: v for v in model.weights}
     rows = variable_map(cfg)
     unknown = sorted(path for path, _ in rows.values() if path not in variables)
-    unset = sorted(variables.keys() - {path for path, _ in rows.values()})
+    unset = sorted(variables.keys() - {path for path, _ in rows.values()} - set(extra_variables(model, cfg)))
     if unknown or unset:
         raise ValueError(f"keras-hub {table(cfg).backbone} variables do not line up with its table: "
                          f"not in the model {unknown}, never set {unset}")
@@ -157,6 +180,11 @@ def load(model, cfg: Config, w: dict[str, np.ndarray]):
         v = variables[path]
         v.assign(leaf.to_external(w[name], cfg).astype(v.dtype))
     return model
+
+
+def extra_variables(model, cfg: Config) -> list[str]:
+    """The backbone's variable paths no canonical weight maps (`KerasHub.extra`: ELECTRA's pooled_dense)."""
+    return [v.path for v in model.weights if v.path.startswith(tuple(f"{p}/" for p in table(cfg).extra))]
 
 
 def export(model, cfg: Config) -> dict[str, np.ndarray]:

@@ -311,3 +311,26 @@ def transformers_rotary(cfg, q, k, position_ids, dtype="float32"):
         cos, sin = llama.LlamaRotaryEmbedding(config)(tq, pos)                        # (B, T, Dh)
         q_out, k_out = llama.apply_rotary_pos_emb(tq, tk, cos, sin)
         return {"q": q_out.numpy(), "k": k_out.numpy()}
+
+
+def transformers_disentangled_attention(cfg, w, x, rel, mask, dtype="float64"):
+    """transformers' DeBERTa-v2/v3 `DisentangledSelfAttention` on the canonical query, key and value weights,
+    the relative table `rel` and its own (B, 1, T, T) mask (m_i m_j, as its encoder builds it): (the heads'
+    context merged (B, T, D), the probabilities (B, H, T, T)). Its scale is a float32 sqrt(3 Dh) in every
+    dtype, and a padded query's row is uniform (1/T), ours zeros."""
+    torch = _torch()
+    from transformers import DebertaV2Config
+    from transformers.models.deberta_v2.modeling_deberta_v2 import DisentangledSelfAttention
+    config = DebertaV2Config(hidden_size=cfg.d_model, num_attention_heads=cfg.num_heads, relative_attention=True,
+                             pos_att_type=list(cfg.relative_attention), position_buckets=cfg.position_buckets or -1,
+                             max_relative_positions=cfg.max_relative_positions or -1,
+                             max_position_embeddings=cfg.max_positions, share_att_key=True, hidden_dropout_prob=0.0,
+                             attention_probs_dropout_prob=0.0)
+    attention = DisentangledSelfAttention(config).to(getattr(torch, dtype)).eval()
+    for name in ("query", "key", "value"):
+        _load_torch_linear(getattr(attention, f"{name}_proj"), w, name)
+    m = torch.from_numpy(np.asarray(mask).astype(np.int64))
+    with torch.no_grad():
+        context, probs = attention(_t(x, dtype), m[:, None, :, None] * m[:, None, None, :], output_attentions=True,
+                                   rel_embeddings=_t(rel, dtype))
+    return context.numpy(), probs.numpy()

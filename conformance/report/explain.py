@@ -133,15 +133,17 @@ def explain(name: str, variant: str = "default") -> Explained:
     entry = registry.get(name)
     if variant not in entry.variants:
         raise ValueError(f"variant must be one of {list(entry.variants)}; received variant={variant!r}")
-    wt = walkthroughs().get(name)
+    declared = variant_walkthroughs().get((name, variant))  # a variant worth reading on its own example
+    wt = declared or walkthroughs().get(name)
     if wt is None:
         raise ValueError(f"{name!r} has no walkthrough yet; explained: {', '.join(walkthroughs())}")
+    own = variant == "default" or declared is not None
     start = time.perf_counter()
     cfg = entry.config(variant)
     layers = wt.config.get("num_layers", cfg.num_layers)  # fewer layers keep the first layers' types
     cfg = cfg.replace(**wt.config, **({"layer_types": cfg.layer_types[:layers]} if cfg.layer_types else {}))
     w = {k: np.round(v.astype(np.float64), 2) for k, v in weights.initialize(cfg, seed=0, std=0.5).items()}
-    inputs = wt.inputs(cfg) if variant == "default" else entry.inputs(cfg, variant, batch=1, length=4)
+    inputs = wt.inputs(cfg) if own else entry.inputs(cfg, variant, batch=1, length=4)
     reference_build = build("numpy", cfg, w, dtype="float64")
     _, reference = reference_build.trace(capture=wt.capture, **inputs)
     calls = getattr(reference_build, "calls", {})
@@ -150,7 +152,7 @@ def explain(name: str, variant: str = "default") -> Explained:
     expressions = {s.op: expression(reference_build.module, s.op) for s in steps}
     inner = [(i, intermediates(i.fn, *i.args)) for i in (wt.inner(reference_build.module, w, inputs, reference)
                                                          if wt.inner else [])]
-    library = wt.library(cfg, w, inputs, reference, calls) if wt.library and variant == "default" else []
+    library = wt.library(cfg, w, inputs, reference, calls) if wt.library and own else []
     return Explained(wt, variant, cfg, w, inputs, reference, twins, expressions, inner, library,
                      time.perf_counter() - start)
 
@@ -160,12 +162,15 @@ def walkthrough(name: str, variant: str = "default", fmt: str = "text") -> str:
 
 
 def write_all(out_dir="docs/explain", fmt: str = "md", names=None) -> list[Path]:
-    """Write `<out_dir>/<registry name>.md` (.txt for fmt="text") for every registry entry, or `names`."""
+    """Write `<out_dir>/<registry name>.md` (.txt for fmt="text") for every registry entry, or `names`,
+    and `<name>-<variant>.md` for each of their variants with a walkthrough of its own."""
     out = files.directory(out_dir, "walkthrough directory")
     paths = []
-    for name in names or registry.ENTRIES:
-        path = out / f"{name}.{'md' if fmt == 'md' else 'txt'}"
-        paths.append(files.write(path, walkthrough(name, fmt=fmt) + "\n", "walkthrough"))
+    chosen = list(names or registry.ENTRIES)
+    for name, variant in [(n, "default") for n in chosen] + [k for k in variant_walkthroughs() if k[0] in chosen]:
+        stem = name if variant == "default" else f"{name}-{variant}"
+        path = out / f"{stem}.{'md' if fmt == 'md' else 'txt'}"
+        paths.append(files.write(path, walkthrough(name, variant, fmt=fmt) + "\n", "walkthrough"))
     return paths
 
 
@@ -886,6 +891,22 @@ def _prefixed(prefix, steps):
     return tuple(Step(prefix + s.op, s.says, s.library) for s in steps)
 
 
+def disentangled_inputs(cfg):
+    mask = np.ones((1, 6), bool)
+    mask[0, 5] = False  # the 6th token is padding
+    return {"x": _readable((1, 6, cfg.d_model)), "rel": _readable((2 * cfg.relative_span, cfg.d_model)), "mask": mask}
+
+
+def disentangled_library(cfg, w, inputs, records, calls):
+    merged, probs = oracles.transformers_disentangled_attention(cfg, w, inputs["x"], inputs["rel"], inputs["mask"])
+    call = "transformers' DisentangledSelfAttention(output_attentions=True)"
+    why = " (float32 tolerance: it divides by a float32 sqrt(3 Dh))"
+    real = inputs["mask"][:, None, :, None] & np.ones_like(probs, bool)  # its padded query rows are uniform
+    return [Library("merged", call + why, merged, where=np.broadcast_to(inputs["mask"][..., None], merged.shape),
+                    dtype="float32"),
+            Library("probs", call + why, probs, where=real, dtype="float32")]
+
+
 WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
     Walkthrough("linear", "A dense layer on two tokens of width 4 mapped to width 3, kernel [in, out].",
                 dict(d_model=4, d_ff=3), lambda cfg: {"x": _readable((1, 2, 4))},
@@ -1041,6 +1062,28 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                  Step("k", "The keys turn the same way, so a score q_m . k_n depends on m - n only.")),
                 inner=rotary_inner, library=rotary_library,
                 shows=("num_heads", "head_dim", "rope_theta", "rotary_pairing", "rope_scaling")),
+    Walkthrough("disentangled_attention", "DeBERTa's attention, D = 8 in 2 heads, on 6 tokens, the 6th padding: "
+                                          "distances past 2 share log buckets (4 buckets up to distance 8), so "
+                                          "3, 4 and 5 read the same relative row.",
+                dict(d_model=8, num_heads=2, position_buckets=4, max_relative_positions=8), disentangled_inputs,
+                (Step("q", "Content queries, split into heads: (B, H, T, Dh) = (1, 2, 6, 4)."),
+                 Step("position_key", "The relative table's 8 rows (distances -4..3) through the layer's own key "
+                                      "projection, per head: pk = R W_k + b_k (v3 shares the projections)."),
+                 Step("c2p", "Content-to-position: c2p[i, j] = q_i . pk[d(i, j)], d(i, j) the bucket of i - j "
+                             "moved to 0..7; along a diagonal i - j is constant, so is the row read.",
+                      "transformers gathers the same (B H, T, 2k) product with torch.gather."),
+                 Step("position_query", "The same rows through the query projection: pq = R W_q + b_q."),
+                 Step("p2c", "Position-to-content: p2c[i, j] = k_j . pq[d(i, j)], what key j offers a query at "
+                             "that distance (transformers gathers at -bucket(j - i), the same row)."),
+                 Step("scores", "The three terms summed, then divided by sqrt(3 Dh) = sqrt(12): three unit-variance "
+                                "terms, variance 3."),
+                 Step("probs", "Softmax over the keys; the padded key (column 5) and the padded query (row 5) are "
+                               "both masked, so row 5 is all zeros.",
+                      "transformers masks the same pairs but its padded query row comes out uniform, 1/6."),
+                 Step("merged", "Each query's weighted values, the heads concatenated back to D = 8.")),
+                library=disentangled_library,
+                shows=("num_heads", "head_dim", "relative_attention", "position_buckets", "max_relative_positions",
+                       "relative_span")),
     Walkthrough("gated_feed_forward", "The SwiGLU feed-forward D = 8 -> F = 16 -> D on 4 tokens: a SiLU gate "
                                       "times a linear up projection.",
                 LAYER, lambda cfg: {"x": _readable((1, 4, cfg.d_model))},
@@ -1059,10 +1102,9 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
 
 # -------------------------------------------------------------------------------- the models' walkthroughs
 
-def _model_library(family):
-    """A `library` for a family's walkthrough: its `transformers` class at `transformers_steps`, and
+def _model_library(family, wt):
+    """A `library` for a family's walkthrough `wt`: its `transformers` class at `transformers_steps`, and
     each torch layer of `conformance.oracles.layers` named in `layer_oracles` on that layer's own inputs."""
-    wt = family.walkthrough
 
     def library(cfg, w, inputs, records, calls):
         out = []
@@ -1088,13 +1130,20 @@ def _model_library(family):
     return library
 
 
-def _model_walkthrough(family) -> Walkthrough:
-    wt = family.walkthrough
+def _model_walkthrough(family, wt=None) -> Walkthrough:
+    wt = wt or family.walkthrough
     return Walkthrough(family.name, wt.summary, wt.config, lambda cfg: {k: np.array(v) for k, v in wt.inputs.items()},
-                       wt.steps, library=_model_library(family), capture=wt.capture, shows=wt.shows)
+                       wt.steps, library=_model_library(family, wt), capture=wt.capture, shows=wt.shows)
 
 
 def walkthroughs() -> dict[str, Walkthrough]:
     """Every walkthrough: the components' (`WALKTHROUGHS`) and each family's, in registry order."""
     every = {**WALKTHROUGHS, **{f.name: _model_walkthrough(f) for f in families.FAMILIES.values() if f.walkthrough}}
     return {name: every[name] for name in registry.ENTRIES if name in every}
+
+
+def variant_walkthroughs() -> dict[tuple, Walkthrough]:
+    """(entry, variant) -> the walkthrough a family declares for that variant (`Family.variant_walkthroughs`:
+    RoBERTa's positions under padding, ALBERT's shared layer), in registry order."""
+    return {(f.name, v): _model_walkthrough(f, wt) for f in families.FAMILIES.values()
+            for v, wt in f.variant_walkthroughs.items()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from conformance.core.config import Config
 from conformance.spec.entry import Entry, Variant as V
 from conformance.spec.inputs import (decoder_inputs, dropout_inputs, hidden, ids, masked_hidden, positions, qkv,
-                                     rotary_qk, scores_and_mask)
+                                     relative_hidden, rotary_qk, scores_and_mask)
 
 TINY = Config(kind="component", d_model=32, num_heads=4, d_ff=64, vocab_size=97, max_positions=64)
 FUSED = V({"attention_impl": "fused"})  # F.scaled_dot_product_attention, keras.ops.dot_product_attention
@@ -83,4 +83,11 @@ COMPONENTS = [
     Entry("gated_feed_forward", "GatedFeedForward",
           TINY.replace(kind="gated_feed_forward", feed_forward="gated", activation="silu"), hidden,
           {"default": V(), "gelu_tanh": V({"activation": "gelu_tanh"}), "bias": V({"mlp_bias": True})}),
+    # DeBERTa's: log buckets past 2 (buckets 4) up to distance 8, both position terms
+    Entry("disentangled_attention", "DisentangledAttention",
+          TINY.replace(kind="disentangled_attention", position="relative", relative_attention=("c2p", "p2c"),
+                       position_buckets=4, max_relative_positions=8), relative_hidden,
+          {"default": V(), "c2p": V({"relative_attention": ("c2p",)}), "p2c": V({"relative_attention": ("p2c",)}),
+           "exact_distances": V({"position_buckets": 0, "max_relative_positions": 3}),  # clipped at +-3
+           "no_mask": V(options={"mask": "none"})}),
 ]

@@ -43,6 +43,15 @@ class Checkpoint:
     constants: dict        # Config fields every checkpoint of this family shares
     read: Callable[[dict, str], dict] = lambda hf, cls: {}   # more Config fields from (config.json, class)
     write: Callable[[Config, str], dict] = lambda cfg, cls: {}  # more config.json keys for (cfg, class)
+    head_modules: dict = field(default_factory=dict)  # head -> entries of `modules` its classes name otherwise
+    #                                                   (RoBERTa's classifier.dense is the pooler of ours)
+    layers: str = "num_layers"  # the Config field that counts the "{i}" blocks the tensors hold (ALBERT's groups)
+    masked_queries: bool = False  # its models mask padded queries too (DeBERTa: mask_i mask_j): those rows see
+    #                               no key, zeros here and a uniform average in transformers
+
+    def table(self, head: str) -> dict:
+        """`modules` as the classes of `head` name them."""
+        return {**self.modules, **self.head_modules.get(head, {})}
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,12 @@ class KerasHub:
     outputs: dict          # our output key -> the backbone's output key (None: it returns one tensor)
     tied_logits: bool = False  # logits = the token embedding reversed on the last output, as its CausalLM does
     model_type: str = ""   # the Checkpoint model_type whose configs it reproduces ("": the family's only one)
+    absent: tuple = ()     # canonical weights it has no variable for and computes as zeros (RoBERTa's segment
+    #                        row; a pooler whose output it does not return): compared with them zeroed
+    extra: tuple = ()      # its variable paths (prefixes) no canonical weight maps: left as built, their
+    #                        outputs not compared (ELECTRA's pooled_dense, a pooler transformers' model lacks)
+    padded_positions: bool = True  # False: its outputs at padded positions are its own (other positions, no
+    #                                query mask), compared at the attended positions only
 
 
 @dataclass(frozen=True)
@@ -137,6 +152,7 @@ class Family:
     originals: tuple = ()             # original release layouts (`Original`), e.g. Meta's
     keras_hub: tuple = ()             # keras-hub backbones (`KerasHub`), by the model_type each reproduces
     walkthrough: Walkthrough | None = None
+    variant_walkthroughs: dict = field(default_factory=dict)  # variant -> Walkthrough: a variant worth reading alone
     base_preset: str | None = None     # the full-size preset the docs quote and the --full tier runs
 
     @property

@@ -57,6 +57,17 @@ def qkv(cfg, rng, batch, length, mask="padding"):
     return inputs
 
 
+def relative_hidden(cfg, rng, batch, length, mask="padding", **_):
+    """Disentangled attention's inputs: x (B, T, D), the relative table rel (2k, D) (layer-normed, as the
+    model hands it over), a padding mask (B, T)."""
+    rel = rng.standard_normal((2 * cfg.relative_span, cfg.d_model))
+    rel = (rel - rel.mean(-1, keepdims=True)) / rel.std(-1, keepdims=True)
+    inputs = {"x": rng.standard_normal((batch, length, cfg.d_model)), "rel": rel}
+    if mask == "padding":
+        inputs["mask"] = padding_mask(rng, batch, length)
+    return inputs
+
+
 def dropout_inputs(cfg, rng, batch, length, **_):
     x = rng.standard_normal((batch, length, cfg.d_model))
     return {"x": x, "keep": rng.random(x.shape) >= cfg.dropout}
@@ -82,11 +93,22 @@ def decoder_inputs(cfg, rng, batch, length, **_):
             "memory_mask": padding_mask(rng, batch, S)}
 
 
-def token_inputs(cfg, rng, batch, length, segments=False, **_):
+def token_inputs(cfg, rng, batch, length, segments=False, left_pad=False, **_):
+    """ids, a padding mask and, with `segments` and a model that has segments, segment ids (A then B;
+    all zeros with one type).
+    A model that numbers positions from its ids (`pad_positions`, RoBERTa) gets the padding id at its
+    padded positions and nowhere else, as a tokenizer pads; `left_pad` puts row b's padding first."""
     inputs = {"input_ids": rng.integers(0, cfg.vocab_size, (batch, length)),
               "attention_mask": padding_mask(rng, batch, length).astype(np.int64)}
-    if segments:
+    if left_pad:
+        inputs["attention_mask"] = inputs["attention_mask"][:, ::-1].copy()
+    if cfg.pad_positions:
+        real = rng.integers(0, cfg.vocab_size - 1, (batch, length))
+        real = real + (real >= cfg.pad_token_id)                                    # every id but the pad's
+        inputs["input_ids"] = np.where(inputs["attention_mask"] > 0, real, cfg.pad_token_id)
+    if segments and cfg.type_vocab_size:  # one segment type (RoBERTa): all zeros
         inputs["token_type_ids"] = (np.arange(length)[None, :] >= length // 2).astype(np.int64).repeat(batch, 0)
+        inputs["token_type_ids"] *= cfg.type_vocab_size > 1
     return inputs
 
 
@@ -102,9 +124,7 @@ def causal_lm_inputs(cfg, rng, batch, length, left_pad=False, **_):
     """A rotary causal LM's inputs: ids, a padding mask and the position of every token. Right
     padding by default (positions 0..T-1); `left_pad`: row b starts with b pads, and its first real
     token is at position 0 (positions = cumsum(mask) - 1, pads at 0, as transformers' generate)."""
-    inputs = token_inputs(cfg, rng, batch, length)
-    if left_pad:
-        inputs["attention_mask"] = inputs["attention_mask"][:, ::-1].copy()              # (B, T)
+    inputs = token_inputs(cfg, rng, batch, length, left_pad=left_pad)
     mask = inputs["attention_mask"]
     if left_pad:
         positions = np.where(mask > 0, np.cumsum(mask, axis=1) - 1, 0)                   # (B, T)

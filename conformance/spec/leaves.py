@@ -41,6 +41,10 @@ LAYOUTS: dict[str, Layout] = {
                          lambda a, cfg: a.reshape(-1)),
     "heads_out": Layout(lambda a, cfg: a.reshape(-1, cfg.head_dim, a.shape[-1]),       # (H Dh, D) -> (H, Dh, D)
                         lambda a, cfg: a.reshape(-1, a.shape[-1])),
+    # keras-hub's RoBERTa numbers positions 0..T-1 over a table without the rows no real token reads
+    # (0..pad, its converter drops them): rolled, its row t is ours pad + 1 + t and nothing is lost
+    "padding_offset": Layout(lambda a, cfg: np.roll(a, -(cfg.pad_token_id + 1), axis=0),
+                             lambda a, cfg: np.roll(a, cfg.pad_token_id + 1, axis=0)),
     "heads_first_in": Layout(lambda a, cfg: a.reshape(a.shape[0], -1, cfg.head_dim).transpose(1, 0, 2),  # (H, D, Dh)
                              lambda a, cfg: a.transpose(1, 0, 2).reshape(a.shape[1], -1)),  # keras-hub's Gemma
 }

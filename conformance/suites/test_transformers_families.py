@@ -8,9 +8,10 @@ and lays out every tensor as transformers expects, the config.json it writes car
 numerics field, and the numbers agree. A new family with a checkpoint table is tested here the
 day it is declared.
 
-Rows whose queries see no key at all (left padding: a pad query before the first real token)
-are defined as zeros here and are a uniform average in transformers' eager attention; such
-positions are left out of the comparison (masked by the attention mask), never the rest.
+Rows whose queries see no key at all (left padding: a pad query before the first real token;
+every padded query of a layout that masks queries, `Checkpoint.masked_queries`: DeBERTa) are
+defined as zeros here and are a uniform average in transformers' eager attention; such positions
+are left out of the comparison (masked by the attention mask), never the rest.
 """
 from functools import lru_cache
 
@@ -37,12 +38,15 @@ def case(name, variant):
     return cfg, w, inputs, hf.run(cfg, w, inputs, "eager", "float32")
 
 
-def valid(x, inputs):
-    """`x` with the positions of queries that see no key (left padding) zeroed, if it is (B, T, ...)."""
+def valid(x, inputs, cfg):
+    """`x` with the positions of queries that see no key (left padding; any padded query where the layout
+    masks queries) zeroed, if it is (B, T, ...)."""
     mask = inputs.get("attention_mask")
     if mask is None or x.ndim < 2 or x.shape[:2] != mask.shape:
         return x
     sees = np.cumsum(mask, axis=1) > 0                                            # (B, T): a real key so far
+    if families.get(cfg.kind).checkpoint(cfg).masked_queries:
+        sees = mask > 0                                                           # (B, T): a real query
     return np.where(sees.reshape(*mask.shape, *([1] * (x.ndim - 2))), x, 0)
 
 
@@ -53,8 +57,8 @@ def test_matches_transformers_on_our_weights(case_, framework):
     keys = sorted(set(ours) & set(expected))
     assert keys, f"no output in common: ours {sorted(ours)}, transformers {sorted(expected)}"
     for key in keys:
-        result = compare(f"{framework} {case_id(case_)}.{key} vs {hf.class_name(cfg)}", valid(ours[key], inputs),
-                         valid(expected[key], inputs), TOLERANCES["float32"])
+        result = compare(f"{framework} {case_id(case_)}.{key} vs {hf.class_name(cfg)}", valid(ours[key], inputs, cfg),
+                         valid(expected[key], inputs, cfg), TOLERANCES["float32"])
         assert result.passed, str(result)
 
 

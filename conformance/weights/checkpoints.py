@@ -75,6 +75,7 @@ def from_hf(path, head: str | None = None) -> tuple[Config, dict[str, np.ndarray
     tensors = {_modern(k): v for k, v in read_tensors(path).items()}
     prefix = arch.prefix if any(k.startswith(arch.prefix) for k in tensors) else ""
     rows = _rows(arch, cfg, prefix)
+    _check_layer_count(arch, cfg, hf, tensors, rows, prefix, path)
     w = {c: np.ascontiguousarray(leaf.to_canonical(tensors[h], cfg)) for c, h, leaf in rows if h in tensors}
     used = {h for _, h, _ in rows} | _buffers(arch, cfg, prefix)
     mapped = set(used)
@@ -112,7 +113,7 @@ def config_from_hf(hf: dict, arch: Checkpoint, cls: str) -> Config:
     values["activation"] = ACTIVATIONS[values["activation"]]
     values.update(arch.read(hf, cls))
     head = arch.classes[cls]
-    if head == "classification":
+    if head in ("classification", "token_classification"):
         if not isinstance(hf.get("id2label", {}), dict):
             raise ValueError(f"config.json id2label must be an object {{id: label}}; received {hf['id2label']!r}")
         values["num_labels"] = len(hf["id2label"]) if "id2label" in hf else hf.get("num_labels", 2)
@@ -252,7 +253,22 @@ def permute_rotary(cfg: Config, w: dict, to: str = "half") -> tuple[Config, dict
 def _rows(arch: Checkpoint, cfg: Config, prefix: str) -> list[tuple[str, str, Leaf]]:
     """(canonical name, HF name, leaf) for every canonical parameter of `cfg`."""
     return [(c, f"{external}.{leaf.external}".format(base=prefix), leaf)
-            for c, external, leaf in table_rows(arch.modules, registry.param_shapes(cfg))]
+            for c, external, leaf in table_rows(arch.table(cfg.head), registry.param_shapes(cfg))]
+
+
+def _check_layer_count(arch, cfg, hf, tensors, rows, prefix, path):
+    """The "{i}" blocks the tensors hold must be the ones config.json says (`Checkpoint.layers`): a
+    count that disagrees (an ALBERT whose num_hidden_groups is not its number of layer groups) is one
+    error naming the field, not a list of missing and unexpected tensors."""
+    patterns = {re.compile(re.escape(f"{external}.".replace("{base}", prefix)).replace(re.escape("{i}"), r"(\d+)"))
+                for external, _ in arch.table(cfg.head).values() if "{i}" in external}
+    held = {int(m.group(1)) for name in tensors for p in patterns if (m := p.match(name))}
+    expected = {int(i) for c, _, _ in rows for i in re.findall(r"^\w+\.(\d+)\.", c)}
+    if patterns and held != expected:
+        key = arch.fields[arch.layers][0]
+        value = hf.get(key, arch.fields[arch.layers][1])
+        raise ValueError(f"{path}: config.json {key}={value} (Config.{arch.layers}) needs the tensors of "
+                         f"{len(expected)} layer block(s) {sorted(expected)}; the file holds {len(held)}: {sorted(held)}")
 
 
 def _buffers(arch, cfg, prefix) -> set[str]:
