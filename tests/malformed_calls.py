@@ -361,7 +361,7 @@ def config_cases() -> list[Case]:
     """4. Config validation: counts positive, booleans bool, epsilons finite, positions checked."""
     bad = {
         "num_layers-0": {"num_layers": 0}, "num_layers-neg": {"num_layers": -1},
-        "num_decoder_layers-0": {"num_decoder_layers": 0}, "type_vocab_size-0": {"type_vocab_size": 0},
+        "num_decoder_layers-0": {"num_decoder_layers": 0}, "type_vocab_size-neg": {"type_vocab_size": -1},  # 0 is a model without segments
         "num_labels-0": {"num_labels": 0}, "num_labels-neg": {"num_labels": -2},
         "d_model-bool": {"d_model": True, "num_heads": 1}, "vocab_size-bool": {"vocab_size": True},
         "max_positions-float": {"max_positions": 512.0}, "d_ff-float": {"d_ff": 64.5},
