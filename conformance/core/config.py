@@ -92,6 +92,16 @@ class Config:
     #                                        cache) or "top_left" (query i at i: PyTorch's and ONNX's is_causal)
     sandwich_norm: bool = False    # Gemma 2: a norm on the attention's and the feed-forward's outputs too
     checkpoint: str = ""           # the Hugging Face model_type this config writes as; "": its family's first
+    # ---- the Vision Transformer (ViT) and its patch embedding
+    image_size: int = 32           # the square image side the position table is for (ViT-Base: 224)
+    patch_size: int = 8            # P: the image is cut into (image_size / P)^2 patches of P x P pixels
+    num_channels: int = 3          # C: colour channels of an image (RGB)
+    pooler: bool = True            # ViT's head "none": tanh(h[:, 0] W + b) as pooled_output (transformers'
+    #                                add_pooling_layer of ViTModel; DINO's checkpoints have none). The
+    #                                classification head reads h[:, 0] itself and never has one
+    interpolate_pos_encoding: bool = False  # accept another image size: the position grid is resized (bicubic,
+    #                                         as transformers' interpolate_pos_encoding) and a remainder of fewer
+    #                                         than P pixels is dropped; False: images must be image_size square
 
     def __post_init__(self):
         _check_choice("activation", self.activation, ACTIVATIONS)
@@ -106,7 +116,8 @@ class Config:
         _check_choice("causal_alignment", self.causal_alignment, CAUSAL_ALIGNMENTS)
         for i, t in enumerate(self.layer_types):
             _check_choice(f"layer_types[{i}]", t, LAYER_TYPES)
-        for name in ("d_model", "num_heads", "d_ff", "vocab_size", "max_positions"):
+        for name in ("d_model", "num_heads", "d_ff", "vocab_size", "max_positions", "image_size", "patch_size",
+                     "num_channels"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"Config.{name} must be a positive int; received {name}={value!r}")
@@ -153,6 +164,9 @@ class Config:
             raise ValueError(f"Config.dropout must be in [0, 1); received dropout={self.dropout}")
         if self.attention_scale is not None and not self.attention_scale > 0:
             raise ValueError(f"Config.attention_scale must be > 0 or None; received {self.attention_scale}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"Config.patch_size must divide image_size (the position table holds whole patches); "
+                             f"received image_size={self.image_size}, patch_size={self.patch_size}")
         if not self.layer_norm_eps > 0:
             raise ValueError(f"Config.layer_norm_eps must be > 0; received {self.layer_norm_eps}")
 
