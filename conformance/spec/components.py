@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from conformance.core.config import Config
 from conformance.spec.entry import Entry, Variant as V
-from conformance.spec.inputs import (decoder_inputs, dropout_inputs, hidden, ids, masked_hidden, positions, qkv,
-                                     rotary_qk, scores_and_mask)
+from conformance.spec.inputs import (decoder_inputs, dropout_inputs, hidden, ids, image_inputs, masked_hidden, positions,
+                                     qkv, rotary_qk, scores_and_mask)
 
 TINY = Config(kind="component", d_model=32, num_heads=4, d_ff=64, vocab_size=97, max_positions=64)
 FUSED = V({"attention_impl": "fused"})  # F.scaled_dot_product_attention, keras.ops.dot_product_attention
@@ -83,4 +83,10 @@ COMPONENTS = [
     Entry("gated_feed_forward", "GatedFeedForward",
           TINY.replace(kind="gated_feed_forward", feed_forward="gated", activation="silu"), hidden,
           {"default": V(), "gelu_tanh": V({"activation": "gelu_tanh"}), "bias": V({"mlp_bias": True})}),
+    # the Vision Transformer's
+    Entry("patch_embedding", "PatchEmbedding", TINY.replace(kind="patch_embedding", image_size=16, patch_size=4),
+          image_inputs,
+          {"default": V(), "one_channel": V({"num_channels": 1}),
+           # a 18 x 15 image: with interpolation the 2 and 3 pixels past the last whole patches are dropped
+           "remainder": V({"interpolate_pos_encoding": True}, {"size": (18, 15)})}),
 ]

@@ -125,3 +125,10 @@ def rotary_qk(cfg, rng, batch, length, positions="default", **_):
         ids[1:] = np.maximum(ids[1:] - 2, 0)
     return {"q": rng.standard_normal((batch, H, length, Dh)), "k": rng.standard_normal((batch, KV, length, Dh)),
             "position_ids": ids.astype(np.int64)}
+
+
+def image_inputs(cfg, rng, batch, length, size=None, **_):
+    """pixel_values (B, C, H, W), channels first, N(0, 1) pixels (as a normalized image); H x W is `size`, else
+    image_size square. `length` does not apply: an image's size sets its number of tokens."""
+    H, W = size or (cfg.image_size, cfg.image_size)
+    return {"pixel_values": rng.standard_normal((batch, cfg.num_channels, H, W))}
