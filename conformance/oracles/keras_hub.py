@@ -1,4 +1,4 @@
-"""keras-hub's backbones (BERT, GPT-2, Llama, Mistral, Qwen, Gemma) as oracles, loaded with the canonical weights.
+"""keras-hub's backbones (BERT, GPT-2, Llama, Mistral, Qwen, Gemma, ViT) as oracles, loaded with the canonical weights.
 
     kh = backbone(cfg)                    # built from the Config's dimensions, no preset, no download
     load(kh, cfg, w)                      # every keras-hub variable set once, from KERAS_HUB below
@@ -168,7 +168,6 @@ def export(model, cfg: Config) -> dict[str, np.ndarray]:
 def inputs(cfg: Config, **ours) -> dict[str, np.ndarray]:
     """Our input names -> keras-hub's (token_ids, padding_mask 1 = attend, ...); a left-out one
     gets the value the model would have used."""
-    ids = np.asarray(ours["input_ids"])
     t = table(cfg)
     why = refusal(cfg, ours)
     if why:
@@ -177,8 +176,12 @@ def inputs(cfg: Config, **ours) -> dict[str, np.ndarray]:
     for name, (theirs, default) in t.inputs.items():
         value = ours.get(name)
         if value is None:
+            ids = np.asarray(ours["input_ids"])
             value = np.ones_like(ids) if default == "ones" else np.zeros_like(ids)
-        out[theirs] = np.asarray(value).astype("int32")
+        value = np.asarray(value)
+        if name in t.layouts:
+            value = value.transpose(t.layouts[name])
+        out[theirs] = value.astype("float32" if value.dtype.kind == "f" else "int32")  # ids, masks: int32
     return out
 
 
@@ -187,7 +190,7 @@ def forward(model, cfg: Config):
     t = table(cfg)
 
     def call(x):
-        out = model(x, training=False)
+        out = model(x if len(x) > 1 else next(iter(x.values())), training=False)  # one input: the tensor itself
         mine = {ours: out if theirs is None else out[theirs] for ours, theirs in t.outputs.items()}
         if t.tied_logits:  # (B, T, V): the backbone's token embedding reversed, as its CausalLM does
             mine["logits"] = model.token_embedding(mine["last_hidden_state"], reverse=True)

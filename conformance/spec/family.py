@@ -43,6 +43,13 @@ class Checkpoint:
     constants: dict        # Config fields every checkpoint of this family shares
     read: Callable[[dict, str], dict] = lambda hf, cls: {}   # more Config fields from (config.json, class)
     write: Callable[[Config, str], dict] = lambda cfg, cls: {}  # more config.json keys for (cfg, class)
+    init: Callable[[Config, str], dict] = lambda cfg, cls: {}   # the class's constructor arguments config.json
+    #                                                             does not hold (ViTModel's add_pooling_layer)
+    optional: dict = field(default_factory=dict)  # Config field <- canonical module: True iff the file holds the
+    #                                               module's tensors, where the model would have it (a pooler)
+    call: dict = field(default_factory=dict)      # Config field -> the forward argument of transformers that
+    #                                               it is (interpolate_pos_encoding): how a call runs, not a file's
+    hidden_states: tuple = ()  # our trace names of transformers' hidden_states[0], [1], ..., "{i}" a layer
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,8 @@ class KerasHub:
     outputs: dict          # our output key -> the backbone's output key (None: it returns one tensor)
     tied_logits: bool = False  # logits = the token embedding reversed on the last output, as its CausalLM does
     model_type: str = ""   # the Checkpoint model_type whose configs it reproduces ("": the family's only one)
+    layouts: dict = field(default_factory=dict)  # our input -> the axis order keras-hub takes it in (ViT's images
+    #                                              channels last: (0, 2, 3, 1))
 
 
 @dataclass(frozen=True)
