@@ -50,6 +50,12 @@ exactly the named cause by rebuilding our reference with keras-hub's choice):
   `query_pre_attn_scalar` cannot be expressed) and its blocks keep epsilon 1e-6. None of
   them take position_ids: positions are 0..T-1, so a left-padded batch is refused
   (`refusal` names the input), as are QK-norm and fused attention.
+- ViT (`ViTBackbone`): pre-norm, the exact GELU, the epsilon it is given (its own default and
+  what its Hugging Face converter leaves it at: 1e-6, against transformers' 1e-12), images channels
+  last; it ends at its final norm (no pooler), holds the position table of the one image size it
+  was built for (no interpolation), and has one `use_mha_bias` for q, k, v and the output projection
+  (a Hugging Face ViT with qkv_bias=false keeps its output bias: the converter drops it). In
+  float64 its image input is a float32 `keras.Input` and its GELU divides by a float32 constant.
 - Softmax dtype: keras-hub computes softmax and layer norm in at least float32 under any
   dtype policy; in float32 and float64 that is the compute dtype, so nothing changes here.
 """
@@ -205,18 +211,24 @@ def run(model, cfg: Config, **our_inputs) -> dict[str, np.ndarray]:
 
 
 def exact_constants(model):
-    """Replace the two float32-rounded constants of keras-hub in float64 (see the docstring):
-    the attention scale, stored as a float64 NumPy scalar (`tf.cast` keeps it exact), and the
-    tanh GELU, written with float64 constants."""
+    """Replace the float32-rounded constants of keras-hub in float64 (see the docstring): the
+    attention scale, stored as a float64 NumPy scalar (`tf.cast` keeps it exact); the tanh GELU of
+    BERT's feed-forward, written with float64 constants; and the exact GELU of a `Dense(activation=
+    "gelu")` (ViT's MLP: `tf.nn.gelu` divides by cast(1.4142135623730951), a float32 constant)."""
     import keras
     from keras import ops
 
     def gelu_tanh(x):
         return 0.5 * x * (1.0 + ops.tanh(math.sqrt(2.0 / math.pi) * (x + np.float64(0.044715) * x**3)))
 
+    def gelu_erf(x):
+        return 0.5 * x * (1.0 + ops.erf(x * np.float64(1.0 / math.sqrt(2.0))))
+
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, keras.layers.MultiHeadAttention):
             layer._inverse_sqrt_key_dim = np.float64(1.0 / math.sqrt(layer._key_dim))
         if isinstance(layer, keras.layers.Dense) and layer.name == "feedforward_intermediate_dense":
             layer.activation = gelu_tanh
+        elif isinstance(layer, keras.layers.Dense) and layer.activation is keras.activations.gelu:
+            layer.activation = gelu_erf
     return model

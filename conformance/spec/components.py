@@ -87,6 +87,7 @@ COMPONENTS = [
     Entry("patch_embedding", "PatchEmbedding", TINY.replace(kind="patch_embedding", image_size=16, patch_size=4),
           image_inputs,
           {"default": V(), "one_channel": V({"num_channels": 1}),
-           # a 18 x 15 image: with interpolation the 2 and 3 pixels past the last whole patches are dropped
-           "remainder": V({"interpolate_pos_encoding": True}, {"size": (18, 15)})}),
+           # a 22 x 13 image (`image_inputs`): with interpolation the 2 and 1 pixels past the last whole
+           # patches are dropped
+           "remainder": V({"interpolate_pos_encoding": True})}),
 ]

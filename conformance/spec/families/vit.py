@@ -177,9 +177,9 @@ FAMILY = Family(
                 {"default": V(),
                  "classification": V({"head": "classification"}),
                  "no_pooler": V({"pooler": False}),  # DINO's ViTModel checkpoints; keras-hub's ViTBackbone
-                 # a 22 x 13 image: the 4 x 4 position grid resized to 5 x 3 (rows up, columns down), and
-                 # the 2 and 1 pixels past the last whole patches dropped
-                 "interpolate": V({"interpolate_pos_encoding": True}, {"size": (22, 13)}),
+                 # a 22 x 13 image (`image_inputs`): the 4 x 4 position grid resized to 5 x 3 (rows up,
+                 # columns down), and the 2 and 1 pixels past the last whole patches dropped
+                 "interpolate": V({"interpolate_pos_encoding": True}),
                  "no_qkv_bias": V({"use_bias": False, "output_bias": True}),
                  "fused": V({"attention_impl": "fused"})},
                 is_model=True),
