@@ -1,24 +1,27 @@
-"""Patch embedding: an image cut into P x P patches, each flattened and projected to width D, the
-tokens of a Vision Transformer (Dosovitskiy et al. 2020, "An Image is Worth 16x16 Words").
+"""Patch embedding: an image cut into P x P patches, each flattened and projected to width D,
+the tokens of a Vision Transformer (Dosovitskiy et al. 2020, "An Image is Worth 16x16
+Words").
 
     images (B, H, W, C) -> patches (B, N, P P C) -> patches @ kernel + bias (B, N, D)
     N = (H / P) (W / P), the patches in row-major order over the grid: the top row left to right first
 
-A convolution whose stride equals its kernel size visits every pixel exactly once, one patch at a
-time: it is one matmul, each token the dot products of one flattened patch with the D filters.
-The kernel is (P, P, C, D), Keras's Conv2D layout: read as a (P P C, D) matrix it is the [in, out]
-kernel of a patch flattened in (i, j, c) order (rows of the patch, then columns, then channels).
-torch's Conv2d stores the same numbers as (D, C, P, P); the leaf layout `conv_out_in`
-(`conformance.spec.leaves`) converts between them, never this code.
+A convolution whose stride equals its kernel size visits every pixel exactly once, one patch
+at a time: it is one matmul, each token the dot products of one flattened patch with the D
+filters. The kernel is (P, P, C, D), Keras's Conv2D layout: read as a (P P C, D) matrix it
+is the [in, out] kernel of a patch flattened in (i, j, c) order (rows of the patch, then
+columns, then channels). torch's Conv2d stores the same numbers as (D, C, P, P); the leaf
+layout `conv_out_in` (`conformance.spec.leaves`) converts between them, never this code.
 
-Images enter channels first, (B, C, H, W), as transformers and torch's Conv2d take them; the first
-line turns them channels last, (B, H, W, C), so that a pixel's C values sit next to each other as the
-kernel's rows expect. With `interpolate_pos_encoding` an image may be any size of at least one patch:
-the last H mod P rows and W mod P columns are dropped, as a stride-P convolution drops them.
+Images enter channels first, (B, C, H, W), as transformers and torch's Conv2d take them; the
+first line turns them channels last, (B, H, W, C), so that a pixel's C values sit next to
+each other as the kernel's rows expect. With `interpolate_pos_encoding` an image may be any
+size of at least one patch: the last H mod P rows and W mod P columns are dropped, as a
+stride-P convolution drops them.
 
-Costs: 2 B N (P P C) D FLOPs for the product and B N D for the bias; cutting the patches only moves
-data. Backward keeps the patches: dkernel = patches^T dy over every token, dpatches = dy kernel^T,
-put back where each pixel came from (a dropped remainder pixel gets 0).
+Costs: 2 B N (P P C) D FLOPs for the product and B N D for the bias; cutting the patches
+only moves data. Backward keeps the patches: dkernel = patches^T dy over every token,
+dpatches = dy kernel^T, put back where each pixel came from (a dropped remainder pixel gets
+0).
 """
 import numpy as np
 

@@ -1,40 +1,43 @@
 """The Vision Transformer (Dosovitskiy et al. 2020): an image as a sequence of patch tokens, a
-learned [CLS] token in front, learned positions, and the pre-norm encoder of GPT-2 without its mask.
+learned [CLS] token in front, learned positions, and the pre-norm encoder of GPT-2 without
+its mask.
 
-    h0 = [cls; PatchEmbedding(image)] + E_position        (B, 1 + N, D), N = (H / P) (W / P)
-    h_l = h + Attention(LN(h)),  h + FFN(LN(h))          (every token sees every token; exact GELU)
-    h = LN_final(h_L)                                     last_hidden_state
-    pooled = tanh(h[:, 0] W_pool + b_pool)                ViTModel's pooler (head "none")
-    logits = h[:, 0] W_cls + b_cls                        ViTForImageClassification (head "classification"):
-                                                          the [CLS] row itself, no pooler
+    h0 = [cls; PatchEmbedding(image)] + E_position    (B, 1 + N, D), N = (H / P) (W / P)
+    h_l = h + Attention(LN(h)),  h + FFN(LN(h))      (every token sees every token; exact GELU)
+    h = LN_final(h_L)                                 last_hidden_state
+    pooled = tanh(h[:, 0] W_pool + b_pool)            ViTModel's pooler (head "none")
+    logits = h[:, 0] W_cls + b_cls                    ViTForImageClassification (head
+                                                      "classification"): [CLS]'s row, no pooler
+
 The [CLS] token has no pixels of its own: it is a learned row that attends to every patch, and
 its final state stands for the whole image. Images enter channels first, (B, C, H, W), as
 transformers takes them (`numpy_ref.patch_embedding`).
 
 Another resolution (`interpolate_pos_encoding`, as transformers' argument of that name): the
-position table holds one row per patch of an n x n grid, n = image_size / P, and [CLS]'s row.
-For an image cut into an h x w grid the n x n rows are resized to h x w as an image of D channels,
-bicubic with half-pixel centres, and [CLS]'s row is kept. The resize is separable: one (h, n)
-matrix mixes rows, one (w, n) matrix columns (`bicubic_matrix`). Each output sample at source
-position s takes the four input samples floor(s) - 1 .. floor(s) + 2, weighted by Keys' cubic
-convolution kernel with coefficient a:
+position table holds one row per patch of an n x n grid, n = image_size / P, and [CLS]'s
+row. For an image cut into an h x w grid the n x n rows are resized to h x w as an image of
+D channels, bicubic with half-pixel centres, and [CLS]'s row is kept. The resize is
+separable: one (h, n) matrix mixes rows, one (w, n) matrix columns (`bicubic_matrix`). Each
+output sample at source position s takes the four input samples floor(s) - 1 .. floor(s) +
+2, weighted by Keys' cubic convolution kernel with coefficient a:
 
     W(x) = (a + 2)|x|^3 - (a + 3)|x|^2 + 1        |x| <= 1
     W(x) = a|x|^3 - 5a|x|^2 + 8a|x| - 4a          1 < |x| < 2
 
 torch (and so transformers) uses a = -0.75 and reads a tap past the edge as the edge sample;
-TensorFlow's `tf.image.resize(method="bicubic")` (and `keras.ops.image.resize` on TensorFlow) uses
-a = -0.5 (Keys' own choice) and drops such taps, renormalizing the other weights. The reference
-follows torch, which is what transformers computes; both are `bicubic_matrix`'s options, and
-`conformance/suites/test_vit.py` measures them: on a 14 x 14 grid of N(0, 1) resized to 16 x 16 the
-two resizers differ by up to 0.26, a = -0.5 alone accounting for it and the edge rule for 0.07 at
-the borders.
+TensorFlow's `tf.image.resize(method="bicubic")` (and `keras.ops.image.resize` on
+TensorFlow) uses a = -0.5 (Keys' own choice) and drops such taps, renormalizing the other
+weights. The reference follows torch, which is what transformers computes; both are
+`bicubic_matrix`'s options, and `conformance/suites/test_vit.py` measures them: on a 14 x 14
+grid of N(0, 1) resized to 16 x 16 the two resizers differ by up to 0.26, a = -0.5 alone
+accounting for it and the edge rule for 0.07 at the borders.
 
 Parameters (ViT-Base/16 at 224): the patch kernel 16 16 3 768 + 768 = 590,592, [CLS] 768,
-positions 197 x 768 = 151,296, each layer 7,087,872 (BERT's), the final norm 1,536, the pooler
-590,592: 86,389,248 as ViTModel; ViTForImageClassification has no pooler and a 1000-class head
-(769,000): 86,567,656. FLOPs per image: 2 N P^2 C D for the patches (0.23 G) and twelve pre-norm
-layers on 197 tokens (34.9 G): 35.1 GFLOPs, the "17.6 G" (multiply-adds) usually quoted.
+positions 197 x 768 = 151,296, each layer 7,087,872 (BERT's), the final norm 1,536, the
+pooler 590,592: 86,389,248 as ViTModel; ViTForImageClassification has no pooler and a
+1000-class head (769,000): 86,567,656. FLOPs per image: 2 N P^2 C D for the patches (0.23 G)
+and twelve pre-norm layers on 197 tokens (34.9 G): 35.1 GFLOPs of matmuls, the "17.6 G"
+(multiply-adds) usually quoted.
 """
 import math
 
@@ -213,9 +216,9 @@ class ViT(Module):
         T, D = 1 + (H // self.cfg.patch_size) * (W // self.cfg.patch_size), self.cfg.d_model
         yield from scoped("embeddings", self.embeddings.saved(f, pixel_values))
         for i, layer in enumerate(self.layers):
-            yield from scoped(f"layers.{i}", layer.saved(f, (B, T, D)))
+            yield from scoped(f"layers.{i}", layer.saved(f, (B, T, D), masked=False))  # no padding in an image
         yield from scoped("final_norm", self.final_norm.saved(f, (B, T, D)))
-        yield Saved("", "[CLS] row (head input)", B * D * f)
+        yield Saved("", "final norm output (the heads' [CLS] row is a view of it)", B * T * D * f)
         if self.pooler is not None:
             yield Saved("pooler", "tanh output", B * D * f)
 

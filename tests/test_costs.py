@@ -143,7 +143,7 @@ def test_causal_halving_touches_only_causal_attention():
     assert gpt2["matmul"] - gpt2["matmul_causal_halved"] == gpt2["by_category"]["attention"] // 2
 
 
-@pytest.mark.parametrize("kind", ["bert", "gpt2", "transformer"])
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "transformer", "vit"])
 def test_training_activations_equal_what_autograd_saves(kind):
     cfg = registry.get(kind).tiny
     model = build("torch", cfg, weights_lib.initialize(cfg))

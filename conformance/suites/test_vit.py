@@ -143,6 +143,16 @@ def test_presets_count_as_transformers(name):
         == PUBLISHED[name][0] - cfg.d_model * (cfg.d_model + 1)
 
 
+def test_training_memory_of_an_interpolating_vit_is_what_autograd_saves():
+    """tests/test_costs.py holds the declared saved bytes to torch's autograd for the default ViT; with
+    interpolation the two resize matrices are kept too (the position table's gradient needs them)."""
+    from conformance.costs import memory
+    cfg = registry.get("vit").config("interpolate")
+    model = build("torch", cfg, weights.initialize(cfg))
+    measured = model.backend.training_memory(model, families.get("vit").inputs(cfg, 2, 0))
+    assert measured["saved_for_backward"] == memory.activations(cfg, 2, 0)["training"]["none"]
+
+
 # ------------------------------------------------------------------------------- keras-hub
 
 @lru_cache(maxsize=None)
