@@ -1,4 +1,4 @@
-"""The full-size tier (`pytest --full`): bert-base, gpt2 and llama3.2-1b at their published
+"""The full-size tier (`pytest --full`): bert-base, gpt2, llama3.2-1b and vit-base-patch16-224 at their published
 sizes, every framework in float32 against the float64 reference, each framework's own
 parameter count against the published one, and `transformers`' own model of the same weights
 against the reference. Minutes, not seconds: not in the default run. llama3.2-1b is 4.9 GB a
@@ -13,7 +13,8 @@ from conformance.backends.build import build
 from conformance.compare.tolerance import compare_outputs
 from conformance.oracles import transformers as hf
 
-PUBLISHED = {"bert-base": 109_482_240, "gpt2": 124_439_808, "llama3.2-1b": 1_235_814_400}
+PUBLISHED = {"bert-base": 109_482_240, "gpt2": 124_439_808, "llama3.2-1b": 1_235_814_400,
+             "vit-base-patch16-224": 86_389_248}
 
 
 @pytest.fixture(scope="module")
