@@ -114,7 +114,7 @@ def sequence_axis(name: str) -> str:
 
 def graph_dtype(array) -> type:
     """A graph input's dtype: float32 for a float input (pixels), int64 for ids and masks."""
-    return np.float32 if np.asarray(array).dtype.kind == "f" else np.int64
+    return np.float32 if np.issubdtype(np.asarray(array).dtype, np.floating) else np.int64
 
 
 def dynamic_axes(name: str, array) -> dict:
