@@ -187,7 +187,7 @@ def inputs(cfg: Config, **ours) -> dict[str, np.ndarray]:
         value = np.asarray(value)
         if name in t.layouts:
             value = value.transpose(t.layouts[name])
-        out[theirs] = value.astype("float32" if np.issubdtype(value.dtype, np.floating) else "int32")  # ids: int32
+        out[theirs] = value.astype("float32" if np.issubdtype(value.dtype, np.floating) else "int32")  # ids, masks: int32
     return out
 
 
