@@ -16,11 +16,14 @@ from numpy_ref.gpt2 import GPT2
 from numpy_ref.llama import Llama
 from numpy_ref.linear import Linear
 from numpy_ref.normalization import LayerNorm, RMSNorm
+from numpy_ref.patch_embedding import PatchEmbedding
 from numpy_ref.rotary import RotaryEmbedding
 from numpy_ref.transformer import Transformer
+from numpy_ref.vit import ViT
 
 __all__ = ["Activation", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout", "EncoderLayer",
            "FeedForward", "GPT2",
-           "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PositionEmbedding", "RMSNorm",
+           "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PatchEmbedding", "PositionEmbedding",
+           "RMSNorm",
            "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
-           "Softmax", "TokenEmbedding", "Transformer"]
+           "Softmax", "TokenEmbedding", "Transformer", "ViT"]

@@ -281,21 +281,26 @@ class MultiHeadAttention(Module):
         yield from attention_flops(B, H, T, S, cfg.head_dim, self.causal, cfg.attn_logit_softcap is not None)
         yield from scoped("output", self.output.flops((B, T, H * cfg.head_dim)))
 
-    def saved(self, f, x, context=None, **_):
+    def saved(self, f, x, context=None, masked=True, **_):
         """What torch_impl's autograd keeps (the unfused path; `tests/test_costs.py` counts it): the
         projections' shared input, q, k^T and v laid out for the batched matmuls, the mask, two
         score-shaped tensors and the merged heads. Cross-attention's key/value input is the
-        encoder's output, kept once by the model."""
+        encoder's output, kept once by the model. `masked=False`: called with no padding mask (ViT);
+        with no causal rule or window either there is no mask at all, so no row is fully masked and
+        the softmax output is all that is kept of the scores."""
         (B, T, D), S = x, (x if context is None else context)[1]
         H, KV, Dh = self.cfg.num_heads, self.cfg.kv_heads, self.cfg.head_dim
+        mask = masked or self.causal or self.window
         yield Saved("", "q/k/v input" if context is None else "query input", B * T * D * f)
         yield Saved("", "q (B H, T, Dh) copy for the batched matmul", B * T * H * Dh * f)
         yield Saved("", "k^T (B H, Dh, S) copy", B * S * H * Dh * f)
         yield Saved("", "v (B H, S, Dh) copy", B * S * H * Dh * f)
-        yield Saved("", "attention mask", (B * T * S if self.causal or self.window else B * S) * BOOL)
+        if mask:
+            yield Saved("", "attention mask", (B * T * S if self.causal or self.window else B * S) * BOOL)
         yield Saved("", "softmax output", B * H * T * S * f)
-        yield Saved("", "row-has-a-key mask", (B * T if self.causal or self.window else B) * BOOL)
-        yield Saved("", "probabilities, fully masked rows zeroed", B * H * T * S * f)
+        if mask:
+            yield Saved("", "row-has-a-key mask", (B * T if self.causal or self.window else B) * BOOL)
+            yield Saved("", "probabilities, fully masked rows zeroed", B * H * T * S * f)
         yield from scoped("output", self.output.saved(f, (B, T, H * Dh)))
 
     def peak(self, f, live, x, context=None, **_):

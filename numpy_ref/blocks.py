@@ -114,8 +114,9 @@ class EncoderLayer(Module):
         yield from residual_flops("feed_forward", self.feed_forward.flops(x), self.feed_forward_norm, x,
                                   self.feed_forward_output_norm)
 
-    def saved(self, f, x, **_):
-        yield from residual_saved("attention", self.attention.saved(f, x), self.attention_dropout,
+    def saved(self, f, x, masked=True, **_):
+        """`masked=False`: the layer runs with no padding mask (ViT)."""
+        yield from residual_saved("attention", self.attention.saved(f, x, masked=masked), self.attention_dropout,
                                   self.attention_norm, f, x, self.attention_output_norm)
         yield from residual_saved("feed_forward", self.feed_forward.saved(f, x), self.feed_forward_dropout,
                                   self.feed_forward_norm, f, x, self.feed_forward_output_norm)

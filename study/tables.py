@@ -14,7 +14,8 @@ from conformance.core.config import Config
 from conformance.costs import flops, memory, params
 
 B, T = 1, 128  # the shape every per-component count is quoted at
-BASE = dict(d_model=768, num_heads=12, d_ff=3072, vocab_size=30522, max_positions=512, type_vocab_size=2)
+BASE = dict(d_model=768, num_heads=12, d_ff=3072, vocab_size=30522, max_positions=512, type_vocab_size=2,
+            image_size=224, patch_size=16)  # and ViT-Base/16's image
 
 
 def base_config(name: str) -> Config:
@@ -62,7 +63,11 @@ def component(name: str) -> str:
             rows = [(f"`{o.name}`", o.category, f"{o.total:,}", f"{o.total / total:.1%}") for o in ops]
         header = ["category", "FLOPs", "share"] if grouped else ["op", "category", "FLOPs", "share"]
         where = f", {quad / total:.1%} of them in the T x T terms" if quad else ", all linear in T"
-        out.append(f"Forward FLOPs at B = {B}, T = {T} ({dims}; one multiply-add = 2 FLOPs), "
+        at = f"B = {B}, T = {T}"
+        pixels = flops.input_shapes(cfg, B, T).get("pixel_values")
+        if pixels:  # an image sets its own tokens
+            at = f"B = {B}, one {pixels[2]} x {pixels[3]} image in {cfg.patch_size} x {cfg.patch_size} patches"
+        out.append(f"Forward FLOPs at {at} ({dims}; one multiply-add = 2 FLOPs), "
                    f"{total:,} in all{where}:\n\n" + _md(header, rows))
     else:
         out.append("Forward FLOPs: none counted (a table lookup, a fixed table or the identity at inference).")

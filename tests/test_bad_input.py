@@ -38,6 +38,9 @@ def bad_cases():
     _, rms = inputs_of("rms_norm")
     _, glu = inputs_of("gated_feed_forward")
     lcfg, llama = inputs_of("llama")
+    _, vit = inputs_of("vit")
+    _, patch = inputs_of("patch_embedding")
+    pixels = vit["pixel_values"]                                                  # (2, 3, 16, 16), patches of 4
     llama_long = rng.integers(0, lcfg.vocab_size, (2, lcfg.max_positions + 1))
     long_ids = rng.integers(0, bcfg.vocab_size, (2, bcfg.max_positions + 1))
     return [
@@ -76,6 +79,14 @@ def bad_cases():
         ("llama_float_positions", "llama", with_(llama, position_ids=llama["position_ids"].astype(np.float64)), "position_ids must hold integer ids; received dtype float"),
         ("llama_vocab", "llama", with_(llama, input_ids=llama["input_ids"] + lcfg.vocab_size), f"input_ids must lie in [0, {lcfg.vocab_size}) (vocab_size)"),
         ("llama_mask", "llama", with_(llama, attention_mask=llama["attention_mask"][:, 2:]), "attention_mask must have shape (B, T) = (2, 7); received shape (2, 5)"),
+        ("vit_rank", "vit", {"pixel_values": pixels[0]}, "pixel_values must have rank 4 (B, C, H, W); received shape (3, 16, 16)"),
+        ("vit_channels_last", "vit", {"pixel_values": pixels.transpose(0, 2, 3, 1)}, "pixel_values must be channels first (B, C, H, W) with C = num_channels = 3 on axis 1; received shape (2, 16, 16, 3), which is channels last (B, H, W, C): transpose it with (0, 3, 1, 2)"),
+        ("vit_channels", "vit", {"pixel_values": np.concatenate([pixels, pixels[:, :1]], axis=1)}, "pixel_values must have num_channels = 3 channels on axis 1 (B, C, H, W); received shape (2, 4, 16, 16)"),
+        ("vit_not_whole_patches", "vit", {"pixel_values": pixels[:, :, :15]}, "pixel_values height and width must be multiples of patch_size = 4 (B, C, H, W), or interpolate_pos_encoding=True (which drops the remainder); received shape (2, 3, 15, 16)"),
+        ("vit_other_size", "vit", {"pixel_values": pixels[:, :, :12, :8]}, "pixel_values must be image_size x image_size = 16 x 16 (B, C, 16, 16): the position table holds 4 x 4 patches and [CLS] (interpolate_pos_encoding=True resizes it); received shape (2, 3, 12, 8)"),
+        ("vit_int_pixels", "vit", {"pixel_values": (pixels * 100).astype(np.int64)}, "pixel_values must be a floating dtype"),
+        ("patch_channels_last", "patch_embedding", {"pixel_values": patch["pixel_values"].transpose(0, 2, 3, 1)}, "which is channels last (B, H, W, C): transpose it with (0, 3, 1, 2)"),
+        ("patch_not_whole_patches", "patch_embedding", {"pixel_values": patch["pixel_values"][..., :14]}, "pixel_values height and width must be multiples of patch_size = 4 (B, C, H, W)"),
     ]
 
 
@@ -352,3 +363,28 @@ def test_build_refuses_what_is_not_a_config_or_weights():
         build("numpy", cfg, None)
     with pytest.raises(weights.WeightsError, match="non-array kernel: expected a NumPy array, received list"):
         build("torch", cfg, {**w, "kernel": w["kernel"].tolist()})
+
+
+def test_an_interpolating_vit_takes_any_size_of_at_least_one_patch(framework):
+    """With interpolate_pos_encoding an image of another size is resized to, not refused; below one patch it is,
+    word for word the reference's."""
+    entry = registry.get("vit")
+    cfg = entry.config("interpolate")
+    w = weights.initialize(cfg)
+    m = build(framework, cfg, w, dtype="float32")
+    assert m(pixel_values=rng.standard_normal((1, 3, 9, 30)))["last_hidden_state"].shape == (1, 1 + 2 * 7, cfg.d_model)
+    with pytest.raises(ValueError) as err:
+        m(pixel_values=rng.standard_normal((1, 3, 3, 30)))
+    assert str(err.value) == ("pixel_values height and width must be at least patch_size = 4 (B, C, H, W); "
+                              "received shape (1, 3, 3, 30)")
+
+
+@pytest.mark.parametrize("fields,words", [
+    ({"image_size": 30, "patch_size": 4}, "patch_size must divide image_size (the position table holds whole patches); "
+                                          "received image_size=30, patch_size=4"),
+    ({"num_channels": 0}, "num_channels must be a positive int; received num_channels=0"),
+])
+def test_bad_vit_config(fields, words):
+    with pytest.raises(ValueError) as err:
+        Config(kind="vit", **fields)
+    assert words in str(err.value)

@@ -17,11 +17,14 @@ from tf_impl.gpt2 import GPT2
 from tf_impl.llama import Llama
 from tf_impl.linear import Linear
 from tf_impl.normalization import LayerNorm, RMSNorm
+from tf_impl.patch_embedding import PatchEmbedding
 from tf_impl.rotary import RotaryEmbedding
 from tf_impl.transformer import Transformer
+from tf_impl.vit import ViT
 
 __all__ = ["Activation", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout", "EncoderLayer",
            "FeedForward", "GPT2",
-           "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PositionEmbedding", "RMSNorm",
+           "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PatchEmbedding", "PositionEmbedding",
+           "RMSNorm",
            "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
-           "Softmax", "TokenEmbedding", "Transformer"]
+           "Softmax", "TokenEmbedding", "Transformer", "ViT"]

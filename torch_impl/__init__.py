@@ -17,11 +17,14 @@ from torch_impl.gpt2 import GPT2
 from torch_impl.llama import Llama
 from torch_impl.linear import Linear
 from torch_impl.normalization import LayerNorm, RMSNorm
+from torch_impl.patch_embedding import PatchEmbedding
 from torch_impl.rotary import RotaryEmbedding
 from torch_impl.transformer import Transformer
+from torch_impl.vit import ViT
 
 __all__ = ["Activation", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout", "EncoderLayer",
            "FeedForward", "GPT2",
-           "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PositionEmbedding", "RMSNorm",
+           "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PatchEmbedding", "PositionEmbedding",
+           "RMSNorm",
            "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
-           "Softmax", "TokenEmbedding", "Transformer"]
+           "Softmax", "TokenEmbedding", "Transformer", "ViT"]

@@ -12,8 +12,9 @@ Exporters. PyTorch: `torch.onnx.export(dynamo=True)` (torch.export, then the ONN
 if it raises, or does not deliver the requested opset, the TorchScript exporter
 (`dynamo=False`) runs and the first one's reason is kept (`Exported.fallback`). Keras: a
 `tf.function` whose input signature has `None` batch and sequence axes, converted by
-`tf2onnx.convert.from_function`. Every input is an int64 `(B, T)` array, the batch and sequence
-axes are dynamic (a decoder's sequence axis is its own), and every model input is a graph input:
+`tf2onnx.convert.from_function`. Every token input is an int64 `(B, T)` array whose batch and
+sequence axes are dynamic (a decoder's sequence axis is its own); a float input (ViT's pixel_values
+(B, C, H, W)) is float32 with a dynamic batch axis and the rest fixed. Every model input is a graph input:
 an optional one left out of a call gets the value the model would have used (a mask of ones,
 segment ids of zeros). The file carries `metadata_props`: preset, weights fingerprint, source
 framework, opset, exporter, config. `onnx.checker.check_model(full_check=True)` runs on it.
@@ -111,14 +112,24 @@ def sequence_axis(name: str) -> str:
     return "decoder_sequence" if name.startswith("decoder_") else "sequence"
 
 
+def graph_dtype(array) -> type:
+    """A graph input's dtype: float32 for a float input (pixels), int64 for ids and masks."""
+    return np.float32 if np.issubdtype(np.asarray(array).dtype, np.floating) else np.int64
+
+
+def dynamic_axes(name: str, array) -> dict:
+    """{axis: name} of the dynamic axes: batch and sequence of a (B, T) token input, batch only of a float one."""
+    return {0: "batch"} if graph_dtype(array) is np.float32 else {0: "batch", 1: sequence_axis(name)}
+
+
 def example_inputs(cfg: Config, batch: int = EXAMPLE_BATCH, length: int = EXAMPLE_LENGTH) -> dict:
-    """Every graph input as int64 (B, T), from the family's run inputs (a decoder's T differs)."""
+    """Every graph input, from the family's run inputs (a decoder's T differs): int64 (B, T) or float32."""
     names, _ = signature(cfg)
     inputs = families.get(cfg.kind).inputs(cfg, batch, length)
     missing = [n for n in names if n not in inputs]
     if missing:
         raise ValueError(f"the {cfg.kind} family's run inputs must give every model input; missing {missing}")
-    return {n: np.asarray(inputs[n]).astype(np.int64) for n in names}
+    return {n: np.asarray(inputs[n]).astype(graph_dtype(inputs[n])) for n in names}
 
 
 def export(cfg: Config, weights: dict, source: str, opset: int = DEFAULT_OPSET, exporter: str | None = None,
@@ -185,7 +196,7 @@ def _export_dynamo(cfg, weights, inputs, opset):
     import torch
     model, args, output_names = _torch_model(cfg, weights, inputs)
     dims = {axis: torch.export.Dim(axis) for axis in ("batch", "sequence", "decoder_sequence")}
-    dynamic = {name: {0: dims["batch"], 1: dims[sequence_axis(name)]} for name in args}
+    dynamic = {name: {i: dims[axis] for i, axis in dynamic_axes(name, inputs[name]).items()} for name in args}
     program = torch.onnx.export(model, (), kwargs=args, dynamo=True, opset_version=opset,
                                 input_names=list(args), output_names=output_names, dynamic_shapes=dynamic,
                                 external_data=False)
@@ -198,7 +209,7 @@ def _export_torchscript(cfg, weights, inputs, opset):
     f = io.BytesIO()
     torch.onnx.export(model, (), f, kwargs=args, dynamo=False, opset_version=opset, input_names=list(args),
                       output_names=output_names,
-                      dynamic_axes={name: {0: "batch", 1: sequence_axis(name)} for name in args})
+                      dynamic_axes={name: dynamic_axes(name, inputs[name]) for name in args})
     import onnx
     return onnx.load_from_string(f.getvalue()), output_names
 
@@ -219,7 +230,8 @@ def _export_tf2onnx(cfg, weights, inputs, opset):
 
     model = build("tf", cfg, weights, dtype="float32").module
     names = list(inputs)
-    spec = [tf.TensorSpec([None, None], tf.int64, name=n) for n in names]
+    spec = [tf.TensorSpec([None if i in dynamic_axes(n, v) else d for i, d in enumerate(v.shape)],
+                          tf.float32 if graph_dtype(v) is np.float32 else tf.int64, name=n) for n, v in inputs.items()]
 
     @tf.function(input_signature=spec)
     def forward(*args):
@@ -447,7 +459,10 @@ class Session:
             if tt.size:
                 checks.index_range("token_type_ids", int(tt.min()), int(tt.max()), self.cfg.type_vocab_size,
                                    "type_vocab_size")
-        return {k: v.astype(np.int64) for k, v in feed.items()}
+        if "pixel_values" in feed:
+            checks.pixel_values(checks.spec(feed["pixel_values"]), self.cfg.num_channels, self.cfg.patch_size,
+                                self.cfg.interpolate_pos_encoding)
+        return {k: v.astype(graph_dtype(v)) for k, v in feed.items()}
 
     def run(self, inputs: dict) -> dict:
         if "cache" in inputs:
@@ -499,7 +514,7 @@ def trace_names(cfg: Config) -> tuple:
     weights takes milliseconds for any preset."""
     narrow = cfg.replace(d_model=2 * cfg.num_heads, d_ff=4, vocab_size=4, max_positions=8)
     w = {name: np.zeros(shape, np.float32) for name, shape in registry.param_shapes(narrow).items()}
-    inputs = {k: v[:1, :2] for k, v in example_inputs(narrow).items()}
+    inputs = {k: v[:1] if graph_dtype(v) is np.float32 else v[:1, :2] for k, v in example_inputs(narrow).items()}
     _, records = build("numpy", narrow, w, dtype="float32").trace(**inputs)
     return tuple(records)
 

@@ -272,3 +272,40 @@ def rotary_positions(lowest: int, highest: int, max_positions: int, rope_scaling
                          f"received values in [{lowest}, {highest}]")
     if lowest < 0:
         raise ValueError(f"position_ids must be >= 0; received values in [{lowest}, {highest}]")
+
+
+def pixel_values(images, num_channels: int, patch_size: int, interpolate: bool) -> None:
+    """Images (B, C, H, W), channels first (transformers' layout), floating, C = num_channels, and H and W
+    multiples of the patch size, or with `interpolate` (the position grid is resized, the remainder dropped)
+    at least one patch. Channels last (B, H, W, C) is recognized by its last axis and named."""
+    shape_, dtype = images
+    floating("pixel_values", dtype)
+    rank("pixel_values", shape_, 4, "(B, C, H, W)")
+    C = num_channels
+    if shape_[1] != C and shape_[3] == C:
+        raise ValueError(f"pixel_values must be channels first (B, C, H, W) with C = num_channels = {C} on axis 1; "
+                         f"received shape {shape_}, which is channels last (B, H, W, C): transpose it with "
+                         f"(0, 3, 1, 2)")
+    if shape_[1] is not None and shape_[1] != C:
+        raise ValueError(f"pixel_values must have num_channels = {C} channels on axis 1 (B, C, H, W); "
+                         f"received shape {shape_}")
+    H, W = shape_[2:]
+    if H is None or W is None:
+        return
+    P = patch_size
+    if interpolate and (H < P or W < P):
+        raise ValueError(f"pixel_values height and width must be at least patch_size = {P} (B, C, H, W); "
+                         f"received shape {shape_}")
+    if not interpolate and (H % P or W % P):
+        raise ValueError(f"pixel_values height and width must be multiples of patch_size = {P} (B, C, H, W), or "
+                         f"interpolate_pos_encoding=True (which drops the remainder); received shape {shape_}")
+
+
+def image_size(images, image_size_: int, patch_size: int, interpolate: bool) -> None:
+    """Without `interpolate` an image is the size the position table was made for: image_size square."""
+    shape_ = images[0]
+    S, n = image_size_, image_size_ // patch_size
+    if not interpolate and None not in shape_[2:] and shape_[2:] != (S, S):
+        raise ValueError(f"pixel_values must be image_size x image_size = {S} x {S} (B, C, {S}, {S}): the position "
+                         f"table holds {n} x {n} patches and [CLS] (interpolate_pos_encoding=True resizes it); "
+                         f"received shape {shape_}")

@@ -109,6 +109,16 @@ class Config:
     #                                        cache) or "top_left" (query i at i: PyTorch's and ONNX's is_causal)
     sandwich_norm: bool = False    # Gemma 2: a norm on the attention's and the feed-forward's outputs too
     checkpoint: str = ""           # the Hugging Face model_type this config writes as; "": its family's first
+    # ---- the Vision Transformer (ViT) and its patch embedding
+    image_size: int = 32           # the square image side the position table is for (ViT-Base: 224)
+    patch_size: int = 8            # P: the image is cut into (image_size / P)^2 patches of P x P pixels
+    num_channels: int = 3          # C: colour channels of an image (RGB)
+    pooler: bool = True            # ViT's head "none": tanh(h[:, 0] W + b) as pooled_output (transformers'
+    #                                add_pooling_layer of ViTModel; DINO's checkpoints have none). The
+    #                                classification head reads h[:, 0] itself and never has one
+    interpolate_pos_encoding: bool = False  # accept another image size: the position grid is resized (bicubic,
+    #                                         as transformers' interpolate_pos_encoding) and a remainder of fewer
+    #                                         than P pixels is dropped; False: images must be image_size square
 
     def __post_init__(self):
         _check_types(self)
@@ -163,6 +173,9 @@ class Config:
         if self.layer_types and self.sliding_window is None and "sliding_attention" in self.layer_types:
             raise ValueError(f"Config.layer_types names sliding_attention layers, which need a sliding_window; "
                              f"received sliding_window=None")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"Config.patch_size must divide image_size (the position table holds whole patches); "
+                             f"received image_size={self.image_size}, patch_size={self.patch_size}")
 
     @property
     def head_dim(self) -> int:

@@ -1,4 +1,4 @@
-"""keras-hub's backbones (BERT, GPT-2, Llama, Mistral, Qwen, Gemma) as oracles, loaded with the canonical weights.
+"""keras-hub's backbones (BERT, GPT-2, Llama, Mistral, Qwen, Gemma, ViT) as oracles, loaded with the canonical weights.
 
     kh = backbone(cfg)                    # built from the Config's dimensions, no preset, no download
     load(kh, cfg, w)                      # every keras-hub variable set once, from KERAS_HUB below
@@ -50,6 +50,12 @@ exactly the named cause by rebuilding our reference with keras-hub's choice):
   `query_pre_attn_scalar` cannot be expressed) and its blocks keep epsilon 1e-6. None of
   them take position_ids: positions are 0..T-1, so a left-padded batch is refused
   (`refusal` names the input), as are QK-norm and fused attention.
+- ViT (`ViTBackbone`): pre-norm, the exact GELU, the epsilon it is given (its own default and
+  what its Hugging Face converter leaves it at: 1e-6, against transformers' 1e-12), images channels
+  last; it ends at its final norm (no pooler), holds the position table of the one image size it
+  was built for (no interpolation), and has one `use_mha_bias` for q, k, v and the output projection
+  (a Hugging Face ViT with qkv_bias=false keeps its output bias: the converter drops it). In
+  float64 its image input is a float32 `keras.Input` and its GELU divides by a float32 constant.
 - Softmax dtype: keras-hub computes softmax and layer norm in at least float32 under any
   dtype policy; in float32 and float64 that is the compute dtype, so nothing changes here.
 """
@@ -196,7 +202,6 @@ def export(model, cfg: Config) -> dict[str, np.ndarray]:
 def inputs(cfg: Config, **ours) -> dict[str, np.ndarray]:
     """Our input names -> keras-hub's (token_ids, padding_mask 1 = attend, ...); a left-out one
     gets the value the model would have used."""
-    ids = np.asarray(ours["input_ids"])
     t = table(cfg)
     why = refusal(cfg, ours)
     if why:
@@ -205,8 +210,12 @@ def inputs(cfg: Config, **ours) -> dict[str, np.ndarray]:
     for name, (theirs, default) in t.inputs.items():
         value = ours.get(name)
         if value is None:
+            ids = np.asarray(ours["input_ids"])
             value = np.ones_like(ids) if default == "ones" else np.zeros_like(ids)
-        out[theirs] = np.asarray(value).astype("int32")
+        value = np.asarray(value)
+        if name in t.layouts:
+            value = value.transpose(t.layouts[name])
+        out[theirs] = value.astype("float32" if np.issubdtype(value.dtype, np.floating) else "int32")  # ids, masks: int32
     return out
 
 
@@ -215,7 +224,7 @@ def forward(model, cfg: Config):
     t = table(cfg)
 
     def call(x):
-        out = model(x, training=False)
+        out = model(x if len(x) > 1 else next(iter(x.values())), training=False)  # one input: the tensor itself
         mine = {ours: out if theirs is None else out[theirs] for ours, theirs in t.outputs.items()}
         if t.tied_logits:  # (B, T, V): the backbone's token embedding reversed, as its CausalLM does
             mine["logits"] = model.token_embedding(mine["last_hidden_state"], reverse=True)
@@ -230,18 +239,24 @@ def run(model, cfg: Config, **our_inputs) -> dict[str, np.ndarray]:
 
 
 def exact_constants(model):
-    """Replace the two float32-rounded constants of keras-hub in float64 (see the docstring):
-    the attention scale, stored as a float64 NumPy scalar (`tf.cast` keeps it exact), and the
-    tanh GELU, written with float64 constants."""
+    """Replace the float32-rounded constants of keras-hub in float64 (see the docstring): the
+    attention scale, stored as a float64 NumPy scalar (`tf.cast` keeps it exact); the tanh GELU of
+    BERT's feed-forward, written with float64 constants; and the exact GELU of a `Dense(activation=
+    "gelu")` (ViT's MLP: `tf.nn.gelu` divides by cast(1.4142135623730951), a float32 constant)."""
     import keras
     from keras import ops
 
     def gelu_tanh(x):
         return 0.5 * x * (1.0 + ops.tanh(math.sqrt(2.0 / math.pi) * (x + np.float64(0.044715) * x**3)))
 
+    def gelu_erf(x):
+        return 0.5 * x * (1.0 + ops.erf(x * np.float64(1.0 / math.sqrt(2.0))))
+
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, keras.layers.MultiHeadAttention):
             layer._inverse_sqrt_key_dim = np.float64(1.0 / math.sqrt(layer._key_dim))
         if isinstance(layer, keras.layers.Dense) and layer.name == "feedforward_intermediate_dense":
             layer.activation = gelu_tanh
+        elif isinstance(layer, keras.layers.Dense) and layer.activation is keras.activations.gelu:
+            layer.activation = gelu_erf
     return model

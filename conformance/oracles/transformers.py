@@ -38,17 +38,18 @@ def transformers_model(cfg: Config, w: dict | None = None, attn_implementation: 
     if cls is None:
         raise ValueError(f"transformers has no model with the {cfg.kind} family's layout and head={cfg.head!r}")
     transformers = _transformers()
+    init = families.get(cfg.kind).checkpoint(cfg).init(cfg, cls)  # constructor arguments config.json lacks
     if w is not None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoints.to_hf(cfg, w, tmp, cls)
-            model = getattr(transformers, cls).from_pretrained(tmp, attn_implementation=attn_implementation)
+            model = getattr(transformers, cls).from_pretrained(tmp, attn_implementation=attn_implementation, **init)
         import torch
         return model.to(getattr(torch, dtype)).eval()
     import torch
     family = families.get(cfg.kind)
     config = transformers.AutoConfig.for_model(**checkpoints.config_to_hf(cfg, family.checkpoint(cfg), cls))
     with torch.device("meta"):
-        model = getattr(transformers, cls)(config)
+        model = getattr(transformers, cls)(config, **init)
     model = model.to_empty(device="cpu").eval()  # no initialization: counting needs shapes, not values
     for p in model.parameters():
         p.data.zero_()
@@ -65,7 +66,8 @@ def flop_counts(cfg: Config, inputs: dict, implementations=("eager", "sdpa")) ->
     from conformance.backends.torch_backend import flop_count
     model = transformers_model(cfg)
     x = {k: torch.from_numpy(v) for k, v in inputs.items()}
-    x["position_ids"] = torch.arange(x["input_ids"].shape[1])[None]
+    if "input_ids" in x:
+        x["position_ids"] = torch.arange(x["input_ids"].shape[1])[None]
     out = {}
     for impl in implementations:
         model.set_attn_implementation(impl)
@@ -76,16 +78,24 @@ def flop_counts(cfg: Config, inputs: dict, implementations=("eager", "sdpa")) ->
 OUR_NAMES = {"pooler_output": "pooled_output"}  # transformers' output name -> ours, where they differ
 
 
+def call_arguments(cfg: Config) -> dict:
+    """The forward arguments of transformers that are Config fields here (`Checkpoint.call`)."""
+    return {argument: getattr(cfg, field) for field, argument in families.get(cfg.kind).checkpoint(cfg).call.items()}
+
+
 def run(cfg: Config, w: dict, inputs: dict, attn_implementation: str = "eager", dtype: str = "float64") -> dict:
     """The `transformers` model of `cfg` on the canonical weights `w`, called on our `inputs`: its outputs
-    under our names (`last_hidden_state` is its last hidden state, after the final norm), NumPy."""
+    under our names (`last_hidden_state` is its last hidden state, after the final norm, where the family
+    does not declare its `Checkpoint.hidden_states`: ViT's last one precedes the final norm), and each of its
+    hidden states as `hidden_states.<k>`, NumPy."""
     import torch
     model = transformers_model(cfg, w, attn_implementation, dtype)
     x = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
     with torch.no_grad():
-        out = model(**x, output_hidden_states=True)
-    got = {OUR_NAMES.get(k, k): v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
-           for k, v in out.items() if isinstance(v, torch.Tensor)}
-    if "last_hidden_state" not in got:
-        got["last_hidden_state"] = out.hidden_states[-1].numpy()
+        out = model(**x, **call_arguments(cfg), output_hidden_states=True)
+    numpy = lambda v: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()  # noqa: E731
+    got = {OUR_NAMES.get(k, k): numpy(v) for k, v in out.items() if isinstance(v, torch.Tensor)}
+    if "last_hidden_state" not in got and not families.get(cfg.kind).checkpoint(cfg).hidden_states:
+        got["last_hidden_state"] = numpy(out.hidden_states[-1])  # a declared list says what the last one is
+    got.update({f"hidden_states.{k}": numpy(h) for k, h in enumerate(out.hidden_states or ())})
     return got

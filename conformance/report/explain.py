@@ -45,11 +45,13 @@ from conformance.oracles import layers as oracles
 from conformance.core import files, trace
 from conformance.spec import families, registry
 from conformance.spec.family import Step
+from conformance.spec.leaves import TORCH_CONV
 from numpy_ref.activations import dropout, softmax
 from numpy_ref.attention import scaled_dot_product_attention
 from numpy_ref.embeddings import sinusoidal_encoding
 from numpy_ref.linear import linear
 from numpy_ref.normalization import layer_norm, rms_norm
+from numpy_ref.patch_embedding import patchify
 from numpy_ref.rotary import apply_rotary
 from conformance.oracles.transformers import transformers_model
 
@@ -866,6 +868,32 @@ def gated_library(cfg, w, inputs, records, calls):
                     oracles.transformers_gated_feed_forward(cfg, w, x))]
 
 
+def patch_inputs(cfg):
+    """A 2-channel 4 x 4 image whose values say where they are: channel 0 counts 0..15 row by row, channel 1
+    is 100 more."""
+    counts = np.arange(16.0).reshape(4, 4)
+    return {"pixel_values": np.stack([counts, 100 + counts])[None]}          # (1, C, H, W)
+
+
+def patch_inner(module, w, inputs, records):
+    return [Inner(patchify, (inputs["pixel_values"].transpose(0, 2, 3, 1), module.patch_size), "patches")]
+
+
+def patch_library(cfg, w, inputs, records, calls):
+    torch, keras = _torch(), _keras()
+    x, P, D = inputs["pixel_values"], cfg.patch_size, cfg.d_model
+    weight = TORCH_CONV[0].to_external(w["kernel"])                            # (D, C, P, P)
+    conv = torch.nn.functional.conv2d(_tensor(x), _tensor(weight), _tensor(w["bias"]), stride=P)
+    layer = keras.layers.Conv2D(D, P, strides=P, dtype="float64")
+    images = x.transpose(0, 2, 3, 1)                                           # (B, H, W, C)
+    layer.build(images.shape)
+    layer.set_weights([w["kernel"], w["bias"]])
+    return [Library("output", "F.conv2d(pixel_values, weight (D, C, P, P), bias, stride=P).flatten(2).mT",
+                    _np(conv.flatten(2).transpose(1, 2))),
+            Library("output", "keras.layers.Conv2D(D, P, strides=P) on the image channels last",
+                    _np(layer(images)).reshape(records["output"].shape))]
+
+
 LAYER = dict(d_model=8, num_heads=2, d_ff=16)
 LAYER_SHOWS = ("num_heads", "head_dim", "d_ff", "activation", "layer_norm_eps", "norm_first")
 
@@ -1097,6 +1125,21 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                  Step("output", "The block's output (dropout is the identity at inference).")),
                 library=gated_library,
                 shows=("d_ff", "activation", "mlp_bias")),
+    Walkthrough("patch_embedding", "A 2-channel 4 x 4 image cut into four 2 x 2 patches, each projected to width 3; "
+                                   "channel 0 counts 0..15 row by row, channel 1 is 100 more, so every value says "
+                                   "where it came from.",
+                dict(d_model=3, num_heads=1, image_size=4, patch_size=2, num_channels=2), patch_inputs,
+                (Step("patches", "Patch 0 is the top-left 2 x 2 block, pixels 0, 1 (first row) and 4, 5 (second "
+                                 "row), each pixel's two channels together: 0 100 1 101 4 104 5 105. Patch 1 is the "
+                                 "top-right block (2, 3, 6, 7), then the bottom row: the grid read row by row.",
+                      "torch's Conv2d and transformers' ViTPatchEmbeddings never form the patches: their "
+                      "convolution kernel (D, C, P, P) slides with stride P, touching each pixel once."),
+                 Step("output", "Each flattened patch times the (P P C, D) = (8, 3) kernel, plus the bias: "
+                                "one token of width D a patch.",
+                      "keras.layers.Conv2D stores the kernel (P, P, C, D), ours; torch's Conv2d (D, C, P, P), "
+                      "which the checkpoint tables transpose (leaf layout conv_out_in).")),
+                inner=patch_inner, library=patch_library,
+                shows=("image_size", "patch_size", "num_channels")),
 ]}
 
 

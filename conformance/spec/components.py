@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from conformance.core.config import Config
 from conformance.spec.entry import Entry, Variant as V
-from conformance.spec.inputs import (decoder_inputs, dropout_inputs, hidden, ids, masked_hidden, positions, qkv,
-                                     relative_hidden, rotary_qk, scores_and_mask)
+from conformance.spec.inputs import (decoder_inputs, dropout_inputs, hidden, ids, image_inputs, masked_hidden, positions,
+                                     qkv, relative_hidden, rotary_qk, scores_and_mask)
 
 TINY = Config(kind="component", d_model=32, num_heads=4, d_ff=64, vocab_size=97, max_positions=64)
 FUSED = V({"attention_impl": "fused"})  # F.scaled_dot_product_attention, keras.ops.dot_product_attention
@@ -90,4 +90,11 @@ COMPONENTS = [
           {"default": V(), "c2p": V({"relative_attention": ("c2p",)}), "p2c": V({"relative_attention": ("p2c",)}),
            "exact_distances": V({"position_buckets": 0, "max_relative_positions": 3}),  # clipped at +-3
            "no_mask": V(options={"mask": "none"})}),
+    # the Vision Transformer's
+    Entry("patch_embedding", "PatchEmbedding", TINY.replace(kind="patch_embedding", image_size=16, patch_size=4),
+          image_inputs,
+          {"default": V(), "one_channel": V({"num_channels": 1}),
+           # a 22 x 13 image (`image_inputs`): with interpolation the 2 and 1 pixels past the last whole
+           # patches are dropped
+           "remainder": V({"interpolate_pos_encoding": True})}),
 ]

@@ -52,6 +52,13 @@ class Checkpoint:
     def table(self, head: str) -> dict:
         """`modules` as the classes of `head` name them."""
         return {**self.modules, **self.head_modules.get(head, {})}
+    init: Callable[[Config, str], dict] = lambda cfg, cls: {}   # the class's constructor arguments config.json
+    #                                                             does not hold (ViTModel's add_pooling_layer)
+    optional: dict = field(default_factory=dict)  # Config field <- canonical module: True iff the file holds the
+    #                                               module's tensors, where the model would have it (a pooler)
+    call: dict = field(default_factory=dict)      # Config field -> the forward argument of transformers that
+    #                                               it is (interpolate_pos_encoding): how a call runs, not a file's
+    hidden_states: tuple = ()  # our trace names of transformers' hidden_states[0], [1], ..., "{i}" a layer
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,8 @@ class KerasHub:
     #                        outputs not compared (ELECTRA's pooled_dense, a pooler transformers' model lacks)
     padded_positions: bool = True  # False: its outputs at padded positions are its own (other positions, no
     #                                query mask), compared at the attended positions only
+    layouts: dict = field(default_factory=dict)  # our input -> the axis order keras-hub takes it in (ViT's images
+    #                                              channels last: (0, 2, 3, 1))
 
 
 @dataclass(frozen=True)

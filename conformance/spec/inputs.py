@@ -145,3 +145,14 @@ def rotary_qk(cfg, rng, batch, length, positions="default", **_):
         ids[1:] = np.maximum(ids[1:] - 2, 0)
     return {"q": rng.standard_normal((batch, H, length, Dh)), "k": rng.standard_normal((batch, KV, length, Dh)),
             "position_ids": ids.astype(np.int64)}
+
+
+def image_inputs(cfg, rng, batch, length, size=None, **_):
+    """pixel_values (B, C, H, W), channels first, N(0, 1) pixels (as a normalized image); H x W is `size`, else
+    image_size square, and for a config that interpolates (`interpolate_pos_encoding`) another size: S + 1.5 P
+    by S - P + 1 (S = image_size), so the position grid grows by a row, shrinks by a column, and a remainder
+    of fewer than P pixels is dropped on each side. `length` does not apply: an image's size sets its tokens."""
+    S, P = cfg.image_size, cfg.patch_size
+    if size is None:
+        size = (S + P + P // 2, max(S - P + 1, P)) if cfg.interpolate_pos_encoding else (S, S)
+    return {"pixel_values": rng.standard_normal((batch, cfg.num_channels, *size))}

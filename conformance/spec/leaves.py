@@ -47,6 +47,10 @@ LAYOUTS: dict[str, Layout] = {
                              lambda a, cfg: np.roll(a, cfg.pad_token_id + 1, axis=0)),
     "heads_first_in": Layout(lambda a, cfg: a.reshape(a.shape[0], -1, cfg.head_dim).transpose(1, 0, 2),  # (H, D, Dh)
                              lambda a, cfg: a.transpose(1, 0, 2).reshape(a.shape[1], -1)),  # keras-hub's Gemma
+    # a convolution kernel: canonical (kh, kw, in, out), Keras's Conv2D layout, the [in, out] of a
+    # patch flattened in (i, j, c) order; torch's Conv2d stores (out, in, kh, kw)
+    "conv_out_in": Layout(lambda a, cfg: a.transpose(3, 2, 0, 1), lambda a, cfg: a.transpose(2, 3, 1, 0)),
+    "batch_of_one": Layout(lambda a, cfg: a[None], lambda a, cfg: a[0]),  # (R, D) rows as a (1, R, D) tensor
 }
 
 
@@ -83,7 +87,8 @@ def fuse(leaves: list[Leaf], arrays: list, cfg=None) -> np.ndarray:
 
 def table_rows(modules: dict, shapes: dict) -> list[tuple[str, str, Leaf]]:
     """(canonical name, external module path, leaf) for every canonical parameter in `shapes` that a
-    table `{canonical module: (external module, leaves)}` maps; "{i}" in both stands for a layer index."""
+    table `{canonical module: (external module, leaves)}` maps; "{i}" in both stands for a layer index
+    (and "{i+1}" in the external path for the same index counted from 1, as keras-hub's ViT numbers its blocks)."""
     rows = []
     for module, (external, leaves) in modules.items():
         for leaf in leaves:
@@ -91,7 +96,10 @@ def table_rows(modules: dict, shapes: dict) -> list[tuple[str, str, Leaf]]:
             for name in shapes:
                 m = pattern.match(name)
                 if m:
-                    rows.append((name, external.replace("{i}", m.group(1)) if m.groups() else external, leaf))
+                    path = external
+                    if m.groups():
+                        path = path.replace("{i+1}", str(int(m.group(1)) + 1)).replace("{i}", m.group(1))
+                    rows.append((name, path, leaf))
     return rows
 
 
@@ -104,3 +112,5 @@ KERAS_HEADS_IN = (Leaf("kernel", "kernel", "heads_in"), Leaf("bias", "bias", "he
 KERAS_HEADS_OUT = (Leaf("kernel", "kernel", "heads_out"), Leaf("bias", "bias"))
 KERAS_NORM = (Leaf("gamma", "gamma"), Leaf("beta", "beta"))
 KERAS_TABLE = (Leaf("table", "embeddings"),)
+TORCH_CONV = (Leaf("kernel", "weight", "conv_out_in"), Leaf("bias", "bias"))  # nn.Conv2d
+KERAS_CONV = (Leaf("kernel", "kernel"), Leaf("bias", "bias"))  # keras.layers.Conv2D: already (kh, kw, in, out)

@@ -62,14 +62,40 @@ def test_matches_transformers_on_our_weights(case_, framework):
         assert result.passed, str(result)
 
 
+HIDDEN_CASES = [c for c in HF_CASES if families.get(c[0]).checkpoint(registry.get(c[0]).config(c[1])).hidden_states]
+
+
+def hidden_state_names(cfg) -> list[str]:
+    """Our trace names of transformers' hidden_states[0], [1], ... (`Checkpoint.hidden_states`, "{i}" a layer)."""
+    names = []
+    for name in families.get(cfg.kind).checkpoint(cfg).hidden_states:
+        names += [name.format(i=i) for i in range(cfg.num_layers)] if "{i}" in name else [name]
+    return names
+
+
+@pytest.mark.parametrize("case_", HIDDEN_CASES, ids=[case_id(c) for c in HIDDEN_CASES])
+def test_every_hidden_state_matches_transformers(case_, framework):
+    """Each of transformers' output_hidden_states against the traced tensor of ours it is, layer by layer."""
+    cfg, w, inputs, expected = case(*case_)
+    _, records = build(framework, cfg, w, dtype="float32").trace(**inputs)
+    names = hidden_state_names(cfg)
+    assert [k for k in expected if k.startswith("hidden_states.")] == [f"hidden_states.{k}" for k in range(len(names))]
+    for k, name in enumerate(names):
+        result = compare(f"{framework} {case_id(case_)} {name} vs {hf.class_name(cfg)}.hidden_states[{k}]",
+                         valid(records[name], inputs), valid(expected[f"hidden_states.{k}"], inputs),
+                         TOLERANCES["float32"])
+        assert result.passed, str(result)
+
+
 @pytest.mark.parametrize("case_", HF_CASES, ids=[case_id(c) for c in HF_CASES])
 def test_checkpoint_round_trip_is_bit_exact(case_, tmp_path):
-    """to_hf then from_hf gives back the same Config (how it runs, attention_impl, is not a checkpoint's to
-    say) and the same weights, bit for bit."""
+    """to_hf then from_hf gives back the same Config (how it runs, attention_impl and any field that is a forward
+    argument of transformers (`Checkpoint.call`), is not a checkpoint's to say) and the same weights, bit for bit."""
     cfg, w, _, _ = case(*case_)
     weights.to_hf(cfg, w, tmp_path)
     cfg_back, w_back = weights.from_hf(tmp_path)
-    assert cfg_back == cfg.replace(checkpoint=cfg_back.checkpoint, attention_impl=cfg_back.attention_impl)
+    runtime = {f: getattr(cfg_back, f) for f in ("checkpoint", "attention_impl", *families.get(cfg.kind).checkpoint(cfg).call)}
+    assert cfg_back == cfg.replace(**runtime)
     assert sorted(w_back) == sorted(w)
     for name in w:
         np.testing.assert_array_equal(w_back[name], w[name], err_msg=name)

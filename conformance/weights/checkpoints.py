@@ -74,6 +74,10 @@ def from_hf(path, head: str | None = None) -> tuple[Config, dict[str, np.ndarray
         cfg = cfg.replace(head=head)
     tensors = {_modern(k): v for k, v in read_tensors(path).items()}
     prefix = arch.prefix if any(k.startswith(arch.prefix) for k in tensors) else ""
+    for field, module in arch.optional.items():  # a part config.json does not record: is it in the file?
+        held = [h for c, h, _ in _rows(arch, cfg.replace(**{field: True}), prefix) if c.startswith(f"{module}.")]
+        if held:
+            cfg = cfg.replace(**{field: any(h in tensors for h in held)})
     rows = _rows(arch, cfg, prefix)
     _check_layer_count(arch, cfg, hf, tensors, rows, prefix, path)
     w = {c: np.ascontiguousarray(leaf.to_canonical(tensors[h], cfg)) for c, h, leaf in rows if h in tensors}
