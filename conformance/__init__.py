@@ -11,7 +11,10 @@ a name below is asked for (PEP 562), so `numpy_ref`, `torch_impl` and `tf_impl` 
 import importlib
 import os
 
+from conformance.core import quiet
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's import noise stays out of output
+quiet.install()  # ... and the lines it writes to descriptor 2 before reading that variable
 
 _PUBLIC = {  # name -> (module, attribute or None for the module itself)
     "Config": ("conformance.core.config", "Config"),

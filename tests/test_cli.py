@@ -1,5 +1,6 @@
 """The `tmirror` command line, run as a user runs it: a subprocess, exit codes, output files."""
 import json
+import os
 import subprocess
 import sys
 
@@ -117,3 +118,18 @@ def test_tolerances_on_cuda_measure_torch_unless_told():
     assert cli.tolerance_frameworks("cuda", None) == ["torch"]
     assert cli.tolerance_frameworks("cpu", None) == ["numpy", "torch", "tf"]
     assert cli.tolerance_frameworks("cuda", ["torch", "tf"]) == ["torch", "tf"]
+
+
+def test_tensorflow_load_lines_stay_off_stderr():
+    """TensorFlow 2.21 writes its absl and oneDNN lines to descriptor 2 as it loads, whatever
+    TF_CPP_MIN_LOG_LEVEL says (the first run shows it); `conformance`'s import hook drops them, for the
+    CLI and for a user who imports conformance or tf_impl before TensorFlow."""
+    run = lambda code: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,  # noqa: E731
+                                      timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    bare = run("import tensorflow")
+    assert "absl::InitializeLog" in bare.stderr, bare.stderr  # the noise the hook exists for
+    for code in ("import conformance, tensorflow", "import tf_impl", "import conformance, keras"):
+        r = run(code + "; import tensorflow as tf; print(float(tf.constant(2.0)) * 2)")
+        assert r.returncode == 0 and r.stdout == "4.0\n" and r.stderr == "", (code, r.stderr)
+    r = tmirror("explain", "linear")
+    assert r.returncode == 0 and r.stderr == "", r.stderr

@@ -4,6 +4,7 @@
 Its variables carry the canonical names (`tf_impl._layer.named_weights`), so its weight mapping
 is the identity.
 """
+import conformance  # noqa: F401  (first: its import hook keeps TensorFlow's load-time lines off stderr)
 from tf_impl.activations import Activation, Dropout, Softmax
 from tf_impl.attention import MultiHeadAttention, ScaledDotProductAttention
 from tf_impl.bert import Bert
