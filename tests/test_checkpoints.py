@@ -198,5 +198,5 @@ def test_pretraining_checkpoint_drops_other_heads_with_a_warning(tmp_path):
     from conformance.compare.tolerance import TOLERANCES, compare
     result = compare("BertModel from a pretraining file", ours["last_hidden_state"], theirs, TOLERANCES["float32"])
     assert result.passed, str(result)
-    with pytest.raises(ValueError, match=r"head must be one of \['classification', 'mlm', 'none', 'qa'\]"):
+    with pytest.raises(ValueError, match=r"head must be one of \['classification', 'mlm', 'none', 'qa', 'token_classification'\]"):
         checkpoints.from_hf(path, head="ner")

@@ -528,8 +528,8 @@ def input_free(cfg: Config) -> frozenset:
     narrow = cfg.replace(d_model=2 * cfg.num_heads, d_ff=4, vocab_size=8, max_positions=8)
     w = weights_lib.initialize(narrow, seed=0)
     model = build("numpy", narrow, w, dtype="float64")
-    runs = [model.trace(**{k: np.asarray(v).astype(np.int64)
-                           for k, v in families.get(cfg.kind).inputs(narrow, 1, length, seed=length).items()})[1]
+    as_fed = lambda v: v if np.issubdtype(np.asarray(v).dtype, np.floating) else np.asarray(v).astype(np.int64)  # noqa: E731
+    runs = [model.trace(**{k: as_fed(v) for k, v in families.get(cfg.kind).inputs(narrow, 1, length, seed=length).items()})[1]
             for length in (3, 4)]
     return frozenset(n for n, v in runs[0].items() if n in runs[1] and np.array_equal(v, runs[1][n]))
 

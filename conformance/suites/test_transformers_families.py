@@ -82,7 +82,7 @@ def test_every_hidden_state_matches_transformers(case_, framework):
     assert [k for k in expected if k.startswith("hidden_states.")] == [f"hidden_states.{k}" for k in range(len(names))]
     for k, name in enumerate(names):
         result = compare(f"{framework} {case_id(case_)} {name} vs {hf.class_name(cfg)}.hidden_states[{k}]",
-                         valid(records[name], inputs), valid(expected[f"hidden_states.{k}"], inputs),
+                         valid(records[name], inputs, cfg), valid(expected[f"hidden_states.{k}"], inputs, cfg),
                          TOLERANCES["float32"])
         assert result.passed, str(result)
 
