@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import sys
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 
 from conformance.backends.base import Backend, Gradients, as_dict, best_seconds, cotangents_for
 from conformance.backends.dtypes import DTYPES, MIXED, cast_input, compute_dtype, numpy_dtype, parameter_dtype
-from conformance.core import trace
+from conformance.core import quiet, trace
 from conformance.spec.leaves import TORCH_EMBEDDING, TORCH_LINEAR, TORCH_NORM, Leaf
 
 TORCH_LEAVES = {nn.Linear: TORCH_LINEAR, nn.LayerNorm: TORCH_NORM, nn.Embedding: TORCH_EMBEDDING}
@@ -115,18 +114,11 @@ def flop_count(module, inputs: dict) -> dict:
 
 @contextlib.contextmanager
 def profiling_memory():
-    """`torch.profiler.profile` with memory events, its native start/stop lines kept off stderr."""
+    """`torch.profiler.profile` with memory events, its native start/stop lines kept off stderr
+    (kineto writes "USDT: ... profiler_start" to descriptor 2 directly)."""
     from torch.profiler import ProfilerActivity, profile
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)  # kineto writes "USDT: ... profiler_start" to fd 2 directly
-            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-                yield prof
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with quiet.stderr_descriptor_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        yield prof
 
 
 def _peak(prof) -> int:

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from conformance import weights
-from conformance.core import files
+from conformance.core import files, quiet
 from conformance.backends import build, environment as framework_environment, supports
 from conformance.backends.base import as_dict
 from conformance.backends.finite import traced
@@ -418,16 +418,9 @@ def _quiet_import(*modules) -> None:
     """Import modules with file descriptor 2 sent to /dev/null: TensorFlow's C++ start-up lines (oneDNN,
     absl's "before InitializeLog") ignore TF_CPP_MIN_LOG_LEVEL and would land in the user's output."""
     import importlib
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            for module in modules:
-                importlib.import_module(module)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with quiet.stderr_descriptor_silenced():
+        for module in modules:
+            importlib.import_module(module)
 
 
 def part_matrix(s: Settings, rep: Report) -> None:
