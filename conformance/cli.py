@@ -102,8 +102,8 @@ def parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="per-op error table and the first op out of tolerance")
     common(cmp_)
     cmp_.add_argument("--top", type=_positive, default=15, help="how many of the worst ops to list")
-    cmp_.add_argument("--a", help="compare two implementations op by op: numpy, torch, tf, reference, onnx, onnx-tf, "
-                                  "transformers, keras-hub or module:PATH.py:FACTORY, each NAME@DTYPE to pick its "
+    cmp_.add_argument("--a", help="compare two implementations op by op: numpy, torch, tf, reference, "
+                                  "keras-torch, keras-jax (the tf mirror on that Keras backend), onnx, onnx-tf, transformers, keras-hub or module:PATH.py:FACTORY, each NAME@DTYPE to pick its "
                                   "dtype (default --dtype); PRESET may then be a registry case, e.g. 'llama[gemma]'")
     cmp_.add_argument("--b", default="reference", help="the other side of --a (default: the float64 reference)")
     cmp_.add_argument("--std", type=float, default=0.02, help="with --a: the seeded weights' std (default 0.02)")

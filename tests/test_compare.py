@@ -2,7 +2,9 @@
 
 Real cases (each also a committed report under reports/compare/): keras-hub's BERT against
 transformers' (the tanh GELU is the first divergence, at layer 0's feed-forward activation, and
-is shown to be the cause by rebuilding the reference with it), keras-hub's GPT-2, Llama,
+is shown to be the cause by rebuilding the reference with it), the Keras mirror on Keras's torch
+backend against itself on TensorFlow (agrees) and in float64 against the reference (float32 from the
+first layer norm's ops.mean), keras-hub's GPT-2, Llama,
 Mistral and Gemma against transformers at the tiny presets, an ONNX export against its source
 (--full: an export costs tens of seconds). A user's own model (study/user_gpt2.py) agrees with
 the reference, and each of its three planted bugs is pinned to its op by the replay; so does its Keras
@@ -102,6 +104,26 @@ def test_onnx_export_against_its_source_op_by_op(what, source):
     assert r.b.label == source and "an ONNX graph has no module" in r.a.no_replay
 
 
+# ------------------------------------------------------------------------------- Keras's torch backend
+
+def test_keras_on_torch_agrees_with_keras_on_tensorflow_op_by_op():
+    r = conformance.compare("keras-torch", "tf", preset="bert-tiny", batch=1, seq_len=8)
+    assert r.passed and r.a.label == "tf mirror on Keras's torch backend (cpu)", r.summary()
+    assert len(r.ops) == len(r.b.records) and not r.only_a and not r.only_b  # every traced op, both sides
+
+
+def test_keras_on_torch_in_float64_is_float32_from_the_first_layer_norm():
+    """Keras's torch backend computes ops.mean in float32 whatever its input (`keras_backends.KNOWN`):
+    the first op that shows it is the embeddings' layer norm, and replaying the reference's layer norm on
+    Keras-on-torch's own input (Keras's modules cannot run outside its subprocess) says it introduces it."""
+    r = conformance.compare("keras-torch@float64", "reference", preset="bert-tiny", batch=1, seq_len=8)
+    assert r.first.name == "embeddings.norm.output" and 1e-9 < r.first.max_abs < 1e-6, r.summary()
+    assert all(c.passed for c in r.ops[:r.ops.index(r.first)])  # the embedding gathers are exact
+    v = r.verdicts[0]
+    assert v.reversed and v.verdict == "introduces it" and "reference's embeddings.norm" in v.says
+    assert any(n.kind == "known" and "ops.mean" in n.says for n in r.a.notes)
+
+
 # ------------------------------------------------------------------------------------ a user's model
 
 def test_user_model_agrees_with_the_reference():
@@ -193,13 +215,15 @@ def test_factory_that_returns_no_module(tmp_path):
 
 
 @pytest.mark.parametrize("spec,words", [
-    ("bogus", "an implementation must be one of ['numpy', 'torch', 'tf', 'reference', 'onnx', 'onnx-tf', "
-              "'transformers', 'keras-hub'], 'module:PATH.py:FACTORY' or a conformance.compare.Model; "
+    ("bogus", "an implementation must be one of ['numpy', 'torch', 'tf', 'reference', 'keras-torch', "
+              "'keras-jax', 'onnx', 'onnx-tf', 'transformers', 'keras-hub'], 'module:PATH.py:FACTORY' or a conformance.compare.Model; "
               "received 'bogus'"),
     (f"module:{USER}", f"a user's model is named 'module:PATH.py:FACTORY'; received 'module:{USER}'"),
     ("module:study/nothere.py:f", "no factory file 'study/nothere.py' (from 'module:study/nothere.py:f')"),
     (f"module:{USER}:nothere", f"{USER} has no function 'nothere'; it defines ["),
     ("torch@float8", "the dtype after '@' must be one of"),
+    ("keras-jax", "keras-jax: jax is not installed in this environment, so Keras cannot run on the jax backend"),
+    ("keras-torch@tf32", "tf does not support dtype='tf32'"),
 ])
 def test_bad_names(spec, words):
     with pytest.raises(ValueError) as e:

@@ -7,8 +7,9 @@
     print(r.markdown())
 
 An implementation is named by a string: a mirror ("numpy", "torch", "tf"), "reference" (the
-float64 NumPy mirror, the default `b`), "onnx" / "onnx-tf" (the torch or Keras mirror exported and
-run in onnxruntime), "transformers", "keras-hub", or "module:PATH.py:FACTORY", a user's own model: a file whose
+float64 NumPy mirror, the default `b`), "keras-torch" / "keras-jax" (the Keras mirror on Keras's
+torch or JAX backend, in a subprocess: Keras fixes its backend when it is first imported), "onnx" /
+"onnx-tf" (the torch or Keras mirror exported and run in onnxruntime), "transformers", "keras-hub", or "module:PATH.py:FACTORY", a user's own model: a file whose
 FACTORY(cfg, weights) returns a `torch.nn.Module` or a Keras model with the weights loaded and whose
 `MODULES` is its name map (a table {canonical module: (its module path, leaves)}, as the families'
 are). "NAME@DTYPE" runs it in DTYPE. An object `Model(model, modules)` is a user's model in memory.
@@ -23,8 +24,8 @@ again on B's recorded value of its input, so that
 
 say whether the op itself computes differently (introduced out of tolerance) or received its
 difference from upstream (inherited: the ops between were below tolerance one by one, or not
-traced on both sides). Where A cannot replay (an ONNX graph) B's op is replayed on A's
-input instead, and the report says which way it went.
+traced on both sides). Where A cannot replay (an ONNX graph, a Keras backend in another process) B's
+op is replayed on A's input instead, and the report says which way it went.
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ from conformance.core.trace import Summary
 from conformance.spec import families, presets
 
 MIRRORS = ("numpy", "torch", "tf")
-NAMED = MIRRORS + ("reference", "onnx", "onnx-tf", "transformers", "keras-hub")
+KERAS = {"keras-torch": "torch", "keras-jax": "jax"}  # the Keras mirror on another Keras backend
+NAMED = MIRRORS + ("reference",) + tuple(KERAS) + ("onnx", "onnx-tf", "transformers", "keras-hub")
 LOOSENESS = ("float64", "float32", "tf32", "mixed_float16", "float16", "mixed_bfloat16", "bfloat16")
 
 
@@ -172,6 +174,8 @@ def side(spec, cfg: Config, w: dict, inputs: dict, canon: Canonical, reference, 
         return _mirror_side("numpy", cfg, w, inputs, "float64", summary, built=reference, label="reference")
     if what in MIRRORS:
         return _mirror_side(what, cfg, w, inputs, dtype, summary)
+    if isinstance(what, str) and what in KERAS:
+        return _keras_backend_side(KERAS[what], cfg, w, inputs, canon, dtype)
     if what in ("onnx", "onnx-tf"):
         return _onnx_side(what, cfg, w, inputs, summary)
     if what == "transformers":
@@ -244,6 +248,27 @@ def _onnx_side(what, cfg, w, inputs, summary) -> Side:
     return Side(f"onnx (exported from the {source} mirror by {m.module.exported.exporter})", "float32", outputs,
                 records, [], None, lambda name: None, "an ONNX graph has no module to run alone",
                 time.perf_counter() - started)
+
+
+def _keras_backend_side(backend, cfg, w, inputs, canon, dtype) -> Side:
+    """The tf mirror on another Keras backend, traced in its subprocess. Its modules cannot run here, so
+    the replay runs the other side's module on this side's recorded input (the module paths are the
+    reference's: the mirrors share one module tree)."""
+    from conformance.compare import keras_backends
+    run = keras_backends.keras_backend_trace(backend, cfg, w, inputs, dtype)
+    if run.error:
+        raise RuntimeError(run.error)
+    by_name = _deepest_module(canon)
+
+    def op_input(name):
+        path = by_name.get(name)
+        return None if path not in run.module_inputs else (path, run.module_inputs[path])
+
+    notes = [Note("(every op)", "known", run.note)] if run.note else []
+    return Side(f"tf mirror on Keras's {backend} backend ({run.device})", dtype, run.outputs, run.records, notes,
+                None, lambda name: None, f"Keras on {backend} runs in a subprocess (Keras fixes its backend when it is "
+                                         "first imported): none of its modules can be run alone from here",
+                run.seconds, op_input=op_input)
 
 
 def _external_side(made: tuple, cfg, w, inputs, canon, dtype, summary) -> Side:

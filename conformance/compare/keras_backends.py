@@ -4,12 +4,14 @@
     runs["torch"].passed, runs["torch"].comparisons      # against the float64 NumPy reference
     runs = keras_backend_batch([(label, cfg, w, inputs, reference), ...], ("jax", "torch"), ("float32",))
     runs[(label, "jax", "float32")].device                # where Keras put the tensors: "cuda:0", "gpu", "cpu"
+    run = keras_backend_trace("torch", cfg, w, inputs)    # run.records: every traced op, by trace name
 
 Keras fixes its backend once, when it is first imported, from KERAS_BACKEND: a process that
 has imported Keras on TensorFlow cannot switch. So each backend runs in its own subprocess
 (`python -m conformance.compare.keras_backends DIR DTYPES OUT`), fed the canonical weights (safetensors,
 with the config in the metadata) and the inputs (npz) of every case through a temporary directory;
-it writes each case's outputs (npz) as it goes, so a subprocess stopped at its timeout still returns
+it writes each case's outputs (npz) as it goes (and, asked to trace, every tapped tensor by
+trace name, which is how `tmirror compare --a keras-torch` lines Keras-on-torch up op by op), so a subprocess stopped at its timeout still returns
 what it finished, and the parent compares them through the one tolerance table. The backends'
 subprocesses run at the same time. Keras on another backend puts its tensors where that framework
 does by default (torch: a CUDA device if there is one; JAX: its first device, a GPU where jax has
@@ -46,11 +48,11 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository root: the child imp
 # (backend, dtype) -> a known limitation of Keras itself, attached to the run as its `note`
 KNOWN = {
     ("torch", "float64"):
-        "Keras 3 computes ops.matmul and ops.maximum in float32 on the torch backend: "
+        "Keras 3 computes ops.matmul, ops.mean and ops.maximum in float32 on the torch backend: "
         "keras/src/backend/common/dtypes.py result_type maps every 64-bit result type to 32-bit "
-        "('aligned with JAX'), and keras/src/backend/torch/numpy.py matmul and maximum cast to it "
-        "(the TensorFlow backend does not); tf_impl calls them at linear.py:15, attention.py:36 and :38, "
-        "activations.py:29 (relu), bert.py:45, gpt2.py:59 and transformer.py:57, so float64 is float32 there",
+        "('aligned with JAX'), and keras/src/backend/torch/numpy.py casts matmul, mean and maximum to it "
+        "(the TensorFlow backend does not); tf_impl calls them in every linear layer, attention, layer norm, "
+        "RMS norm and tied head, so float64 is float32 there (the first op it shows at is the first layer norm)",
 }
 # What each backend's subprocess environment gets beyond KERAS_BACKEND: JAX would otherwise take 75%
 # of the GPU's memory at its first operation, beside the parent's torch
@@ -63,6 +65,8 @@ class BackendRun:
     backend: str
     dtype: str
     outputs: dict = field(default_factory=dict)
+    records: dict = field(default_factory=dict)  # trace name -> tensor, when the batch traces
+    module_inputs: dict = field(default_factory=dict)  # module path -> its first call's data input, likewise
     comparisons: list = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
@@ -97,6 +101,19 @@ def keras_backend_runs(cfg, w: dict, inputs: dict, backends=("torch",), dtype: s
     return {b: runs[("case", b, dtype)] for b in backends}
 
 
+def keras_backend_trace(backend: str, cfg, w: dict, inputs: dict, dtype: str = "float32",
+                        timeout: float = 600, env: dict | None = None) -> BackendRun:
+    """tf_impl traced on one Keras backend in a subprocess: outputs, every tapped tensor (`records`),
+    each module's first data input (`module_inputs`, for replaying another implementation's module on
+    it) and the comparison of the outputs with the float64 reference. Raises where the backend cannot run."""
+    why = unavailable(backend)
+    if why:
+        raise ValueError(f"keras-{backend}: {why}")
+    batch = KerasBatch([("case", cfg, w, inputs, None)], (dtype,), trace=True)
+    batch.launch(backend, env=env)
+    return batch.collect(timeout)[("case", backend, dtype)]
+
+
 def keras_backend_batch(items, backends=("torch",), dtypes=("float32",), timeout: float = 600,
                         env: dict | None = None) -> dict[tuple, BackendRun]:
     """Every item (label, cfg, weights, inputs, reference or None, [dtypes]) on every backend, one
@@ -123,7 +140,7 @@ class KerasBatch:
         runs = batch.collect(timeout=300)      # {(label, tag, dtype): BackendRun}
     """
 
-    def __init__(self, items, dtypes=("float32",)):
+    def __init__(self, items, dtypes=("float32",), trace: bool = False):
         for dtype in dtypes:  # checked here: asking the tf backend would import Keras, so TensorFlow, in this process
             if dtype not in KERAS_DTYPES:
                 raise ValueError(f"tf does not support dtype={dtype!r}: tf_impl on Keras runs {list(KERAS_DTYPES)} "
@@ -139,7 +156,7 @@ class KerasBatch:
             (self.dir / str(i)).mkdir()
             weights.save(w, self.dir / str(i) / "weights.safetensors", cfg)
             np.savez(self.dir / str(i) / "inputs.npz", **{k: np.asarray(v) for k, v in inputs.items()})
-        (self.dir / "items.json").write_text(json.dumps([{"dir": str(i), "dtypes": list(it[5])}
+        (self.dir / "items.json").write_text(json.dumps([{"dir": str(i), "dtypes": list(it[5]), "trace": trace}
                                                          for i, it in enumerate(self.items)]))
         self.launched = {}  # tag -> (backend, dtypes, Popen or None, stderr file, start time, why not)
 
@@ -219,6 +236,10 @@ def _collect(run: BackendRun, stem: Path, reference: dict, seconds: float, failu
         return
     with np.load(stem.with_suffix(".npz")) as f:
         run.outputs = {k: f[k] for k in f.files}
+    for attr in ("records", "module_inputs"):
+        if stem.with_suffix(f".{attr}.npz").is_file():
+            with np.load(stem.with_suffix(f".{attr}.npz")) as f:
+                setattr(run, attr, {k: f[k] for k in f.files})
     label = f"keras[{run.backend}]/{run.dtype}"
     run.comparisons = compare_outputs(label, run.outputs, reference, run.dtype)
     if meta["keras_backend"] != run.backend:
@@ -272,7 +293,16 @@ def _child(directory: str, dtypes: str, out: str) -> int:
                 cfg, w = weights.load_config(path), weights.load(path)
                 with np.load(tmp / item["dir"] / "inputs.npz") as f:
                     inputs = {k: f[k] for k in f.files}
-                got = build("tf", cfg, w, dtype=dtype)(**inputs)
+                m = build("tf", cfg, w, dtype=dtype)
+                if item["trace"]:
+                    got, records = m.trace(capture="*", **inputs)
+                    np.savez(stem.with_suffix(".records.npz"), **{k: _float64(v) for k, v in records.items()})
+                    firsts = {path: next((a for a in list(args) + list(kw.values()) if _floating(a)), None)
+                              for path, (args, kw, _) in m.calls.items() if path}
+                    np.savez(stem.with_suffix(".module_inputs.npz"),
+                             **{path: _float64(a) for path, a in firsts.items() if a is not None})
+                else:
+                    got = m(**inputs)
                 np.savez(stem.with_suffix(".npz"), **{k: np.asarray(v).astype(np.float64) for k, v in got.items()})
                 meta.update(dtypes={k: str(v.dtype) for k, v in got.items()},
                             float64_output=registry.get(cfg.kind).float64_output)
@@ -281,6 +311,16 @@ def _child(directory: str, dtypes: str, out: str) -> int:
             meta["seconds"] = time.perf_counter() - t0
             stem.with_suffix(".json").write_text(json.dumps(meta))
     return 0
+
+
+def _floating(x) -> bool:
+    return isinstance(x, np.ndarray) and (np.issubdtype(x.dtype, np.floating) or x.dtype.kind == "V")
+
+
+def _float64(x) -> np.ndarray:
+    """A traced tensor for the npz: floating (bfloat16's kind is "V") as float64, masks and ids as they are."""
+    x = np.asarray(x)
+    return x.astype(np.float64) if np.issubdtype(x.dtype, np.floating) or x.dtype.kind == "V" else x
 
 
 if __name__ == "__main__":
