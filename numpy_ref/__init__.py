@@ -5,6 +5,7 @@ name. Its module tree is also the declaration of every canonical weight name and
 """
 from numpy_ref.activations import Activation, Dropout, Softmax
 from numpy_ref.attention import MultiHeadAttention, ScaledDotProductAttention
+from numpy_ref.bart import Bart
 from numpy_ref.bert import Bert
 from numpy_ref.blocks import DecoderLayer, EncoderLayer
 from numpy_ref.embeddings import (PositionEmbedding, SegmentEmbedding, SinusoidalPositionalEncoding,
@@ -14,10 +15,12 @@ from numpy_ref.gpt2 import GPT2
 from numpy_ref.llama import Llama
 from numpy_ref.linear import Linear
 from numpy_ref.normalization import LayerNorm, RMSNorm
+from numpy_ref.relative_position import RelativePositionBias
 from numpy_ref.rotary import RotaryEmbedding
+from numpy_ref.t5 import T5
 from numpy_ref.transformer import Transformer
 
-__all__ = ["Activation", "Bert", "DecoderLayer", "Dropout", "EncoderLayer", "FeedForward", "GPT2",
+__all__ = ["Activation", "Bart", "Bert", "DecoderLayer", "Dropout", "EncoderLayer", "FeedForward", "GPT2",
            "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PositionEmbedding", "RMSNorm",
-           "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
-           "Softmax", "TokenEmbedding", "Transformer"]
+           "RelativePositionBias", "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
+           "Softmax", "T5", "TokenEmbedding", "Transformer"]

@@ -6,6 +6,7 @@ is the identity.
 """
 from tf_impl.activations import Activation, Dropout, Softmax
 from tf_impl.attention import MultiHeadAttention, ScaledDotProductAttention
+from tf_impl.bart import Bart
 from tf_impl.bert import Bert
 from tf_impl.blocks import DecoderLayer, EncoderLayer
 from tf_impl.embeddings import (PositionEmbedding, SegmentEmbedding, SinusoidalPositionalEncoding,
@@ -15,10 +16,12 @@ from tf_impl.gpt2 import GPT2
 from tf_impl.llama import Llama
 from tf_impl.linear import Linear
 from tf_impl.normalization import LayerNorm, RMSNorm
+from tf_impl.relative_position import RelativePositionBias
 from tf_impl.rotary import RotaryEmbedding
+from tf_impl.t5 import T5
 from tf_impl.transformer import Transformer
 
-__all__ = ["Activation", "Bert", "DecoderLayer", "Dropout", "EncoderLayer", "FeedForward", "GPT2",
+__all__ = ["Activation", "Bart", "Bert", "DecoderLayer", "Dropout", "EncoderLayer", "FeedForward", "GPT2",
            "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PositionEmbedding", "RMSNorm",
-           "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
-           "Softmax", "TokenEmbedding", "Transformer"]
+           "RelativePositionBias", "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
+           "Softmax", "T5", "TokenEmbedding", "Transformer"]

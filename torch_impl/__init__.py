@@ -6,6 +6,7 @@ parameters; `conformance.weights.mapping` translates canonical names and layouts
 """
 from torch_impl.activations import Activation, Dropout, Softmax
 from torch_impl.attention import MultiHeadAttention, ScaledDotProductAttention
+from torch_impl.bart import Bart
 from torch_impl.bert import Bert
 from torch_impl.blocks import DecoderLayer, EncoderLayer
 from torch_impl.embeddings import (PositionEmbedding, SegmentEmbedding, SinusoidalPositionalEncoding,
@@ -15,10 +16,12 @@ from torch_impl.gpt2 import GPT2
 from torch_impl.llama import Llama
 from torch_impl.linear import Linear
 from torch_impl.normalization import LayerNorm, RMSNorm
+from torch_impl.relative_position import RelativePositionBias
 from torch_impl.rotary import RotaryEmbedding
+from torch_impl.t5 import T5
 from torch_impl.transformer import Transformer
 
-__all__ = ["Activation", "Bert", "DecoderLayer", "Dropout", "EncoderLayer", "FeedForward", "GPT2",
+__all__ = ["Activation", "Bart", "Bert", "DecoderLayer", "Dropout", "EncoderLayer", "FeedForward", "GPT2",
            "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PositionEmbedding", "RMSNorm",
-           "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
-           "Softmax", "TokenEmbedding", "Transformer"]
+           "RelativePositionBias", "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
+           "Softmax", "T5", "TokenEmbedding", "Transformer"]

@@ -97,14 +97,19 @@ class Exported:
 
 
 def signature(cfg: Config) -> tuple[list[str], list[str]]:
-    """(input names, required names) of the model's forward, from the PyTorch mirror (no cache)."""
+    """(input names, required names) of the model's forward, from the PyTorch mirror (no cache): the
+    arguments the family's run inputs give for `cfg` (T5's encoder alone takes no decoder input);
+    required, those without a default and the token ids (an encoder-decoder's default to None only
+    so that a cached call can leave the source out)."""
     entry = registry.get(cfg.kind)
     if not entry.is_model:
         raise ValueError(f"ONNX export covers whole models {[e.name for e in registry.ENTRIES.values() if e.is_model]}; "
                          f"received kind={cfg.kind!r}")
+    given = families.get(cfg.kind).inputs(cfg, 1, 2)
     params = [p for name, p in inspect.signature(entry.implementation("torch_impl").forward).parameters.items()
-              if name not in ("self", "cache")]
-    return [p.name for p in params], [p.name for p in params if p.default is inspect.Parameter.empty]
+              if name not in ("self", "cache") and (name in given or p.default is inspect.Parameter.empty)]
+    return [p.name for p in params], [p.name for p in params
+                                      if p.default is inspect.Parameter.empty or p.name.endswith("input_ids")]
 
 
 def sequence_axis(name: str) -> str:
@@ -430,7 +435,8 @@ class Session:
                 checks.index_range(f"{prefix}input_ids", int(ids.min()), int(ids.max()), self.cfg.vocab_size,
                                    "vocab_size")
             if self.cfg.position == "learned" and ids.shape[1]:
-                checks.index_range("position_ids", 0, ids.shape[1] - 1, self.cfg.max_positions,
+                checks.index_range("position_ids", self.cfg.position_offset, self.cfg.position_offset + ids.shape[1] - 1,
+                                   self.cfg.max_positions,
                                    "max_positions: the sequence is longer than the position table")
             mask = f"{prefix}attention_mask"
             if mask in self.names and mask not in feed:

@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
-POSITIONS = ("learned", "sinusoidal", "rotary")
-HEADS = ("none", "mlm", "classification", "qa")
+POSITIONS = ("learned", "sinusoidal", "rotary", "relative")
+HEADS = ("none", "mlm", "classification", "qa", "encoder")
 NORMS = ("layer", "rms")
 FEED_FORWARDS = ("standard", "gated")
 RMS_UPCASTS = ("none", "statistic", "all")
@@ -26,8 +26,9 @@ CAUSAL_ALIGNMENTS = ("bottom_right", "top_left")
 # attention_impl -> the taps of the reference attention it does not produce. "reference" is
 # q k^T -> softmax -> @ v one traced op a line; "fused" is one library call (torch's
 # F.scaled_dot_product_attention, keras.ops.dot_product_attention, one NumPy expression), whose
-# scores and probabilities never exist outside it. The trace, gradient and explain code read this.
-ATTENTION_IMPLS = {"reference": (), "fused": ("scores", "probs")}
+# scores (biased, for T5) and probabilities never exist outside it. The trace, gradient and explain code
+# read this.
+ATTENTION_IMPLS = {"reference": (), "fused": ("scores", "biased", "probs")}
 
 
 @dataclass(frozen=True)
@@ -39,21 +40,22 @@ class Config:
     num_layers: int = 2            # encoder layers (BERT, Transformer) or blocks (GPT-2)
     num_decoder_layers: int = 2    # decoder layers of the encoder-decoder Transformer
     vocab_size: int = 97
-    max_positions: int = 64        # rows of the position table; longest sequence accepted
+    max_positions: int = 64        # rows of the position table; longest sequence accepted (less position_offset)
     type_vocab_size: int = 2       # BERT segments
     num_labels: int = 3            # sequence-classification classes
     activation: str = "gelu"       # "gelu" (exact, erf), "gelu_tanh" (GPT-2), "relu" (2017)
     layer_norm_eps: float = 1e-12  # BERT 1e-12; GPT-2 and torch.nn.LayerNorm 1e-5; Keras 1e-3
     norm_first: bool = False       # pre-norm (GPT-2) if True, post-norm (2017, BERT) if False
     causal: bool = False           # self-attention sees only earlier positions
-    use_bias: bool = True          # bias in the attention projections
+    use_bias: bool = True          # bias in the attention projections and the standard feed-forward's two
     mask_fill: float = -1e9        # the score a masked position gets before softmax
     position: str = "learned"      # "learned" table or fixed "sinusoidal" encoding
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(D) (2017 paper)
     share_embeddings: bool = True  # encoder-decoder: one token table for source and target
     tie_embeddings: bool = True    # output projection is the token table transposed
     dropout: float = 0.1           # rate used only in training mode, with a supplied keep mask
-    head: str = "none"             # BERT task head: "none" (+ pooler), "mlm", "classification", "qa"
+    head: str = "none"             # BERT task head: "none" (+ pooler), "mlm", "classification", "qa"; an
+    #                                encoder-decoder's "none" is its LM head, "encoder" the encoder alone (T5EncoderModel)
     attention_impl: str = "reference"  # "reference" or "fused": see ATTENTION_IMPLS
     attention_scale: float | None = None  # scores = q k^T * scale; None: 1/sqrt(Dh) (Gemma 2: query_pre_attn_scalar^-0.5)
     # ---- the LLaMA family (Llama, Mistral, Qwen2, Gemma, Gemma 2) and the components it brought
@@ -92,6 +94,14 @@ class Config:
     #                                        cache) or "top_left" (query i at i: PyTorch's and ONNX's is_causal)
     sandwich_norm: bool = False    # Gemma 2: a norm on the attention's and the feed-forward's outputs too
     checkpoint: str = ""           # the Hugging Face model_type this config writes as; "": its family's first
+    # ---- the encoder-decoders T5 and BART
+    relative_buckets: int = 32     # position="relative" (T5): buckets of the learned bias per head, half for each
+    #                                direction in the encoder's bidirectional attention
+    relative_max_distance: int = 128  # ... offsets from max_exact on share log-spaced buckets; from here on, the last
+    position_offset: int = 0       # learned positions: position p reads row p + offset (BART's 2); the table keeps
+    #                                max_positions rows, so the longest sequence is max_positions - offset
+    scale_logits: bool = False     # the head reads the last hidden state times D^-0.5 (T5 with a tied head)
+    logits_bias: bool = False      # a bias on each vocabulary logit (BART's final_logits_bias, where not zero)
 
     def __post_init__(self):
         _check_choice("activation", self.activation, ACTIVATIONS)
@@ -153,6 +163,16 @@ class Config:
             raise ValueError(f"Config.dropout must be in [0, 1); received dropout={self.dropout}")
         if self.attention_scale is not None and not self.attention_scale > 0:
             raise ValueError(f"Config.attention_scale must be > 0 or None; received {self.attention_scale}")
+        if self.position == "relative" and (self.relative_buckets < 4 or self.relative_buckets % 2):
+            raise ValueError(f"Config.relative_buckets must be an even int >= 4 (half a direction, half of that "
+                             f"exact); received relative_buckets={self.relative_buckets!r}")
+        if self.position == "relative" and not self.relative_max_distance > self.relative_buckets // 2:
+            raise ValueError(f"Config.relative_max_distance must exceed relative_buckets // 2 = "
+                             f"{self.relative_buckets // 2} (the exact buckets' reach); received "
+                             f"relative_max_distance={self.relative_max_distance!r}")
+        if not isinstance(self.position_offset, int) or not 0 <= self.position_offset < self.max_positions:
+            raise ValueError(f"Config.position_offset must be an int in [0, max_positions={self.max_positions}); "
+                             f"received position_offset={self.position_offset!r}")
         if not self.layer_norm_eps > 0:
             raise ValueError(f"Config.layer_norm_eps must be > 0; received {self.layer_norm_eps}")
 
@@ -171,6 +191,11 @@ class Config:
         if self.sliding_window is None:
             return False
         return not self.layer_types or self.layer_types[layer] == "sliding_attention"
+
+    @property
+    def longest(self) -> int:
+        """The longest sequence the position table takes: max_positions rows, less the offset's."""
+        return self.max_positions - self.position_offset
 
     @property
     def scale(self) -> float:

@@ -71,5 +71,5 @@ def transformers_count(cfg: Config) -> dict:
     import transformers
     config = transformers.AutoConfig.for_model(**checkpoints.config_to_hf(cfg, family.checkpoint(cfg), cls))
     with torch.device("meta"):  # shapes only: instant for gpt2-xl
-        model = getattr(transformers, cls)(config)
+        model = family.checkpoint(cfg).adjust(getattr(transformers, cls)(config), cfg)
     return {"model": cls, "total": model.num_parameters()}

@@ -48,7 +48,7 @@ def transformers_model(cfg: Config, w: dict | None = None, attn_implementation: 
     family = families.get(cfg.kind)
     config = transformers.AutoConfig.for_model(**checkpoints.config_to_hf(cfg, family.checkpoint(cfg), cls))
     with torch.device("meta"):
-        model = getattr(transformers, cls)(config)
+        model = family.checkpoint(cfg).adjust(getattr(transformers, cls)(config), cfg)
     model = model.to_empty(device="cpu").eval()  # no initialization: counting needs shapes, not values
     for p in model.parameters():
         p.data.zero_()
@@ -78,7 +78,8 @@ OUR_NAMES = {"pooler_output": "pooled_output"}  # transformers' output name -> o
 
 def run(cfg: Config, w: dict, inputs: dict, attn_implementation: str = "eager", dtype: str = "float64") -> dict:
     """The `transformers` model of `cfg` on the canonical weights `w`, called on our `inputs`: its outputs
-    under our names (`last_hidden_state` is its last hidden state, after the final norm), NumPy."""
+    under our names (`last_hidden_state` is its last hidden state, after the final norm; an
+    encoder-decoder's, its decoder's), NumPy."""
     import torch
     model = transformers_model(cfg, w, attn_implementation, dtype)
     x = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
@@ -86,6 +87,6 @@ def run(cfg: Config, w: dict, inputs: dict, attn_implementation: str = "eager", 
         out = model(**x, output_hidden_states=True)
     got = {OUR_NAMES.get(k, k): v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
            for k, v in out.items() if isinstance(v, torch.Tensor)}
-    if "last_hidden_state" not in got:
-        got["last_hidden_state"] = out.hidden_states[-1].numpy()
+    if "last_hidden_state" not in got:  # a decoder's, or an encoder-decoder's decoder's
+        got["last_hidden_state"] = (out.get("decoder_hidden_states") or out.get("hidden_states"))[-1].numpy()
     return got

@@ -24,6 +24,12 @@ class Task:
     head: str
 
 
+# Hugging Face activation names <-> Config.activation ("gelu_new" and "gelu_pytorch_tanh" are the same tanh formula)
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
+                  "silu": "silu"}
+HF_ACTIVATION_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A Hugging Face checkpoint layout: config.json fields and tensor names <-> Config and canonical names.
@@ -43,6 +49,12 @@ class Checkpoint:
     constants: dict        # Config fields every checkpoint of this family shares
     read: Callable[[dict, str], dict] = lambda hf, cls: {}   # more Config fields from (config.json, class)
     write: Callable[[Config, str], dict] = lambda cfg, cls: {}  # more config.json keys for (cfg, class)
+    refine: Callable[[Config, dict, str], dict] = lambda cfg, tensors, prefix: {}  # Config fields the tensors
+    #       decide (cfg as config.json reads, the file's tensors, its prefix): a head of its own, a bias not zero
+    adjust: Callable = lambda model, cfg: model  # the class built from config.json, given cfg's parameters where
+    #       its constructor has others (transformers 5.24 ties T5's head whatever the config says)
+    hidden_states: dict = field(default_factory=dict)  # transformers' hidden-state tuple -> (our trace name of its
+    #       first entry, of entry i + 1 ("{i}" the layer), of its last one or None: the last layer's output)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ LAYOUTS: dict[str, Layout] = {
                          lambda a, cfg: a.reshape(-1)),
     "heads_out": Layout(lambda a, cfg: a.reshape(-1, cfg.head_dim, a.shape[-1]),       # (H Dh, D) -> (H, Dh, D)
                         lambda a, cfg: a.reshape(-1, a.shape[-1])),
+    "row": Layout(lambda a, cfg: a[None], lambda a, cfg: a[0]),                          # (V,) <-> (1, V)
     "heads_first_in": Layout(lambda a, cfg: a.reshape(a.shape[0], -1, cfg.head_dim).transpose(1, 0, 2),  # (H, D, Dh)
                              lambda a, cfg: a.transpose(1, 0, 2).reshape(a.shape[1], -1)),  # keras-hub's Gemma
 }
@@ -77,13 +78,19 @@ def fuse(leaves: list[Leaf], arrays: list, cfg=None) -> np.ndarray:
     return leaves[0].to_external(np.concatenate(ordered, axis=-1), cfg)
 
 
+def join(path: str, leaf: str, sep: str = ".") -> str:
+    """A leaf's full name under its module path; "" is the model itself (BART's logits bias)."""
+    return f"{path}{sep}{leaf}" if path else leaf
+
+
 def table_rows(modules: dict, shapes: dict) -> list[tuple[str, str, Leaf]]:
     """(canonical name, external module path, leaf) for every canonical parameter in `shapes` that a
-    table `{canonical module: (external module, leaves)}` maps; "{i}" in both stands for a layer index."""
+    table `{canonical module: (external module, leaves)}` maps; "{i}" in both stands for a layer index,
+    a module "" for the model itself."""
     rows = []
     for module, (external, leaves) in modules.items():
         for leaf in leaves:
-            pattern = re.compile(re.escape(f"{module}.{leaf.canonical}").replace(re.escape("{i}"), r"(\d+)") + "$")
+            pattern = re.compile(re.escape(join(module, leaf.canonical)).replace(re.escape("{i}"), r"(\d+)") + "$")
             for name in shapes:
                 m = pattern.match(name)
                 if m:

@@ -31,12 +31,9 @@ import re
 from conformance.weights import canonical as weights_lib
 from conformance.core.config import Config
 from conformance.spec import families, registry
-from conformance.spec.family import Checkpoint
-from conformance.spec.leaves import Leaf, fuse, table_rows
+from conformance.spec.family import HF_ACTIVATION_OUT as ACTIVATION_OUT, HF_ACTIVATIONS as ACTIVATIONS, Checkpoint
+from conformance.spec.leaves import Leaf, fuse, join, table_rows
 
-# HF activation name -> Config.activation ("gelu_new" and "gelu_pytorch_tanh" are the same tanh formula)
-ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
-ACTIVATION_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 LEGACY_LEAVES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}  # pre-2019 BERT files
 ARCHITECTURES = {c.model_type: c for f in families.FAMILIES.values() for c in f.checkpoints}
 
@@ -64,11 +61,13 @@ def from_hf(path, head: str | None = None) -> tuple[Config, dict[str, np.ndarray
         cfg = cfg.replace(head=head)
     tensors = {_modern(k): v for k, v in read_tensors(path).items()}
     prefix = arch.prefix if any(k.startswith(arch.prefix) for k in tensors) else ""
+    cfg = cfg.replace(**arch.refine(cfg, tensors, prefix))
     rows = _rows(arch, cfg, prefix)
     w = {c: np.ascontiguousarray(leaf.to_canonical(tensors[h], cfg)) for c, h, leaf in rows if h in tensors}
     used = {h for _, h, _ in rows} | _buffers(arch, cfg, prefix)
     mapped = set(used)
     for h, c in arch.tied.items():
+        h = h.format(base=prefix)
         if h in mapped:  # an untied head is a parameter of its own: mapped like any other
             continue
         used.add(h)
@@ -92,11 +91,12 @@ def config_from_hf(hf: dict, arch: Checkpoint, cls: str) -> Config:
         if hf.get(key) not in (None, only):  # null: unset, transformers' default
             raise ValueError(f"config.json {key} must be {only!r} to import as {cls}; received {hf[key]!r}")
     values = {field: default if hf.get(key) is None else hf[key] for field, (key, default) in arch.fields.items()}
-    if values["activation"] not in ACTIVATIONS:
-        key = arch.fields["activation"][0]
-        raise ValueError(f"config.json {key} must be one of {list(ACTIVATIONS)}; "
-                         f"received {key}={values['activation']!r}")
-    values["activation"] = ACTIVATIONS[values["activation"]]
+    if "activation" in values:  # else the family's `read` parses it (T5's feed_forward_proj)
+        if values["activation"] not in ACTIVATIONS:
+            key = arch.fields["activation"][0]
+            raise ValueError(f"config.json {key} must be one of {list(ACTIVATIONS)}; "
+                             f"received {key}={values['activation']!r}")
+        values["activation"] = ACTIVATIONS[values["activation"]]
     values.update(arch.read(hf, cls))
     head = arch.classes[cls]
     if head == "classification":
@@ -172,7 +172,8 @@ def config_to_hf(cfg: Config, arch: Checkpoint, cls: str) -> dict:
     hf = {"architectures": [cls], "model_type": arch.model_type, **arch.fixed, "tie_word_embeddings": True}
     for field, (key, _) in arch.fields.items():
         hf[key] = getattr(cfg, field)
-    hf[arch.fields["activation"][0]] = ACTIVATION_OUT[cfg.activation]
+    if "activation" in arch.fields:
+        hf[arch.fields["activation"][0]] = ACTIVATION_OUT[cfg.activation]
     return {**hf, **arch.write(cfg, cls)}
 
 
@@ -236,7 +237,7 @@ def permute_rotary(cfg: Config, w: dict, to: str = "half") -> tuple[Config, dict
 
 def _rows(arch: Checkpoint, cfg: Config, prefix: str) -> list[tuple[str, str, Leaf]]:
     """(canonical name, HF name, leaf) for every canonical parameter of `cfg`."""
-    return [(c, f"{external}.{leaf.external}".format(base=prefix), leaf)
+    return [(c, join(external, leaf.external).format(base=prefix), leaf)
             for c, external, leaf in table_rows(arch.modules, registry.param_shapes(cfg))]
 
 

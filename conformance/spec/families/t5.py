@@ -1,0 +1,175 @@
+"""T5 (Raffel et al. 2020): t5-small, t5-base and t5-large as released (T5 1.0: ReLU, the head tied to
+the token table and rescaled by D^-0.5), and Flan-T5 (Chung et al. 2022) small and base, the T5 1.1
+layout (gated GELU, an untied head, no rescale, d_kv free of D / H). The published dimensions give
+exactly `transformers`' parameter counts (`T5ForConditionalGeneration.num_parameters()`, with
+Flan-T5's head untied: see `_adjust`); t5-tiny is this project's own small one.
+
+transformers 5.24 reads a T5 config.json its own way, and this table reads it the same:
+- `T5Config` always sets `tie_word_embeddings=True` and keeps the old flag only as
+  `scale_decoder_outputs` (the D^-0.5 rescale): a hub T5 1.1 file says `tie_word_embeddings: false`, a
+  file 5.24 wrote says `tie_word_embeddings: true, scale_decoder_outputs: false`. The rescale is
+  `scale_decoder_outputs` where present, else `tie_word_embeddings`; whether the head is the token
+  table is decided by the tensors (`_refine`), as `from_pretrained` unties only a differing
+  `lm_head.weight`.
+- `feed_forward_proj` is "{act}" or "gated-{act}", and "gated-gelu" means the tanh GELU (gelu_new).
+- `T5Config` has no `decoder_start_token_id` (hub files carry 0, the pad id): it is written here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from conformance.core.config import Config
+from conformance.spec.entry import Entry, Variant as V
+from conformance.spec.family import (HF_ACTIVATIONS, Checkpoint, Decoding, Family, KerasHub, Step, Task,
+                                     Walkthrough)
+from conformance.spec.inputs import seq2seq_inputs
+from conformance.spec.leaves import Leaf
+
+COMMON = dict(kind="t5", norm="rms", layer_norm_eps=1e-6, rms_norm_upcast="statistic", norm_first=True,
+              use_bias=False, attention_scale=1.0, position="relative", share_embeddings=True, activation="relu")
+V1_1 = dict(feed_forward="gated", activation="gelu_tanh", tie_embeddings=False, scale_logits=False)
+
+
+def _t5(layers, width, heads, d_ff, **kw):
+    return Config(d_model=width, num_heads=heads, attention_head_dim=64, d_ff=d_ff, num_layers=layers,
+                  num_decoder_layers=layers, vocab_size=32128, max_positions=512, dropout=0.1,
+                  **{**COMMON, "tie_embeddings": True, "scale_logits": True, **kw})
+
+
+PRESETS = {
+    "t5-tiny": Config(d_model=64, num_heads=4, attention_head_dim=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+                      vocab_size=1000, max_positions=512, tie_embeddings=True, scale_logits=True, **COMMON),
+    "t5-small": _t5(6, 512, 8, 2048),
+    "t5-base": _t5(12, 768, 12, 3072),
+    "t5-large": _t5(24, 1024, 16, 4096),
+    "flan-t5-small": _t5(8, 512, 6, 1024, **V1_1),
+    "flan-t5-base": _t5(12, 768, 12, 2048, **V1_1),
+}
+
+# The registry's tiny T5: H Dh = 24 != D = 32 (d_kv is free), more decoder layers than encoder ones, and 8
+# buckets reaching 16 so that 9-token inputs use the logarithmic buckets (32 / 128 need 8 and 16 apart).
+TINY = Config(d_model=32, num_heads=4, attention_head_dim=6, d_ff=64, num_layers=2, num_decoder_layers=3,
+              vocab_size=97, max_positions=64, relative_buckets=8, relative_max_distance=16, dropout=0.1,
+              tie_embeddings=True, scale_logits=True, **COMMON)
+
+# ------------------------------------------------------------------ Hugging Face
+
+LINEAR = (Leaf("kernel", "weight", "transpose"),)
+RMS = (Leaf("gamma", "weight"),)
+TABLE = (Leaf("table", "weight"),)
+FEED_FORWARD = {"inner": "wi", "outer": "wo", "gate": "wi_0", "up": "wi_1", "down": "wo"}  # ReLU's, gated's
+
+
+def _attention(ours, theirs):
+    return {f"{ours}.{p}": (f"{theirs}.{p[0]}", LINEAR) for p in ("query", "key", "value", "output")}
+
+
+def _feed_forward(ours, theirs):
+    return {f"{ours}.{p}": (f"{theirs}.DenseReluDense.{hf}", LINEAR) for p, hf in FEED_FORWARD.items()}
+
+
+MODULES = {
+    "token_embedding": ("shared", TABLE),
+    "encoder_position": ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias", TABLE),
+    **_attention("encoder.{i}.attention", "encoder.block.{i}.layer.0.SelfAttention"),
+    "encoder.{i}.attention_norm": ("encoder.block.{i}.layer.0.layer_norm", RMS),
+    **_feed_forward("encoder.{i}.feed_forward", "encoder.block.{i}.layer.1"),
+    "encoder.{i}.feed_forward_norm": ("encoder.block.{i}.layer.1.layer_norm", RMS),
+    "encoder_norm": ("encoder.final_layer_norm", RMS),
+    "decoder_position": ("decoder.block.0.layer.0.SelfAttention.relative_attention_bias", TABLE),
+    **_attention("decoder.{i}.self_attention", "decoder.block.{i}.layer.0.SelfAttention"),
+    "decoder.{i}.self_attention_norm": ("decoder.block.{i}.layer.0.layer_norm", RMS),
+    **_attention("decoder.{i}.cross_attention", "decoder.block.{i}.layer.1.EncDecAttention"),
+    "decoder.{i}.cross_attention_norm": ("decoder.block.{i}.layer.1.layer_norm", RMS),
+    **_feed_forward("decoder.{i}.feed_forward", "decoder.block.{i}.layer.2"),
+    "decoder.{i}.feed_forward_norm": ("decoder.block.{i}.layer.2.layer_norm", RMS),
+    "decoder_norm": ("decoder.final_layer_norm", RMS),
+    "lm_head": ("lm_head", LINEAR),
+}
+FIELDS = {"d_model": ("d_model", 512), "num_heads": ("num_heads", 8), "attention_head_dim": ("d_kv", 64),
+          "d_ff": ("d_ff", 2048), "num_layers": ("num_layers", 6), "vocab_size": ("vocab_size", 32128),
+          "max_positions": ("n_positions", 512), "layer_norm_eps": ("layer_norm_epsilon", 1e-6),
+          "relative_buckets": ("relative_attention_num_buckets", 32),
+          "relative_max_distance": ("relative_attention_max_distance", 128), "dropout": ("dropout_rate", 0.1),
+          "tie_embeddings": ("tie_word_embeddings", True)}
+T5_ACTIVATIONS = {**HF_ACTIVATIONS, "gated-gelu": "gelu_tanh"}  # "gated-gelu" is transformers' gelu_new
+
+
+def feed_forward_proj(value: str) -> dict:
+    """config.json's feed_forward_proj ("relu", "gated-gelu", "gated-silu", ...) -> Config fields."""
+    parts = value.split("-")
+    act = "gated-gelu" if value == "gated-gelu" else parts[-1]
+    if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated") or act not in T5_ACTIVATIONS:
+        raise ValueError(f"config.json feed_forward_proj must be '{{act}}' or 'gated-{{act}}' with act one of "
+                         f"{sorted(HF_ACTIVATIONS)}; received feed_forward_proj={value!r}")
+    return {"feed_forward": "gated" if len(parts) == 2 else "standard", "activation": T5_ACTIVATIONS[act]}
+
+
+def _read(hf: dict, cls: str) -> dict:
+    tied = hf.get("tie_word_embeddings", True) is not False
+    out = {**feed_forward_proj(hf.get("feed_forward_proj") or "relu"),
+           "scale_logits": bool(hf.get("scale_decoder_outputs", tied)), "tie_embeddings": tied,
+           "num_decoder_layers": hf.get("num_decoder_layers") or hf.get("num_layers", 6)}
+    return out
+
+
+def _write(cfg: Config, cls: str) -> dict:
+    gated = cfg.feed_forward == "gated"
+    if gated and cfg.activation == "gelu":
+        raise ValueError("Config.activation must not be 'gelu' (erf) with feed_forward='gated' for a T5 config.json: "
+                         "its 'gated-gelu' is the tanh form (gelu_new) and nothing spells the erf one; received "
+                         "activation='gelu'")
+    act = "gelu" if gated and cfg.activation == "gelu_tanh" else {"gelu_tanh": "gelu_new"}.get(cfg.activation,
+                                                                                             cfg.activation)
+    return {"num_decoder_layers": cfg.num_decoder_layers, "feed_forward_proj": ("gated-" if gated else "") + act,
+            "scale_decoder_outputs": cfg.scale_logits, "decoder_start_token_id": 0, "pad_token_id": 0,
+            "eos_token_id": 1, "is_encoder_decoder": True}
+
+
+def _refine(cfg: Config, tensors: dict, prefix: str) -> dict:
+    """The head is the token table unless the file holds an `lm_head.weight` of its own that differs."""
+    if cfg.head == "encoder":
+        return {}
+    head, table = tensors.get("lm_head.weight"), tensors.get("shared.weight")
+    return {"tie_embeddings": head is None or (table is not None and np.array_equal(head, table))}
+
+
+def _adjust(model, cfg: Config):
+    """transformers 5.24's T5 built from a config always ties lm_head to the token table; T5 1.1's is its own."""
+    if not cfg.tie_embeddings and hasattr(model, "lm_head"):
+        import torch
+        model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.lm_head.weight))
+    return model
+
+
+HF = Checkpoint(
+    model_type="t5",
+    classes={"T5ForConditionalGeneration": "none", "T5EncoderModel": "encoder"},
+    base_class="T5Model", prefix="", modules=MODULES,
+    tied={"encoder.embed_tokens.weight": "token_embedding.table", "decoder.embed_tokens.weight": "token_embedding.table",
+          "lm_head.weight": "token_embedding.table"},
+    buffers=(), foreign=(), fields=FIELDS, fixed={"is_decoder": False},
+    constants={k: v for k, v in COMMON.items() if k not in FIELDS and k != "activation"} | {
+        "rms_norm_offset": 0.0, "causal": False, "mlp_bias": False, "num_kv_heads": None, "qk_norm": False,
+        "sandwich_norm": False, "sliding_window": None, "attn_logit_softcap": None, "final_logit_softcap": None,
+        "scale_embeddings": False, "position_offset": 0, "logits_bias": False, "output_bias": None},
+    read=_read, write=_write, refine=_refine, adjust=_adjust,
+    hidden_states={"encoder_hidden_states": ("token_embedding.output", "encoder.{i}.output", "encoder_norm.output"),
+                   "decoder_hidden_states": ("token_embedding.output#1", "decoder.{i}.output", "decoder_norm.output"),
+                   "hidden_states": ("token_embedding.output", "encoder.{i}.output", "encoder_norm.output")},
+)
+
+FAMILY = Family(
+    entry=Entry("t5", "T5", TINY, seq2seq_inputs,
+                {"default": V(),
+                 "published_buckets": V({"relative_buckets": 32, "relative_max_distance": 128, "num_decoder_layers": 2}),
+                 "v1_1": V({**V1_1, "relative_buckets": 32, "relative_max_distance": 128, "num_decoder_layers": 2}),
+                 "encoder": V({"head": "encoder"}),
+                 "fused": V({"attention_impl": "fused"})},
+                is_model=True),
+    presets=PRESETS,
+    generates=True,
+    decoding=Decoding(encoder_decoder=True),
+    checkpoints=(HF,),
+    base_preset="t5-small",
+)
