@@ -90,3 +90,14 @@ def run(cfg: Config, w: dict, inputs: dict, attn_implementation: str = "eager", 
     if "last_hidden_state" not in got:  # a decoder's, or an encoder-decoder's decoder's
         got["last_hidden_state"] = (out.get("decoder_hidden_states") or out.get("hidden_states"))[-1].numpy()
     return got
+
+
+def hidden_states(cfg: Config, w: dict, inputs: dict, attn_implementation: str = "eager",
+                  dtype: str = "float64") -> dict[str, list]:
+    """{output field: [array]} for each hidden-state tuple the `transformers` model of `cfg` returns on
+    `inputs` (`hidden_states`; an encoder-decoder's `encoder_hidden_states` and `decoder_hidden_states`)."""
+    import torch
+    model = transformers_model(cfg, w, attn_implementation, dtype)
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}, output_hidden_states=True)
+    return {k: [h.numpy() for h in v] for k, v in out.items() if k.endswith("hidden_states") and isinstance(v, tuple)}
