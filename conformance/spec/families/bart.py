@@ -102,7 +102,8 @@ HF = Checkpoint(
     base_class="BartModel", prefix="model.", modules=MODULES,
     tied={"{base}encoder.embed_tokens.weight": "token_embedding.table",
           "{base}decoder.embed_tokens.weight": "token_embedding.table", "lm_head.weight": "token_embedding.table"},
-    buffers=(), foreign=(), fields=FIELDS, fixed={"tie_word_embeddings": True, "is_decoder": False},
+    buffers=("final_logits_bias",),  # zeros: read past, unless `_refine` finds a bias there and maps it
+    foreign=(), fields=FIELDS, fixed={"tie_word_embeddings": True, "is_decoder": False},
     constants={k: v for k, v in COMMON.items() if k not in ("activation",)} | {
         "causal": False, "feed_forward": "standard", "attention_scale": None, "num_kv_heads": None,
         "attention_head_dim": None, "output_bias": None, "qk_norm": False, "sandwich_norm": False,
@@ -110,6 +111,53 @@ HF = Checkpoint(
     read=_read, write=_write, refine=_refine,
     hidden_states={"encoder_hidden_states": ("encoder_embedding_norm.output", "encoder.{i}.output", None),
                    "decoder_hidden_states": ("decoder_embedding_norm.output", "decoder.{i}.output", None)},
+)
+
+# ------------------------------------------------------------------ keras-hub
+
+
+def _keras_attention(ours, theirs):
+    return {f"{ours}.{p}": (f"{theirs}/{kh}", KERAS_HEADS_OUT if p == "output" else KERAS_HEADS_IN)
+            for p, kh in (("query", "query"), ("key", "key"), ("value", "value"), ("output", "attention_output"))}
+
+
+ENC, DEC = "transformer_encoder_layer_{i}", "transformer_decoder_layer_{i}"
+KERAS_HUB = KerasHub(
+    backbone="BartBackbone",
+    modules={
+        "token_embedding": ("token_embedding", KERAS_TABLE),
+        "encoder_position": ("encoder_position_embedding", KERAS_TABLE),
+        "encoder_embedding_norm": ("encoder_embeddings_layer_norm", KERAS_NORM),
+        **_keras_attention("encoder.{i}.attention", f"{ENC}/self_attention_layer"),
+        "encoder.{i}.attention_norm": (f"{ENC}/self_attention_layer_norm", KERAS_NORM),
+        "encoder.{i}.feed_forward.inner": (f"{ENC}/feedforward_intermediate_dense", KERAS_DENSE),
+        "encoder.{i}.feed_forward.outer": (f"{ENC}/feedforward_output_dense", KERAS_DENSE),
+        "encoder.{i}.feed_forward_norm": (f"{ENC}/feedforward_layer_norm", KERAS_NORM),
+        "decoder_position": ("decoder_position_embedding", KERAS_TABLE),
+        "decoder_embedding_norm": ("decoder_embeddings_layer_norm", KERAS_NORM),
+        **_keras_attention("decoder.{i}.self_attention", f"{DEC}/self_attention"),
+        "decoder.{i}.self_attention_norm": (f"{DEC}/self_attention_layer_norm", KERAS_NORM),
+        **_keras_attention("decoder.{i}.cross_attention", f"{DEC}/cross_attention"),
+        "decoder.{i}.cross_attention_norm": (f"{DEC}/cross_attention_layer_norm", KERAS_NORM),
+        "decoder.{i}.feed_forward.inner": (f"{DEC}/feedforward_intermediate_dense", KERAS_DENSE),
+        "decoder.{i}.feed_forward.outer": (f"{DEC}/feedforward_output_dense", KERAS_DENSE),
+        "decoder.{i}.feed_forward_norm": (f"{DEC}/feedforward_layer_norm", KERAS_NORM),
+    },
+    # BartBackbone reads position p at row p: its converter drops transformers' first two rows; here the
+    # whole table is its, so the reference without the offset is its math (`test_keras_hub.py` measures
+    # both). Epsilon 1e-5 and exact GELU are hard-coded, as BART's.
+    numerics={"position_offset": 0, "layer_norm_eps": 1e-5, "activation": "gelu"},
+    # no final_logits_bias, no embedding scale, one num_layers for both stacks, the tied head
+    required={"logits_bias": False, "scale_embeddings": False, "num_decoder_layers": lambda cfg: cfg.num_layers,
+              "tie_embeddings": True, "head": "none", "attention_impl": "reference"},
+    dims=lambda cfg: dict(vocabulary_size=cfg.vocab_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+                          hidden_dim=cfg.d_model, intermediate_dim=cfg.d_ff, dropout=0.0,
+                          max_sequence_length=cfg.max_positions),
+    inputs={"input_ids": ("encoder_token_ids", None), "attention_mask": ("encoder_padding_mask", "ones"),
+            "decoder_input_ids": ("decoder_token_ids", None, "decoder_input_ids"),
+            "decoder_attention_mask": ("decoder_padding_mask", "ones", "decoder_input_ids")},
+    outputs={"encoder_last_hidden_state": "encoder_sequence_output", "last_hidden_state": "decoder_sequence_output"},
+    tied_logits=True,
 )
 
 FAMILY = Family(
@@ -122,5 +170,6 @@ FAMILY = Family(
     generates=True,
     decoding=Decoding(encoder_decoder=True),
     checkpoints=(HF,),
+    keras_hub=(KERAS_HUB,),
     base_preset="bart-base",
 )

@@ -159,6 +159,57 @@ HF = Checkpoint(
                    "hidden_states": ("token_embedding.output", "encoder.{i}.output", "encoder_norm.output")},
 )
 
+# ------------------------------------------------------------------ keras-hub
+
+
+def _keras_attention(ours, theirs):
+    return {f"{ours}.{p}": (f"{theirs}.{p}_projector", (Leaf("kernel", "kernel"),))
+            for p in ("query", "key", "value", "output")}
+
+
+def _keras_layer(stack, i="{i}"):
+    """One T5TransformerLayer, reached by attributes (`@`): its norms' variable paths carry a global counter."""
+    layer = f"@{stack}_transformer_layers.{i}"
+    kernel, gamma = (Leaf("kernel", "kernel"),), (Leaf("gamma", "weight"),)
+    ours = "encoder.{i}.attention" if stack == "encoder" else "decoder.{i}.self_attention"
+    modules = {**_keras_attention(ours, f"{layer}.self_attention"),
+               ours.replace("attention", "attention_norm"): (f"{layer}.self_attention_layer_norm", gamma),
+               f"{stack}.{{i}}.feed_forward.inner": (f"{layer}.input_projector", kernel),
+               f"{stack}.{{i}}.feed_forward.outer": (f"{layer}.output_projector", kernel),
+               f"{stack}.{{i}}.feed_forward.gate": (f"{layer}.input_projector", kernel),  # the activated one
+               f"{stack}.{{i}}.feed_forward.up": (f"{layer}.gate_projector", kernel),
+               f"{stack}.{{i}}.feed_forward.down": (f"{layer}.output_projector", kernel),
+               f"{stack}.{{i}}.feed_forward_norm": (f"{layer}.layer_norm", gamma),
+               f"{stack}_position": (f"@{stack}_transformer_layers.0.self_attention", (Leaf("table", "relative_attention_bias"),)),
+               f"{stack}_norm": (f"@{stack}_layer_norm", gamma)}
+    if stack == "decoder":
+        modules.update(_keras_attention("decoder.{i}.cross_attention", f"{layer}.cross_attention"))
+        modules["decoder.{i}.cross_attention_norm"] = (f"{layer}.cross_attention_layer_norm", gamma)
+    return modules
+
+
+KERAS_HUB = KerasHub(
+    backbone="T5Backbone",
+    modules={"token_embedding": ("@token_embedding", (Leaf("table", "embeddings"),)),
+             "lm_head": ("@token_embedding", (Leaf("kernel", "reverse_embeddings"),)),  # (D, V): the untied head
+             **_keras_layer("encoder"), **_keras_layer("decoder")},
+    # T5LayerNorm computes in the input dtype (transformers: the statistic in float32): one number in float32
+    numerics={"rms_norm_upcast": "none"},
+    # 32 buckets reaching 128 are hard-coded; one num_layers builds both stacks; T5Seq2SeqLM rescales iff tied
+    required={"relative_buckets": 32, "relative_max_distance": 128, "num_decoder_layers": lambda cfg: cfg.num_layers,
+              "scale_logits": lambda cfg: cfg.tie_embeddings, "head": "none", "attention_impl": "reference"},
+    dims=lambda cfg: dict(vocabulary_size=cfg.vocab_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+                          hidden_dim=cfg.d_model, intermediate_dim=cfg.d_ff, key_value_dim=cfg.head_dim, dropout=0.0,
+                          activation={"gelu_tanh": "keras_hub>gelu_approximate"}.get(cfg.activation, cfg.activation),
+                          use_gated_activation=cfg.feed_forward == "gated", layer_norm_epsilon=cfg.layer_norm_eps,
+                          tie_embedding_weights=cfg.tie_embeddings),
+    inputs={"input_ids": ("encoder_token_ids", None), "attention_mask": ("encoder_padding_mask", "ones"),
+            "decoder_input_ids": ("decoder_token_ids", None, "decoder_input_ids"),
+            "decoder_attention_mask": ("decoder_padding_mask", "ones", "decoder_input_ids")},
+    outputs={"encoder_last_hidden_state": "encoder_sequence_output", "last_hidden_state": "decoder_sequence_output"},
+    tied_logits=True,
+)
+
 FAMILY = Family(
     entry=Entry("t5", "T5", TINY, seq2seq_inputs,
                 {"default": V(),
@@ -171,5 +222,6 @@ FAMILY = Family(
     generates=True,
     decoding=Decoding(encoder_decoder=True),
     checkpoints=(HF,),
+    keras_hub=(KERAS_HUB,),
     base_preset="t5-small",
 )
