@@ -132,7 +132,7 @@ class Bart(Module):
 
     def saved(self, f, input_ids, decoder_input_ids, **_):
         (B, S), T, D = input_ids, decoder_input_ids[1], self.cfg.d_model
-        yield Saved("", "source and target ids", B * (S + T) * INDEX)
+        yield Saved("", "source and target ids, and their positions", (B + 1) * (S + T) * INDEX)
         for side, n in (("encoder", S), ("decoder", T)):
             yield from scoped(f"{side}_embedding_norm", getattr(self, f"{side}_embedding_norm").saved(f, (B, n, D)))
             yield from scoped("dropout", self.dropout.saved(f, (B, n, D)))

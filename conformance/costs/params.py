@@ -21,7 +21,11 @@ from conformance.weights import checkpoints
 
 COMPONENTS = ("embeddings", "attention", "feed_forward", "norms", "final_norm", "pooler", "head")
 TOP_LEVEL = {"embeddings": "embeddings", "source_embedding": "embeddings", "target_embedding": "embeddings",
-             "position": "embeddings", "final_norm": "final_norm", "pooler": "pooler"}  # anything else: head
+             "position": "embeddings", "final_norm": "final_norm", "pooler": "pooler",
+             # the encoder-decoders': a shared table, each stack's positions (T5's relative bias table) and norms
+             "token_embedding": "embeddings", "encoder_position": "embeddings", "decoder_position": "embeddings",
+             "encoder_embedding_norm": "embeddings", "decoder_embedding_norm": "embeddings",
+             "encoder_norm": "final_norm", "decoder_norm": "final_norm"}  # anything else: head
 PARTS = ("attention", "feed_forward", "norms")
 
 
