@@ -16,8 +16,8 @@ table of `relative_buckets` rows covers any length:
                                * (buckets - max_exact)), at most buckets - 1   otherwise
 
 With 32 buckets and max distance 128 (every T5), the encoder's offsets 0..7 each have their own
-bucket a direction, 8..127 share 8 log-spaced ones, and every offset from 128 on shares the last.
-The logarithm is taken in float32, as `transformers` and keras-hub compute it: a bucket boundary
+bucket a direction, 8..127 share 8 log-spaced ones, and every offset from 128 on shares the
+last. The logarithm is taken in float32, as `transformers` and keras-hub compute it: a bucket boundary
 falls where float32 puts it (`relative_position_bucket`).
 
 The bias is `table[bucket]`, (1, H, T, S): computed once per stack and added to every layer's

@@ -160,6 +160,36 @@ KERAS_HUB = KerasHub(
     tied_logits=True,
 )
 
+# ------------------------------------------------------------------ walkthrough
+
+WALKTHROUGH = Walkthrough(
+    "A one-layer BART (D = 8, 2 heads, exact GELU, post-norm), a source of 5 tokens (the 5th padding), a target "
+    "of 3 starting with the decoder start token 2.",
+    dict(d_model=8, num_heads=2, d_ff=16, vocab_size=11, max_positions=8 + OFFSET, num_layers=1, num_decoder_layers=1),
+    {"input_ids": [[0, 7, 7, 5, 1]], "attention_mask": [[1, 1, 1, 1, 0]], "decoder_input_ids": [[2, 4, 9]],
+     "decoder_attention_mask": [[1, 1, 1]]},
+    (Step("token_embedding.output", "Token rows of the one shared table (not scaled: scale_embedding is mBART's)."),
+     Step("encoder_position.output", "Learned position rows 2..6 for positions 0..4: the offset of 2.",
+          "fairseq kept rows 0 and 1 for its padding index; keras-hub's converter drops them and reads from 0."),
+     Step("encoder_embedding_norm.output", "Their sum, layer-normed (layernorm_embedding, eps 1e-5).",
+          "transformers' encoder_hidden_states[0]."),
+     Step("encoder.0.attention.probs", "Self-attention over the source; the padded key is 0."),
+     Step("encoder.0.output", "LN(x + FFN(x)) after LN(x + Attention(x)): post-norm, so no final norm follows."),
+     Step("decoder_embedding_norm.output", "The target's rows, positions from row 2 again, layer-normed."),
+     Step("decoder.0.self_attention.probs", "Causal self-attention over the target."),
+     Step("decoder.0.cross_attention.probs", "Target over source; the padded source position is 0."),
+     Step("decoder.0.output", "The decoder's output: the last hidden state."),
+     Step("logits", "h E^T (+ final_logits_bias, zeros in every released BART): the head is the token table.")),
+    shows=("num_layers", "num_decoder_layers", "num_heads", "head_dim", "d_ff", "activation", "layer_norm_eps",
+           "max_positions", "position_offset", "vocab_size"),
+    transformers_steps={"encoder_embedding_norm.output": ("encoder_hidden_states", 0),
+                        "encoder.0.attention.probs": ("encoder_attentions", 0),
+                        "encoder.0.output": ("encoder_last_hidden_state", None),
+                        "decoder.0.self_attention.probs": ("decoder_attentions", 0),
+                        "decoder.0.cross_attention.probs": ("cross_attentions", 0),
+                        "decoder.0.output": ("decoder_hidden_states", -1), "logits": ("logits", None)},
+)
+
 FAMILY = Family(
     entry=Entry("bart", "Bart", TINY, seq2seq_inputs,
                 {"default": V(),
@@ -171,5 +201,6 @@ FAMILY = Family(
     decoding=Decoding(encoder_decoder=True),
     checkpoints=(HF,),
     keras_hub=(KERAS_HUB,),
+    walkthrough=WALKTHROUGH,
     base_preset="bart-base",
 )

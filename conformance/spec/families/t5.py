@@ -210,6 +210,48 @@ KERAS_HUB = KerasHub(
     tied_logits=True,
 )
 
+# ------------------------------------------------------------------ walkthrough
+
+WALKTHROUGH = Walkthrough(
+    "A one-layer T5 1.0 (D = 8, 2 heads of 4, ReLU, the head tied and rescaled), 8 buckets reaching 16, a source "
+    "of 5 tokens (the 5th padding), a target of 3 starting with the decoder start token 0.",
+    dict(d_model=8, num_heads=2, attention_head_dim=4, d_ff=16, vocab_size=11, max_positions=16, num_layers=1,
+         num_decoder_layers=1, relative_buckets=8, relative_max_distance=16),
+    {"input_ids": [[2, 7, 7, 5, 3]], "attention_mask": [[1, 1, 1, 1, 0]], "decoder_input_ids": [[0, 4, 9]],
+     "decoder_attention_mask": [[1, 1, 1]]},
+    (Step("token_embedding.output", "Token rows of the one shared table; nothing added: no position rows, no scale."),
+     Step("encoder_position.buckets", "Each (query, key) pair's bucket, bidirectional: 4 buckets a direction, keys "
+                                      "after the query in 4..7; offsets 0 and 1 exact, 2..15 logarithmic.",
+          "transformers: T5Attention._relative_position_bucket."),
+     Step("encoder_position.output", "The encoder's bias, one learned scalar per head and bucket, (1, H, S, S): "
+                                     "computed once, added in every encoder layer."),
+     Step("encoder.0.attention_norm.output", "T5's layer norm: RMSNorm, x / sqrt(mean(x^2) + eps) * g, no mean "
+                                             "subtracted, no beta (tmirror explain rms_norm holds it to "
+                                             "transformers' T5LayerNorm).",
+          "transformers' T5LayerNorm squares x in float32 whatever the dtype: held to the float32 row."),
+     Step("encoder.0.attention.scores", "q k^T with no 1/sqrt(Dh): T5 folded the scale into W_q's initialization."),
+     Step("encoder.0.attention.biased", "The scores plus the relative position bias."),
+     Step("encoder.0.attention.probs", "Softmax over the keys; the padded key is 0."),
+     Step("encoder_norm.output", "The encoder's final RMSNorm: the memory every cross-attention reads."),
+     Step("decoder_position.buckets", "Causal buckets: the 8 all look back (a later key shares offset 0's, and is "
+                                      "masked anyway)."),
+     Step("decoder.0.self_attention.probs", "Causal self-attention over the target, with the decoder's own bias."),
+     Step("decoder.0.cross_attention.probs", "Target over source: no position bias here; the padded source is 0."),
+     Step("decoder_norm.output", "The decoder's final RMSNorm: the last hidden state."),
+     Step("logits", "(h D^-0.5) E^T: the head is the token table, its input rescaled (T5 1.0; 1.1 and Flan-T5 have "
+                    "an untied head and no rescale).")),
+    shows=("num_layers", "num_decoder_layers", "num_heads", "head_dim", "d_ff", "activation", "layer_norm_eps",
+           "relative_buckets", "relative_max_distance", "attention_scale", "scale_logits", "vocab_size"),
+    transformers_steps={"token_embedding.output": ("encoder_hidden_states", 0),
+                        "encoder.0.attention.probs": ("encoder_attentions", 0),
+                        "encoder_norm.output": ("encoder_last_hidden_state", None),
+                        "decoder.0.self_attention.probs": ("decoder_attentions", 0),
+                        "decoder.0.cross_attention.probs": ("cross_attentions", 0),
+                        "decoder_norm.output": ("decoder_hidden_states", -1), "logits": ("logits", None)},
+    transformers_dtype="float32",
+    transformers_why="its T5LayerNorm squares x in float32 in every dtype, 1e-7 off float64's",
+)
+
 FAMILY = Family(
     entry=Entry("t5", "T5", TINY, seq2seq_inputs,
                 {"default": V(),
@@ -223,5 +265,6 @@ FAMILY = Family(
     decoding=Decoding(encoder_decoder=True),
     checkpoints=(HF,),
     keras_hub=(KERAS_HUB,),
+    walkthrough=WALKTHROUGH,
     base_preset="t5-small",
 )
