@@ -94,7 +94,8 @@ def parser() -> argparse.ArgumentParser:
     tol = sub.add_parser("tolerances", help="measure error distributions per dtype, framework and op; write "
                                             "the evidence JSON and the Markdown tolerance table")
     tol.add_argument("--dtypes", type=_csv(DTYPES), default=list(DTYPES))
-    tol.add_argument("--frameworks", type=_csv(("numpy", "torch", "tf")), default=["numpy", "torch", "tf"])
+    tol.add_argument("--frameworks", type=_csv(("numpy", "torch", "tf")), default=None,
+                     help="default: numpy,torch,tf on cpu; torch on cuda (the tf mirror runs on the CPU only)")
     tol.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                      help="cuda: torch on the GPU against the float64 CPU reference, and against torch on cpu")
     tol.add_argument("--regimes", type=_csv(tuple(REGIMES)), default=list(REGIMES))
@@ -332,6 +333,14 @@ def cmd_figures(args) -> int:
     return 0
 
 
+def tolerance_frameworks(device: str, given: list | None) -> list:
+    """`tmirror tolerances`' frameworks: as given, else every mirror on the CPU and torch alone on cuda (the
+    tf mirror runs on the CPU only, and a GPU machine need not have TensorFlow at all)."""
+    if given is not None:
+        return given
+    return ["torch"] if device == "cuda" else ["numpy", "torch", "tf"]
+
+
 def cmd_tolerances(args) -> int:
     from pathlib import Path
 
@@ -340,6 +349,7 @@ def cmd_tolerances(args) -> int:
     from conformance.compare.tolerance import TOLERANCES
     from conformance.spec.registry import CASES, case_id
     from conformance.suites import measure
+    args.frameworks = tolerance_frameworks(args.device, args.frameworks)
     cases = [c for c in CASES if fnmatch.fnmatch(case_id(c), args.cases)]
     if not cases and not args.presets:
         raise ValueError(f"no registry case matches --cases {args.cases!r}; e.g. {[case_id(c) for c in CASES[:3]]}")

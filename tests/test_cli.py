@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from conformance import cli
+
 
 def tmirror(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "conformance", *args], capture_output=True, text=True,
@@ -109,3 +111,9 @@ def test_explain_walks_through_every_op_with_the_twins_beside_it():
                "8. merged", "9. output.output"):
         assert op in r.stdout, op
     assert "PyTorch float32" in r.stdout and "Keras float64" in r.stdout and "causal=True" in r.stdout
+
+
+def test_tolerances_on_cuda_measure_torch_unless_told():
+    assert cli.tolerance_frameworks("cuda", None) == ["torch"]
+    assert cli.tolerance_frameworks("cpu", None) == ["numpy", "torch", "tf"]
+    assert cli.tolerance_frameworks("cuda", ["torch", "tf"]) == ["torch", "tf"]
