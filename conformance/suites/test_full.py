@@ -1,5 +1,5 @@
-"""The full-size tier (`pytest --full`): bert-base, gpt2 and llama3.2-1b at their published
-sizes, every framework in float32 against the float64 reference, each framework's own
+"""The full-size tier (`pytest --full`): bert-base, gpt2, t5-small, bart-base and llama3.2-1b at
+their published sizes, every framework in float32 against the float64 reference, each framework's own
 parameter count against the published one, and `transformers`' own model of the same weights
 against the reference. Minutes, not seconds: not in the default run. llama3.2-1b is 4.9 GB a
 copy in float32 and 9.9 GB in float64: the fixture keeps the weights and the reference's
@@ -13,7 +13,8 @@ from conformance.backends.build import build
 from conformance.compare.tolerance import compare_outputs
 from conformance.oracles import transformers as hf
 
-PUBLISHED = {"bert-base": 109_482_240, "gpt2": 124_439_808, "llama3.2-1b": 1_235_814_400}
+PUBLISHED = {"bert-base": 109_482_240, "gpt2": 124_439_808, "t5-small": 60_506_624, "bart-base": 139_420_416,
+             "llama3.2-1b": 1_235_814_400}
 
 
 @pytest.fixture(scope="module")
