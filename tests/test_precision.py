@@ -272,6 +272,24 @@ def test_tmirror_tolerances_writes_evidence_and_table(tmp_path, capsys):
     assert "no registry case matches --cases 'nothing*'" in capsys.readouterr().err
 
 
+def test_tmirror_tolerances_merge_adds_cases_and_refuses_one_measured_twice(tmp_path, capsys):
+    """--merge keeps the evidence's cases and adds the new ones (several globs); the rows and summaries are
+    those one run over both would give; a case measured in both is refused, not double-counted."""
+    out, ev = tmp_path / "t.md", tmp_path / "e.json"
+    base = ["tolerances", "--dtypes", "float32", "--regimes", "suite", "--frameworks", "torch", "--out", str(out),
+            "--evidence", str(ev)]
+    assert cli.main([*base, "--cases", "linear*,softmax"]) == 0
+    both = json.loads(ev.read_text())
+    assert cli.main([*base, "--cases", "linear*"]) == 0
+    assert cli.main([*base, "--cases", "softmax", "--merge"]) == 0
+    merged = json.loads(ev.read_text())
+    assert sorted(map(tuple, merged["cases"])) == sorted(map(tuple, both["cases"]))
+    assert merged["rows"]["float32"]["worst"] == both["rows"]["float32"]["worst"]
+    assert merged["summary"]["float32"]["torch"]["outputs"] == both["summary"]["float32"]["torch"]["outputs"]
+    assert cli.main([*base, "--cases", "softmax", "--merge"]) == 2
+    assert "already measured" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------ Keras on the torch backend
 
 @pytest.mark.parametrize("case", [("multi_head_attention", "causal"), ("gpt2", "default")], ids=case_id)
