@@ -54,7 +54,7 @@ def test_numpy_declares_what_it_does_not_run_and_build_says_why():
 def test_only_supported_combinations_are_generated(pytestconfig):
     fused = [c for c in CASES if c[1] == "fused"]
     assert {c[0] for c in fused} == {"scaled_dot_product_attention", "multi_head_attention", "encoder_layer",
-                                     "gpt2", "bert", "llama"}
+                                     "gpt2", "bert", "llama", "t5", "bart"}
     for case in fused:  # attention_impl="fused" is every framework's own fused call
         assert all(supports(f, case, "float32", "cpu") is None for f in ("numpy", "torch", "tf"))
     assert "runs on ['cpu']" in supports("tf", None, "float32", "cuda")

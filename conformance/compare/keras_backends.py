@@ -42,7 +42,7 @@ from conformance.compare.tolerance import Comparison, compare_outputs
 from conformance.spec import registry
 
 BACKENDS = ("tensorflow", "torch", "jax")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: the children import this checkout's conformance
 # (backend, dtype) -> a known limitation of Keras itself, attached to the run as its `note`
 KNOWN = {
     ("torch", "float64"):
