@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import os
 import sys
 
@@ -144,7 +145,10 @@ def parser() -> argparse.ArgumentParser:
     tol.add_argument("--regimes", type=_csv(tuple(REGIMES)), default=list(REGIMES))
     tol.add_argument("--presets", type=_csv(tuple(presets.names())), default=[],
                      help="full-size presets to measure too (batch 1, 128 tokens), e.g. bert-base,gpt2")
-    tol.add_argument("--cases", default="*", help="glob over registry case ids, e.g. 'multi_head_attention*'")
+    tol.add_argument("--cases", default="*", help="globs over registry case ids, comma-separated, e.g. "
+                                                  "'multi_head_attention*,t5*'")
+    tol.add_argument("--merge", action="store_true", help="add the cases measured to the evidence JSON's (cases "
+                                                          "it lacks), rather than replace it")
     tol.add_argument("--out", type=_out("file"), help="Markdown table (default: reports/tolerances.md; -cuda.md on cuda)")
     tol.add_argument("--evidence", type=_out("file"), help="evidence JSON (default: conformance/compare/tolerance_evidence.json; "
                                         "_cuda.json on cuda)")
@@ -422,7 +426,7 @@ def cmd_tolerances(args) -> int:
     from conformance.spec.registry import CASES, case_id
     from conformance.suites import measure
     args.frameworks = tolerance_frameworks(args.device, args.frameworks)
-    cases = [c for c in CASES if fnmatch.fnmatch(case_id(c), args.cases)]
+    cases = [c for c in CASES if any(fnmatch.fnmatch(case_id(c), g) for g in args.cases.split(","))]
     if not cases and not args.presets:
         raise ValueError(f"no registry case matches --cases {args.cases!r}; e.g. {[case_id(c) for c in CASES[:3]]}")
     suffix = "" if args.device == "cpu" else f"_{args.device}"
@@ -436,6 +440,8 @@ def cmd_tolerances(args) -> int:
         results = measure.measure(args.dtypes, args.frameworks, args.device, args.regimes, cases,
                                   args.presets, progress=progress)
     ev = measure.evidence(results, "tmirror tolerances " + " ".join(args.argv), TOLERANCES)
+    if args.merge:
+        ev = measure.merge(json.loads(evidence_path.read_text()), ev, TOLERANCES)
     files.write_all({evidence_path: measure.dumps(ev), out: measure.markdown(ev, str(evidence_path))}, "--out")
     uncovered = []
     for dtype, row in ev["rows"].items():

@@ -376,6 +376,9 @@ def _check_model(model, ids):
         names = sorted(f.name for f in families.FAMILIES.values() if f.generates)
         raise ValueError(f"model must be a built generating model of the families {names} (conformance.build); "
                          f"received {kind!r}")
+    if model.cfg.head != "none":
+        raise ValueError(f"model must have its LM head (Config.head='none') to generate; received head="
+                         f"{model.cfg.head!r}, a {kind} without one")
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"input_ids must be a (B, T) integer array; received shape {ids.shape}, "
                          f"dtype {ids.dtype}")
@@ -410,7 +413,9 @@ def _settings(model, ids, decoding, strategy, max_new_tokens, max_length, min_le
               length_penalty, early_stopping, num_return_sequences, no_repeat_ngram_size, eos_token_id,
               pad_token_id, decoder_start_token_id, temperature, top_k, top_p) -> Settings:
     cfg = model.cfg
-    V, P = cfg.vocab_size, cfg.max_positions
+    V, P = cfg.vocab_size, cfg.longest
+    longest = (f"max_positions {P}" if not cfg.position_offset else
+               f"{P} positions (max_positions {cfg.max_positions} less position_offset {cfg.position_offset})")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {list(STRATEGIES)}; received strategy={strategy!r}")
     token = lambda x: _is_int(x) and 0 <= x < V  # noqa: E731  (a token id)
@@ -431,9 +436,9 @@ def _settings(model, ids, decoding, strategy, max_new_tokens, max_length, min_le
     if max_length is not None:
         if not _is_int(max_length) or not L0 + 1 <= max_length <= P:
             raise ValueError(f"max_length must be an int in [{L0 + 1}, {P}] ({what} + at least one new token, at "
-                             f"most max_positions {P}); received max_length={max_length!r}")
+                             f"most {longest}); received max_length={max_length!r}")
     elif not _is_int(max_new_tokens) or not 1 <= max_new_tokens <= room:
-        raise ValueError(f"max_new_tokens must be an int in [1, {room}] (max_positions {P} - {what}); "
+        raise ValueError(f"max_new_tokens must be an int in [1, {room}] ({longest} - {what}); "
                          f"received max_new_tokens={max_new_tokens!r}")
     else:
         max_length = L0 + max_new_tokens

@@ -5,6 +5,7 @@ name. Its module tree is also the declaration of every canonical weight name and
 """
 from numpy_ref.activations import Activation, Dropout, Softmax
 from numpy_ref.attention import MultiHeadAttention, ScaledDotProductAttention
+from numpy_ref.bart import Bart
 from numpy_ref.bert import Bert
 from numpy_ref.deberta import Deberta
 from numpy_ref.blocks import DecoderLayer, EncoderLayer
@@ -17,13 +18,14 @@ from numpy_ref.llama import Llama
 from numpy_ref.linear import Linear
 from numpy_ref.normalization import LayerNorm, RMSNorm
 from numpy_ref.patch_embedding import PatchEmbedding
+from numpy_ref.relative_position import RelativePositionBias
 from numpy_ref.rotary import RotaryEmbedding
+from numpy_ref.t5 import T5
 from numpy_ref.transformer import Transformer
 from numpy_ref.vit import ViT
 
-__all__ = ["Activation", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout", "EncoderLayer",
-           "FeedForward", "GPT2",
-           "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PatchEmbedding", "PositionEmbedding",
-           "RMSNorm",
+__all__ = ["Activation", "Bart", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout",
+           "EncoderLayer", "FeedForward", "GPT2", "GatedFeedForward", "LayerNorm", "Linear", "Llama",
+           "MultiHeadAttention", "PatchEmbedding", "PositionEmbedding", "RMSNorm", "RelativePositionBias",
            "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
-           "Softmax", "TokenEmbedding", "Transformer", "ViT"]
+           "Softmax", "T5", "TokenEmbedding", "Transformer", "ViT"]

@@ -89,42 +89,46 @@ def repeat_kv_backward(grad, groups):
     return grad.reshape(B, H // groups, groups, S, Dh).sum(axis=2)              # (B, KV, S, Dh)
 
 
-def scaled_dot_product_attention(q, k, v, mask, cfg, tap):
-    """q: (B, H, T, Dh)  k, v: (B, H, S, Dh)  mask: (B, 1, T, S) or None."""
+def scaled_dot_product_attention(q, k, v, mask, cfg, tap, bias=None):
+    """q: (B, H, T, Dh)  k, v: (B, H, S, Dh)  mask: (B, 1, T, S) or None  bias: (1 or B, H, T, S) or None."""
     scores = tap("scores", q @ k.swapaxes(-1, -2) * cfg.scale)   # (B, H, T, S)
+    if bias is not None:
+        scores = tap("biased", scores + bias)                      # (B, H, T, S)
     if cfg.attn_logit_softcap is not None:
         scores = tap("capped", softcap(scores, cfg.attn_logit_softcap))  # (B, H, T, S)
     probs = tap("probs", softmax(scores, mask, cfg.mask_fill))    # (B, H, T, S)
     return tap("context", probs @ v)                               # (B, H, T, Dh)
 
 
-def attention_flops(B, H, T, S, Dh, causal, softcapped=False):
+def attention_flops(B, H, T, S, Dh, causal, softcapped=False, biased=False):
     """The scaled dot-product core on B H T S (query, key) pairs: the same for every attention_impl."""
     pairs = B * H * T * S
     yield Op("scores", "attention", 2 * pairs * Dh, pairs=True, causal=causal)
-    for step in ("scale", "softcap", "mask") if softcapped else ("scale", "mask"):
+    for step in ("scale",) + (("position_bias",) if biased else ()) + (("softcap",) if softcapped else ()) + ("mask",):
         yield Op(step, "elementwise", pairs * PER_ELEMENT[step], pairs=True, causal=causal)
     yield Op("softmax", "softmax", pairs * PER_ELEMENT["softmax"], pairs=True, causal=causal)
     yield Op("context", "attention", 2 * pairs * Dh, pairs=True, causal=causal)
 
 
-def fused_attention(q, k, v, mask, cfg):
+def fused_attention(q, k, v, mask, cfg, bias=None):
     """The same attention as one expression, nothing tapped inside: NumPy's stand-in for a fused kernel."""
-    return softmax(q @ k.swapaxes(-1, -2) * cfg.scale, mask, cfg.mask_fill) @ v     # (B, H, T, Dh)
+    scores = q @ k.swapaxes(-1, -2) * cfg.scale + (0 if bias is None else bias)    # (B, H, T, S)
+    return softmax(scores, mask, cfg.mask_fill) @ v                                # (B, H, T, Dh)
 
 
-def attention(q, k, v, mask, cfg, tap):
+def attention(q, k, v, mask, cfg, tap, bias=None):
     """The attention `cfg.attention_impl` names: the reference's traced lines, or one fused call."""
     if cfg.attention_impl == "fused":
-        return tap("context", fused_attention(q, k, v, mask, cfg))                # (B, H, T, Dh)
-    return scaled_dot_product_attention(q, k, v, mask, cfg, tap)                 # (B, H, T, Dh)
+        return tap("context", fused_attention(q, k, v, mask, cfg, bias))          # (B, H, T, Dh)
+    return scaled_dot_product_attention(q, k, v, mask, cfg, tap, bias)           # (B, H, T, Dh)
 
 
-def attention_probs(saved, q, k, mask, cfg):
+def attention_probs(saved, q, k, mask, cfg, bias=None):
     """The probabilities a backward needs: the tapped ones, or (fused) recomputed from q and k."""
     if "probs" in saved.taps:
         return saved.taps["probs"]                                               # (B, H, T, S)
-    return softmax(q @ k.swapaxes(-1, -2) * cfg.scale, mask, cfg.mask_fill)      # (B, H, T, S)
+    scores = q @ k.swapaxes(-1, -2) * cfg.scale + (0 if bias is None else bias)  # (B, H, T, S)
+    return softmax(scores, mask, cfg.mask_fill)                                  # (B, H, T, S)
 
 
 def tapped_only(saved):
@@ -132,15 +136,17 @@ def tapped_only(saved):
     return lambda name, grad: saved.tap(name, grad) if name in saved.taps else grad
 
 
-def scaled_dot_product_attention_backward(grad, q, k, v, probs, mask, cfg, tap, capped=None):
+def scaled_dot_product_attention_backward(grad, q, k, v, probs, mask, cfg, tap, capped=None, biased=False):
     """The forward's lines undone in reverse; `tap` records each gradient under its name.
 
         context = probs v     =>  dprobs = dcontext v^T,   dv = probs^T dcontext
         probs = softmax(...)  =>  dscores = softmax_backward(dprobs)  (masked scores get 0)
         capped = cap tanh(s / cap)  =>  ds = dcapped (1 - (capped / cap)^2)
+        biased = s + bias     =>  ds = dbiased,             dbias = dbiased (summed where it broadcast)
         scores = q k^T * c    =>  dq = dscores k c,        dk = dscores^T q c
 
-    Each key's dv and dk sum over the queries that attended to it. Returns (dq, dk, dv).
+    Each key's dv and dk sum over the queries that attended to it. Returns (dq, dk, dv, dscores):
+    dscores is what an added bias receives.
     """
     grad = tap("context", grad)                                               # (B, H, T, Dh)
     d_probs = tap("probs", grad @ v.swapaxes(-1, -2))                         # (B, H, T, S)
@@ -148,10 +154,12 @@ def scaled_dot_product_attention_backward(grad, q, k, v, probs, mask, cfg, tap, 
     d_scores = softmax_backward(d_probs, probs, mask)                         # (B, H, T, S)
     if cfg.attn_logit_softcap is not None:
         d_scores = softcap_backward(tap("capped", d_scores), capped, cfg.attn_logit_softcap)  # (B, H, T, S)
+    if biased:
+        d_scores = tap("biased", d_scores)                                    # (B, H, T, S)
     d_scores = tap("scores", d_scores)                                        # (B, H, T, S)
     d_q = d_scores @ k * cfg.scale                                            # (B, H, T, Dh)
     d_k = d_scores.swapaxes(-1, -2) @ q * cfg.scale                           # (B, H, S, Dh)
-    return d_q, d_k, d_v
+    return d_q, d_k, d_v, d_scores
 
 
 def check_impl(cfg):
@@ -195,30 +203,31 @@ class ScaledDotProductAttention(Module):
         mask = self.position_mask(saved.inputs["mask"], q.shape[2], k.shape[2])  # (B, 1, T, S)
         probs = attention_probs(saved, q, k, mask, self.cfg)                     # (B, H, T, S)
         return scaled_dot_product_attention_backward(grad, q, k, v, probs, mask, self.cfg, tapped_only(saved),
-                                                     saved.taps.get("capped"))
+                                                     saved.taps.get("capped"))[:3]
 
 
 class MultiHeadAttention(Module):
     """Self-attention (context=None) or cross-attention over `context`.
 
     `sliding`: does this layer use the config's window (None: whenever `cfg.sliding_window` is set).
+    `cross`: a decoder's cross-attention, whose cache keeps the context's keys and values (see forward).
     """
 
-    def __init__(self, cfg, causal=None, sliding=None):
+    def __init__(self, cfg, causal=None, sliding=None, cross=False):
         super().__init__()
         check_impl(cfg)
         self.cfg = cfg
         self.causal = cfg.causal if causal is None else causal
+        self.cross = cross
         self.window = cfg.sliding_window if sliding is not False else None
         H, KV, Dh = cfg.num_heads, cfg.kv_heads, cfg.head_dim
-        output_bias = cfg.use_bias if cfg.output_bias is None else cfg.output_bias
         self.query = Linear(cfg.d_model, H * Dh, cfg.use_bias)
         self.key = Linear(cfg.d_model, KV * Dh, cfg.use_bias)
         self.value = Linear(cfg.d_model, KV * Dh, cfg.use_bias)
         self.query_norm = RMSNorm(cfg, Dh) if cfg.qk_norm else None
         self.key_norm = RMSNorm(cfg, Dh) if cfg.qk_norm else None
         self.rotary = RotaryEmbedding(cfg) if cfg.position == "rotary" else None
-        self.output = Linear(H * Dh, cfg.d_model, output_bias)
+        self.output = Linear(H * Dh, cfg.d_model, cfg.projection_bias)
 
     def split_heads(self, x):
         B, T, width = x.shape  # width H Dh for queries, KV Dh for keys and values
@@ -229,45 +238,55 @@ class MultiHeadAttention(Module):
         B, H, T, Dh = x.shape
         return x.transpose(0, 2, 1, 3).reshape(B, T, H * Dh)  # (B, T, H Dh)
 
-    def forward(self, x, context=None, mask=None, cache=None, position_ids=None):
+    def forward(self, x, context=None, mask=None, cache=None, position_ids=None, position_bias=None):
         """x: (B, T, D)  context: (B, S, D) or None  mask: (B, S) padding, True = attend.
 
         `cache`, a dict, holds the keys and values of earlier positions (KV heads only: the
         cache is G times smaller than the queries' heads): new ones are appended, and the T
-        queries attend to all S = past + T of them. `position_ids` (B, T) place the tokens for
-        the rotary embedding; default past .. past + T - 1.
+        queries attend to all S = past + T of them. A cross-attention layer (`cross`) keeps its
+        context's instead, as `cross_key` and `cross_value`: projected on the first call and reused
+        after, when `context` may be None. `position_ids` (B, T) place the tokens for the rotary
+        embedding; default past .. past + T - 1. `position_bias` (1 or B, H, T, S) is added to the
+        scores (T5's relative position bias).
         """
-        past = cache["key"].shape[2] if cache and "key" in cache else 0
+        reuse = self.cross and cache is not None and "cross_key" in cache  # the context's keys, kept
+        past = cache["key"].shape[2] if cache and "key" in cache and not self.cross else 0
         checks.attention_inputs(checks.spec(x), checks.spec(context), checks.spec(mask), past,
-                                self.cfg.d_model)
+                                self.cfg.d_model, cache["cross_key"].shape[2] if reuse else None)
         tap = trace.tap_for(self)
         source = x if context is None else context
         q = tap("q", self.split_heads(self.query(x)))        # (B, H, T, Dh)
-        k = tap("k", self.split_heads(self.key(source)))     # (B, KV, S, Dh)
-        v = tap("v", self.split_heads(self.value(source)))   # (B, KV, S, Dh)
+        k = cache["cross_key"] if reuse else tap("k", self.split_heads(self.key(source)))     # (B, KV, S, Dh)
+        v = cache["cross_value"] if reuse else tap("v", self.split_heads(self.value(source)))  # (B, KV, S, Dh)
         if self.query_norm is not None:
-            q, k = self.query_norm(q), self.key_norm(k)      # (B, H, T, Dh), (B, KV, S, Dh)
+            q, k = self.query_norm(q), (k if reuse else self.key_norm(k))  # (B, H, T, Dh), (B, KV, S, Dh)
         if self.rotary is not None:
             rotated = self.rotary(q, k, rotary_positions(position_ids, x.shape[0], q.shape[2], past))
             q, k = rotated["q"], rotated["k"]                # (B, H, T, Dh), (B, KV, S, Dh)
-        if cache is not None:
+        if cache is not None and self.cross:
+            cache["cross_key"], cache["cross_value"] = k, v
+        elif cache is not None:
             if "key" in cache:
                 k = np.concatenate([cache["key"], k], axis=2)  # (B, KV, S, Dh)
                 v = np.concatenate([cache["value"], v], axis=2)
             cache["key"], cache["value"] = k, v
         T, S, groups = q.shape[2], k.shape[2], q.shape[1] // k.shape[1]
+        if position_bias is not None:
+            checks.position_bias(checks.spec(position_bias), (x.shape[0], q.shape[1], T, S))
         m = attention_mask(mask, T, S, self.causal, self.window, self.cfg.sliding_window_right,
                            self.cfg.causal_alignment)                                       # (B, 1, T, S)
-        context_heads = attention(q, repeat_kv(k, groups), repeat_kv(v, groups), m, self.cfg, tap)  # (B, H, T, Dh)
+        context_heads = attention(q, repeat_kv(k, groups), repeat_kv(v, groups), m, self.cfg, tap,
+                                  position_bias)                                 # (B, H, T, Dh)
         return self.output(tap("merged", self.merge_heads(context_heads)))       # (B, T, D)
 
-    def cache_bytes(self, f):
+    def cache_bytes(self, f, source=False):
         """Bytes the key/value cache keeps a token (f bytes a number): k and v of the KV heads only,
-        G = H / KV times fewer than the queries' heads. A self-attention layer's, per token of the
-        sequence; a sliding window could drop keys it no longer sees, this cache keeps them all."""
-        return 2 * self.cfg.kv_heads * self.cfg.head_dim * f if self.causal else 0
+        G = H / KV times fewer than the queries' heads. A causal self-attention layer's, per token of
+        the sequence; a sliding window could drop keys it no longer sees, this cache keeps them all.
+        `source=True`: a cross-attention layer's, per token of the source (computed once, then read)."""
+        return 2 * self.cfg.kv_heads * self.cfg.head_dim * f if (self.cross if source else self.causal) else 0
 
-    def flops(self, x, context=None, **_):
+    def flops(self, x, context=None, position_bias=None, **_):
         (B, T, D), S = x, (x if context is None else context)[1]
         cfg, H, KV = self.cfg, self.cfg.num_heads, self.cfg.kv_heads
         yield from scoped("query", self.query.flops((B, T, D)))
@@ -278,7 +297,8 @@ class MultiHeadAttention(Module):
             yield from scoped("key_norm", self.key_norm.flops((B, KV, S, cfg.head_dim)))
         if self.rotary is not None:
             yield from scoped("rotary", self.rotary.flops((B, H, T, cfg.head_dim), (B, KV, S, cfg.head_dim)))
-        yield from attention_flops(B, H, T, S, cfg.head_dim, self.causal, cfg.attn_logit_softcap is not None)
+        yield from attention_flops(B, H, T, S, cfg.head_dim, self.causal, cfg.attn_logit_softcap is not None,
+                                   position_bias is not None)
         yield from scoped("output", self.output.flops((B, T, H * cfg.head_dim)))
 
     def saved(self, f, x, context=None, masked=True, **_):
@@ -312,12 +332,14 @@ class MultiHeadAttention(Module):
             + (B * T * S if self.causal else 0)
 
     def backward(self, grad):
-        """dL/d output (B, T, D) -> dx, or (dx, dcontext) for cross-attention.
+        """dL/d output (B, T, D) -> dx, or (dx, dcontext) for cross-attention; with a position bias,
+        its gradient last: (dx, dbias) or (dx, dcontext, dbias).
 
         split_heads and merge_heads only move entries, so each one's backward is the other;
         repeat_kv's sums each group's gradient back onto its key/value head; the rotation and
         the QK-norm run backward through their own modules. In self-attention x feeds the
-        queries, the keys and the values: dx sums all three.
+        queries, the keys and the values: dx sums all three. A bias added to the scores gets
+        their gradient, summed over the batch where it was broadcast.
         """
         saved = autograd.saved(self)
         tap = saved.tap
@@ -331,10 +353,12 @@ class MultiHeadAttention(Module):
         k_all, v_all = repeat_kv(k, groups), repeat_kv(v, groups)              # (B, H, S, Dh)
         m = attention_mask(saved.inputs["mask"], q.shape[2], k.shape[2], self.causal, self.window,
                            self.cfg.sliding_window_right, self.cfg.causal_alignment)  # (B, 1, T, S)
+        bias = saved.inputs["position_bias"]                                     # (1 or B, H, T, S) or None
         d_merged = tap("merged", self.output.backward(grad))                     # (B, T, H Dh)
-        probs = attention_probs(saved, q, k_all, m, self.cfg)                    # (B, H, T, S)
-        d_q, d_k, d_v = scaled_dot_product_attention_backward(self.split_heads(d_merged), q, k_all, v_all, probs, m,
-                                                              self.cfg, tapped_only(saved), saved.taps.get("capped"))
+        probs = attention_probs(saved, q, k_all, m, self.cfg, bias)              # (B, H, T, S)
+        d_q, d_k, d_v, d_scores = scaled_dot_product_attention_backward(
+            self.split_heads(d_merged), q, k_all, v_all, probs, m, self.cfg, tapped_only(saved),
+            saved.taps.get("capped"), bias is not None)
         d_k, d_v = repeat_kv_backward(d_k, groups), repeat_kv_backward(d_v, groups)  # (B, KV, S, Dh)
         if self.rotary is not None:
             d_q, d_k = self.rotary.backward({"q": d_q, "k": d_k})
@@ -343,9 +367,10 @@ class MultiHeadAttention(Module):
         d_source = self.value.backward(self.merge_heads(tap("v", d_v)))          # (B, S, D)
         d_source = d_source + self.key.backward(self.merge_heads(tap("k", d_k)))  # (B, S, D)
         d_x = self.query.backward(self.merge_heads(tap("q", d_q)))               # (B, T, D)
-        if saved.inputs["context"] is None:
-            return d_x + d_source                                                # (B, T, D)
-        return d_x, d_source
+        grads = (d_x + d_source,) if saved.inputs["context"] is None else (d_x, d_source)  # (B, T, D), (B, S, D)
+        if bias is not None:
+            grads += (autograd.sum_to_shape(d_scores, bias.shape),)              # (1 or B, H, T, S)
+        return grads if len(grads) > 1 else grads[0]
 
 
 def rotary_positions(position_ids, B, T, past):

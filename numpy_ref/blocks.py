@@ -9,7 +9,12 @@ Pre-norm leaves an unnormalized identity path from input to output, which is why
 pre-norm stacks train without warm-up and need one final layer norm at the top.
 
 The decoder layer adds cross-attention between its causal self-attention and its
-feed-forward: queries from the decoder, keys and values from the encoder's output.
+feed-forward: queries from the decoder, keys and values from the encoder's output. With a
+cache, the self-attention's keys and values grow by the new tokens each call while the
+cross-attention's are computed from the encoder's output once and read after: decoding step t
+costs O(t + S), not O(t^2 + t S). T5's decoder layer is this one, pre-norm, with RMSNorm, no
+biases and a relative position bias on the self-attention scores (`position_bias`, computed once
+per stack); BART's is post-norm, as the 2017 paper's.
 
 The LLaMA family's layer is the pre-norm encoder layer with other parts (config fields, not
 another class): RMSNorm for the layer norms (`cfg.norm`), the gated feed-forward
@@ -98,19 +103,21 @@ class EncoderLayer(Module):
         self.feed_forward_output_norm = norm_for(cfg) if cfg.sandwich_norm else None
         self.feed_forward_dropout = Dropout(cfg)
 
-    def forward(self, x, mask=None, cache=None, position_ids=None):
-        """x: (B, T, D)  mask: (B, S) padding, True = attend  position_ids: (B, T) for a rotary attention."""
+    def forward(self, x, mask=None, cache=None, position_ids=None, position_bias=None):
+        """x: (B, T, D)  mask: (B, S) padding, True = attend  position_ids: (B, T) for a rotary attention
+        position_bias: (1 or B, H, T, S) added to the attention scores (T5)."""
         tap = trace.tap_for(self)
-        x = residual(x, lambda h: self.attention(h, mask=mask, cache=cache, position_ids=position_ids),
+        x = residual(x, lambda h: self.attention(h, mask=mask, cache=cache, position_ids=position_ids,
+                                                 position_bias=position_bias),
                      self.attention_norm, self.attention_dropout, self.norm_first,
                      self.attention_output_norm)                                      # (B, T, D)
         x = residual(x, self.feed_forward, self.feed_forward_norm,
                      self.feed_forward_dropout, self.norm_first, self.feed_forward_output_norm)  # (B, T, D)
         return tap("output", x)
 
-    def flops(self, x, **_):
-        yield from residual_flops("attention", self.attention.flops(x), self.attention_norm, x,
-                                  self.attention_output_norm)
+    def flops(self, x, position_bias=None, **_):
+        yield from residual_flops("attention", self.attention.flops(x, position_bias=position_bias),
+                                  self.attention_norm, x, self.attention_output_norm)
         yield from residual_flops("feed_forward", self.feed_forward.flops(x), self.feed_forward_norm, x,
                                   self.feed_forward_output_norm)
 
@@ -125,12 +132,16 @@ class EncoderLayer(Module):
         return max(self.attention.peak(f, live, x), self.feed_forward.peak(f, live, x))
 
     def backward(self, grad):
-        grad = autograd.saved(self).tap("output", grad)                                    # (B, T, D)
+        """-> dx, or (dx, dposition_bias) when a position bias was added to the scores."""
+        saved = autograd.saved(self)
+        grad = saved.tap("output", grad)                                                   # (B, T, D)
         grad = residual_backward(grad, self.feed_forward.backward, self.feed_forward_norm,
                                  self.feed_forward_dropout, self.norm_first,
                                  self.feed_forward_output_norm)                             # (B, T, D)
-        return residual_backward(grad, self.attention.backward, self.attention_norm,
+        attention_backward, d_bias = split_bias_backward(self.attention.backward, saved.inputs["position_bias"])
+        grad = residual_backward(grad, attention_backward, self.attention_norm,
                                  self.attention_dropout, self.norm_first, self.attention_output_norm)  # (B, T, D)
+        return grad if not d_bias else (grad, d_bias[0])
 
 
 class DecoderLayer(Module):
@@ -138,29 +149,33 @@ class DecoderLayer(Module):
         super().__init__()
         self.norm_first = cfg.norm_first
         self.self_attention = MultiHeadAttention(cfg, causal=True)
-        self.self_attention_norm = LayerNorm(cfg)
+        self.self_attention_norm = norm_for(cfg)
         self.self_attention_dropout = Dropout(cfg)
-        self.cross_attention = MultiHeadAttention(cfg, causal=False)
-        self.cross_attention_norm = LayerNorm(cfg)
+        self.cross_attention = MultiHeadAttention(cfg, causal=False, cross=True)
+        self.cross_attention_norm = norm_for(cfg)
         self.cross_attention_dropout = Dropout(cfg)
-        self.feed_forward = FeedForward(cfg)
-        self.feed_forward_norm = LayerNorm(cfg)
+        self.feed_forward = feed_forward_for(cfg)
+        self.feed_forward_norm = norm_for(cfg)
         self.feed_forward_dropout = Dropout(cfg)
 
-    def forward(self, x, memory, mask=None, memory_mask=None):
+    def forward(self, x, memory=None, mask=None, memory_mask=None, cache=None, position_bias=None):
         """x: (B, T, D) decoder side  memory: (B, S, D) encoder output.
-        mask: (B, T) decoder padding  memory_mask: (B, S) encoder padding."""
+        mask: (B, T) decoder padding  memory_mask: (B, S) encoder padding.
+        cache: this layer's dict, the self-attention's keys and values (`key`, `value`, grown by each
+        call) and the cross-attention's (`cross_key`, `cross_value`, from memory on the first call;
+        memory may be None after). position_bias: (1 or B, H, T, past + T) on the self-attention (T5)."""
         tap = trace.tap_for(self)
-        x = residual(x, lambda h: self.self_attention(h, mask=mask),
+        x = residual(x, lambda h: self.self_attention(h, mask=mask, cache=cache, position_bias=position_bias),
                      self.self_attention_norm, self.self_attention_dropout, self.norm_first)
-        x = residual(x, lambda h: self.cross_attention(h, context=memory, mask=memory_mask),
+        x = residual(x, lambda h: self.cross_attention(h, context=memory, mask=memory_mask, cache=cache),
                      self.cross_attention_norm, self.cross_attention_dropout, self.norm_first)
         x = residual(x, self.feed_forward, self.feed_forward_norm,
                      self.feed_forward_dropout, self.norm_first)                      # (B, T, D)
         return tap("output", x)
 
-    def flops(self, x, memory, **_):
-        yield from residual_flops("self_attention", self.self_attention.flops(x), self.self_attention_norm, x)
+    def flops(self, x, memory, position_bias=None, **_):
+        yield from residual_flops("self_attention", self.self_attention.flops(x, position_bias=position_bias),
+                                  self.self_attention_norm, x)
         yield from residual_flops("cross_attention", self.cross_attention.flops(x, context=memory),
                                   self.cross_attention_norm, x)
         yield from residual_flops("feed_forward", self.feed_forward.flops(x), self.feed_forward_norm, x)
@@ -178,8 +193,10 @@ class DecoderLayer(Module):
                    self.feed_forward.peak(f, live, x))
 
     def backward(self, grad):
-        """-> (dx, dmemory): memory reaches the output only through cross-attention's keys and values."""
-        grad = autograd.saved(self).tap("output", grad)                                    # (B, T, D)
+        """-> (dx, dmemory): memory reaches the output only through cross-attention's keys and values;
+        (dx, dmemory, dposition_bias) when a position bias was added to the self-attention's scores."""
+        saved = autograd.saved(self)
+        grad = saved.tap("output", grad)                                                   # (B, T, D)
         d_memory = []
 
         def cross_attention_backward(d):
@@ -191,6 +208,21 @@ class DecoderLayer(Module):
                                  self.feed_forward_dropout, self.norm_first)
         grad = residual_backward(grad, cross_attention_backward, self.cross_attention_norm,
                                  self.cross_attention_dropout, self.norm_first)
-        grad = residual_backward(grad, self.self_attention.backward, self.self_attention_norm,
+        self_attention_backward, d_bias = split_bias_backward(self.self_attention.backward, saved.inputs["position_bias"])
+        grad = residual_backward(grad, self_attention_backward, self.self_attention_norm,
                                  self.self_attention_dropout, self.norm_first)              # (B, T, D)
-        return grad, d_memory[0]
+        return (grad, d_memory[0]) + tuple(d_bias)
+
+
+def split_bias_backward(attention_backward, position_bias):
+    """An attention's backward that returns only dx, and the list it puts dposition_bias in (empty when
+    no bias was added): the residual sub-block's backward takes the first, the layer returns the second."""
+    if position_bias is None:
+        return attention_backward, []
+    d_bias = []
+
+    def backward(grad):
+        d_x, d = attention_backward(grad)
+        d_bias.append(d)
+        return d_x
+    return backward, d_bias

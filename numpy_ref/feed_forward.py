@@ -2,7 +2,8 @@
 
     FFN(x) = act(x W_inner + b_inner) W_outer + b_outer,   D -> F -> D
 
-It holds two thirds of a layer's parameters (2 D F with F = 4 D, against 4 D^2 for
+Its biases follow `cfg.projection_bias` (T5 has none; ViT keeps them without its qkv
+bias). It holds two thirds of a layer's parameters (2 D F with F = 4 D, against 4 D^2 for
 attention) and mixes nothing across positions: all token-to-token interaction is
 attention's. Its FLOPs, 4 N D F for N positions, are linear in the sequence.
 
@@ -30,10 +31,10 @@ from numpy_ref.linear import Linear
 class FeedForward(Module):
     def __init__(self, cfg):
         super().__init__()
-        self.inner = Linear(cfg.d_model, cfg.d_ff)
+        self.inner = Linear(cfg.d_model, cfg.d_ff, cfg.projection_bias)
         self.activation = Activation(cfg)
         self.dropout = Dropout(cfg)
-        self.outer = Linear(cfg.d_ff, cfg.d_model)
+        self.outer = Linear(cfg.d_ff, cfg.d_model, cfg.projection_bias)
 
     def forward(self, x):
         checks.last_axis("x", checks.shape_of(x), self.inner.d_in, "d_model")

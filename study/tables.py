@@ -203,9 +203,34 @@ def gqa_cache() -> str:
                 f"GiB at {r['tokens']:,} tokens", "k, v projection parameters", "model parameters"], rows)
 
 
+def relative_buckets(buckets: str = "32", distance: str = "128") -> str:
+    """T5's relative position buckets: the offsets (key - query) each bucket holds, in the encoder
+    (bidirectional) and the decoder (causal), from `numpy_ref.relative_position.relative_position_bucket`."""
+    import numpy as np
+
+    from numpy_ref.relative_position import relative_position_bucket
+    n, d = int(buckets), int(distance)
+    offsets = np.arange(-4 * d, 4 * d + 1)
+
+    def spans(bidirectional):
+        got = relative_position_bucket(offsets, bidirectional, n, d)
+        out = {}
+        for b in range(n):
+            held = offsets[got == b]
+            if not held.size:
+                continue
+            lo, hi = int(held.min()), int(held.max())
+            out[b] = (f"{hi} and below" if lo == offsets[0] else f"{lo} and above" if hi == offsets[-1]
+                      else f"{lo}" if lo == hi else f"{lo} .. {hi}")
+        return out
+    encoder, decoder = spans(True), spans(False)
+    rows = [(b, encoder.get(b, "-"), decoder.get(b, "-")) for b in range(n)]
+    return _md([f"bucket ({n} buckets, max distance {d})", "encoder offsets", "decoder offsets"], rows)
+
+
 TABLES = {"component": component, "family": family, "gqa_cache": gqa_cache, "params": params_table, "models": models, "crossover": crossover,
           "corpus": corpus, "decoding": decoding, "length_penalty": length_penalty, "beam_steps": beam_steps,
-          "rope_relative": rope_relative, "rms_vs_layer_norm": rms_vs_layer_norm, "swiglu_width": swiglu_width}
+          "rope_relative": rope_relative, "relative_buckets": relative_buckets, "rms_vs_layer_norm": rms_vs_layer_norm, "swiglu_width": swiglu_width}
 
 
 def table(name: str, *args: str) -> str:

@@ -42,6 +42,10 @@ def bad_cases():
     _, patch = inputs_of("patch_embedding")
     pixels = vit["pixel_values"]                                                  # (2, 3, 16, 16), patches of 4
     llama_long = rng.integers(0, lcfg.vocab_size, (2, lcfg.max_positions + 1))
+    _, t5 = inputs_of("t5")
+    acfg, bart = inputs_of("bart")
+    _, rel = inputs_of("relative_position_bias")
+    bart_long = rng.integers(0, acfg.vocab_size, (2, acfg.longest + 1))
     long_ids = rng.integers(0, bcfg.vocab_size, (2, bcfg.max_positions + 1))
     return [
         ("rank", "multi_head_attention", with_(mha, x=mha["x"][0]), "x must have rank 3 (B, T, D); received shape (7, 32)"),
@@ -87,6 +91,17 @@ def bad_cases():
         ("vit_int_pixels", "vit", {"pixel_values": (pixels * 100).astype(np.int64)}, "pixel_values must be a floating dtype"),
         ("patch_channels_last", "patch_embedding", {"pixel_values": patch["pixel_values"].transpose(0, 2, 3, 1)}, "which is channels last (B, H, W, C): transpose it with (0, 3, 1, 2)"),
         ("patch_not_whole_patches", "patch_embedding", {"pixel_values": patch["pixel_values"][..., :14]}, "pixel_values height and width must be multiples of patch_size = 4 (B, C, H, W)"),
+        ("t5_no_decoder_ids", "t5", with_(t5, decoder_input_ids=None, decoder_attention_mask=None), "decoder_input_ids must be given to the t5 encoder-decoder (the target, starting with the decoder start token: the head predicts each next token); received None (for the encoder alone use head='encoder')"),
+        ("bart_no_decoder_ids", "bart", with_(bart, decoder_input_ids=None, decoder_attention_mask=None), "decoder_input_ids must be given to the bart encoder-decoder"),
+        ("t5_decoder_mask", "t5", with_(t5, decoder_attention_mask=t5["decoder_attention_mask"][:, 1:]), "decoder_attention_mask must have shape (B, T) = (2, 5); received shape (2, 4)"),
+        ("t5_float_decoder_ids", "t5", with_(t5, decoder_input_ids=t5["decoder_input_ids"].astype(np.float64)), "decoder_input_ids must hold integer ids; received dtype float"),
+        ("bart_decoder_vocab", "bart", with_(bart, decoder_input_ids=bart["decoder_input_ids"] + acfg.vocab_size), f"input_ids must lie in [0, {acfg.vocab_size}) (vocab_size)"),
+        ("bart_too_long", "bart", {"input_ids": bart_long, "decoder_input_ids": bart["decoder_input_ids"]}, f"position_ids must lie in [0, {acfg.max_positions}) (max_positions: the sequence is longer than the position table); received values in [2, {acfg.max_positions}]"),
+        ("relative_float", "relative_position_bias", with_(rel, query_positions=rel["query_positions"].astype(np.float64)), "query_positions must hold integer ids; received dtype float"),
+        ("relative_negative", "relative_position_bias", with_(rel, key_positions=rel["key_positions"] - 100), "key_positions must be positions >= 0 (counted from the first token); received a minimum of -100"),
+        ("relative_rank", "relative_position_bias", with_(rel, key_positions=rel["key_positions"][None]), "key_positions must have rank 1 (S,); received shape (1, 9)"),
+        ("position_bias_shape", "multi_head_attention", with_(mha, position_bias=np.zeros((1, 4, 7, 5))), "position_bias must have shape (1 or B, H, T, S) = (1, 4, 7, 7); received shape (1, 4, 7, 5)"),
+        ("position_bias_int", "multi_head_attention", with_(mha, position_bias=np.zeros((1, 4, 7, 7), np.int64)), "position_bias must be a floating dtype"),
     ]
 
 
@@ -215,6 +230,9 @@ def test_scaled_rotary_takes_any_position_but_a_negative_one(variant, framework)
                                                                       "pad_token_id + 1 = 64, which must be below "
                                                                       "max_positions=64"),
     ({"mlm_activation": "swish"}, "mlm_activation must be one of ['gelu', 'gelu_tanh', 'relu', 'silu']"),
+    ({"position": "relative", "relative_buckets": 5}, "relative_buckets must be an even int >= 4 (half a direction, half of that exact); received relative_buckets=5"),
+    ({"position": "relative", "relative_max_distance": 16}, "relative_max_distance must exceed relative_buckets // 2 = 16 (the exact buckets' reach); received relative_max_distance=16"),
+    ({"position_offset": 64}, "position_offset must be an int in [0, max_positions=64); received position_offset=64"),
 ])
 def test_bad_config(fields, words):
     with pytest.raises(ValueError, match=None) as err:

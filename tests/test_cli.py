@@ -27,7 +27,7 @@ def test_models_lists_presets_with_published_counts():
 
 
 @pytest.mark.parametrize("args,words", [
-    (["report", "bert-huge"], "unknown preset 'bert-huge'; known presets: bert-tiny"),
+    (["report", "bert-huge"], "unknown preset 'bert-huge'; known presets: bart-tiny"),
     (["compare", "bert-tiny", "--weights", "/nonexistent/w.safetensors"], "weights file not found: /nonexistent/w.safetensors"),
     (["report", "bert-tiny", "--seq-len", "600"], "--seq-len must be <= max_positions=512; received 600"),
     (["report", "bert-tiny", "--frameworks", "torch,jax"], "expected a comma-separated subset of ['numpy', 'torch', 'tf']"),

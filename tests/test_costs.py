@@ -22,10 +22,11 @@ from conformance.costs import flops, measure, memory, params
 import torch  # noqa: E402
 
 BERT_BASE = {"embeddings": 23_837_184, "per_layer": 7_087_872, "pooler": 590_592, "total": 109_482_240}
-TINY = ["bert-tiny", "gpt2-tiny", "transformer-tiny"]
+TINY = ["bert-tiny", "gpt2-tiny", "transformer-tiny", "t5-tiny", "bart-tiny"]
 
 
-@pytest.mark.parametrize("name", ["bert-base", "bert-large", "gpt2", "gpt2-medium", "gpt2-xl", "transformer-base"])
+@pytest.mark.parametrize("name", ["bert-base", "bert-large", "gpt2", "gpt2-medium", "gpt2-xl", "transformer-base",
+                                  "t5-small", "flan-t5-small", "bart-base"])
 def test_counts_compose_from_the_declaration(name):
     """The breakdown sums to the declared total, and each stack's layers are its first layer times L."""
     cfg = presets.get(name)
@@ -36,10 +37,10 @@ def test_counts_compose_from_the_declaration(name):
 
 
 @pytest.mark.parametrize("overrides,delta", [({"head": "mlm"}, 128 * 128 + 128 + 2 * 128 + 30522 - 128 * 128 - 128),
-                                             ({"use_bias": False}, -2 * 4 * 128)])
+                                             ({"use_bias": False}, -2 * (4 * 128 + 512 + 128))])
 def test_counts_follow_heads_and_options(overrides, delta):
     """The MLM head adds its transform, norm and decoder bias and drops the pooler; dropping the
-    attention biases removes 4 D a layer."""
+    biases (`use_bias`) removes the attention's 4 D and the feed-forward's F + D a layer."""
     cfg = presets.get("bert-tiny")
     assert params.count(cfg.replace(**overrides))["total"] - params.count(cfg)["total"] == delta
 
@@ -119,7 +120,7 @@ def test_bert_base_matmul_flops_and_flop_counter():
     assert counted["by_op"]["aten.bmm"] == flops.totals(flops.ops(cfg, 1, 128))["by_category"]["attention"]
 
 
-@pytest.mark.parametrize("kind", ["bert", "gpt2", "transformer"])
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "transformer", "t5", "bart"])
 def test_flop_counters_agree_with_analytic_matmuls(kind):
     cfg = registry.get(kind).tiny
     w = weights_lib.initialize(cfg)
@@ -170,7 +171,8 @@ def test_causal_halving_touches_only_causal_attention():
 
 @pytest.mark.parametrize("kind,variant", [("bert", "default"), ("gpt2", "default"), ("transformer", "default"),
                                           ("bert", "albert"), ("bert", "roberta"), ("bert", "electra"),
-                                          ("bert", "discriminator"), ("deberta", "default"), ("vit", "default")])
+                                          ("bert", "discriminator"), ("deberta", "default"), ("vit", "default"),
+                                          ("t5", "default"), ("bart", "default")])
 def test_training_activations_equal_what_autograd_saves(kind, variant):
     """ALBERT's shared layer keeps each step's activations; DeBERTa's layers share one relative table."""
     cfg = registry.get(kind).config(variant)
@@ -253,3 +255,25 @@ def test_kv_cache_of_llama3_8b_at_8192_tokens():
     assert kv["per_token"]["bfloat16"] == 128 * 1024
     assert (kv["bytes"]["bfloat16"], kv["bytes_without_grouping"]["bfloat16"]) == (2 ** 30, 4 * 2 ** 30)
     assert memory.section(presets.get("bert-base"), 1, 128, 1)["kv_cache"] is None  # no causal self-attention
+
+
+@pytest.mark.parametrize("kind", ["t5", "bart"])
+@pytest.mark.parametrize("framework", ["numpy", "torch", "tf"])
+def test_encoder_decoder_cache_bytes_are_what_the_cache_holds(framework, kind):
+    """An encoder-decoder's cache: the self-attention keys and values grow by the declared bytes a target
+    token; the cross-attention's hold the declared bytes a source token, computed on the first step and the
+    same after; t5-small keeps 24 KiB a token of each in float32 (2 x 6 layers x 8 heads x 64 x 4 bytes)."""
+    cfg = registry.get(kind).tiny
+    m = build(framework, cfg, weights_lib.initialize(cfg, seed=0), dtype="float32")
+    ids = np.arange(2 * 7).reshape(2, 7) % cfg.vocab_size
+    held = lambda cache, names: sum(np.asarray(layer[k]).nbytes for layer in cache for k in names)  # noqa: E731
+    cache = []
+    m.step(cache=cache, input_ids=ids, decoder_input_ids=ids[:, :3])
+    cross = held(cache, ("cross_key", "cross_value"))
+    assert held(cache, ("key", "value")) == 2 * 3 * memory.kv_cache_per_token(cfg, 4)
+    assert cross == 2 * 7 * memory.kv_cache_per_source_token(cfg, 4) > 0
+    m.step(cache=cache, decoder_input_ids=ids[:, 3:4])
+    assert held(cache, ("key", "value")) == 2 * 4 * memory.kv_cache_per_token(cfg, 4)
+    assert held(cache, ("cross_key", "cross_value")) == cross
+    small = presets.get("t5-small")
+    assert memory.kv_cache_per_token(small, 4) == memory.kv_cache_per_source_token(small, 4) == 24 * 1024

@@ -390,3 +390,48 @@ def test_a_framework_that_cannot_reorder_a_cache_says_so():
         gpt2("numpy").reorder_cache([], np.zeros((2, 1), int))
     with pytest.raises(ValueError, match="cache must be a list .*; received NoneType"):
         gpt2("numpy").step(PROMPT, None)
+
+
+def encoder_decoder(kind, variant="default"):
+    entry = registry.get(kind)
+    cfg = entry.config(variant)
+    return build("numpy", cfg, weights.initialize(cfg, seed=0, std=0.2))
+
+
+@pytest.mark.parametrize("kind,kwargs,message", [
+    ("t5", dict(strategy="beam", num_beams=0), "num_beams must be an int >= 1; received num_beams=0"),
+    ("t5", dict(strategy="beam", num_beams=2.5), "num_beams must be an int >= 1; received num_beams=2.5"),
+    ("t5", dict(strategy="beam", num_beams=2, num_return_sequences=3),
+     r"num_return_sequences must be <= num_beams 2 \(each row returns its best hypotheses\); received "
+     r"num_return_sequences=3"),
+    ("t5", dict(strategy="beam", num_beams=2, eos_token_id=1, min_length=6),
+     "min_length must be <= max_length 5; received min_length=6"),
+    ("t5", dict(decoder_start_token_id=None), r"decoder_start_token_id must be an int in \[0, 97\) for an "
+                                              r"encoder-decoder; received decoder_start_token_id=None"),
+    ("bart", dict(max_new_tokens=64), r"max_new_tokens must be an int in \[1, 63\] \(64 positions \(max_positions 66 "
+                                      r"less position_offset 2\) - decoder start 1\); received max_new_tokens=64"),
+    ("bart", dict(max_new_tokens=None, max_length=65), r"max_length must be an int in \[2, 64\] \(decoder start 1 \+ "
+                                                       r"at least one new token, at most 64 positions"),
+])
+def test_encoder_decoder_bad_arguments_are_named(kind, kwargs, message):
+    args = {"max_new_tokens": 4, "decoder_start_token_id": 0, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        search(encoder_decoder(kind), SOURCE, **args)
+
+
+def test_an_encoder_alone_cannot_generate():
+    with pytest.raises(ValueError, match=r"model must have its LM head \(Config.head='none'\) to generate; received "
+                                         r"head='encoder', a t5 without one"):
+        generate(encoder_decoder("t5", "encoder"), SOURCE, 4, decoder_start_token_id=0)
+
+
+def test_encoder_decoder_cache_keeps_the_source_and_follows_the_beams(framework):
+    """T5 through its cache: the first step encodes, later ones bring one token; cached beam search equals
+    recomputing every step (rows finishing at different steps), in every framework."""
+    cfg = registry.get("t5").config()
+    m = build(framework, cfg, weights.initialize(cfg, seed=0, std=0.2), dtype="float32")
+    options = dict(strategy="beam", num_beams=3, num_return_sequences=2, length_penalty=0.7, eos_token_id=[3, 69],
+                   attention_mask=SOURCE_MASK, decoder_start_token_id=0)
+    cached = search(m, SOURCE, 8, **options)
+    assert_same_generation(f"{framework} t5 cached beam", cached, search(m, SOURCE, 8, use_cache=False, **options))
+    assert len(set(cached.lengths.tolist())) > 1, f"every row ended at the same step: {cached.lengths}"

@@ -54,7 +54,7 @@ def test_numpy_declares_what_it_does_not_run_and_build_says_why():
 def test_only_supported_combinations_are_generated(pytestconfig):
     fused = [c for c in CASES if c[1] == "fused"]
     assert {c[0] for c in fused} == {"scaled_dot_product_attention", "multi_head_attention", "encoder_layer",
-                                     "gpt2", "bert", "llama", "vit"}
+                                     "gpt2", "bert", "llama", "vit", "t5", "bart"}
     for case in fused:  # attention_impl="fused" is every framework's own fused call
         assert all(supports(f, case, "float32", "cpu") is None for f in ("numpy", "torch", "tf"))
     assert "runs on ['cpu']" in supports("tf", None, "float32", "cuda")
@@ -272,6 +272,24 @@ def test_tmirror_tolerances_writes_evidence_and_table(tmp_path, capsys):
     assert "no registry case matches --cases 'nothing*'" in capsys.readouterr().err
 
 
+def test_tmirror_tolerances_merge_adds_cases_and_refuses_one_measured_twice(tmp_path, capsys):
+    """--merge keeps the evidence's cases and adds the new ones (several globs); the rows and summaries are
+    those one run over both would give; a case measured in both is refused, not double-counted."""
+    out, ev = tmp_path / "t.md", tmp_path / "e.json"
+    base = ["tolerances", "--dtypes", "float32", "--regimes", "suite", "--frameworks", "torch", "--out", str(out),
+            "--evidence", str(ev)]
+    assert cli.main([*base, "--cases", "linear*,softmax"]) == 0
+    both = json.loads(ev.read_text())
+    assert cli.main([*base, "--cases", "linear*"]) == 0
+    assert cli.main([*base, "--cases", "softmax", "--merge"]) == 0
+    merged = json.loads(ev.read_text())
+    assert sorted(map(tuple, merged["cases"])) == sorted(map(tuple, both["cases"]))
+    assert merged["rows"]["float32"]["worst"] == both["rows"]["float32"]["worst"]
+    assert merged["summary"]["float32"]["torch"]["outputs"] == both["summary"]["float32"]["torch"]["outputs"]
+    assert cli.main([*base, "--cases", "softmax", "--merge"]) == 2
+    assert "already measured" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------ Keras on the torch backend
 
 @pytest.mark.parametrize("case", [("multi_head_attention", "causal"), ("gpt2", "default")], ids=case_id)
@@ -292,7 +310,7 @@ def test_keras_torch_backend_float64_is_a_named_keras_limit():
     _, cfg, w, inputs, reference = case_data("linear", "default")
     run = keras_backend_runs(cfg, w, inputs, backends=("torch",), dtype="float64", reference=reference)["torch"]
     assert run.error is None and not run.passed  # float32 matmul: 1e-6 off, far outside the float64 row
-    assert "keras/src/backend/common/dtypes.py" in run.note and "linear.py:15" in run.note
+    assert "keras/src/backend/common/dtypes.py" in run.note and "ops.matmul, ops.mean and ops.maximum" in run.note
 
 
 # ------------------------------------------------------------------------------ fused attention

@@ -73,5 +73,5 @@ def test_published_parameter_counts_from_the_declaration():
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown preset 'bert-huge'; known presets: bert-tiny, "):
+    with pytest.raises(ValueError, match="unknown preset 'bert-huge'; known presets: bart-tiny, "):
         presets.get("bert-huge")

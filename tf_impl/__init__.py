@@ -7,6 +7,7 @@ is the identity.
 import conformance  # noqa: F401  (first: its import hook keeps TensorFlow's load-time lines off stderr)
 from tf_impl.activations import Activation, Dropout, Softmax
 from tf_impl.attention import MultiHeadAttention, ScaledDotProductAttention
+from tf_impl.bart import Bart
 from tf_impl.bert import Bert
 from tf_impl.deberta import Deberta
 from tf_impl.blocks import DecoderLayer, EncoderLayer
@@ -19,13 +20,14 @@ from tf_impl.llama import Llama
 from tf_impl.linear import Linear
 from tf_impl.normalization import LayerNorm, RMSNorm
 from tf_impl.patch_embedding import PatchEmbedding
+from tf_impl.relative_position import RelativePositionBias
 from tf_impl.rotary import RotaryEmbedding
+from tf_impl.t5 import T5
 from tf_impl.transformer import Transformer
 from tf_impl.vit import ViT
 
-__all__ = ["Activation", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout", "EncoderLayer",
-           "FeedForward", "GPT2",
-           "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PatchEmbedding", "PositionEmbedding",
-           "RMSNorm",
+__all__ = ["Activation", "Bart", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout",
+           "EncoderLayer", "FeedForward", "GPT2", "GatedFeedForward", "LayerNorm", "Linear", "Llama",
+           "MultiHeadAttention", "PatchEmbedding", "PositionEmbedding", "RMSNorm", "RelativePositionBias",
            "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
-           "Softmax", "TokenEmbedding", "Transformer", "ViT"]
+           "Softmax", "T5", "TokenEmbedding", "Transformer", "ViT"]

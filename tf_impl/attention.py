@@ -53,22 +53,25 @@ def repeat_kv(x, groups):
     return x if groups == 1 else ops.repeat(x, groups, axis=1)
 
 
-def scaled_dot_product_attention(q, k, v, mask, cfg, tap):
-    """q: (B, H, T, Dh)  k, v: (B, H, S, Dh)  mask: (B, 1, T, S) or None."""
+def scaled_dot_product_attention(q, k, v, mask, cfg, tap, bias=None):
+    """q: (B, H, T, Dh)  k, v: (B, H, S, Dh)  mask: (B, 1, T, S) or None  bias: (1 or B, H, T, S) or None."""
     scores = tap("scores", ops.matmul(q, ops.swapaxes(k, -1, -2)) * cfg.scale)  # (B, H, T, S)
+    if bias is not None:
+        scores = tap("biased", scores + bias)                                   # (B, H, T, S)
     if cfg.attn_logit_softcap is not None:
         scores = tap("capped", softcap(scores, cfg.attn_logit_softcap))         # (B, H, T, S)
     probs = tap("probs", softmax(scores, mask, cfg.mask_fill))                  # (B, H, T, S)
     return tap("context", ops.matmul(probs, v))                                  # (B, H, T, Dh)
 
 
-def fused_attention(q, k, v, mask, cfg):
-    """The same attention as one `keras.ops.dot_product_attention` call (boolean mask, True = attend).
+def fused_attention(q, k, v, mask, cfg, bias=None):
+    """The same attention as one `keras.ops.dot_product_attention` call (boolean mask, True = attend;
+    a bias, (1 or B, H, T, S), added to the scores inside it).
 
     A fully masked row is set to zeros here, as in `softmax`."""
     heads_second = lambda x: ops.transpose(x, (0, 2, 1, 3))  # noqa: E731  (B, H, T, Dh) <-> (B, T, H, Dh)
     scale = ops.convert_to_tensor(cfg.scale, dtype=q.dtype)
-    context = ops.dot_product_attention(heads_second(q), heads_second(k), heads_second(v), mask=mask,
+    context = ops.dot_product_attention(heads_second(q), heads_second(k), heads_second(v), bias=bias, mask=mask,
                                         scale=scale)                                     # (B, T, H, Dh)
     context = heads_second(context)                                                      # (B, H, T, Dh)
     if mask is not None:
@@ -76,11 +79,11 @@ def fused_attention(q, k, v, mask, cfg):
     return context
 
 
-def attention(q, k, v, mask, cfg, tap):
+def attention(q, k, v, mask, cfg, tap, bias=None):
     """The attention `cfg.attention_impl` names: the reference's traced lines, or one fused call."""
     if cfg.attention_impl == "fused":
-        return tap("context", fused_attention(q, k, v, mask, cfg))                # (B, H, T, Dh)
-    return scaled_dot_product_attention(q, k, v, mask, cfg, tap)                 # (B, H, T, Dh)
+        return tap("context", fused_attention(q, k, v, mask, cfg, bias))          # (B, H, T, Dh)
+    return scaled_dot_product_attention(q, k, v, mask, cfg, tap, bias)           # (B, H, T, Dh)
 
 
 def check_impl(cfg):
@@ -119,19 +122,20 @@ class MultiHeadAttention(Layer):
     """Self-attention (context=None) or cross-attention over `context`.
 
     `sliding`: does this layer use the config's window (None: whenever `cfg.sliding_window` is set).
+    `cross`: a decoder's cross-attention, whose cache keeps the context's keys and values (see forward).
     """
 
     output = Shadow()  # Keras's `Layer.output` property: here the output projection
 
-    def __init__(self, cfg, causal=None, sliding=None, **kwargs):
+    def __init__(self, cfg, causal=None, sliding=None, cross=False, **kwargs):
         super().__init__(**kwargs)
         check_impl(cfg)
         self.cfg = cfg
         self.causal = cfg.causal if causal is None else causal
+        self.cross = cross
         self.sliding = sliding
         self.window = cfg.sliding_window if sliding is not False else None
         H, KV, Dh = cfg.num_heads, cfg.kv_heads, cfg.head_dim
-        output_bias = cfg.use_bias if cfg.output_bias is None else cfg.output_bias
         policy = self.dtype_policy
         self.query = Linear(cfg.d_model, H * Dh, cfg.use_bias, name="query", dtype=policy)
         self.key = Linear(cfg.d_model, KV * Dh, cfg.use_bias, name="key", dtype=policy)
@@ -139,7 +143,7 @@ class MultiHeadAttention(Layer):
         self.query_norm = RMSNorm(cfg, Dh, name="query_norm", dtype=policy) if cfg.qk_norm else None
         self.key_norm = RMSNorm(cfg, Dh, name="key_norm", dtype=policy) if cfg.qk_norm else None
         self.rotary = RotaryEmbedding(cfg, name="rotary", dtype=policy) if cfg.position == "rotary" else None
-        self.output = Linear(H * Dh, cfg.d_model, output_bias, name="output", dtype=policy)
+        self.output = Linear(H * Dh, cfg.d_model, cfg.projection_bias, name="output", dtype=policy)
         self._saved_output = self.output  # Keras's save_weights skips names that Layer defines
 
     def split_heads(self, x):
@@ -152,40 +156,49 @@ class MultiHeadAttention(Layer):
         B, H, T, Dh = ops.shape(x)
         return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (B, T, H * Dh))  # (B, T, H Dh)
 
-    def call(self, x, context=None, mask=None, cache=None, position_ids=None):
+    def call(self, x, context=None, mask=None, cache=None, position_ids=None, position_bias=None):
         """x: (B, T, D)  context: (B, S, D) or None  mask: (B, S) padding, True = attend.
 
         `cache`, a dict, holds the keys and values of earlier positions (KV heads only: the
         cache is G times smaller than the queries' heads): new ones are appended, and the T
-        queries attend to all S = past + T of them. `position_ids` (B, T) place the tokens for
-        the rotary embedding; default past .. past + T - 1.
+        queries attend to all S = past + T of them. A cross-attention layer (`cross`) keeps its
+        context's instead, as `cross_key` and `cross_value`: projected on the first call and reused
+        after, when `context` may be None. `position_ids` (B, T) place the tokens for the rotary
+        embedding; default past .. past + T - 1. `position_bias` (1 or B, H, T, S) is added to the
+        scores (T5's relative position bias).
         """
-        past = cache["key"].shape[2] if cache and "key" in cache else 0
+        reuse = self.cross and cache is not None and "cross_key" in cache  # the context's keys, kept
+        past = cache["key"].shape[2] if cache and "key" in cache and not self.cross else 0
         checks.attention_inputs(checks.spec(x), checks.spec(context), checks.spec(mask), past,
-                                self.cfg.d_model)
+                                self.cfg.d_model, cache["cross_key"].shape[2] if reuse else None)
         tap = trace.tap_for(self)
         source = x if context is None else context
         q = tap("q", self.split_heads(self.query(x)))        # (B, H, T, Dh)
-        k = tap("k", self.split_heads(self.key(source)))     # (B, KV, S, Dh)
-        v = tap("v", self.split_heads(self.value(source)))   # (B, KV, S, Dh)
+        k = cache["cross_key"] if reuse else tap("k", self.split_heads(self.key(source)))     # (B, KV, S, Dh)
+        v = cache["cross_value"] if reuse else tap("v", self.split_heads(self.value(source)))  # (B, KV, S, Dh)
         if self.query_norm is not None:
-            q, k = self.query_norm(q), self.key_norm(k)      # (B, H, T, Dh), (B, KV, S, Dh)
+            q, k = self.query_norm(q), (k if reuse else self.key_norm(k))  # (B, H, T, Dh), (B, KV, S, Dh)
         if self.rotary is not None:
             rotated = self.rotary(q, k, rotary_positions(position_ids, ops.shape(x)[0], ops.shape(q)[2], past))
             q, k = rotated["q"], rotated["k"]                # (B, H, T, Dh), (B, KV, S, Dh)
-        if cache is not None:
+        if cache is not None and self.cross:
+            cache["cross_key"], cache["cross_value"] = k, v
+        elif cache is not None:
             if "key" in cache:
                 k = ops.concatenate([cache["key"], k], axis=2)  # (B, KV, S, Dh)
                 v = ops.concatenate([cache["value"], v], axis=2)
             cache["key"], cache["value"] = k, v
         T, S, groups = ops.shape(q)[2], ops.shape(k)[2], self.cfg.num_heads // self.cfg.kv_heads
+        if position_bias is not None:
+            checks.position_bias(checks.spec(position_bias), (ops.shape(x)[0], self.cfg.num_heads, T, S))
         m = attention_mask(mask, T, S, self.causal, self.window, self.cfg.sliding_window_right,
                            self.cfg.causal_alignment)                                       # (B, 1, T, S)
-        context_heads = attention(q, repeat_kv(k, groups), repeat_kv(v, groups), m, self.cfg, tap)  # (B, H, T, Dh)
+        context_heads = attention(q, repeat_kv(k, groups), repeat_kv(v, groups), m, self.cfg, tap,
+                                  position_bias)                                 # (B, H, T, Dh)
         return self.output(tap("merged", self.merge_heads(context_heads)))       # (B, T, D)
 
     def get_config(self):  # the Config with `causal` resolved: from_config rebuilds the same layer
-        return {**super().get_config(), "causal": self.causal, "sliding": self.sliding}
+        return {**super().get_config(), "causal": self.causal, "sliding": self.sliding, "cross": self.cross}
 
 
 def rotary_positions(position_ids, B, T, past):

@@ -47,10 +47,12 @@ class EncoderLayer(Layer):
                                          if sandwich else None)
         self.feed_forward_dropout = Dropout(cfg, name="feed_forward_dropout", dtype=policy)
 
-    def call(self, x, mask=None, cache=None, position_ids=None):
-        """x: (B, T, D)  mask: (B, S) padding, True = attend  position_ids: (B, T) for a rotary attention."""
+    def call(self, x, mask=None, cache=None, position_ids=None, position_bias=None):
+        """x: (B, T, D)  mask: (B, S) padding, True = attend  position_ids: (B, T) for a rotary attention
+        position_bias: (1 or B, H, T, S) added to the attention scores (T5)."""
         tap = trace.tap_for(self)
-        x = residual(x, lambda h: self.attention(h, mask=mask, cache=cache, position_ids=position_ids),
+        x = residual(x, lambda h: self.attention(h, mask=mask, cache=cache, position_ids=position_ids,
+                                                 position_bias=position_bias),
                      self.attention_norm, self.attention_dropout, self.norm_first,
                      self.attention_output_norm)                                      # (B, T, D)
         x = residual(x, self.feed_forward, self.feed_forward_norm,
@@ -68,25 +70,28 @@ class DecoderLayer(Layer):
         self.norm_first = cfg.norm_first
         self.self_attention = MultiHeadAttention(cfg, causal=True, name="self_attention",
                                                  dtype=self.dtype_policy)
-        self.self_attention_norm = LayerNorm(cfg, name="self_attention_norm", dtype=self.dtype_policy)
+        self.self_attention_norm = norm_for(cfg, name="self_attention_norm", dtype=self.dtype_policy)
         self.self_attention_dropout = Dropout(cfg, name="self_attention_dropout",
                                               dtype=self.dtype_policy)
-        self.cross_attention = MultiHeadAttention(cfg, causal=False, name="cross_attention",
+        self.cross_attention = MultiHeadAttention(cfg, causal=False, cross=True, name="cross_attention",
                                                   dtype=self.dtype_policy)
-        self.cross_attention_norm = LayerNorm(cfg, name="cross_attention_norm", dtype=self.dtype_policy)
+        self.cross_attention_norm = norm_for(cfg, name="cross_attention_norm", dtype=self.dtype_policy)
         self.cross_attention_dropout = Dropout(cfg, name="cross_attention_dropout",
                                                dtype=self.dtype_policy)
-        self.feed_forward = FeedForward(cfg, name="feed_forward", dtype=self.dtype_policy)
-        self.feed_forward_norm = LayerNorm(cfg, name="feed_forward_norm", dtype=self.dtype_policy)
+        self.feed_forward = feed_forward_for(cfg, name="feed_forward", dtype=self.dtype_policy)
+        self.feed_forward_norm = norm_for(cfg, name="feed_forward_norm", dtype=self.dtype_policy)
         self.feed_forward_dropout = Dropout(cfg, name="feed_forward_dropout", dtype=self.dtype_policy)
 
-    def call(self, x, memory, mask=None, memory_mask=None):
+    def call(self, x, memory=None, mask=None, memory_mask=None, cache=None, position_bias=None):
         """x: (B, T, D) decoder side  memory: (B, S, D) encoder output.
-        mask: (B, T) decoder padding  memory_mask: (B, S) encoder padding."""
+        mask: (B, T) decoder padding  memory_mask: (B, S) encoder padding.
+        cache: this layer's dict, the self-attention's keys and values (`key`, `value`, grown by each
+        call) and the cross-attention's (`cross_key`, `cross_value`, from memory on the first call;
+        memory may be None after). position_bias: (1 or B, H, T, past + T) on the self-attention (T5)."""
         tap = trace.tap_for(self)
-        x = residual(x, lambda h: self.self_attention(h, mask=mask),
+        x = residual(x, lambda h: self.self_attention(h, mask=mask, cache=cache, position_bias=position_bias),
                      self.self_attention_norm, self.self_attention_dropout, self.norm_first)
-        x = residual(x, lambda h: self.cross_attention(h, context=memory, mask=memory_mask),
+        x = residual(x, lambda h: self.cross_attention(h, context=memory, mask=memory_mask, cache=cache),
                      self.cross_attention_norm, self.cross_attention_dropout, self.norm_first)
         x = residual(x, self.feed_forward, self.feed_forward_norm,
                      self.feed_forward_dropout, self.norm_first)                      # (B, T, D)

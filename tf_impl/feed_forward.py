@@ -9,10 +9,10 @@ class FeedForward(Layer):
     def __init__(self, cfg, **kwargs):
         super().__init__(**kwargs)
         self.cfg = cfg
-        self.inner = Linear(cfg.d_model, cfg.d_ff, name="inner", dtype=self.dtype_policy)
+        self.inner = Linear(cfg.d_model, cfg.d_ff, cfg.projection_bias, name="inner", dtype=self.dtype_policy)
         self.activation = Activation(cfg, name="activation", dtype=self.dtype_policy)
         self.dropout = Dropout(cfg, name="dropout", dtype=self.dtype_policy)
-        self.outer = Linear(cfg.d_ff, cfg.d_model, name="outer", dtype=self.dtype_policy)
+        self.outer = Linear(cfg.d_ff, cfg.d_model, cfg.projection_bias, name="outer", dtype=self.dtype_policy)
 
     def call(self, x):
         checks.last_axis("x", checks.shape_of(x), self.inner.d_in, "d_model")

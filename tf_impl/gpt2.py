@@ -61,4 +61,5 @@ class GPT2(Model):
 
 
 def cache_length(cache) -> int:
-    return cache[0]["key"].shape[2] if cache else 0
+    """The tokens a cache holds: its first layer's keys' (none before the first call fills them)."""
+    return cache[0]["key"].shape[2] if cache and "key" in cache[0] else 0

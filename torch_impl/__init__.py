@@ -6,6 +6,7 @@ parameters; `conformance.weights.mapping` translates canonical names and layouts
 """
 from torch_impl.activations import Activation, Dropout, Softmax
 from torch_impl.attention import MultiHeadAttention, ScaledDotProductAttention
+from torch_impl.bart import Bart
 from torch_impl.bert import Bert
 from torch_impl.deberta import Deberta
 from torch_impl.blocks import DecoderLayer, EncoderLayer
@@ -18,13 +19,14 @@ from torch_impl.llama import Llama
 from torch_impl.linear import Linear
 from torch_impl.normalization import LayerNorm, RMSNorm
 from torch_impl.patch_embedding import PatchEmbedding
+from torch_impl.relative_position import RelativePositionBias
 from torch_impl.rotary import RotaryEmbedding
+from torch_impl.t5 import T5
 from torch_impl.transformer import Transformer
 from torch_impl.vit import ViT
 
-__all__ = ["Activation", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout", "EncoderLayer",
-           "FeedForward", "GPT2",
-           "GatedFeedForward", "LayerNorm", "Linear", "Llama", "MultiHeadAttention", "PatchEmbedding", "PositionEmbedding",
-           "RMSNorm",
+__all__ = ["Activation", "Bart", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout",
+           "EncoderLayer", "FeedForward", "GPT2", "GatedFeedForward", "LayerNorm", "Linear", "Llama",
+           "MultiHeadAttention", "PatchEmbedding", "PositionEmbedding", "RMSNorm", "RelativePositionBias",
            "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
-           "Softmax", "TokenEmbedding", "Transformer", "ViT"]
+           "Softmax", "T5", "TokenEmbedding", "Transformer", "ViT"]

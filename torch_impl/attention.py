@@ -48,32 +48,36 @@ def repeat_kv(x, groups):
     return x if groups == 1 else torch.repeat_interleave(x, groups, dim=1)
 
 
-def scaled_dot_product_attention(q, k, v, mask, cfg, tap):
-    """q: (B, H, T, Dh)  k, v: (B, H, S, Dh)  mask: (B, 1, T, S) or None."""
+def scaled_dot_product_attention(q, k, v, mask, cfg, tap, bias=None):
+    """q: (B, H, T, Dh)  k, v: (B, H, S, Dh)  mask: (B, 1, T, S) or None  bias: (1 or B, H, T, S) or None."""
     scores = tap("scores", q @ k.transpose(-1, -2) * cfg.scale)   # (B, H, T, S)
+    if bias is not None:
+        scores = tap("biased", scores + bias)                      # (B, H, T, S)
     if cfg.attn_logit_softcap is not None:
         scores = tap("capped", softcap(scores, cfg.attn_logit_softcap))  # (B, H, T, S)
     probs = tap("probs", softmax(scores, mask, cfg.mask_fill))     # (B, H, T, S)
     return tap("context", probs @ v)                                # (B, H, T, Dh)
 
 
-def fused_attention(q, k, v, mask, cfg):
+def fused_attention(q, k, v, mask, cfg, bias=None):
     """The same attention as one `F.scaled_dot_product_attention` call (boolean mask, True = attend).
 
     Inside the kernel masked scores are -inf, not `cfg.mask_fill`: the same probabilities for
     any fill far below the scores, except a fully masked row, set to zeros here as in `softmax`.
+    A bias goes in as a float mask, -inf where the boolean one blocks.
     """
-    context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=cfg.scale)  # (B, H, T, Dh)
+    scores_mask = mask if bias is None else bias if mask is None else torch.where(mask, bias, float("-inf"))
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=scores_mask, scale=cfg.scale)  # (B, H, T, Dh)
     if mask is not None:
         context = torch.where(mask.any(dim=-1, keepdim=True), context, 0)             # (B, H, T, Dh)
     return context
 
 
-def attention(q, k, v, mask, cfg, tap):
+def attention(q, k, v, mask, cfg, tap, bias=None):
     """The attention `cfg.attention_impl` names: the reference's traced lines, or one fused call."""
     if cfg.attention_impl == "fused":
-        return tap("context", fused_attention(q, k, v, mask, cfg))                # (B, H, T, Dh)
-    return scaled_dot_product_attention(q, k, v, mask, cfg, tap)                 # (B, H, T, Dh)
+        return tap("context", fused_attention(q, k, v, mask, cfg, bias))          # (B, H, T, Dh)
+    return scaled_dot_product_attention(q, k, v, mask, cfg, tap, bias)           # (B, H, T, Dh)
 
 
 def check_impl(cfg):
@@ -112,23 +116,24 @@ class MultiHeadAttention(nn.Module):
     """Self-attention (context=None) or cross-attention over `context`.
 
     `sliding`: does this layer use the config's window (None: whenever `cfg.sliding_window` is set).
+    `cross`: a decoder's cross-attention, whose cache keeps the context's keys and values (see forward).
     """
 
-    def __init__(self, cfg, causal=None, sliding=None):
+    def __init__(self, cfg, causal=None, sliding=None, cross=False):
         super().__init__()
         check_impl(cfg)
         self.cfg = cfg
         self.causal = cfg.causal if causal is None else causal
+        self.cross = cross
         self.window = cfg.sliding_window if sliding is not False else None
         H, KV, Dh = cfg.num_heads, cfg.kv_heads, cfg.head_dim
-        output_bias = cfg.use_bias if cfg.output_bias is None else cfg.output_bias
         self.query = Linear(cfg.d_model, H * Dh, cfg.use_bias)
         self.key = Linear(cfg.d_model, KV * Dh, cfg.use_bias)
         self.value = Linear(cfg.d_model, KV * Dh, cfg.use_bias)
         self.query_norm = RMSNorm(cfg, Dh) if cfg.qk_norm else None
         self.key_norm = RMSNorm(cfg, Dh) if cfg.qk_norm else None
         self.rotary = RotaryEmbedding(cfg) if cfg.position == "rotary" else None
-        self.output = Linear(H * Dh, cfg.d_model, output_bias)
+        self.output = Linear(H * Dh, cfg.d_model, cfg.projection_bias)
 
     def split_heads(self, x):
         B, T, width = x.shape  # width H Dh for queries, KV Dh for keys and values
@@ -139,36 +144,45 @@ class MultiHeadAttention(nn.Module):
         B, H, T, Dh = x.shape
         return x.permute(0, 2, 1, 3).reshape(B, T, H * Dh)  # (B, T, H Dh)
 
-    def forward(self, x, context=None, mask=None, cache=None, position_ids=None):
+    def forward(self, x, context=None, mask=None, cache=None, position_ids=None, position_bias=None):
         """x: (B, T, D)  context: (B, S, D) or None  mask: (B, S) padding, True = attend.
 
         `cache`, a dict, holds the keys and values of earlier positions (KV heads only: the
         cache is G times smaller than the queries' heads): new ones are appended, and the T
-        queries attend to all S = past + T of them. `position_ids` (B, T) place the tokens for
-        the rotary embedding; default past .. past + T - 1.
+        queries attend to all S = past + T of them. A cross-attention layer (`cross`) keeps its
+        context's instead, as `cross_key` and `cross_value`: projected on the first call and reused
+        after, when `context` may be None. `position_ids` (B, T) place the tokens for the rotary
+        embedding; default past .. past + T - 1. `position_bias` (1 or B, H, T, S) is added to the
+        scores (T5's relative position bias).
         """
-        past = cache["key"].shape[2] if cache and "key" in cache else 0
+        reuse = self.cross and cache is not None and "cross_key" in cache  # the context's keys, kept
+        past = cache["key"].shape[2] if cache and "key" in cache and not self.cross else 0
         checks.attention_inputs(checks.spec(x), checks.spec(context), checks.spec(mask), past,
-                                self.cfg.d_model)
+                                self.cfg.d_model, cache["cross_key"].shape[2] if reuse else None)
         tap = trace.tap_for(self)
         source = x if context is None else context
         q = tap("q", self.split_heads(self.query(x)))        # (B, H, T, Dh)
-        k = tap("k", self.split_heads(self.key(source)))     # (B, KV, S, Dh)
-        v = tap("v", self.split_heads(self.value(source)))   # (B, KV, S, Dh)
+        k = cache["cross_key"] if reuse else tap("k", self.split_heads(self.key(source)))     # (B, KV, S, Dh)
+        v = cache["cross_value"] if reuse else tap("v", self.split_heads(self.value(source)))  # (B, KV, S, Dh)
         if self.query_norm is not None:
-            q, k = self.query_norm(q), self.key_norm(k)      # (B, H, T, Dh), (B, KV, S, Dh)
+            q, k = self.query_norm(q), (k if reuse else self.key_norm(k))  # (B, H, T, Dh), (B, KV, S, Dh)
         if self.rotary is not None:
             rotated = self.rotary(q, k, rotary_positions(position_ids, x.shape[0], q.shape[2], past, x.device))
             q, k = rotated["q"], rotated["k"]                # (B, H, T, Dh), (B, KV, S, Dh)
-        if cache is not None:
+        if cache is not None and self.cross:
+            cache["cross_key"], cache["cross_value"] = k, v
+        elif cache is not None:
             if "key" in cache:
                 k = torch.cat([cache["key"], k], dim=2)  # (B, KV, S, Dh)
                 v = torch.cat([cache["value"], v], dim=2)
             cache["key"], cache["value"] = k, v
         T, S, groups = q.shape[2], k.shape[2], q.shape[1] // k.shape[1]
+        if position_bias is not None:
+            checks.position_bias(checks.spec(position_bias), (x.shape[0], q.shape[1], T, S))
         m = attention_mask(mask, T, S, self.causal, self.window, self.cfg.sliding_window_right,
                            self.cfg.causal_alignment, x.device)                             # (B, 1, T, S)
-        context_heads = attention(q, repeat_kv(k, groups), repeat_kv(v, groups), m, self.cfg, tap)  # (B, H, T, Dh)
+        context_heads = attention(q, repeat_kv(k, groups), repeat_kv(v, groups), m, self.cfg, tap,
+                                  position_bias)                                 # (B, H, T, Dh)
         return self.output(tap("merged", self.merge_heads(context_heads)))       # (B, T, D)
 
 

@@ -9,10 +9,10 @@ from torch_impl.linear import Linear
 class FeedForward(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.inner = Linear(cfg.d_model, cfg.d_ff)
+        self.inner = Linear(cfg.d_model, cfg.d_ff, cfg.projection_bias)
         self.activation = Activation(cfg)
         self.dropout = Dropout(cfg)
-        self.outer = Linear(cfg.d_ff, cfg.d_model)
+        self.outer = Linear(cfg.d_ff, cfg.d_model, cfg.projection_bias)
 
     def forward(self, x):
         checks.last_axis("x", checks.shape_of(x), self.inner.d_in, "d_model")

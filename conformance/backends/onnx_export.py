@@ -97,7 +97,10 @@ class Exported:
 
 
 def signature(cfg: Config) -> tuple[list[str], list[str]]:
-    """(input names, required names) of the model's forward, from the PyTorch mirror (no cache)."""
+    """(input names, required names) of the model's forward, from the PyTorch mirror (no cache): the
+    arguments the family's run inputs give for `cfg` (T5's encoder alone takes no decoder input);
+    required, those without a default and the token ids (an encoder-decoder's default to None only
+    so that a cached call can leave the source out)."""
     entry = registry.get(cfg.kind)
     if not entry.is_model:
         raise ValueError(f"ONNX export covers whole models {[e.name for e in registry.ENTRIES.values() if e.is_model]}; "
@@ -105,7 +108,8 @@ def signature(cfg: Config) -> tuple[list[str], list[str]]:
     given = families.get(cfg.kind).inputs(cfg, 1, 2)  # an optional input the config's model never takes is no
     params = [p for name, p in inspect.signature(entry.implementation("torch_impl").forward).parameters.items()
               if name not in ("self", "cache") and (p.default is inspect.Parameter.empty or name in given)]  # input
-    return [p.name for p in params], [p.name for p in params if p.default is inspect.Parameter.empty]
+    return [p.name for p in params], [p.name for p in params
+                                      if p.default is inspect.Parameter.empty or p.name.endswith("input_ids")]
 
 
 def sequence_axis(name: str) -> str:
@@ -442,7 +446,7 @@ class Session:
                 checks.index_range(f"{prefix}input_ids", int(ids.min()), int(ids.max()), self.cfg.vocab_size,
                                    "vocab_size")
             if self.cfg.position == "learned" and ids.shape[1]:
-                positions = np.arange(ids.shape[1])                                   # (T,)
+                positions = np.arange(ids.shape[1]) + self.cfg.position_offset         # (T,)
                 if self.cfg.pad_positions and not prefix:  # RoBERTa: the mirrors' positions, from the ids
                     checks.padding_at_the_ends("input_ids", ids, self.cfg.pad_token_id)
                     real = ids != self.cfg.pad_token_id                               # (B, T)

@@ -22,10 +22,10 @@ POSITION_TABLE = "max_positions: the sequence is longer than the position table"
 
 def input_kind(name: str) -> str:
     """What a model input holds, by its name: "mask" (0/1: 1 = attend, or keep), "index" (integer ids
-    or positions) or "float". A new family's inputs follow the same names (`*_mask`, `*_ids`)."""
+    or positions) or "float". A new family's inputs follow the same names (`*_mask`, `*_ids`, `*_positions`)."""
     if name.endswith("mask") or name == "keep":
         return "mask"
-    if name.endswith("ids") or name == "positions":
+    if name.endswith(("ids", "positions")):
         return "index"
     return "float"
 
@@ -136,6 +136,12 @@ def index_range(arg: str, lowest: int, highest: int, size: int, what: str) -> No
             f"{arg} must lie in [0, {size}) ({what}); received values in [{lowest}, {highest}]")
 
 
+def from_zero(arg: str, lowest: int) -> None:
+    """Positions count tokens from the first, so none is negative (an offset between two has no bound)."""
+    if lowest < 0:
+        raise ValueError(f"{arg} must be positions >= 0 (counted from the first token); received a minimum of {lowest}")
+
+
 def boolean_mask(arg: str, actual: tuple, expected: tuple, layout: str, dtype: str) -> None:
     if dtype not in MASK_DTYPES:
         raise ValueError(f"{arg} must be bool (True = attend) or 0/1 in {MASK_DTYPES[1:]}; received dtype {dtype}")
@@ -178,12 +184,13 @@ def sdpa_inputs(q, k, v, mask) -> None:
         attention_mask4("mask", mask, (B, H, T, k[0][2]))
 
 
-def attention_inputs(x, context, mask, past: int, d_model: int) -> None:
-    """Multi-head attention: x (B, T, D), context (B, S, D), padding mask (B, past + S)."""
+def attention_inputs(x, context, mask, past: int, d_model: int, kept: int | None = None) -> None:
+    """Multi-head attention: x (B, T, D), context (B, S, D), padding mask (B, past + S); `kept`: the S keys
+    a cross-attention's cache holds, when it is called without its context."""
     floating("x", x[1])
     rank("x", x[0], 3, "(B, T, D)")
     last_axis("x", x[0], d_model, "d_model")
-    B, S = x[0][0], x[0][1]
+    B, S = x[0][0], (x[0][1] if kept is None else kept)
     if context is not None:
         rank("context", context[0], 3, "(B, S, D)")
         shape("context", context[0], (B, None, d_model), "(B, S, D)")
@@ -309,3 +316,30 @@ def image_size(images, image_size_: int, patch_size: int, interpolate: bool) -> 
         raise ValueError(f"pixel_values must be image_size x image_size = {S} x {S} (B, C, {S}, {S}): the position "
                          f"table holds {n} x {n} patches and [CLS] (interpolate_pos_encoding=True resizes it); "
                          f"received shape {shape_}")
+def relative_positions(query_positions, key_positions) -> None:
+    """The relative position bias: query_positions (T,) and key_positions (S,) integers; each a `spec`."""
+    for arg, (s, d) in (("query_positions", query_positions), ("key_positions", key_positions)):
+        integer(arg, d)
+        rank(arg, s, 1, "(T,)" if arg == "query_positions" else "(S,)")
+
+
+def position_bias(bias, scores_shape: tuple) -> None:
+    """An additive bias over (B, H, T, S) scores is (1 or B, H, T, S), floating; `bias` a `spec`."""
+    B, H, T, S = scores_shape
+    b_shape, b_dtype = bias
+    floating("position_bias", b_dtype)
+    rank("position_bias", b_shape, 4, "(1 or B, H, T, S)")
+    batch = b_shape[0] if b_shape[0] in (1, B) else B
+    shape("position_bias", b_shape, (batch, H, T, S), "(1 or B, H, T, S)")
+
+
+def decoder_inputs(decoder_input_ids, kind: str, head: str) -> None:
+    """An encoder-decoder with an LM head needs the decoder's input, its target shifted right; the encoder
+    alone (head="encoder") takes none."""
+    if head == "encoder" and decoder_input_ids is not None:
+        raise ValueError(f"decoder_input_ids must be None for the {kind} encoder alone (head='encoder'); received "
+                         f"an array of shape {shape_of(decoder_input_ids)}")
+    if head != "encoder" and decoder_input_ids is None:
+        raise ValueError(f"decoder_input_ids must be given to the {kind} encoder-decoder (the target, starting "
+                         f"with the decoder start token: the head predicts each next token); received None "
+                         f"(for the encoder alone use head='encoder')")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 POSITIONS = ("learned", "sinusoidal", "rotary", "relative")
 RELATIVE_TERMS = ("c2p", "p2c")  # DeBERTa's disentangled terms: content-to-position, position-to-content
-HEADS = ("none", "mlm", "classification", "qa", "token_classification", "discriminator")
+HEADS = ("none", "mlm", "classification", "qa", "token_classification", "discriminator", "encoder")
 NORMS = ("layer", "rms")
 FEED_FORWARDS = ("standard", "gated")
 RMS_UPCASTS = ("none", "statistic", "all")
@@ -27,8 +27,9 @@ CAUSAL_ALIGNMENTS = ("bottom_right", "top_left")
 # attention_impl -> the taps of the reference attention it does not produce. "reference" is
 # q k^T -> softmax -> @ v one traced op a line; "fused" is one library call (torch's
 # F.scaled_dot_product_attention, keras.ops.dot_product_attention, one NumPy expression), whose
-# scores and probabilities never exist outside it. The trace, gradient and explain code read this.
-ATTENTION_IMPLS = {"reference": (), "fused": ("scores", "probs")}
+# scores (biased, for T5) and probabilities never exist outside it. The trace, gradient and explain code
+# read this.
+ATTENTION_IMPLS = {"reference": (), "fused": ("scores", "biased", "probs")}
 
 
 @dataclass(frozen=True)
@@ -40,21 +41,22 @@ class Config:
     num_layers: int = 2            # encoder layers (BERT, Transformer) or blocks (GPT-2)
     num_decoder_layers: int = 2    # decoder layers of the encoder-decoder Transformer
     vocab_size: int = 97
-    max_positions: int = 64        # rows of the position table; longest sequence accepted
+    max_positions: int = 64        # rows of the position table; longest sequence accepted (less position_offset)
     type_vocab_size: int = 2       # BERT segments
     num_labels: int = 3            # sequence-classification classes
     activation: str = "gelu"       # "gelu" (exact, erf), "gelu_tanh" (GPT-2), "relu" (2017)
     layer_norm_eps: float = 1e-12  # BERT 1e-12; GPT-2 and torch.nn.LayerNorm 1e-5; Keras 1e-3
     norm_first: bool = False       # pre-norm (GPT-2) if True, post-norm (2017, BERT) if False
     causal: bool = False           # self-attention sees only earlier positions
-    use_bias: bool = True          # bias in the attention projections
+    use_bias: bool = True          # bias in the attention projections and (see `projection_bias`) the rest
     mask_fill: float = -1e9        # the score a masked position gets before softmax
     position: str = "learned"      # "learned" table or fixed "sinusoidal" encoding
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(D) (2017 paper)
     share_embeddings: bool = True  # encoder-decoder: one token table for source and target
     tie_embeddings: bool = True    # output projection is the token table transposed
     dropout: float = 0.1           # rate used only in training mode, with a supplied keep mask
-    head: str = "none"             # BERT task head: "none" (+ pooler), "mlm", "classification", "qa"
+    head: str = "none"             # BERT task head: "none" (+ pooler), "mlm", "classification", "qa"; an
+    #                                encoder-decoder's "none" is its LM head, "encoder" the encoder alone (T5EncoderModel)
     attention_impl: str = "reference"  # "reference" or "fused": see ATTENTION_IMPLS
     attention_scale: float | None = None  # scores = q k^T * scale; None: 1/sqrt(Dh) (Gemma 2: query_pre_attn_scalar^-0.5)
     # ---- BERT's descendants: RoBERTa, DistilBERT, ELECTRA, ALBERT (the bert family) and DeBERTa (its own)
@@ -81,7 +83,8 @@ class Config:
     #                                     cast back, then scale); "all" (HF Gemma, keras-hub: scale in float32 too)
     num_kv_heads: int | None = None  # key/value heads, grouped-query attention; None: num_heads; 1: multi-query
     attention_head_dim: int | None = None  # Dh when it is not D / H (Gemma: 256)
-    output_bias: bool | None = None  # bias of the attention output projection; None: as use_bias (Qwen2: False)
+    output_bias: bool | None = None  # bias of the attention output projection and the standard feed-forward's
+    #                                  two; None: as use_bias (Qwen2's output: False; ViT's qkv_bias=False: True)
     mlp_bias: bool = False         # biases of the gated feed-forward's projections (Llama's mlp_bias)
     rope_theta: float = 10000.0    # the rotary base: Llama 2 1e4, Llama 3 5e5, Qwen2 1e6
     rotary_pairing: str = "half"   # "half": feature i with i + Dr/2 (rotate_half; HF, GPT-NeoX); "interleaved": 2i
@@ -119,6 +122,14 @@ class Config:
     interpolate_pos_encoding: bool = False  # accept another image size: the position grid is resized (bicubic,
     #                                         as transformers' interpolate_pos_encoding) and a remainder of fewer
     #                                         than P pixels is dropped; False: images must be image_size square
+    # ---- the encoder-decoders T5 and BART
+    relative_buckets: int = 32     # position="relative" (T5): buckets of the learned bias per head, half for each
+    #                                direction in the encoder's bidirectional attention
+    relative_max_distance: int = 128  # ... offsets from max_exact on share log-spaced buckets; from here on, the last
+    position_offset: int = 0       # learned positions: position p reads row p + offset (BART's 2); the table keeps
+    #                                max_positions rows, so the longest sequence is max_positions - offset
+    scale_logits: bool = False     # the head reads the last hidden state times D^-0.5 (T5 with a tied head)
+    logits_bias: bool = False      # a bias on each vocabulary logit (BART's final_logits_bias, where not zero)
 
     def __post_init__(self):
         _check_types(self)
@@ -176,11 +187,27 @@ class Config:
         if self.image_size % self.patch_size:
             raise ValueError(f"Config.patch_size must divide image_size (the position table holds whole patches); "
                              f"received image_size={self.image_size}, patch_size={self.patch_size}")
+        if self.position == "relative" and (self.relative_buckets < 4 or self.relative_buckets % 2):
+            raise ValueError(f"Config.relative_buckets must be an even int >= 4 (half a direction, half of that "
+                             f"exact); received relative_buckets={self.relative_buckets!r}")
+        if self.position == "relative" and not self.relative_max_distance > self.relative_buckets // 2:
+            raise ValueError(f"Config.relative_max_distance must exceed relative_buckets // 2 = "
+                             f"{self.relative_buckets // 2} (the exact buckets' reach); received "
+                             f"relative_max_distance={self.relative_max_distance!r}")
+        if self.position_offset >= self.max_positions:
+            raise ValueError(f"Config.position_offset must be an int in [0, max_positions={self.max_positions}); "
+                             f"received position_offset={self.position_offset!r}")
 
     @property
     def head_dim(self) -> int:
         """Dh: `attention_head_dim`, else D / H."""
         return self.attention_head_dim or self.d_model // self.num_heads
+
+    @property
+    def projection_bias(self) -> bool:
+        """Do the projections other than query, key and value (the attention output, the standard
+        feed-forward's two) have a bias? `output_bias`, else `use_bias` (T5: none; ViT without qkv_bias: these)."""
+        return self.use_bias if self.output_bias is None else self.output_bias
 
     @property
     def kv_heads(self) -> int:
@@ -204,6 +231,11 @@ class Config:
     def relative_span(self) -> int:
         """k, DeBERTa's relative attention span: the relative table has 2k rows (buckets, else distances)."""
         return self.position_buckets or self.max_relative_positions or self.max_positions
+
+    @property
+    def longest(self) -> int:
+        """The longest sequence the position table takes: max_positions rows, less the offset's."""
+        return self.max_positions - self.position_offset
 
     @property
     def scale(self) -> float:
@@ -233,8 +265,9 @@ class Config:
 # an int is a count (> 0: zero layers, heads, labels or segments make no model), a float is finite and
 # > 0 (an epsilon, a base, a factor, a cap), a bool is True or False (never 1), a str a str, a tuple a
 # tuple; "| None" adds None. The fields below are the exceptions, each with its own range.
-NON_NEGATIVE = ("sliding_window_right", "type_vocab_size", "pad_token_id", "position_buckets")  # an int >= 0
-#                         (no segment table: DeBERTa-v3; 0 buckets: exact relative distances)
+NON_NEGATIVE = ("sliding_window_right", "type_vocab_size", "pad_token_id", "position_buckets",  # an int >= 0
+                "position_offset")  # (no segment table: DeBERTa-v3; 0 buckets: exact relative distances;
+#                                     no offset: every learned table but BART's)
 SIGNED = ("rms_norm_offset",)              # any finite float
 RANGES = {"dropout": (0.0, 1.0)}           # a float in [low, high)
 MASK_FILL_MAX = -1e4  # the largest fill still far below any score: a fill near the scores (or above them)

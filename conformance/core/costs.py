@@ -23,6 +23,7 @@ from typing import Iterable, Iterator
 PER_ELEMENT = {
     "bias": 1, "residual": 1, "embedding_add": 1, "embedding_scale": 1, "tanh": 1,
     "scale": 1,       # scores * 1/sqrt(Dh)
+    "position_bias": 1,  # scores + bias (T5's relative position bias)
     "mask": 1,        # where(mask, scores, fill)
     "softcap": 3,     # cap tanh(x / cap): divide, tanh, multiply
     "softmax": 5,     # max, subtract, exp, sum, divide (TensorFlow's profiler counts 5 too)

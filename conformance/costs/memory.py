@@ -99,20 +99,35 @@ def kv_cache_per_token(cfg: Config, f: int) -> int:
     return sum(m.cache_bytes(f) for _, m in model.named_modules() if hasattr(m, "cache_bytes"))
 
 
-def kv_cache(cfg: Config, batch: int, tokens: int) -> dict:
-    """The cache at `tokens` tokens a sequence, per dtype, and what it would be with one key/value
-    head per query head (no grouping) for comparison."""
+def kv_cache_per_source_token(cfg: Config, f: int) -> int:
+    """Bytes an encoder-decoder's cache keeps a source token: every decoder layer's cross-attention k and v
+    of the encoder's output, 2 L' KV Dh f, computed on the first step and read by every later one (each
+    declares `cache_bytes(f, source=True)`). t5-small in float32: 2 x 6 x 8 x 64 x 4 = 24 KiB, as much
+    as a target token's self-attention keeps."""
+    model = registry.get(cfg.kind).reference(cfg)
+    return sum(m.cache_bytes(f, source=True) for _, m in model.named_modules() if hasattr(m, "cache_bytes"))
+
+
+def kv_cache(cfg: Config, batch: int, tokens: int, source: int = 0) -> dict:
+    """The cache at `tokens` tokens a sequence (and, for an encoder-decoder, `source` source tokens), per
+    dtype, and what it would be with one key/value head per query head (no grouping) for comparison."""
     full = cfg.replace(num_kv_heads=None)
-    return {"tokens": tokens, "batch": batch, "kv_heads": cfg.kv_heads, "num_heads": cfg.num_heads,
-            "per_token": {d: kv_cache_per_token(cfg, b) for d, b in BYTES.items() if d != "int8"},
-            "bytes": {d: batch * tokens * kv_cache_per_token(cfg, b) for d, b in BYTES.items() if d != "int8"},
-            "bytes_without_grouping": {d: batch * tokens * kv_cache_per_token(full, b)
-                                       for d, b in BYTES.items() if d != "int8"}}
+    dtypes = [d for d in BYTES if d != "int8"]
+    return {"tokens": tokens, "source_tokens": source, "batch": batch, "kv_heads": cfg.kv_heads,
+            "num_heads": cfg.num_heads,
+            "per_token": {d: kv_cache_per_token(cfg, BYTES[d]) for d in dtypes},
+            "per_source_token": {d: kv_cache_per_source_token(cfg, BYTES[d]) for d in dtypes},
+            "bytes": {d: batch * (tokens * kv_cache_per_token(cfg, BYTES[d])
+                                  + source * kv_cache_per_source_token(cfg, BYTES[d])) for d in dtypes},
+            "bytes_without_grouping": {d: batch * (tokens * kv_cache_per_token(full, BYTES[d])
+                                                   + source * kv_cache_per_source_token(full, BYTES[d]))
+                                       for d in dtypes}}
 
 
 def section(cfg: Config, batch: int, seq_len: int, params: int) -> dict:
+    source = cfg.longest if kv_cache_per_source_token(cfg, 4) else 0  # an encoder-decoder's: its source's too
     return {"weights": {dtype: params * b for dtype, b in BYTES.items()},
-            "kv_cache": kv_cache(cfg, batch, cfg.max_positions) if kv_cache_per_token(cfg, 4) else None,
+            "kv_cache": kv_cache(cfg, batch, cfg.longest, source) if kv_cache_per_token(cfg, 4) else None,
             "activations_float32": activations(cfg, batch, seq_len),
             "training_state": {regime: {**parts, "per_parameter": sum(parts.values()),
                                         "bytes": params * sum(parts.values())}

@@ -22,7 +22,11 @@ from conformance.weights import checkpoints
 COMPONENTS = ("embeddings", "attention", "feed_forward", "norms", "final_norm", "pooler", "head")
 TOP_LEVEL = {"embeddings": "embeddings", "source_embedding": "embeddings", "target_embedding": "embeddings",
              "position": "embeddings", "relative": "embeddings", "relative_norm": "embeddings",  # DeBERTa's table
-             "final_norm": "final_norm", "pooler": "pooler"}  # anything else: head
+             "final_norm": "final_norm", "pooler": "pooler",
+             # the encoder-decoders': a shared table, each stack's positions (T5's relative bias table) and norms
+             "token_embedding": "embeddings", "encoder_position": "embeddings", "decoder_position": "embeddings",
+             "encoder_embedding_norm": "embeddings", "decoder_embedding_norm": "embeddings",
+             "encoder_norm": "final_norm", "decoder_norm": "final_norm"}  # anything else: head
 PARTS = ("attention", "feed_forward", "norms")
 
 
@@ -72,5 +76,6 @@ def transformers_count(cfg: Config) -> dict:
     import transformers
     config = transformers.AutoConfig.for_model(**checkpoints.config_to_hf(cfg, family.checkpoint(cfg), cls))
     with torch.device("meta"):  # shapes only: instant for gpt2-xl
-        model = getattr(transformers, cls)(config, **family.checkpoint(cfg).init(cfg, cls))
+        checkpoint = family.checkpoint(cfg)
+        model = checkpoint.adjust(getattr(transformers, cls)(config, **checkpoint.init(cfg, cls)), cfg)
     return {"model": cls, "total": model.num_parameters()}

@@ -113,7 +113,12 @@ def _memory(mem):
     a = mem["activations_float32"]
     out = ["### Memory", "", _table([(k, _mb(v)) for k, v in mem["weights"].items()], ["weights", "MiB"]), ""]
     kv = mem.get("kv_cache")
-    if kv:  # a decoder's generation cache
+    if kv and kv.get("source_tokens"):  # an encoder-decoder's: self-attention's growing, cross-attention's once
+        out += [_table([(d, _n(kv["per_token"][d]), _n(kv["per_source_token"][d]), _mb(kv["bytes"][d]))
+                        for d in kv["per_token"]],
+                       [f"key/value cache, {kv['tokens']:,} target and {kv['source_tokens']:,} source tokens x batch "
+                        f"{kv['batch']}", "bytes / target token", "bytes / source token", "MiB"]), ""]
+    elif kv:  # a decoder's generation cache
         out += [_table([(d, _n(kv["per_token"][d]), _mb(kv["bytes"][d]), _mb(kv["bytes_without_grouping"][d]))
                         for d in kv["per_token"]],
                        [f"key/value cache, {kv['tokens']:,} tokens x batch {kv['batch']}, {kv['kv_heads']} kv heads",

@@ -69,7 +69,7 @@ from conformance import weights as weights_lib
 from conformance.core.config import Config
 from conformance.spec import families, registry
 from conformance.spec.family import KerasHub
-from conformance.spec.leaves import table_rows
+from conformance.spec.leaves import join, table_rows
 
 
 def _keras_hub():
@@ -119,6 +119,7 @@ def refusal(cfg: Config, inputs: dict | None = None) -> str | None:
         return _no_table(cfg)
     t = table(cfg)
     for field, value in t.required.items():
+        value = value(cfg) if callable(value) else value  # a function of the Config: keras-hub's one layer count
         if getattr(cfg, field) != value:
             return f"keras-hub's {t.backbone} needs Config.{field}={value!r}; received {field}={getattr(cfg, field)!r}"
     for name, value in (inputs or {}).items():
@@ -136,14 +137,20 @@ def backbone(cfg: Config, dtype: str = "float32"):
     why = refusal(cfg)
     if why:
         raise ValueError(why)
-    return getattr(_keras_hub().models, table(cfg).backbone)(**table(cfg).dims(cfg), dtype=dtype)
+    import keras
+    dims = {k: keras.saving.get_registered_object(v) if isinstance(v, str) and ">" in v else v  # "package>name"
+            for k, v in table(cfg).dims(cfg).items()}
+    return getattr(_keras_hub().models, table(cfg).backbone)(**dims, dtype=dtype)
 
 
 def variable_map(cfg: Config) -> dict[str, tuple]:
     """Canonical name -> (keras-hub variable path, leaf), for every parameter of `cfg` the backbone has
-    (`KerasHub.absent` lists those it has not)."""
+    (`KerasHub.absent` lists those it has not). A path that starts with "@" is a chain of Python
+    attributes and list indices from the backbone to the variable (T5Backbone names both stacks'
+    relative bias `self_attention/embeddings`, and its norms by a global counter)."""
     expected = registry.param_shapes(cfg)
-    rows = {name: (f"{path}/{leaf.external}", leaf) for name, path, leaf in table_rows(table(cfg).modules, expected)}
+    rows = {name: (join(path, leaf.external, "." if path.startswith("@") else "/"), leaf)
+            for name, path, leaf in table_rows(table(cfg).modules, expected)}
     missing = sorted(expected.keys() - rows.keys() - set(table(cfg).absent))
     if missing:
         raise ValueError(f"no keras-hub variable for canonical weights {missing}")
@@ -170,20 +177,31 @@ def comparable(cfg: Config, outputs: dict, inputs: dict) -> dict:
     keep = np.asarray(mask) > 0                                                   # (B, T)
     return {k: np.where(keep.reshape(*keep.shape, *([1] * (np.ndim(v) - 2))), v, 0)
             if np.ndim(v) >= 2 and np.shape(v)[:2] == keep.shape else v for k, v in outputs.items()}
+def _variable(model, path: str, by_path: dict):
+    """The variable at `path`: an "@" chain of attributes and indices, else a variable path; None if absent."""
+    if not path.startswith("@"):
+        return by_path.get(path)
+    obj = model
+    for part in path[1:].split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
 
 
 def load(model, cfg: Config, w: dict[str, np.ndarray]):
     """Assign the canonical weights `w` to keras-hub's variables; every variable exactly once."""
     weights_lib.check(cfg, w)
-    variables = {v.path: v for v in model.weights}
-    rows = variable_map(cfg)
-    unknown = sorted(path for path, _ in rows.values() if path not in variables)
-    unset = sorted(variables.keys() - {path for path, _ in rows.values()} - set(extra_variables(model, cfg)))
+    by_path = {v.path: v for v in model.weights}
+    rows = {name: (path, _variable(model, path, by_path), leaf) for name, (path, leaf) in variable_map(cfg).items()}
+    unknown = sorted(path for path, v, _ in rows.values() if v is None)
+    extra = set(extra_variables(model, cfg))
+    unset = sorted(v.path for v in model.weights
+                   if v.path not in extra and all(v is not found for _, found, _ in rows.values()))
     if unknown or unset:
         raise ValueError(f"keras-hub {table(cfg).backbone} variables do not line up with its table: "
                          f"not in the model {unknown}, never set {unset}")
-    for name, (path, leaf) in rows.items():
-        v = variables[path]
+    for name, (_, v, leaf) in rows.items():
         v.assign(leaf.to_external(w[name], cfg).astype(v.dtype))
     return model
 
@@ -195,8 +213,9 @@ def extra_variables(model, cfg: Config) -> list[str]:
 
 def export(model, cfg: Config) -> dict[str, np.ndarray]:
     """keras-hub's variables back under canonical names and layout (the inverse of `load`)."""
-    variables = {v.path: v for v in model.weights}
-    return {name: leaf.to_canonical(variables[path].numpy(), cfg) for name, (path, leaf) in variable_map(cfg).items()}
+    by_path = {v.path: v for v in model.weights}
+    return {name: leaf.to_canonical(_variable(model, path, by_path).numpy(), cfg)
+            for name, (path, leaf) in variable_map(cfg).items()}
 
 
 def inputs(cfg: Config, **ours) -> dict[str, np.ndarray]:
@@ -207,11 +226,11 @@ def inputs(cfg: Config, **ours) -> dict[str, np.ndarray]:
     if why:
         raise ValueError(why)
     out = {}
-    for name, (theirs, default) in t.inputs.items():
+    for name, (theirs, default, *like) in t.inputs.items():  # like: the ids a default is shaped as
         value = ours.get(name)
         if value is None:
-            ids = np.asarray(ours["input_ids"])
-            value = np.ones_like(ids) if default == "ones" else np.zeros_like(ids)
+            shaped = np.asarray(ours[like[0]] if like else ours["input_ids"])
+            value = np.ones_like(shaped) if default == "ones" else np.zeros_like(shaped)
         value = np.asarray(value)
         if name in t.layouts:
             value = value.transpose(t.layouts[name])
@@ -227,7 +246,10 @@ def forward(model, cfg: Config):
         out = model(x if len(x) > 1 else next(iter(x.values())), training=False)  # one input: the tensor itself
         mine = {ours: out if theirs is None else out[theirs] for ours, theirs in t.outputs.items()}
         if t.tied_logits:  # (B, T, V): the backbone's token embedding reversed, as its CausalLM does
-            mine["logits"] = model.token_embedding(mine["last_hidden_state"], reverse=True)
+            h = mine["last_hidden_state"]
+            if cfg.scale_logits:  # T5Seq2SeqLM: times D^-0.5 when the head is tied, as ours
+                h = h * cfg.d_model ** -0.5
+            mine["logits"] = model.token_embedding(h, reverse=True)
         return mine
     return call
 

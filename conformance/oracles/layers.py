@@ -229,6 +229,46 @@ def transformers_rms_norm(cfg, w, x, dtype="float32"):
         return norm(_t(x, dtype)).numpy()
 
 
+def transformers_t5_layer_norm(cfg, w, x, dtype="float64"):
+    """transformers' `T5LayerNorm`: weight * x * rsqrt(mean(x^2) + eps), the mean of `x.to(torch.float32)`
+    squared whatever the dtype (float64 too): no mean subtracted, no bias."""
+    torch = _torch()
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+    norm = T5LayerNorm(x.shape[-1], eps=cfg.layer_norm_eps).to(getattr(torch, dtype))
+    with torch.no_grad():
+        norm.weight.copy_(torch.from_numpy(w["gamma"]))
+        return norm(_t(x, dtype)).numpy()
+
+
+def transformers_relative_buckets(cfg, relative, bidirectional):
+    """transformers' `T5Attention._relative_position_bucket` on the offsets `relative` (key - query)."""
+    from transformers.models.t5.modeling_t5 import T5Attention
+    return T5Attention._relative_position_bucket(_torch().from_numpy(np.asarray(relative)), bidirectional,
+                                                 cfg.relative_buckets, cfg.relative_max_distance).numpy()
+
+
+def keras_hub_relative_buckets(cfg, relative, bidirectional):
+    """keras-hub's `T5MultiHeadAttention._relative_position_bucket` (its layer hard-codes 32 and 128; the
+    function takes them as arguments)."""
+    import keras
+    from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
+    layer = T5MultiHeadAttention(is_decoder=not bidirectional, hidden_dim=cfg.d_model, key_value_dim=cfg.head_dim,
+                                 num_heads=cfg.num_heads, dropout=0.0)
+    return keras.ops.convert_to_numpy(layer._relative_position_bucket(
+        np.asarray(relative), bidirectional=bidirectional, num_buckets=cfg.relative_buckets,
+        max_distance=cfg.relative_max_distance))
+
+
+def transformers_relative_bias(cfg, w, buckets, dtype="float64"):
+    """The bias transformers' `T5Attention.compute_bias` makes of the buckets: its `relative_attention_bias`
+    embedding looked up and moved to (1, H, T, S)."""
+    torch = _torch()
+    table = torch.nn.Embedding(cfg.relative_buckets, cfg.num_heads).to(getattr(torch, dtype))
+    with torch.no_grad():
+        table.weight.copy_(torch.from_numpy(w["table"]))
+        return table(torch.from_numpy(np.asarray(buckets))).permute(2, 0, 1)[None].numpy()
+
+
 def torch_silu(cfg, w, x, dtype="float64"):
     import torch.nn.functional as F
     return F.silu(_t(x, dtype)).numpy()

@@ -49,7 +49,7 @@ def transformers_model(cfg: Config, w: dict | None = None, attn_implementation: 
     family = families.get(cfg.kind)
     config = transformers.AutoConfig.for_model(**checkpoints.config_to_hf(cfg, family.checkpoint(cfg), cls))
     with torch.device("meta"):
-        model = getattr(transformers, cls)(config, **init)
+        model = family.checkpoint(cfg).adjust(getattr(transformers, cls)(config, **init), cfg)
     model = model.to_empty(device="cpu").eval()  # no initialization: counting needs shapes, not values
     for p in model.parameters():
         p.data.zero_()
@@ -85,9 +85,9 @@ def call_arguments(cfg: Config) -> dict:
 
 def run(cfg: Config, w: dict, inputs: dict, attn_implementation: str = "eager", dtype: str = "float64") -> dict:
     """The `transformers` model of `cfg` on the canonical weights `w`, called on our `inputs`: its outputs
-    under our names (`last_hidden_state` is its last hidden state, after the final norm, where the family
-    does not declare its `Checkpoint.hidden_states`: ViT's last one precedes the final norm), and each of its
-    hidden states as `hidden_states.<k>`, NumPy."""
+    under our names (`last_hidden_state`, where the model returns none, is the last of its hidden states
+    if that is after the final norm: where the family declares nothing, or names the last entry in its
+    `Checkpoint.hidden_states`; an encoder-decoder's, its decoder's), NumPy."""
     import torch
     model = transformers_model(cfg, w, attn_implementation, dtype)
     x = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
@@ -95,7 +95,21 @@ def run(cfg: Config, w: dict, inputs: dict, attn_implementation: str = "eager", 
         out = model(**x, **call_arguments(cfg), output_hidden_states=True)
     numpy = lambda v: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()  # noqa: E731
     got = {OUR_NAMES.get(k, k): numpy(v) for k, v in out.items() if isinstance(v, torch.Tensor)}
-    if "last_hidden_state" not in got and not families.get(cfg.kind).checkpoint(cfg).hidden_states:
-        got["last_hidden_state"] = numpy(out.hidden_states[-1])  # a declared list says what the last one is
-    got.update({f"hidden_states.{k}": numpy(h) for k, h in enumerate(out.hidden_states or ())})
+    field = "decoder_hidden_states" if out.get("decoder_hidden_states") else "hidden_states"
+    declared = families.get(cfg.kind).checkpoint(cfg).hidden_states
+    if "last_hidden_state" not in got and out.get(field) and (field not in declared or declared[field][2]):
+        got["last_hidden_state"] = numpy(out[field][-1])  # ViT's last one precedes the final norm: not this
     return got
+
+
+def hidden_states(cfg: Config, w: dict, inputs: dict, attn_implementation: str = "eager",
+                  dtype: str = "float64") -> dict[str, list]:
+    """{output field: [array]} for each hidden-state tuple the `transformers` model of `cfg` returns on
+    `inputs` (`hidden_states`; an encoder-decoder's `encoder_hidden_states` and `decoder_hidden_states`)."""
+    import torch
+    model = transformers_model(cfg, w, attn_implementation, dtype)
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}, **call_arguments(cfg),
+                    output_hidden_states=True)
+    numpy = lambda h: h.float().numpy() if h.dtype == torch.bfloat16 else h.numpy()  # noqa: E731
+    return {k: [numpy(h) for h in v] for k, v in out.items() if k.endswith("hidden_states") and isinstance(v, tuple)}

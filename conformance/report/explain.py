@@ -52,6 +52,7 @@ from numpy_ref.embeddings import sinusoidal_encoding
 from numpy_ref.linear import linear
 from numpy_ref.normalization import layer_norm, rms_norm
 from numpy_ref.patch_embedding import patchify
+from numpy_ref.relative_position import relative_position_bucket
 from numpy_ref.rotary import apply_rotary
 from conformance.oracles.transformers import transformers_model
 
@@ -434,6 +435,9 @@ def _index(index) -> str:
     return "[" + ", ".join([str(i) for i in index] + [":"]) + "]"
 
 
+SHORT = 51  # the widest library label in a Markdown table of 100 columns (with its dtype and the number columns)
+
+
 def _short(call: str) -> str:
     """A call with its argument lists elided: `BertModel(...).attentions[0]`."""
     out, depth = "", 0
@@ -446,7 +450,13 @@ def _short(call: str) -> str:
             out += "...)" if depth == 0 else ""
         elif depth == 0:
             out += ch
-    return call if len(call) <= 30 else out
+    if len(call) <= 30:
+        return call
+    # a long class name (BartForConditionalGeneration) leaves no room in the table for "(...)", or for itself:
+    # the call in full follows the table
+    if len(out) > SHORT:
+        out = out.replace(" (...)", "").replace("(...)", "")
+    return out if len(out) <= SHORT else "..." + out[out.index("."):]
 
 
 def _docstring(module, keyword: str) -> str:
@@ -822,6 +832,8 @@ def rms_norm_library(cfg, w, inputs, records, calls):
                 oracles.keras_rms_norm(cfg, w, x)),
         Library("output", "transformers LlamaRMSNorm", oracles.transformers_rms_norm(cfg, w, x, "float64"),
                 dtype="float32"),
+        Library("output", "transformers T5LayerNorm (T5's norm)", oracles.transformers_t5_layer_norm(cfg, w, x),
+                dtype="float32"),
         Library("output", f"torch.nn.LayerNorm({cfg.d_model}) (same gamma, beta 0)",
                 oracles.torch_layer_norm(cfg, layer, x),
                 differs="layer norm subtracts each row's mean first: the same numbers on the zero-mean third "
@@ -892,6 +904,29 @@ def patch_library(cfg, w, inputs, records, calls):
                     _np(conv.flatten(2).transpose(1, 2))),
             Library("output", "keras.layers.Conv2D(D, P, strides=P) on the image channels last",
                     _np(layer(images)).reshape(records["output"].shape))]
+# Offsets from -130 to 130 against one query at 130: the exact buckets near 0, the logarithmic ones, the last
+RELATIVE = (-130, -64, -20, -9, -8, -7, -1, 0, 1, 7, 8, 9, 20, 64, 130)
+
+
+def relative_inputs(cfg):
+    return {"query_positions": np.array([130]), "key_positions": 130 + np.array(RELATIVE)}
+
+
+def relative_inner(module, w, inputs, records):
+    relative = inputs["key_positions"][None, :] - inputs["query_positions"][:, None]
+    return [Inner(relative_position_bucket, (relative, module.bidirectional, module.num_buckets, module.max_distance),
+                  "buckets")]
+
+
+def relative_library(cfg, w, inputs, records, calls):
+    relative = inputs["key_positions"][None, :] - inputs["query_positions"][:, None]
+    bidirectional = not cfg.causal
+    return [Library("buckets", "T5Attention._relative_position_bucket",
+                    oracles.transformers_relative_buckets(cfg, relative, bidirectional)),
+            Library("buckets", "T5MultiHeadAttention._relative_position_bucket",
+                    oracles.keras_hub_relative_buckets(cfg, relative, bidirectional)),
+            Library("output", "T5Attention relative_attention_bias(buckets).permute(2, 0, 1)",
+                    oracles.transformers_relative_bias(cfg, w, records["buckets"]))]
 
 
 LAYER = dict(d_model=8, num_heads=2, d_ff=16)
@@ -1140,6 +1175,23 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                       "which the checkpoint tables transpose (leaf layout conv_out_in).")),
                 inner=patch_inner, library=patch_library,
                 shows=("image_size", "patch_size", "num_channels")),
+    Walkthrough("relative_position_bias", "T5's relative position bias with its published 32 buckets reaching 128, "
+                                          "2 heads: one query at position 130, keys from 0 to 260, so the offsets "
+                                          "run from -130 to 130.",
+                dict(d_model=8, num_heads=2, relative_buckets=32, relative_max_distance=128), relative_inputs,
+                (Step("buckets", "The bucket of each offset (key - query), left to right -130, -64, -20, -9, -8, -7, "
+                                 "-1, 0, 1, 7, 8, 9, 20, 64, 130. Bidirectional: 16 buckets a direction, keys after "
+                                 "the query in 16..31; offsets 0..7 exact, 8..127 share 8 logarithmic buckets "
+                                 "(-8 and -9 share 8, -20 is 10), every offset from 128 on the last (15, 31).",
+                      "transformers computes the same in T5Attention._relative_position_bucket, keras-hub in "
+                      "T5MultiHeadAttention, both with the logarithm in float32: a boundary falls where float32 "
+                      "puts it."),
+                 Step("output", "Each head's learned scalar for each bucket, (1, H, T, S): added to every "
+                                "self-attention layer's scores of the stack, computed once.",
+                      "transformers keeps this table in the first layer's attention (relative_attention_bias), "
+                      "which passes the bias up the stack.")),
+                inner=relative_inner, library=relative_library, math="bucket",
+                shows=("num_heads", "relative_buckets", "relative_max_distance", "causal")),
 ]}
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 from conformance.core.config import Config
 from conformance.spec.entry import Entry, Variant as V
 from conformance.spec.inputs import (decoder_inputs, dropout_inputs, hidden, ids, image_inputs, masked_hidden, positions,
-                                     qkv, relative_hidden, rotary_qk, scores_and_mask)
+                                     qkv, relative_hidden, relative_positions, rotary_qk, scores_and_mask)
 
 TINY = Config(kind="component", d_model=32, num_heads=4, d_ff=64, vocab_size=97, max_positions=64)
 FUSED = V({"attention_impl": "fused"})  # F.scaled_dot_product_attention, keras.ops.dot_product_attention
+T5_LAYER = {"norm": "rms", "layer_norm_eps": 1e-6, "feed_forward": "gated", "activation": "gelu_tanh",
+            "norm_first": True, "use_bias": False, "attention_scale": 1.0}
 
 COMPONENTS = [
     Entry("linear", "Linear", TINY.replace(kind="linear"), hidden,
@@ -57,7 +59,9 @@ COMPONENTS = [
            "rotary": V({"position": "rotary", "num_kv_heads": 2, "causal": True}),
            "rotary_qk_norm": V({"position": "rotary", "qk_norm": True, "causal": True}),
            "sliding_window": V({"sliding_window": 3, "causal": True}),
-           "softcap": V({"attn_logit_softcap": 2.0, "causal": True})}),
+           "softcap": V({"attn_logit_softcap": 2.0, "causal": True}),
+           # T5's: a bias added to the scores, no 1/sqrt(Dh)
+           "position_bias": V({"attention_scale": 1.0, "use_bias": False}, {"position_bias": True})}),
     Entry("feed_forward", "FeedForward", TINY.replace(kind="feed_forward"), hidden,
           {"default": V(), "relu": V({"activation": "relu"}), "gelu_tanh": V({"activation": "gelu_tanh"})}),
     Entry("encoder_layer", "EncoderLayer", TINY.replace(kind="encoder_layer"), masked_hidden,
@@ -65,7 +69,9 @@ COMPONENTS = [
                                                  "layer_norm_eps": 1e-5}),
            "fused": FUSED}),
     Entry("decoder_layer", "DecoderLayer", TINY.replace(kind="decoder_layer", activation="relu"),
-          decoder_inputs, {"default": V(), "pre_norm": V({"norm_first": True})}),
+          decoder_inputs, {"default": V(), "pre_norm": V({"norm_first": True}),
+                           # T5 1.1's: pre-norm RMSNorm, gated GELU, no biases, a position bias, no 1/sqrt(Dh)
+                           "t5": V(T5_LAYER, {"position_bias": True})}),
     # the LLaMA family's components
     Entry("rms_norm", "RMSNorm", TINY.replace(kind="rms_norm", norm="rms", layer_norm_eps=1e-6), hidden,
           {"default": V(), "eps_1e-5": V({"layer_norm_eps": 1e-5}),
@@ -97,4 +103,11 @@ COMPONENTS = [
            # a 22 x 13 image (`image_inputs`): with interpolation the 2 and 1 pixels past the last whole
            # patches are dropped
            "remainder": V({"interpolate_pos_encoding": True})}),
+    # the encoder-decoders' (T5)
+    Entry("relative_position_bias", "RelativePositionBias",
+          TINY.replace(kind="relative_position_bias", position="relative", relative_buckets=8,
+                       relative_max_distance=20), relative_positions,
+          {"default": V(), "causal": V({"causal": True}),  # the encoder's and the decoder's buckets
+           "t5": V({"relative_buckets": 32, "relative_max_distance": 128})},
+          args=lambda cfg: (cfg, not cfg.causal)),
 ]

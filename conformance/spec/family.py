@@ -24,6 +24,12 @@ class Task:
     head: str
 
 
+# Hugging Face activation names <-> Config.activation ("gelu_new" and "gelu_pytorch_tanh" are the same tanh formula)
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
+                  "silu": "silu"}
+HF_ACTIVATION_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A Hugging Face checkpoint layout: config.json fields and tensor names <-> Config and canonical names.
@@ -48,17 +54,22 @@ class Checkpoint:
     layers: str = "num_layers"  # the Config field that counts the "{i}" blocks the tensors hold (ALBERT's groups)
     masked_queries: bool = False  # its models mask padded queries too (DeBERTa: mask_i mask_j): those rows see
     #                               no key, zeros here and a uniform average in transformers
-
-    def table(self, head: str) -> dict:
-        """`modules` as the classes of `head` name them."""
-        return {**self.modules, **self.head_modules.get(head, {})}
     init: Callable[[Config, str], dict] = lambda cfg, cls: {}   # the class's constructor arguments config.json
     #                                                             does not hold (ViTModel's add_pooling_layer)
     optional: dict = field(default_factory=dict)  # Config field <- canonical module: True iff the file holds the
     #                                               module's tensors, where the model would have it (a pooler)
     call: dict = field(default_factory=dict)      # Config field -> the forward argument of transformers that
     #                                               it is (interpolate_pos_encoding): how a call runs, not a file's
-    hidden_states: tuple = ()  # our trace names of transformers' hidden_states[0], [1], ..., "{i}" a layer
+    refine: Callable[[Config, dict, str], dict] = lambda cfg, tensors, prefix: {}  # Config fields the tensors
+    #       decide (cfg as config.json reads, the file's tensors, its prefix): a head of its own, a bias not zero
+    adjust: Callable = lambda model, cfg: model  # the class built from config.json, given cfg's parameters where
+    #       its constructor has others (transformers 5.24 ties T5's head whatever the config says)
+    hidden_states: dict = field(default_factory=dict)  # transformers' hidden-state tuple -> (our trace name of its
+    #       first entry, of entry i + 1 ("{i}" the layer), of its last one or None: the last layer's output)
+
+    def table(self, head: str) -> dict:
+        """`modules` as the classes of `head` name them."""
+        return {**self.modules, **self.head_modules.get(head, {})}
 
 
 @dataclass(frozen=True)

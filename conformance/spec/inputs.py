@@ -18,13 +18,15 @@ def hidden(cfg, rng, batch, length, **_):
     return {"x": rng.standard_normal((batch, length, cfg.d_model))}
 
 
-def masked_hidden(cfg, rng, batch, length, mask="padding", cross=False):
+def masked_hidden(cfg, rng, batch, length, mask="padding", cross=False, position_bias=False):
     source = length + 3 if cross else length
     inputs = {"x": rng.standard_normal((batch, length, cfg.d_model))}
     if cross:
         inputs["context"] = rng.standard_normal((batch, source, cfg.d_model))
     if mask == "padding":
         inputs["mask"] = padding_mask(rng, batch, source)
+    if position_bias:  # an additive (1, H, T, S) bias on the scores, as T5's relative position bias
+        inputs["position_bias"] = rng.standard_normal((1, cfg.num_heads, length, source))
     return inputs
 
 
@@ -85,12 +87,15 @@ def positions(key):
     return make
 
 
-def decoder_inputs(cfg, rng, batch, length, **_):
+def decoder_inputs(cfg, rng, batch, length, position_bias=False, **_):
     S = length + 2
-    return {"x": rng.standard_normal((batch, length, cfg.d_model)),
-            "memory": rng.standard_normal((batch, S, cfg.d_model)),
-            "mask": padding_mask(rng, batch, length),
-            "memory_mask": padding_mask(rng, batch, S)}
+    inputs = {"x": rng.standard_normal((batch, length, cfg.d_model)),
+              "memory": rng.standard_normal((batch, S, cfg.d_model)),
+              "mask": padding_mask(rng, batch, length),
+              "memory_mask": padding_mask(rng, batch, S)}
+    if position_bias:  # on the self-attention's (1, H, T, T) scores, as T5's decoder
+        inputs["position_bias"] = rng.standard_normal((1, cfg.num_heads, length, length))
+    return inputs
 
 
 def token_inputs(cfg, rng, batch, length, segments=False, left_pad=False, **_):
@@ -113,11 +118,23 @@ def token_inputs(cfg, rng, batch, length, segments=False, left_pad=False, **_):
 
 
 def seq2seq_inputs(cfg, rng, batch, length, **_):
+    """Source ids and mask (B, S), target ids and mask (B, S - 2); the encoder alone (head "encoder") takes
+    the source only."""
     target = max(length - 2, 1)
-    return {"input_ids": rng.integers(0, cfg.vocab_size, (batch, length)),
-            "decoder_input_ids": rng.integers(0, cfg.vocab_size, (batch, target)),
-            "attention_mask": padding_mask(rng, batch, length).astype(np.int64),
-            "decoder_attention_mask": padding_mask(rng, batch, target).astype(np.int64)}
+    inputs = {"input_ids": rng.integers(0, cfg.vocab_size, (batch, length)),
+              "decoder_input_ids": rng.integers(0, cfg.vocab_size, (batch, target)),
+              "attention_mask": padding_mask(rng, batch, length).astype(np.int64),
+              "decoder_attention_mask": padding_mask(rng, batch, target).astype(np.int64)}
+    if cfg.head == "encoder":
+        del inputs["decoder_input_ids"], inputs["decoder_attention_mask"]
+    return inputs
+
+
+def relative_positions(cfg, rng, batch, length, **_):
+    """Query positions (T,) 3 apart from a random start and key positions (T + 2,) 4 apart: offsets from
+    about -4 T to 4 T, far enough to reach the logarithmic buckets and the last one."""
+    return {"query_positions": 3 * np.arange(length) + rng.integers(0, 3),
+            "key_positions": 4 * np.arange(length + 2)}
 
 
 def causal_lm_inputs(cfg, rng, batch, length, left_pad=False, **_):

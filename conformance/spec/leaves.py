@@ -45,6 +45,7 @@ LAYOUTS: dict[str, Layout] = {
     # (0..pad, its converter drops them): rolled, its row t is ours pad + 1 + t and nothing is lost
     "padding_offset": Layout(lambda a, cfg: np.roll(a, -(cfg.pad_token_id + 1), axis=0),
                              lambda a, cfg: np.roll(a, cfg.pad_token_id + 1, axis=0)),
+    "row": Layout(lambda a, cfg: a[None], lambda a, cfg: a[0]),                          # (V,) <-> (1, V)
     "heads_first_in": Layout(lambda a, cfg: a.reshape(a.shape[0], -1, cfg.head_dim).transpose(1, 0, 2),  # (H, D, Dh)
                              lambda a, cfg: a.transpose(1, 0, 2).reshape(a.shape[1], -1)),  # keras-hub's Gemma
     # a convolution kernel: canonical (kh, kw, in, out), Keras's Conv2D layout, the [in, out] of a
@@ -85,14 +86,20 @@ def fuse(leaves: list[Leaf], arrays: list, cfg=None) -> np.ndarray:
     return leaves[0].to_external(np.concatenate(ordered, axis=-1), cfg)
 
 
+def join(path: str, leaf: str, sep: str = ".") -> str:
+    """A leaf's full name under its module path; "" is the model itself (BART's logits bias)."""
+    return f"{path}{sep}{leaf}" if path else leaf
+
+
 def table_rows(modules: dict, shapes: dict) -> list[tuple[str, str, Leaf]]:
     """(canonical name, external module path, leaf) for every canonical parameter in `shapes` that a
     table `{canonical module: (external module, leaves)}` maps; "{i}" in both stands for a layer index
-    (and "{i+1}" in the external path for the same index counted from 1, as keras-hub's ViT numbers its blocks)."""
+    (and "{i+1}" in the external path for the same index counted from 1, as keras-hub's ViT numbers its
+    blocks), a module "" for the model itself."""
     rows = []
     for module, (external, leaves) in modules.items():
         for leaf in leaves:
-            pattern = re.compile(re.escape(f"{module}.{leaf.canonical}").replace(re.escape("{i}"), r"(\d+)") + "$")
+            pattern = re.compile(re.escape(join(module, leaf.canonical)).replace(re.escape("{i}"), r"(\d+)") + "$")
             for name in shapes:
                 m = pattern.match(name)
                 if m:

@@ -298,6 +298,50 @@ def evidence(results: list[Measured], command: str, table: dict) -> dict:
                    "summary": summarize(results), "case_columns": CASE_COLUMNS, "cases": cases})
 
 
+def merge(old: dict, new: dict, table: dict) -> dict:
+    """`new` evidence (cases the `old` one lacks) merged into `old`: the cases side by side, each row's
+    worst the worse of the two (its proposal and verdict recomputed), the summaries merged as one run
+    would have merged them. A case measured in both is refused: its old numbers cannot be taken out."""
+    both = sorted({c[1] for c in old["cases"]} & {c[1] for c in new["cases"]})
+    if both:
+        raise ValueError(f"--merge adds cases the evidence lacks; received {both}, already measured: "
+                         f"run the whole measurement instead")
+    rows = {}
+    for dtype in dict.fromkeys([*old["rows"], *new["rows"]]):
+        a, b = old["rows"].get(dtype), new["rows"].get(dtype)
+        if a is None or b is None:
+            rows[dtype] = a or b
+            continue
+        row = {**a, "overflows": sorted(set(a["overflows"]) | set(b["overflows"]))}
+        if b["worst"] > a["worst"]:
+            row.update(worst=b["worst"], worst_at=b["worst_at"])
+        if b["stress_worst"] > a["stress_worst"]:
+            row.update(stress_worst=b["stress_worst"], stress_at=b["stress_at"])
+        row["worst_output"] = max(a["worst_output"], b["worst_output"])
+        row["proposed"] = _nice_ceil(row["worst"] * HEADROOM)
+        if dtype in table:
+            bnd = bound(table[dtype])
+            row.update(covered=row["worst"] <= bnd, headroom=bnd / row["worst"] if row["worst"] else math.inf,
+                       stress_covered=row["stress_worst"] <= bnd)
+        rows[dtype] = row
+    summary = {}
+    for dtype in dict.fromkeys([*old["summary"], *new["summary"]]):
+        fws = {}
+        for fw in dict.fromkeys([*old["summary"].get(dtype, {}), *new["summary"].get(dtype, {})]):
+            parts = [x for x in (old["summary"].get(dtype, {}).get(fw), new["summary"].get(dtype, {}).get(fw)) if x]
+            entry = {"outputs": _merge([p["outputs"] for p in parts]),
+                     "ops": {k: _merge([p["ops"][k] for p in parts if k in p["ops"]])
+                             for k in sorted({k for p in parts for k in p["ops"]})}}
+            agree = [p["device_agreement"] for p in parts if "device_agreement" in p]
+            if agree:
+                entry["device_agreement"] = _merge(agree)
+            fws[fw] = entry
+        summary[dtype] = fws
+    return _round({**old, "command": f"{old['command']} && {new['command']}",
+                   "fitted_regimes": list(dict.fromkeys([*old["fitted_regimes"], *new["fitted_regimes"]])),
+                   "rows": rows, "summary": summary, "cases": old["cases"] + new["cases"]})
+
+
 def dumps(ev: dict) -> str:
     """The evidence as JSON text, indented, with each leaf record (a dict of numbers, a measured
     case) on one line, so that it stays short and diffable."""

@@ -1,11 +1,11 @@
-"""The full-size tier (`pytest --full`): bert-base, gpt2, llama3.2-1b, vit-base-patch16-224 and
-BERT's descendants (roberta-base, distilbert-base, albert-base-v2, electra-small, deberta-v3-small) at
-their published sizes, every framework in float32 against the float64 reference, each framework's own
-parameter count against the published one, and `transformers`' own model of the same weights: against
-the reference (the base presets) and against every framework at the attended positions (the
-descendants). Minutes, not seconds: not in the default run. llama3.2-1b is 4.9 GB a copy in float32
-and 9.9 GB in float64: the fixture keeps the weights and the reference's outputs, and each framework's
-model lives for its own test only (peak about 15 GB)."""
+"""The full-size tier (`pytest --full`): bert-base, gpt2, t5-small, bart-base, llama3.2-1b,
+vit-base-patch16-224 and BERT's descendants (roberta-base, distilbert-base, albert-base-v2,
+electra-small, deberta-v3-small) at their published sizes, every framework in float32 against the
+float64 reference, each framework's own parameter count against the published one, and
+`transformers`' own model of the same weights: against the reference (the base presets) and against
+every framework at the attended positions (the descendants). Minutes, not seconds: not in the default
+run. llama3.2-1b is 4.9 GB a copy in float32 and 9.9 GB in float64: the fixture keeps the weights and
+the reference's outputs, and each framework's model lives for its own test only (peak about 15 GB)."""
 import pytest
 
 from conformance.spec import presets
@@ -15,8 +15,8 @@ from conformance.backends.build import build
 from conformance.compare.tolerance import compare_outputs
 from conformance.oracles import transformers as hf
 
-BASE = {"bert-base": 109_482_240, "gpt2": 124_439_808, "llama3.2-1b": 1_235_814_400,
-        "vit-base-patch16-224": 86_389_248}
+BASE = {"bert-base": 109_482_240, "gpt2": 124_439_808, "t5-small": 60_506_624, "bart-base": 139_420_416,
+        "llama3.2-1b": 1_235_814_400, "vit-base-patch16-224": 86_389_248}
 DESCENDANTS = {"roberta-base": 124_645_632, "distilbert-base": 66_362_880, "albert-base-v2": 11_683_584,
                "electra-small": 13_483_008, "deberta-v3-small": 141_304_320}
 PUBLISHED = {**BASE, **DESCENDANTS}

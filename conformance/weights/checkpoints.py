@@ -32,12 +32,9 @@ from conformance.core import files
 from conformance.core.config import Config
 from conformance.weights import canonical as weights_lib
 from conformance.spec import families, registry
-from conformance.spec.family import Checkpoint
-from conformance.spec.leaves import Leaf, fuse, table_rows
+from conformance.spec.family import HF_ACTIVATION_OUT as ACTIVATION_OUT, HF_ACTIVATIONS as ACTIVATIONS, Checkpoint
+from conformance.spec.leaves import Leaf, fuse, join, table_rows
 
-# HF activation name -> Config.activation ("gelu_new" and "gelu_pytorch_tanh" are the same tanh formula)
-ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
-ACTIVATION_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 LEGACY_LEAVES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}  # pre-2019 BERT files
 ARCHITECTURES = {c.model_type: c for f in families.FAMILIES.values() for c in f.checkpoints}
 # Config fields config.json must state: they size the weights, and transformers' default for a missing one
@@ -78,12 +75,14 @@ def from_hf(path, head: str | None = None) -> tuple[Config, dict[str, np.ndarray
         held = [h for c, h, _ in _rows(arch, cfg.replace(**{field: True}), prefix) if c.startswith(f"{module}.")]
         if held:
             cfg = cfg.replace(**{field: any(h in tensors for h in held)})
+    cfg = cfg.replace(**arch.refine(cfg, tensors, prefix))
     rows = _rows(arch, cfg, prefix)
     _check_layer_count(arch, cfg, hf, tensors, rows, prefix, path)
     w = {c: np.ascontiguousarray(leaf.to_canonical(tensors[h], cfg)) for c, h, leaf in rows if h in tensors}
     used = {h for _, h, _ in rows} | _buffers(arch, cfg, prefix)
     mapped = set(used)
     for h, c in arch.tied.items():
+        h = h.format(base=prefix)
         if h in mapped:  # an untied head is a parameter of its own: mapped like any other
             continue
         used.add(h)
@@ -110,11 +109,12 @@ def config_from_hf(hf: dict, arch: Checkpoint, cls: str) -> Config:
         if field in REQUIRED and default is not None and hf.get(key) is None:
             raise ValueError(f"config.json must give {key} (Config.{field}: it sizes the weights); received no {key}")
     values = {field: default if hf.get(key) is None else hf[key] for field, (key, default) in arch.fields.items()}
-    if values["activation"] not in ACTIVATIONS:
-        key = arch.fields["activation"][0]
-        raise ValueError(f"config.json {key} must be one of {list(ACTIVATIONS)}; "
-                         f"received {key}={values['activation']!r}")
-    values["activation"] = ACTIVATIONS[values["activation"]]
+    if "activation" in values:  # else the family's `read` parses it (T5's feed_forward_proj)
+        if values["activation"] not in ACTIVATIONS:
+            key = arch.fields["activation"][0]
+            raise ValueError(f"config.json {key} must be one of {list(ACTIVATIONS)}; "
+                             f"received {key}={values['activation']!r}")
+        values["activation"] = ACTIVATIONS[values["activation"]]
     values.update(arch.read(hf, cls))
     head = arch.classes[cls]
     if head in ("classification", "token_classification"):
@@ -192,7 +192,8 @@ def config_to_hf(cfg: Config, arch: Checkpoint, cls: str) -> dict:
     hf = {"architectures": [cls], "model_type": arch.model_type, **arch.fixed, "tie_word_embeddings": True}
     for field, (key, _) in arch.fields.items():
         hf[key] = getattr(cfg, field)
-    hf[arch.fields["activation"][0]] = ACTIVATION_OUT[cfg.activation]
+    if "activation" in arch.fields:
+        hf[arch.fields["activation"][0]] = ACTIVATION_OUT[cfg.activation]
     return {**hf, **arch.write(cfg, cls)}
 
 
@@ -256,7 +257,7 @@ def permute_rotary(cfg: Config, w: dict, to: str = "half") -> tuple[Config, dict
 
 def _rows(arch: Checkpoint, cfg: Config, prefix: str) -> list[tuple[str, str, Leaf]]:
     """(canonical name, HF name, leaf) for every canonical parameter of `cfg`."""
-    return [(c, f"{external}.{leaf.external}".format(base=prefix), leaf)
+    return [(c, join(external, leaf.external).format(base=prefix), leaf)
             for c, external, leaf in table_rows(arch.table(cfg.head), registry.param_shapes(cfg))]
 
 

@@ -63,8 +63,8 @@ def _read(hf: dict, cls: str) -> dict:
 
 def _write(cfg: Config, cls: str) -> dict:
     if not cfg.use_bias and cfg.output_bias is not True:
-        raise ValueError(f"a Hugging Face ViT's attention output always has a bias: Config.output_bias must be True "
-                         f"when use_bias is False; received output_bias={cfg.output_bias!r}")
+        raise ValueError(f"a Hugging Face ViT's attention output and feed-forward always have biases: Config.output_bias "
+                         f"must be True when use_bias is False; received output_bias={cfg.output_bias!r}")
     if cls == "ViTForImageClassification":
         labels = {"id2label": {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)},
                   "label2id": {f"LABEL_{i}": i for i in range(cfg.num_labels)}}
@@ -106,7 +106,7 @@ HF = Checkpoint(
     init=lambda cfg, cls: {"add_pooling_layer": cfg.pooler} if cls == "ViTModel" else {},
     optional={"pooler": "pooler"},
     call={"interpolate_pos_encoding": "interpolate_pos_encoding"},
-    hidden_states=("embeddings.output", "layers.{i}.output"),
+    hidden_states={"hidden_states": ("embeddings.output", "layers.{i}.output", None)},  # before the final norm
 )
 
 # ------------------------------------------------------------------------------ keras-hub

@@ -1,0 +1,83 @@
+"""Mirrors `numpy_ref.t5`.
+
+Differs: the stacks are `nn.ModuleList`s (the decoder's empty for the encoder alone); positions are
+created on the ids' device; the tied head reads the token `nn.Embedding.weight`. The cache holds
+torch tensors.
+"""
+import torch
+from torch import nn
+
+from conformance.core import checks, trace
+from torch_impl.activations import Dropout
+from torch_impl.blocks import DecoderLayer, EncoderLayer, norm_for
+from torch_impl.embeddings import TokenEmbedding
+from torch_impl.gpt2 import cache_length
+from torch_impl.linear import Linear
+from torch_impl.relative_position import RelativePositionBias
+
+
+class T5(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        decoder = cfg.head != "encoder"
+        self.token_embedding = TokenEmbedding(cfg)
+        self.dropout = Dropout(cfg)
+        self.encoder_position = RelativePositionBias(cfg, bidirectional=True)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.encoder_norm = norm_for(cfg)
+        self.decoder_position = RelativePositionBias(cfg, bidirectional=False) if decoder else None
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers) if decoder)
+        self.decoder_norm = norm_for(cfg) if decoder else None
+        self.lm_head = (Linear(cfg.d_model, cfg.vocab_size, use_bias=False)
+                        if decoder and not cfg.tie_embeddings else None)
+
+    def encode(self, input_ids, attention_mask=None):
+        """input_ids, attention_mask: (B, S) -> memory (B, S, D), after the encoder's final norm."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)       # (S,)
+        bias = self.encoder_position(positions, positions)                          # (1, H, S, S)
+        h = self.dropout(self.token_embedding(input_ids))                           # (B, S, D)
+        for layer in self.encoder:
+            h = layer(h, mask=attention_mask, position_bias=bias)                   # (B, S, D)
+        return self.dropout(self.encoder_norm(h))                                   # (B, S, D)
+
+    def decode(self, decoder_input_ids, memory, attention_mask=None, decoder_attention_mask=None, cache=None):
+        """decoder_input_ids: (B, T) after `past` cached ones; memory (B, S, D), None once the cache holds its
+        keys and values -> (B, T, D), after the decoder's final norm."""
+        past, T, device = cache_length(cache), decoder_input_ids.shape[1], decoder_input_ids.device
+        bias = self.decoder_position(torch.arange(past, past + T, device=device),
+                                     torch.arange(past + T, device=device))          # (1, H, T, past + T)
+        h = self.dropout(self.token_embedding(decoder_input_ids))                   # (B, T, D)
+        for i, layer in enumerate(self.decoder):
+            h = layer(h, memory, mask=decoder_attention_mask, memory_mask=attention_mask,
+                      cache=None if cache is None else cache[i], position_bias=bias)  # (B, T, D)
+        return self.dropout(self.decoder_norm(h))                                   # (B, T, D)
+
+    def forward(self, input_ids=None, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None,
+                cache=None):
+        """input_ids, attention_mask: (B, S) source; decoder_*: (B, T) target (mask: (B, past + T)).
+
+        `cache`: a list, filled on the first call (which encodes the source) with one dict per decoder
+        layer; later calls pass only `decoder_input_ids`, the new tokens.
+        """
+        tap = trace.tap_for(self)
+        if cache:                                                                  # the source is encoded
+            memory, attention_mask = None, cache[0].get("source_mask")
+        else:
+            checks.token_inputs(checks.spec(input_ids), checks.spec(attention_mask))
+            memory = self.encode(input_ids, attention_mask)                         # (B, S, D)
+        checks.decoder_inputs(decoder_input_ids, self.cfg.kind, self.cfg.head)
+        if self.cfg.head == "encoder":
+            return {"last_hidden_state": memory}
+        checks.token_inputs(checks.spec(decoder_input_ids), checks.spec(decoder_attention_mask),
+                            past=cache_length(cache), prefix="decoder_")
+        if cache is not None and not cache:
+            cache.extend(({} if attention_mask is None else {"source_mask": attention_mask}) for _ in self.decoder)
+        h = self.decode(decoder_input_ids, memory, attention_mask, decoder_attention_mask, cache)  # (B, T, D)
+        head_input = h * self.cfg.d_model ** -0.5 if self.cfg.scale_logits else h  # T5 1.0: the tied head rescaled
+        logits = (head_input @ self.token_embedding.weight.T if self.lm_head is None
+                  else self.lm_head(head_input))                                    # (B, T, V)
+        out = {"logits": tap("logits", logits), "last_hidden_state": h}
+        if memory is not None:
+            out["encoder_last_hidden_state"] = memory
+        return out
