@@ -1,8 +1,8 @@
 """Mirrors `numpy_ref.attention`.
 
 Differs: `causal_mask`, `window_mask` and `attention_mask` take a `device` for the masks they build;
-a padding mask becomes bool with `.bool()`; heads are split with `reshape` + `permute`
-and keys / values are cached with `torch.cat`. `fused_attention` is one
+a padding mask becomes bool with `.bool()`; heads are split with `reshape` + `permute` and
+merged through an explicit contiguous copy; keys / values are cached with `torch.cat`. `fused_attention` is one
 `F.scaled_dot_product_attention` call; autograd, not a hand-written backward, differentiates it.
 Own lines: `fused_attention` (the library call).
 """
@@ -142,7 +142,9 @@ class MultiHeadAttention(nn.Module):
 
     def merge_heads(self, x):
         B, H, T, Dh = x.shape
-        return x.permute(0, 2, 1, 3).reshape(B, T, H * Dh)  # (B, T, H Dh)
+        x = x.permute(0, 2, 1, 3).clone(memory_format=torch.contiguous_format)  # (B, T, H, Dh): the copy a
+        return x.reshape(B, T, H * Dh)  # reshape makes anyway, explicit: torch.export cannot tell it is needed
+        #                                 after the fused kernel at symbolic shapes (T5's H Dh != D)
 
     def forward(self, x, context=None, mask=None, cache=None, position_ids=None, position_bias=None):
         """x: (B, T, D)  context: (B, S, D) or None  mask: (B, S) padding, True = attend.

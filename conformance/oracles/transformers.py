@@ -85,9 +85,9 @@ def call_arguments(cfg: Config) -> dict:
 
 def run(cfg: Config, w: dict, inputs: dict, attn_implementation: str = "eager", dtype: str = "float64") -> dict:
     """The `transformers` model of `cfg` on the canonical weights `w`, called on our `inputs`: its outputs
-    under our names (`last_hidden_state`, where the model returns none, is the last of its hidden states
-    if that is after the final norm: where the family declares nothing, or names the last entry in its
-    `Checkpoint.hidden_states`; an encoder-decoder's, its decoder's), NumPy."""
+    under our names, NumPy. `last_hidden_state`, where the model returns none, is the last of its hidden
+    states if that is after the final norm (the family declares nothing, or names the last entry in
+    `Checkpoint.hidden_states`) or the model is post-norm and has none; an encoder-decoder's, its decoder's."""
     import torch
     model = transformers_model(cfg, w, attn_implementation, dtype)
     x = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
@@ -96,9 +96,10 @@ def run(cfg: Config, w: dict, inputs: dict, attn_implementation: str = "eager", 
     numpy = lambda v: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()  # noqa: E731
     got = {OUR_NAMES.get(k, k): numpy(v) for k, v in out.items() if isinstance(v, torch.Tensor)}
     field = "decoder_hidden_states" if out.get("decoder_hidden_states") else "hidden_states"
-    declared = families.get(cfg.kind).checkpoint(cfg).hidden_states
-    if "last_hidden_state" not in got and out.get(field) and (field not in declared or declared[field][2]):
-        got["last_hidden_state"] = numpy(out[field][-1])  # ViT's last one precedes the final norm: not this
+    declared = families.get(cfg.kind).checkpoint(cfg).hidden_states.get(field)
+    after_norm = declared is None or declared[2] is not None or not cfg.norm_first  # post-norm: no final norm
+    if "last_hidden_state" not in got and out.get(field) and after_norm:
+        got["last_hidden_state"] = numpy(out[field][-1])  # not ViT's: its last one precedes the final norm
     return got
 
 
