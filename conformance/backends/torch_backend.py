@@ -158,7 +158,8 @@ class TorchBackend(Backend):
 
     def run(self, module, inputs, training, call=None):
         args, kwargs = call or ((), inputs)
-        module.train(training)
+        if module.training != training:  # .train() walks every submodule: a decoding step's cost otherwise
+            module.train(training)
         with torch.no_grad():
             return module(*args, **kwargs)
 
