@@ -7,6 +7,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import numpy_ref.transformer
 from conformance import weights
@@ -14,7 +16,7 @@ from conformance.backends import backend
 from conformance.backends.base import Built
 from conformance.backends.build import build
 from conformance.compare.tolerance import TOLERANCES, compare
-from conformance.generate import ban_repeated_ngrams, generate, next_token_probs, search
+from conformance.generate import ban_repeated_ngrams, generate, next_token_probs, search, top_k_sorted
 from conformance.spec import families, registry
 from conformance.spec.family import Decoding
 
@@ -435,3 +437,17 @@ def test_encoder_decoder_cache_keeps_the_source_and_follows_the_beams(framework)
     cached = search(m, SOURCE, 8, **options)
     assert_same_generation(f"{framework} t5 cached beam", cached, search(m, SOURCE, 8, use_cache=False, **options))
     assert len(set(cached.lengths.tolist())) > 1, f"every row ended at the same step: {cached.lengths}"
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(data=st.data(), rows=st.integers(1, 4), width=st.integers(1, 40))
+def test_top_k_sorted_is_the_stable_sort_of_every_row(data, rows, width):
+    """Beam search ranks candidates with `top_k_sorted`, which sorts only what reaches the k-th largest:
+    its order must be the full stable sort's, ties (many, on a coarse grid) and -inf included."""
+    values = st.one_of(st.integers(-3, 3).map(float), st.just(-np.inf), st.floats(-5, 5))
+    x = np.array(data.draw(st.lists(st.lists(values, min_size=width, max_size=width), min_size=rows, max_size=rows)))
+    k = data.draw(st.integers(1, width))
+    top, index = top_k_sorted(x, k)
+    expected = np.argsort(-x, axis=-1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(index, expected)  # a planted full argsort without kind="stable" fails here
+    np.testing.assert_array_equal(top, np.take_along_axis(x, expected, axis=-1))
