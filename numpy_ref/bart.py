@@ -28,14 +28,13 @@ import math
 
 import numpy as np
 
-from conformance.core import checks, trace
+from conformance.core import trace
 from conformance.core.costs import INDEX, PER_ELEMENT, Op, Saved, scoped
 from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Dropout
-from numpy_ref.blocks import DecoderLayer, EncoderLayer, norm_for
+from numpy_ref.blocks import DecoderLayer, EncoderLayer, cache_length, encoder_memory, norm_for
 from numpy_ref.embeddings import PositionEmbedding, TokenEmbedding, tied_logits_backward
-from numpy_ref.gpt2 import cache_length
 from numpy_ref.linear import Linear
 
 
@@ -93,16 +92,8 @@ class Bart(Module):
         layer; later calls pass only `decoder_input_ids`, the new tokens.
         """
         tap = trace.tap_for(self)
-        if cache:                                                                  # the source is encoded
-            memory, attention_mask = None, cache[0].get("source_mask")
-        else:
-            checks.token_inputs(checks.spec(input_ids), checks.spec(attention_mask))
-            memory = self.encode(input_ids, attention_mask)                         # (B, S, D)
-        checks.decoder_inputs(decoder_input_ids, self.cfg.kind, self.cfg.head)
-        checks.token_inputs(checks.spec(decoder_input_ids), checks.spec(decoder_attention_mask),
-                            past=cache_length(cache), prefix="decoder_")
-        if cache is not None and not cache:
-            cache.extend(({} if attention_mask is None else {"source_mask": attention_mask}) for _ in self.decoder)
+        memory, attention_mask = encoder_memory(self, input_ids, attention_mask, decoder_input_ids,
+                                                decoder_attention_mask, cache)     # (B, S, D) or None
         h = self.decode(decoder_input_ids, memory, attention_mask, decoder_attention_mask, cache)  # (B, T, D)
         logits = h @ self.token_embedding.table.T if self.lm_head is None else self.lm_head(h)  # (B, T, V)
         if self.logits_bias is not None:

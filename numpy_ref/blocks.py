@@ -25,7 +25,7 @@ window (`cfg.sliding(i)`). Gemma 2 adds a norm on each sub-layer's output too, "
 A layer's costs are its sub-blocks' (`residual_costs`): the sub-layer, the residual add (one
 FLOP an element) and the layer norm; in training each also keeps a dropout mask.
 """
-from conformance.core import trace
+from conformance.core import checks, trace
 from conformance.core.costs import PER_ELEMENT, Op, elements, scoped
 from numpy_ref import autograd
 from numpy_ref._module import Module
@@ -226,3 +226,27 @@ def split_bias_backward(attention_backward, position_bias):
         d_bias.append(d)
         return d_x
     return backward, d_bias
+
+
+def cache_length(cache) -> int:
+    """The tokens a cache holds: its first layer's keys' (none before the first call fills them)."""
+    return cache[0]["key"].shape[2] if cache and "key" in cache[0] else 0
+
+
+def encoder_memory(model, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, cache):
+    """An encoder-decoder's source as (memory (B, S, D), its mask): encoded on a first call, None from a
+    filled cache (its cross-attention keys and values hold it). With a decoder, checks the target's
+    inputs and gives an empty cache (a list) one dict per decoder layer, holding the source mask."""
+    if cache:                                                                  # the source is encoded
+        memory, attention_mask = None, cache[0].get("source_mask")
+    else:
+        checks.token_inputs(checks.spec(input_ids), checks.spec(attention_mask))
+        memory = model.encode(input_ids, attention_mask)                        # (B, S, D)
+    checks.decoder_inputs(decoder_input_ids, model.cfg.kind, model.cfg.head)
+    if model.cfg.head == "encoder":
+        return memory, attention_mask
+    checks.token_inputs(checks.spec(decoder_input_ids), checks.spec(decoder_attention_mask),
+                        past=cache_length(cache), prefix="decoder_")
+    if cache is not None and not cache:
+        cache.extend(({} if attention_mask is None else {"source_mask": attention_mask}) for _ in model.decoder)
+    return memory, attention_mask

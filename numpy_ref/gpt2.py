@@ -19,7 +19,7 @@ from conformance.core.costs import INDEX, PER_ELEMENT, Op, Saved, scoped
 from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Dropout
-from numpy_ref.blocks import EncoderLayer
+from numpy_ref.blocks import EncoderLayer, cache_length
 from numpy_ref.embeddings import PositionEmbedding, TokenEmbedding, tied_logits_backward
 from numpy_ref.normalization import LayerNorm
 
@@ -110,8 +110,3 @@ class GPT2(Module):
         for layer in reversed(self.layers):
             d_h = layer.backward(d_h)
         self.embeddings.backward(d_h)
-
-
-def cache_length(cache) -> int:
-    """The tokens a cache holds: its first layer's keys' (none before the first call fills them)."""
-    return cache[0]["key"].shape[2] if cache and "key" in cache[0] else 0

@@ -25,9 +25,8 @@ from conformance.core.costs import INDEX, PER_ELEMENT, Op, Saved, scoped
 from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Dropout, softcap, softcap_backward
-from numpy_ref.blocks import EncoderLayer, norm_for
+from numpy_ref.blocks import EncoderLayer, cache_length, norm_for
 from numpy_ref.embeddings import TokenEmbedding, tied_logits_backward
-from numpy_ref.gpt2 import cache_length
 from numpy_ref.linear import Linear
 
 

@@ -33,14 +33,13 @@ FLOPs: L encoder layers on the S source positions, L' decoder layers on the T ta
 """
 import numpy as np
 
-from conformance.core import checks, trace
+from conformance.core import trace
 from conformance.core.costs import INDEX, Op, Saved, scoped
 from numpy_ref import autograd
 from numpy_ref._module import Module
 from numpy_ref.activations import Dropout
-from numpy_ref.blocks import DecoderLayer, EncoderLayer, norm_for
+from numpy_ref.blocks import DecoderLayer, EncoderLayer, cache_length, encoder_memory, norm_for
 from numpy_ref.embeddings import TokenEmbedding, tied_logits_backward
-from numpy_ref.gpt2 import cache_length
 from numpy_ref.linear import Linear
 from numpy_ref.relative_position import RelativePositionBias
 
@@ -89,18 +88,10 @@ class T5(Module):
         layer; later calls pass only `decoder_input_ids`, the new tokens.
         """
         tap = trace.tap_for(self)
-        if cache:                                                                  # the source is encoded
-            memory, attention_mask = None, cache[0].get("source_mask")
-        else:
-            checks.token_inputs(checks.spec(input_ids), checks.spec(attention_mask))
-            memory = self.encode(input_ids, attention_mask)                         # (B, S, D)
-        checks.decoder_inputs(decoder_input_ids, self.cfg.kind, self.cfg.head)
+        memory, attention_mask = encoder_memory(self, input_ids, attention_mask, decoder_input_ids,
+                                                decoder_attention_mask, cache)     # (B, S, D) or None
         if self.cfg.head == "encoder":
             return {"last_hidden_state": memory}
-        checks.token_inputs(checks.spec(decoder_input_ids), checks.spec(decoder_attention_mask),
-                            past=cache_length(cache), prefix="decoder_")
-        if cache is not None and not cache:
-            cache.extend(({} if attention_mask is None else {"source_mask": attention_mask}) for _ in self.decoder)
         h = self.decode(decoder_input_ids, memory, attention_mask, decoder_attention_mask, cache)  # (B, T, D)
         head_input = h * self.cfg.d_model ** -0.5 if self.cfg.scale_logits else h  # T5 1.0: the tied head rescaled
         logits = (head_input @ self.token_embedding.table.T if self.lm_head is None

@@ -11,7 +11,7 @@ from keras import ops
 from conformance.core import checks, trace
 from tf_impl._layer import Layer, Model, Shadow
 from tf_impl.activations import Dropout
-from tf_impl.blocks import EncoderLayer
+from tf_impl.blocks import EncoderLayer, cache_length
 from tf_impl.embeddings import PositionEmbedding, TokenEmbedding
 from tf_impl.normalization import LayerNorm
 
@@ -58,8 +58,3 @@ class GPT2(Model):
         h = self.final_norm(h)                                                # (B, T, D)
         logits = ops.matmul(h, ops.transpose(self.embeddings.token.table))    # (B, T, V)
         return {"logits": trace.tap_for(self)("logits", logits), "last_hidden_state": h}
-
-
-def cache_length(cache) -> int:
-    """The tokens a cache holds: its first layer's keys' (none before the first call fills them)."""
-    return cache[0]["key"].shape[2] if cache and "key" in cache[0] else 0

@@ -12,9 +12,8 @@ from keras import ops
 from conformance.core import checks, trace
 from tf_impl._layer import Layer, Model, Shadow
 from tf_impl.activations import Dropout, softcap
-from tf_impl.blocks import EncoderLayer, norm_for
+from tf_impl.blocks import EncoderLayer, cache_length, norm_for
 from tf_impl.embeddings import TokenEmbedding
-from tf_impl.gpt2 import cache_length
 from tf_impl.linear import Linear
 
 

@@ -142,9 +142,9 @@ class MultiHeadAttention(nn.Module):
 
     def merge_heads(self, x):
         B, H, T, Dh = x.shape
-        x = x.permute(0, 2, 1, 3).clone(memory_format=torch.contiguous_format)  # (B, T, H, Dh): the copy a
-        return x.reshape(B, T, H * Dh)  # reshape makes anyway, explicit: torch.export cannot tell it is needed
-        #                                 after the fused kernel at symbolic shapes (T5's H Dh != D)
+        x = x.permute(0, 2, 1, 3).clone(memory_format=torch.contiguous_format)  # the copy reshape would make,
+        return x.reshape(B, T, H * Dh)  # (B, T, H Dh)    made explicit: torch.export cannot tell it is needed
+        #                                                 after the fused kernel at symbolic shapes, T5's H Dh != D
 
     def forward(self, x, context=None, mask=None, cache=None, position_ids=None, position_bias=None):
         """x: (B, T, D)  context: (B, S, D) or None  mask: (B, S) padding, True = attend.

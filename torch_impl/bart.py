@@ -9,11 +9,10 @@ import math
 import torch
 from torch import nn
 
-from conformance.core import checks, trace
+from conformance.core import trace
 from torch_impl.activations import Dropout
-from torch_impl.blocks import DecoderLayer, EncoderLayer, norm_for
+from torch_impl.blocks import DecoderLayer, EncoderLayer, cache_length, encoder_memory, norm_for
 from torch_impl.embeddings import PositionEmbedding, TokenEmbedding
-from torch_impl.gpt2 import cache_length
 from torch_impl.linear import Linear
 
 
@@ -65,16 +64,8 @@ class Bart(nn.Module):
         layer; later calls pass only `decoder_input_ids`, the new tokens.
         """
         tap = trace.tap_for(self)
-        if cache:                                                                  # the source is encoded
-            memory, attention_mask = None, cache[0].get("source_mask")
-        else:
-            checks.token_inputs(checks.spec(input_ids), checks.spec(attention_mask))
-            memory = self.encode(input_ids, attention_mask)                         # (B, S, D)
-        checks.decoder_inputs(decoder_input_ids, self.cfg.kind, self.cfg.head)
-        checks.token_inputs(checks.spec(decoder_input_ids), checks.spec(decoder_attention_mask),
-                            past=cache_length(cache), prefix="decoder_")
-        if cache is not None and not cache:
-            cache.extend(({} if attention_mask is None else {"source_mask": attention_mask}) for _ in self.decoder)
+        memory, attention_mask = encoder_memory(self, input_ids, attention_mask, decoder_input_ids,
+                                                decoder_attention_mask, cache)     # (B, S, D) or None
         h = self.decode(decoder_input_ids, memory, attention_mask, decoder_attention_mask, cache)  # (B, T, D)
         logits = h @ self.token_embedding.weight.T if self.lm_head is None else self.lm_head(h)  # (B, T, V)
         if self.logits_bias is not None:

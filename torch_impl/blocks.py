@@ -1,7 +1,7 @@
 """Mirrors `numpy_ref.blocks`. No differences beyond the torch building blocks."""
 from torch import nn
 
-from conformance.core import trace
+from conformance.core import checks, trace
 from torch_impl.activations import Dropout
 from torch_impl.attention import MultiHeadAttention
 from torch_impl.feed_forward import FeedForward, GatedFeedForward
@@ -82,3 +82,27 @@ class DecoderLayer(nn.Module):
         x = residual(x, self.feed_forward, self.feed_forward_norm,
                      self.feed_forward_dropout, self.norm_first)                      # (B, T, D)
         return tap("output", x)
+
+
+def cache_length(cache) -> int:
+    """The tokens a cache holds: its first layer's keys' (none before the first call fills them)."""
+    return cache[0]["key"].shape[2] if cache and "key" in cache[0] else 0
+
+
+def encoder_memory(model, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, cache):
+    """An encoder-decoder's source as (memory (B, S, D), its mask): encoded on a first call, None from a
+    filled cache (its cross-attention keys and values hold it). With a decoder, checks the target's
+    inputs and gives an empty cache (a list) one dict per decoder layer, holding the source mask."""
+    if cache:                                                                  # the source is encoded
+        memory, attention_mask = None, cache[0].get("source_mask")
+    else:
+        checks.token_inputs(checks.spec(input_ids), checks.spec(attention_mask))
+        memory = model.encode(input_ids, attention_mask)                        # (B, S, D)
+    checks.decoder_inputs(decoder_input_ids, model.cfg.kind, model.cfg.head)
+    if model.cfg.head == "encoder":
+        return memory, attention_mask
+    checks.token_inputs(checks.spec(decoder_input_ids), checks.spec(decoder_attention_mask),
+                        past=cache_length(cache), prefix="decoder_")
+    if cache is not None and not cache:
+        cache.extend(({} if attention_mask is None else {"source_mask": attention_mask}) for _ in model.decoder)
+    return memory, attention_mask

@@ -8,7 +8,7 @@ from torch import nn
 
 from conformance.core import checks, trace
 from torch_impl.activations import Dropout
-from torch_impl.blocks import EncoderLayer
+from torch_impl.blocks import EncoderLayer, cache_length
 from torch_impl.embeddings import PositionEmbedding, TokenEmbedding
 from torch_impl.normalization import LayerNorm
 
@@ -51,8 +51,3 @@ class GPT2(nn.Module):
         h = self.final_norm(h)                                                # (B, T, D)
         logits = h @ self.embeddings.token.weight.T                           # (B, T, V)
         return {"logits": trace.tap_for(self)("logits", logits), "last_hidden_state": h}
-
-
-def cache_length(cache) -> int:
-    """The tokens a cache holds: its first layer's keys' (none before the first call fills them)."""
-    return cache[0]["key"].shape[2] if cache and "key" in cache[0] else 0

@@ -10,9 +10,8 @@ from torch import nn
 
 from conformance.core import checks, trace
 from torch_impl.activations import Dropout, softcap
-from torch_impl.blocks import EncoderLayer, norm_for
+from torch_impl.blocks import EncoderLayer, cache_length, norm_for
 from torch_impl.embeddings import TokenEmbedding
-from torch_impl.gpt2 import cache_length
 from torch_impl.linear import Linear
 
 

@@ -427,6 +427,8 @@ def compare(a, b="reference", *, preset=None, cfg=None, weights=None, inputs=Non
     reference = build("numpy", cfg, w, dtype="float64")
     _, records = reference.trace(capture="*", **inputs)
     canon = Canonical.of(reference, records, cfg)
+    if "reference" not in (_spec(a)[0], _spec(b)[0]):
+        reference = None  # its names are kept; a full-size model's float64 copy is the largest thing here
     side_a = side(a, cfg, w, inputs, canon, reference, dtype, summary)
     side_b = side(b, cfg, w, inputs, canon, reference, dtype, summary)
     row = looser(side_a.dtype, side_b.dtype)
