@@ -5,7 +5,7 @@ transformers' (the tanh GELU is the first divergence, at layer 0's feed-forward 
 is shown to be the cause by rebuilding the reference with it), the Keras mirror on Keras's torch
 backend against itself on TensorFlow (agrees) and in float64 against the reference (float32 from the
 first layer norm's ops.mean), keras-hub's GPT-2, Llama,
-Mistral and Gemma against transformers at the tiny presets, an ONNX export against its source
+Mistral and Gemma against transformers at the tiny presets (and Llama at llama3.2-1b, --full), an ONNX export against its source
 (--full: an export costs tens of seconds). A user's own model (study/user_gpt2.py) agrees with
 the reference, and each of its three planted bugs is pinned to its op by the replay; so does its Keras
 twin (study/user_gpt2_keras.py), whose Keras-default epsilon is pinned to its layer norm. Bad input:
@@ -66,6 +66,15 @@ def test_keras_hub_decoders_agree_with_transformers_op_by_op(case):
     assert r.passed and r.first is None, r.summary()
     assert len(r.ops) >= 20  # every layer's projections, norms and outputs, not just the last hidden state
     assert all(any(c.name.startswith(f"layers.{i}.") for c in r.ops) for i in range(r.cfg.num_layers))
+
+
+@pytest.mark.full
+def test_keras_hub_llama_at_full_size_agrees_with_transformers_op_by_op():
+    """llama3.2-1b (1.24 B parameters, 16 layers, tied head, llama3 rope scaling), 128 tokens: every op the
+    two libraries both trace agrees in float32. Peak RSS 23 GiB (the float64 reference is freed once its
+    names are read; keras-hub's model, transformers' and the shared weights stay): a 32 GB machine."""
+    r = conformance.compare("keras-hub", "transformers", preset="llama3.2-1b", batch=1, seq_len=128)
+    assert r.passed and r.first is None and len(r.ops) >= 160, r.summary()
 
 
 @pytest.mark.parametrize("preset,first,module,transformers_too", [
