@@ -4,9 +4,9 @@ Real cases (each also a committed report under reports/compare/): keras-hub's BE
 transformers' (the tanh GELU is the first divergence, at layer 0's feed-forward activation, and
 is shown to be the cause by rebuilding the reference with it), the Keras mirror on Keras's torch
 backend against itself on TensorFlow (agrees) and in float64 against the reference (float32 from the
-first layer norm's ops.mean), keras-hub's GPT-2, Llama,
-Mistral and Gemma against transformers at the tiny presets (and Llama at llama3.2-1b, --full), an ONNX export against its source
-(--full: an export costs tens of seconds). A user's own model (study/user_gpt2.py) agrees with
+first layer norm's ops.mean), keras-hub's GPT-2, Llama, Mistral and Gemma against transformers at the
+tiny presets (and Llama at llama3.2-1b, --full), an ONNX export against its source (--full: an export
+costs tens of seconds). A user's own model (study/user_gpt2.py) agrees with
 the reference, and each of its three planted bugs is pinned to its op by the replay; so does its Keras
 twin (study/user_gpt2_keras.py), whose Keras-default epsilon is pinned to its layer norm. Bad input:
 an unmappable module path, weights not from the shared set, a factory that returns no module.
