@@ -4,12 +4,22 @@ with numpy_ref's names.
 How it differs:
 - `Layer` and `Model` are `keras.layers.Layer` and `keras.Model`. Every weight is made in
   `__init__` with `add_weight`, so a layer is built at construction (`built = True`) and Keras
-  never traces `call` to build it. `get_config()` returns the Config's fields (`self.cfg`, kept
-  by every layer for this); `from_config` rebuilds the Config.
+  never traces `call` to build it.
+- Every subclass is a Keras citizen without a line of its own (`__init_subclass__`): registered
+  as serializable under "tf_impl>ClassName", and its constructor's arguments, recorded as it is
+  made (`__new__`), are its `get_config()` (a Config as its fields, under {"Config": {...}});
+  `from_config` turns them back into the same constructor call. So `model.save("m.keras")` and
+  `keras.saving.load_model("m.keras")` work for every class, and a `.keras` file or a config
+  saved from another class or another Config is refused by name (`checks.saved_model`).
 - Keras's `__call__` converts array arguments to tensors of the layer's dtype and rebuilds every
   dict and list on the way: a `cache` would reach `call` as a copy and the caller's would stay
   empty. `__call__` here converts the same arrays itself and hands dicts and lists over as they
   are. Non-tensor positional arguments (GPT-2's `past`, the MLM head's `table`) are accepted.
+  A single dict of inputs (what `fit`, `predict` and a functional `keras.Input` dict hand a
+  model) is unpacked into the call's keyword arguments.
+- `Model.export` without an `input_signature` exports the shapes of the model's first call with
+  every axis dynamic but a float input's last (its features), in one dict keyed by argument name
+  (Keras alone would have none: it records shapes only when it builds a layer itself).
 - `mask` is our own argument (True = attend), not Keras's implicit masking: `compute_mask`
   returns None, so no Keras mask is attached to outputs (and Keras does not warn that one is lost).
 - Module's methods are functions of a layer: `named_layers`, `named_weights`, `param_shapes`,
@@ -20,16 +30,31 @@ How it differs:
 """
 from __future__ import annotations
 
-import dataclasses
+import inspect
+import json
+import zipfile
 
 import keras
 
-from conformance.core import trace
+from conformance.core import checks, trace
 from conformance.core.config import Config
 
 
 class _Twin:
     """What `Layer` and `Model` add to Keras."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        keras.saving.register_keras_serializable(package="tf_impl", name=cls.__name__)(cls)
+
+    def __new__(cls, *args, **kwargs):
+        obj = super().__new__(cls, *args, **kwargs)
+        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = {k: v for k, v in list(bound.arguments.items())[1:]  # less self and Keras's own **kwargs
+                     if inspect.signature(cls.__init__).parameters[k].kind is not inspect.Parameter.VAR_KEYWORD}
+        object.__setattr__(obj, "_twin_arguments", arguments)  # past Keras's attribute tracking
+        return obj
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -38,12 +63,20 @@ class _Twin:
         self._allow_non_tensor_positional_args = True
 
     def __call__(self, *args, **kwargs):
+        if len(args) == 1 and isinstance(args[0], dict) and set(args[0]) <= set(_call_arguments(self)):
+            args, kwargs = (), {**args[0], **kwargs}  # fit, predict, a functional model: one dict of inputs
+
         def convert(x):  # as Keras converts, but a dict or list (a cache) stays the caller's object
             if isinstance(x, (dict, list)):
                 return x
             return self.dtype_policy.convert_input(x, self.autocast, self.input_dtype)
 
         args, kwargs = list(map(convert, args)), {k: convert(v) for k, v in kwargs.items()}
+        if not hasattr(self, "_twin_first_call"):  # what `Model.export` exports by default
+            params = _call_arguments(self)
+            named = {**dict(zip(params, args)), **{k: v for k, v in kwargs.items() if k in params}}
+            object.__setattr__(self, "_twin_first_call", {k: (tuple(v.shape), checks.dtype_name(v)) for k, v in named.items()
+                                                          if hasattr(v, "shape") and hasattr(v, "dtype")})
         leave = trace.entering(self, args, kwargs)  # None unless a trace captures this layer
         out = super().__call__(*args, **kwargs)
         if leave:
@@ -54,15 +87,38 @@ class _Twin:
         return None
 
     def get_config(self):
-        return {**super().get_config(), **self.cfg.to_dict()}
+        encoded = {k: {"Config": v.to_dict()} if isinstance(v, Config) else v for k, v in self._twin_arguments.items()}
+        return {**keras.layers.Layer.get_config(self), "twin": type(self).__name__, **encoded}
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        if "kind" in config:  # the Config's fields (Linear's config has none)
-            fields = [f.name for f in dataclasses.fields(Config) if f.name in config]
-            config["cfg"] = Config.from_dict({name: config.pop(name) for name in fields})
+        config = {k: Config.from_dict(v["Config"]) if isinstance(v, dict) and set(v) == {"Config"} else v
+                  for k, v in config.items()}
+        checks.saved_model("the config", config.pop("twin", cls.__name__), {}, cls.__name__, {})
         return super().from_config(config)
+
+
+def _call_arguments(layer) -> list[str]:
+    return list(inspect.signature(layer.call).parameters)
+
+
+def input_signature_of(arguments: dict) -> dict:
+    """{argument: keras.InputSpec} for {argument: (shape, dtype)}: every axis dynamic but a float
+    tensor's last (its features), as `Model.export` exports by default."""
+    def spec(name, shape, dtype):
+        dims = [None] * len(shape)
+        if dims and "float" in dtype:
+            dims[-1] = shape[-1]
+        return keras.InputSpec(shape=tuple(dims), dtype=dtype, name=name)  # the serving signature's names
+    return {k: spec(k, shape, dtype) for k, (shape, dtype) in arguments.items()}
+
+
+def saved_config(path) -> tuple[str, dict]:
+    """(class name, Config fields) of a `.keras` file's model, read from its config.json."""
+    with zipfile.ZipFile(path) as archive:
+        saved = json.loads(archive.read("config.json"))
+    fields = next((v["Config"] for v in saved["config"].values() if isinstance(v, dict) and set(v) == {"Config"}), {})
+    return saved["class_name"], fields
 
 
 class Layer(_Twin, keras.layers.Layer):
@@ -70,7 +126,20 @@ class Layer(_Twin, keras.layers.Layer):
 
 
 class Model(_Twin, keras.Model):
-    """The twin of `Module` for whole models: a real `keras.Model` (summary, fit, save)."""
+    """The twin of `Module` for whole models: a real `keras.Model` (summary, fit, save, export)."""
+
+    def load_weights(self, filepath, *args, **kwargs):
+        """Keras's `load_weights`; a `.keras` file saved from another class or Config is refused by name."""
+        if str(filepath).endswith(".keras"):
+            saved_class, fields = saved_config(filepath)
+            checks.saved_model(str(filepath), saved_class, fields, type(self).__name__, self.cfg.to_dict())
+        return super().load_weights(filepath, *args, **kwargs)
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
+        """Keras's `export`; without `input_signature`, the first call's inputs (`input_signature`)."""
+        if input_signature is None and hasattr(self, "_twin_first_call"):
+            input_signature = [input_signature_of(self._twin_first_call)]
+        return super().export(filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs)
 
 
 class Shadow:

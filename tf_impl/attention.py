@@ -9,7 +9,6 @@ and is filled in place.
 `fused_attention` is one `keras.ops.dot_product_attention` call, which takes (B, T, H, Dh):
 the heads axis moves there and back around it, and the scale goes in as a tensor of q's dtype
 (TensorFlow's `tf.cast` of a Python float rounds it through float32 first: 2e-8 off in float64).
-Only here: `MultiHeadAttention.get_config` (the Config with `causal` resolved).
 Own lines: `fused_attention` (the library call and its layout).
 """
 from keras import ops
@@ -196,9 +195,6 @@ class MultiHeadAttention(Layer):
         context_heads = attention(q, repeat_kv(k, groups), repeat_kv(v, groups), m, self.cfg, tap,
                                   position_bias)                                 # (B, H, T, Dh)
         return self.output(tap("merged", self.merge_heads(context_heads)))       # (B, T, D)
-
-    def get_config(self):  # the Config with `causal` resolved: from_config rebuilds the same layer
-        return {**super().get_config(), "causal": self.causal, "sliding": self.sliding, "cross": self.cross}
 
 
 def rotary_positions(position_ids, B, T, past):

@@ -1,7 +1,4 @@
-"""Mirrors `numpy_ref.blocks`. No differences beyond the Keras layer plumbing.
-
-Only here: `EncoderLayer.get_config` (the layer's window choice, for from_config).
-"""
+"""Mirrors `numpy_ref.blocks`. No differences beyond the Keras layer plumbing."""
 from conformance.core import checks, trace
 from tf_impl._layer import Layer
 from tf_impl.activations import Dropout
@@ -58,9 +55,6 @@ class EncoderLayer(Layer):
         x = residual(x, self.feed_forward, self.feed_forward_norm,
                      self.feed_forward_dropout, self.norm_first, self.feed_forward_output_norm)  # (B, T, D)
         return tap("output", x)
-
-    def get_config(self):  # from_config rebuilds the same layer: its window choice too
-        return {**super().get_config(), "sliding": self.sliding}
 
 
 class DecoderLayer(Layer):

@@ -5,9 +5,7 @@ lookup is `keras.ops.take`; ids are not autocast to the layer's dtype (`autocast
 `keras.layers.Embedding`), so a float id array is reported with its own dtype. The checks of id
 values (in range, >= 0) run only on concrete tensors (`tf_impl._layer.is_symbolic`): under
 `tf.function` or XLA an id out of range is not caught here. `sinusoidal_encoding` is computed
-and returned in float64 with `keras.ops`. `get_config` adds the table's width `d` to a subclass's
-Config, so `from_config` rebuilds ELECTRA's and ALBERT's E-wide tables.
-Only here: `Embedding.get_config` (the width `d`).
+and returned in float64 with `keras.ops`.
 """
 from keras import ops
 from keras.initializers import RandomNormal
@@ -29,9 +27,6 @@ class Embedding(Layer):
         if not is_symbolic(ids) and ops.size(ids):
             checks.index_range(self.arg, int(ops.min(ids)), int(ops.max(ids)), self.num, self.what)
         return trace.tap_for(self)("output", ops.take(self.table, ids, axis=0))  # (*ids.shape, D)
-
-    def get_config(self):  # a subclass's Config with the width: from_config rebuilds an E-wide table
-        return {**super().get_config(), "d": int(self.table.shape[1])}
 
 
 class TokenEmbedding(Embedding):

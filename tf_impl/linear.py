@@ -1,10 +1,9 @@
 """Mirrors `numpy_ref.linear`.
 
 Differs: the kernel (RandomNormal(stddev=0.02)) and bias (zeros) are Keras weights made in
-`__init__`; `get_config()` returns the constructor's `d_in`, `d_out`, `use_bias` (no Config).
-Only here: `Linear.get_config`.
+`__init__`; its config is the constructor's `d_in`, `d_out`, `use_bias` (no Config), as for
+every layer (`tf_impl._layer`).
 """
-import keras
 from keras import ops
 from keras.initializers import RandomNormal
 
@@ -31,7 +30,3 @@ class Linear(Layer):
         checks.last_axis("x", checks.shape_of(x), self.d_in, "d_in")
         tap = trace.tap_for(self)
         return tap("output", linear(x, self.kernel, self.bias))  # (..., d_out)
-
-    def get_config(self):
-        return {**keras.layers.Layer.get_config(self), "d_in": self.d_in, "d_out": self.d_out,
-                "use_bias": self.bias is not None}

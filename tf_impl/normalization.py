@@ -7,9 +7,6 @@ gamma is made with `autocast=False`: under a mixed policy Keras would hand `call
 of it, and the "all" upcast scales with the float32 weight, as torch's autocast leaves it. The
 last scale is `ops.multiply`, which promotes a bfloat16 x times a float32 weight to float32 as
 torch does (TensorFlow's `*` refuses two dtypes).
-`get_config` adds the width `d` to the Config's fields, so `from_config` rebuilds a QK-norm at
-head_dim and an embedding norm at E.
-Only here: `LayerNorm.get_config`, `RMSNorm.get_config` (the Config with `d`).
 """
 from keras import ops
 
@@ -39,8 +36,6 @@ class LayerNorm(Layer):
         checks.last_axis("x", checks.shape_of(x), self.d_model, self.what)
         return trace.tap_for(self)("output", layer_norm(x, self.gamma, self.beta, self.eps))
 
-    def get_config(self):  # the Config with the width: from_config rebuilds an E-wide embedding norm
-        return {**super().get_config(), "d": self.d_model}
 
 
 def norm_dtype(x, upcast):
@@ -70,6 +65,3 @@ class RMSNorm(Layer):
         checks.floating("x", checks.dtype_name(x))
         checks.last_axis("x", checks.shape_of(x), self.d, self.what)
         return trace.tap_for(self)("output", rms_norm(x, self.gamma, self.eps, self.offset, self.upcast))
-
-    def get_config(self):  # the Config with the width: from_config rebuilds a QK-norm at head_dim
-        return {**super().get_config(), "d": self.d}

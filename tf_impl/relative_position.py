@@ -3,7 +3,6 @@
 Differs: the table is a Keras weight (`add_weight`, name `table`), looked up with `keras.ops.take`;
 the bucket arithmetic is `keras.ops` (`ops.cast` to int truncates as NumPy's `astype`), its
 logarithm in float32 whatever the model's dtype, as transformers and keras-hub compute it.
-Only here: `RelativePositionBias.get_config` (the stack's direction, for from_config).
 """
 import math
 
@@ -55,5 +54,3 @@ class RelativePositionBias(Layer):
         bias = ops.take(self.table, buckets, axis=0)                          # (T, S, H)
         return tap("output", ops.transpose(bias, (2, 0, 1))[None])            # (1, H, T, S)
 
-    def get_config(self):  # from_config rebuilds the same layer: its direction too
-        return {**super().get_config(), "bidirectional": self.bidirectional}

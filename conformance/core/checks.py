@@ -316,6 +316,8 @@ def image_size(images, image_size_: int, patch_size: int, interpolate: bool) -> 
         raise ValueError(f"pixel_values must be image_size x image_size = {S} x {S} (B, C, {S}, {S}): the position "
                          f"table holds {n} x {n} patches and [CLS] (interpolate_pos_encoding=True resizes it); "
                          f"received shape {shape_}")
+
+
 def relative_positions(query_positions, key_positions) -> None:
     """The relative position bias: query_positions (T,) and key_positions (S,) integers; each a `spec`."""
     for arg, (s, d) in (("query_positions", query_positions), ("key_positions", key_positions)):
@@ -343,3 +345,14 @@ def decoder_inputs(decoder_input_ids, kind: str, head: str) -> None:
         raise ValueError(f"decoder_input_ids must be given to the {kind} encoder-decoder (the target, starting "
                          f"with the decoder start token: the head predicts each next token); received None "
                          f"(for the encoder alone use head='encoder')")
+def saved_model(where: str, saved_class: str, saved_fields: dict, cls: str, fields: dict) -> None:
+    """A saved Keras twin (a .keras file, a from_config dict) loads only into the class and Config it
+    was saved from: otherwise name the class, or the Config fields that differ, both ways."""
+    if saved_class != cls:
+        raise ValueError(f"{where} holds a tf_impl.{saved_class}; it cannot load into a tf_impl.{cls} "
+                         f"(load it with keras.saving.load_model, or build a tf_impl.{saved_class})")
+    differ = [f"{k}={saved_fields.get(k)!r} (this model: {fields.get(k)!r})" for k in sorted(saved_fields.keys()
+              | fields.keys()) if saved_fields.get(k) != fields.get(k)]
+    if differ:
+        raise ValueError(f"{where} was saved from another config of tf_impl.{cls}; it holds "
+                         + ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else ""))

@@ -1,0 +1,88 @@
+"""Every tf_impl layer and model is a Keras citizen, one generated test per registry entry (in the
+spirit of keras-hub's `run_layer_test`): `get_config` / `from_config` rebuild the same layer; a
+model's `.keras` file saved with `model.save` loads back with `keras.saving.load_model`, and a
+layer's serialized JSON with `keras.saving.deserialize_keras_object` (no custom_objects: every class
+is registered), computing the same outputs bit for bit; `count_params` is the registry's parameter
+count and a model's `summary()` prints it; a `.keras` file or a config saved from another class or
+Config is refused by name.
+"""
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from conformance import weights
+from conformance.backends import backend, build
+from conformance.backends.base import Built
+from conformance.spec import registry
+from conformance.suites.cases import case_data
+
+ENTRIES = list(registry.ENTRIES)
+
+
+def built_like(original: Built, module) -> Built:
+    """`original`'s front door and conversions around another Keras module (a reloaded one)."""
+    return Built(original.backend, original.entry, original.cfg, module, original.dtype, original.training)
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_from_config_rebuilds_the_same_layer(name):
+    _, cfg, w, inputs, _ = case_data(name, "default")
+    m = build("tf", cfg, w)
+    config = m.module.get_config()
+    again = type(m.module).from_config(config)
+    assert again.get_config() == config
+    backend("tf").load(again, w, "float32")
+    for key, value in built_like(m, again)(**inputs).items():
+        np.testing.assert_array_equal(value, m(**inputs)[key], err_msg=f"{name}.{key} after from_config")
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_saved_and_loaded_back_bit_exact(name, tmp_path):
+    entry, cfg, w, inputs, _ = case_data(name, "default")
+    m = build("tf", cfg, w)
+    expected = m(**inputs)
+    if entry.is_model:  # a whole model: the .keras file (config, weights) and load_model
+        m.module.save(tmp_path / f"{name}.keras")
+        loaded = keras.saving.load_model(tmp_path / f"{name}.keras")
+    else:  # a layer has no .save: its serialized config as JSON, then its weights
+        text = json.dumps(keras.saving.serialize_keras_object(m.module))
+        loaded = keras.saving.deserialize_keras_object(json.loads(text))
+        loaded.set_weights(m.module.get_weights())
+    assert type(loaded) is type(m.module)
+    got = built_like(m, loaded)(**inputs)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=f"{name}.{key} saved and loaded back")
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_count_params_and_summary_are_the_registrys(name):
+    entry, cfg, w, _, _ = case_data(name, "default")
+    m = build("tf", cfg, w)
+    expected = sum(int(np.prod(s)) for s in registry.param_shapes(cfg).values())
+    assert m.module.count_params() == expected
+    if entry.is_model:
+        lines = []
+        m.module.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+        assert f"Total params: {expected:,}" in "\n".join(lines)
+
+
+def test_a_keras_file_of_another_class_or_config_is_refused_by_name(tmp_path):
+    _, bert_cfg, bert_w, _, _ = case_data("bert", "default")
+    _, gpt_cfg, gpt_w, _, _ = case_data("gpt2", "default")
+    bert = build("tf", bert_cfg, bert_w).module
+    path = tmp_path / "bert.keras"
+    bert.save(path)
+    with pytest.raises(ValueError, match=rf"^{path} holds a tf_impl.Bert; it cannot load into a tf_impl.GPT2 "):
+        build("tf", gpt_cfg, gpt_w).module.load_weights(path)
+    wider = bert_cfg.replace(d_ff=bert_cfg.d_ff * 2)
+    other = build("tf", wider, weights.initialize(wider)).module
+    with pytest.raises(ValueError, match=rf"^{path} was saved from another config of tf_impl.Bert; it holds "
+                                         rf"d_ff={bert_cfg.d_ff} \(this model: {wider.d_ff}\)"):
+        other.load_weights(path)
+    with pytest.raises(ValueError, match=r"^the config holds a tf_impl.Bert; it cannot load into a tf_impl.GPT2"):
+        type(build("tf", gpt_cfg, gpt_w).module).from_config(bert.get_config())
