@@ -3,8 +3,8 @@ spirit of keras-hub's `run_layer_test`): `get_config` / `from_config` rebuild th
 model's `.keras` file saved with `model.save` loads back with `keras.saving.load_model`, and a
 layer's serialized JSON with `keras.saving.deserialize_keras_object` (no custom_objects: every class
 is registered), computing the same outputs bit for bit; `count_params` is the registry's parameter
-count and a model's `summary()` prints it; a `.keras` file or a config saved from another class or
-Config is refused by name.
+count and a model's `summary()` prints it; every model that has logits takes a `fit` step with a
+compiled loss; a `.keras` file or a config saved from another class or Config is refused by name.
 """
 from __future__ import annotations
 
@@ -86,3 +86,26 @@ def test_a_keras_file_of_another_class_or_config_is_refused_by_name(tmp_path):
         other.load_weights(path)
     with pytest.raises(ValueError, match=r"^the config holds a tf_impl.Bert; it cannot load into a tf_impl.GPT2"):
         type(build("tf", gpt_cfg, gpt_w).module).from_config(bert.get_config())
+
+
+TRAINS = [n for n in ENTRIES if registry.get(n).is_model and "logits" in case_data(n, "default")[4]]
+
+
+@pytest.mark.parametrize("name", TRAINS)
+def test_fit_step_with_a_compiled_loss(name):
+    """`model.compile(loss=...)` and `model.fit` on a tiny dataset (the inputs, a next-token-like target):
+    the first step's loss is the reference's cross-entropy of the same logits, and the weights move."""
+    _, cfg, w, inputs, reference = case_data(name, "default")
+    m = build("tf", cfg, w)
+    logits = reference["logits"]                                                  # (B, [T,] V)
+    target = np.arange(int(np.prod(logits.shape[:-1]))).reshape(logits.shape[:-1]) % logits.shape[-1]
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    expected = -np.take_along_axis(log_probs, target[..., None], axis=-1).mean()
+    m.module.compile(optimizer=keras.optimizers.SGD(0.1),
+                     loss={"logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)})
+    before = [v.numpy().copy() for v in m.module.trainable_weights]
+    x = {k: v for k, v in inputs.items() if v is not None}
+    history = m.module.fit(x, {"logits": target}, epochs=1, batch_size=len(target), shuffle=False, verbose=0)
+    assert abs(history.history["loss"][0] - expected) < 1e-4 * max(1.0, abs(expected)), (history.history, expected)
+    assert any(not np.array_equal(a, v.numpy()) for a, v in zip(before, m.module.trainable_weights))
