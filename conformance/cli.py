@@ -120,7 +120,9 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", type=_out("file"), help="write to this file instead of stdout")
     ex.add_argument("--list", action="store_true", help="list the components and models with a walkthrough")
     mat = sub.add_parser("matrix", help="the summary matrix of every component and model (reports/README.md)")
-    mat.add_argument("--frameworks", type=_csv(("numpy", "torch", "tf")), default=["numpy", "torch", "tf"])
+    mat.add_argument("--frameworks", type=_csv(("numpy", "torch", "tf", "keras-torch", "keras-jax")),
+                     default=["numpy", "torch", "tf", "keras-torch"],
+                     help="keras-torch, keras-jax: tf_impl on that Keras backend, in a subprocess")
     mat.add_argument("--dtype", type=_csv(DTYPES), default=["float64", "float32"])
     mat.add_argument("--out", type=_out("file"), default="reports/README.md")
     exp = sub.add_parser("export", help="write an ONNX file (dynamic batch and sequence axes), checked and "
@@ -343,7 +345,7 @@ def cmd_matrix(args) -> int:
 
     from conformance.report import matrix, runner
     from conformance.spec.registry import CASES
-    total = len(CASES) * sum((f, d) != ("numpy", "float64") for f in args.frameworks for d in args.dtype)
+    total = len(CASES) * len(matrix.columns_of(args.frameworks, args.dtype))
     with tqdm(total=total, file=sys.stderr, leave=False, disable=None) as bar:
         def progress(label):
             bar.update(1)

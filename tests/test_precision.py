@@ -292,7 +292,8 @@ def test_tmirror_tolerances_merge_adds_cases_and_refuses_one_measured_twice(tmp_
 
 # ------------------------------------------------------------------------------ Keras on the torch backend
 
-@pytest.mark.parametrize("case", [("multi_head_attention", "causal"), ("gpt2", "default")], ids=case_id)
+@pytest.mark.parametrize("case", [("multi_head_attention", "causal"), ("gpt2", "default"),
+                                  ("t5", "fused")], ids=case_id)  # t5[fused]: a bias and a mask in one kernel
 def test_tf_impl_runs_under_keras_torch_backend(case):
     from conformance.compare.keras_backends import keras_backend_runs
     _, cfg, w, inputs, reference = case_data(*case)

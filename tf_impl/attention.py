@@ -67,11 +67,15 @@ def fused_attention(q, k, v, mask, cfg, bias=None):
     """The same attention as one `keras.ops.dot_product_attention` call (boolean mask, True = attend;
     a bias, (1 or B, H, T, S), added to the scores inside it).
 
-    A fully masked row is set to zeros here, as in `softmax`."""
+    With both, the mask goes into the bias (`mask_fill` where it blocks): Keras on its torch backend
+    takes one of them. A fully masked row is set to zeros here, as in `softmax`."""
     heads_second = lambda x: ops.transpose(x, (0, 2, 1, 3))  # noqa: E731  (B, H, T, Dh) <-> (B, T, H, Dh)
     scale = ops.convert_to_tensor(cfg.scale, dtype=q.dtype)
-    context = ops.dot_product_attention(heads_second(q), heads_second(k), heads_second(v), bias=bias, mask=mask,
-                                        scale=scale)                                     # (B, T, H, Dh)
+    scores_mask = mask
+    if bias is not None and mask is not None:
+        bias, scores_mask = ops.where(mask, bias, cfg.mask_fill), None                  # (B, H, T, S)
+    context = ops.dot_product_attention(heads_second(q), heads_second(k), heads_second(v), bias=bias,
+                                        mask=scores_mask, scale=scale)                   # (B, T, H, Dh)
     context = heads_second(context)                                                      # (B, H, T, Dh)
     if mask is not None:
         context = ops.where(ops.any(mask, axis=-1, keepdims=True), context, 0)          # (B, H, T, Dh)

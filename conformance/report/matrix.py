@@ -2,7 +2,9 @@
 
 Rows are the registry's components and models (every variant), columns framework x dtype
 x device, each cell the worst output error against the float64 reference and pass/fail:
-the generated suite's verdicts on one page.
+the generated suite's verdicts on one page. The frameworks "keras-torch" and "keras-jax" are
+tf_impl on that Keras backend, every case in one subprocess (`conformance.compare.keras_backends`);
+their float64 column is left out where Keras computes in float32 (`keras_backends.KNOWN`).
 """
 from __future__ import annotations
 
@@ -10,29 +12,59 @@ import time
 
 from tabulate import tabulate
 
-from conformance.spec.registry import CASES, case_id
-
-from conformance.suites.cases import check_case
+from conformance.compare import keras_backends
 from conformance.compare.tolerance import TOLERANCES
+from conformance.spec.registry import CASES, case_id
+from conformance.suites.cases import case_data, check_case
+
+
+KERAS = {"keras-torch": "torch", "keras-jax": "jax"}  # matrix framework -> Keras backend
+
+
+def columns_of(frameworks, dtypes) -> list[tuple[str, str]]:
+    """(framework, dtype) columns: not numpy float64 (the reference itself), nor a Keras backend's dtype
+    that Keras computes in another (torch's float64)."""
+    return [(f, d) for f in frameworks for d in dtypes if (f, d) != ("numpy", "float64")
+            and (f not in KERAS or (KERAS[f], d) not in keras_backends.KNOWN)]
 
 
 def measure(frameworks, dtypes, device="cpu", progress=None) -> dict:
-    columns = [(f, d) for f in frameworks for d in dtypes if (f, d) != ("numpy", "float64")]
-    cells = {}
+    columns = columns_of(frameworks, dtypes)
+    cells, errors = {}, {}
     for case in CASES:
         for framework, dtype in columns:
+            if framework in KERAS:
+                continue
             if progress:
                 progress(f"{case_id(case)} {framework} {dtype}")
             results = check_case(*case, framework, dtype, device)
             cells[(case_id(case), framework, dtype)] = (max(r.max_abs for r in results),
                                                         all(r.passed for r in results))
-    return {"columns": columns, "cells": cells, "device": device}
+    for framework in [f for f in frameworks if f in KERAS]:
+        wanted = tuple(d for f, d in columns if f == framework)
+        if not wanted:
+            continue
+        items = [(case_id(case), *case_data(*case)[1:]) for case in CASES]
+        runs = keras_backends.keras_backend_batch(items, (KERAS[framework],), wanted, timeout=3600)
+        for (label, _, dtype), run in runs.items():
+            if progress:
+                progress(f"{label} {framework} {dtype}")
+            if run.error:  # a failing cell, its reason under the table
+                cells[(label, framework, dtype)] = (None, False)
+                errors[(label, framework, dtype)] = run.error
+                continue
+            cells[(label, framework, dtype)] = (max(c.max_abs for c in run.comparisons),
+                                                all(c.passed for c in run.comparisons))
+    return {"columns": columns, "cells": cells, "device": device, "errors": errors}
 
 
 def cell(value) -> str:
-    """One matrix cell: "worst max-abs error pass|FAIL"; "-" where the case did not run (value None)."""
+    """One matrix cell: "worst max-abs error pass|FAIL"; "-" where the case did not run (value None),
+    "ERROR" where it raised (no error value)."""
     if value is None:
         return "-"
+    if value[0] is None:
+        return "ERROR"
     return f"{value[0]:.1e} {'pass' if value[1] else 'FAIL'}"
 
 
@@ -49,7 +81,10 @@ def table(case_ids, columns, cells: dict, device) -> str:
 def markdown(m: dict, environment: dict) -> str:
     columns, cells = m["columns"], m["cells"]
     passed = sum(ok for _, ok in cells.values())
-    worst = {f"{f} {d}": max(cells[(case_id(c), f, d)][0] for c in CASES) for f, d in columns}
+    worst = {f"{f} {d}": max(v for c in CASES if (v := cells[(case_id(c), f, d)][0]) is not None) for f, d in columns}
+    errors = [f"- `{label}` on {f} {d}: {why}" for (label, f, d), why in m.get("errors", {}).items()]
+    left_out = sorted({f"{f} {d}" for f in {f for f, _ in columns} if f in KERAS
+                       for d in ("float64",) if (KERAS[f], d) in keras_backends.KNOWN})
     return "\n".join([
         "# Conformance matrix", "",
         "Every registry component and model, every framework and dtype, against the float64 NumPy "
@@ -59,6 +94,9 @@ def markdown(m: dict, environment: dict) -> str:
         f"**{passed} of {len(cells)} cells pass.** Worst error per column: "
         + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + ".", "",
         table([case_id(c) for c in CASES], columns, cells, m["device"]), "",
+        *([f"Left out: {', '.join(left_out)}: " + keras_backends.KNOWN[("torch", "float64")] + ".", ""]
+          if left_out else []),
+        *(["Cells that raised:", "", *errors, ""] if errors else []),
         "Tolerances: |actual - reference| <= atol + rtol |reference| elementwise, or for the "
         "low-precision rows <= scale_rtol max |reference| per tensor (conformance/compare/tolerance.py):", "",
         tabulate([(k, t.atol, t.rtol, t.scale_rtol) for k, t in TOLERANCES.items()],
