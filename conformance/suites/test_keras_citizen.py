@@ -4,7 +4,7 @@ model's `.keras` file saved with `model.save` loads back with `keras.saving.load
 layer's serialized JSON with `keras.saving.deserialize_keras_object` (no custom_objects: every class
 is registered), computing the same outputs bit for bit; `count_params` is the registry's parameter
 count and a model's `summary()` prints it; every model that has logits takes a `fit` step with a
-compiled loss; a `.keras` file or a config saved from another class or Config is refused by name.
+compiled loss; every model builds on `keras.Input`s into a functional model; a `.keras` file or a config saved from another class or Config is refused by name.
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import pytest
 from conformance import weights
 from conformance.backends import backend, build
 from conformance.backends.base import Built
+from conformance.compare.tolerance import compare_outputs
+from conformance.core import checks
 from conformance.spec import registry
 from conformance.suites.cases import case_data
 
@@ -109,3 +111,22 @@ def test_fit_step_with_a_compiled_loss(name):
     history = m.module.fit(x, {"logits": target}, epochs=1, batch_size=len(target), shuffle=False, verbose=0)
     assert abs(history.history["loss"][0] - expected) < 1e-4 * max(1.0, abs(expected)), (history.history, expected)
     assert any(not np.array_equal(a, v.numpy()) for a, v in zip(before, m.module.trainable_weights))
+
+
+MODELS = [n for n in ENTRIES if registry.get(n).is_model]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_symbolic_build_and_predict(name):
+    """Called on `keras.Input`s (ids any length, masks bool), a model builds a functional `keras.Model`
+    whose `predict` (a compiled graph, so not bit-exact with eager) agrees with the float64 reference."""
+    _, cfg, w, inputs, reference = case_data(name, "default")
+    given = {k: np.asarray(v) for k, v in inputs.items() if v is not None}
+    symbolic = {k: keras.Input(shape=(None,) * (v.ndim - 1) if v.dtype.kind in "iub" else v.shape[1:],
+                               dtype="bool" if checks.input_kind(k) == "mask" else str(v.dtype), name=k)
+                for k, v in given.items()}
+    functional = keras.Model(symbolic, build("tf", cfg, w).module(**symbolic))
+    got = functional.predict({k: v != 0 if checks.input_kind(k) == "mask" else v for k, v in given.items()},
+                             verbose=0)
+    results = compare_outputs(f"tf functional {name}", got, reference, "float32")
+    assert results and all(r.passed for r in results), [str(r) for r in results]
