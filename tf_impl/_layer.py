@@ -17,8 +17,8 @@ How it differs:
   are. Non-tensor positional arguments (GPT-2's `past`, the MLM head's `table`) are accepted.
   A single dict of inputs (what `fit`, `predict` and a functional `keras.Input` dict hand a
   model) is unpacked into the call's keyword arguments.
-- `Model.export` without an `input_signature` exports the shapes of the model's first call with
-  every axis dynamic but a float input's last (its features), in one dict keyed by argument name
+- `Model.export` without an `input_signature` exports the shapes of the model's first call, ids
+  and masks dynamic on every axis and a float input on its batch, in one dict keyed by argument name
   (Keras alone would have none: it records shapes only when it builds a layer itself).
 - `mask` is our own argument (True = attend), not Keras's implicit masking: `compute_mask`
   returns None, so no Keras mask is attached to outputs (and Keras does not warn that one is lost).
@@ -103,13 +103,12 @@ def _call_arguments(layer) -> list[str]:
 
 
 def input_signature_of(arguments: dict) -> dict:
-    """{argument: keras.InputSpec} for {argument: (shape, dtype)}: every axis dynamic but a float
-    tensor's last (its features), as `Model.export` exports by default."""
+    """{argument: keras.InputSpec} for {argument: (shape, dtype)}, as `Model.export` exports by default:
+    ids and masks dynamic on every axis (any batch, any length), a float tensor on its batch only (its
+    other axes are features: a width, ViT's channels and image size)."""
     def spec(name, shape, dtype):
-        dims = [None] * len(shape)
-        if dims and "float" in dtype:
-            dims[-1] = shape[-1]
-        return keras.InputSpec(shape=tuple(dims), dtype=dtype, name=name)  # the serving signature's names
+        dims = (None, *shape[1:]) if "float" in dtype else (None,) * len(shape)
+        return keras.InputSpec(shape=dims, dtype=dtype, name=name)  # the serving signature's names
     return {k: spec(k, shape, dtype) for k, (shape, dtype) in arguments.items()}
 
 

@@ -4,7 +4,8 @@ model's `.keras` file saved with `model.save` loads back with `keras.saving.load
 layer's serialized JSON with `keras.saving.deserialize_keras_object` (no custom_objects: every class
 is registered), computing the same outputs bit for bit; `count_params` is the registry's parameter
 count and a model's `summary()` prints it; every model that has logits takes a `fit` step with a
-compiled loss; every model builds on `keras.Input`s into a functional model; a `.keras` file or a config saved from another class or Config is refused by name.
+compiled loss; every model builds on `keras.Input`s into a functional model, and exports to a
+SavedModel whose serving signature agrees with the reference; a `.keras` file or a config saved from another class or Config is refused by name.
 """
 from __future__ import annotations
 
@@ -129,4 +130,26 @@ def test_symbolic_build_and_predict(name):
     got = functional.predict({k: v != 0 if checks.input_kind(k) == "mask" else v for k, v in given.items()},
                              verbose=0)
     results = compare_outputs(f"tf functional {name}", got, reference, "float32")
+    assert results and all(r.passed for r in results), [str(r) for r in results]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_export_to_a_saved_model_serves_the_reference(name, tmp_path):
+    """`model.export(path)` with no signature of one's own: the first call's inputs, ids and masks of any
+    batch and length. Reloaded with `tf.saved_model.load` (no tf_impl class needed) and served, it agrees
+    with the float64 reference; ids are int64, masks bool, floats float32 (the first call's dtypes)."""
+    import tensorflow as tf
+    _, cfg, w, inputs, reference = case_data(name, "default")
+    m = build("tf", cfg, w)
+    m(**inputs)
+    m.module.export(str(tmp_path / "saved"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "saved"))
+    feed = {k: v != 0 if checks.input_kind(k) == "mask" else v.astype(np.float32) if v.dtype.kind == "f" else v
+            for k, v in ((k, np.asarray(v)) for k, v in inputs.items() if v is not None)}
+    got = {k: np.asarray(v) for k, v in served.serve({k: tf.constant(v) for k, v in feed.items()}).items()}
+    results = compare_outputs(f"SavedModel {name}", got, reference, "float32")
+    cut = {k: v[:1, :v.shape[1] - 1] if checks.input_kind(k) != "float" else v[:1] for k, v in feed.items()}
+    shorter = build("numpy", cfg, w, dtype="float64")(**cut)  # another batch and length than the first call's
+    got = {k: np.asarray(v) for k, v in served.serve({k: tf.constant(v) for k, v in cut.items()}).items()}
+    results += compare_outputs(f"SavedModel {name}, batch 1, one token less", got, shorter, "float32")
     assert results and all(r.passed for r in results), [str(r) for r in results]
