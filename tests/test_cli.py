@@ -34,6 +34,8 @@ def test_models_lists_presets_with_published_counts():
     (["trace", "bert-tiny", "--op", "nothing.*", "--frameworks", "numpy"], "no traced op matches --op 'nothing.*'"),
     (["explain", "lstm"], "unknown component or model 'lstm'; known: linear, softmax"),
     (["explain", "softmax", "--variant", "sparse"], "variant must be one of ['default', 'padding'"),
+    (["matrix", "--frameworks", "keras-jax"], "--frameworks keras-jax: jax is not installed in this environment"),
+    (["compare", "bert-tiny", "--a", "keras-jax"], "keras-jax: jax is not installed in this environment"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, words):
     r = tmirror(*args)

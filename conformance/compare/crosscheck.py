@@ -9,7 +9,8 @@
 An implementation is named by a string: a mirror ("numpy", "torch", "tf"), "reference" (the
 float64 NumPy mirror, the default `b`), "keras-torch" / "keras-jax" (the Keras mirror on Keras's
 torch or JAX backend, in a subprocess: Keras fixes its backend when it is first imported), "onnx" /
-"onnx-tf" (the torch or Keras mirror exported and run in onnxruntime), "transformers", "keras-hub", or "module:PATH.py:FACTORY", a user's own model: a file whose
+"onnx-tf" (the torch or Keras mirror exported and run in onnxruntime), "transformers", "keras-hub",
+or "module:PATH.py:FACTORY", a user's own model: a file whose
 FACTORY(cfg, weights) returns a `torch.nn.Module` or a Keras model with the weights loaded and whose
 `MODULES` is its name map (a table {canonical module: (its module path, leaves)}, as the families'
 are). "NAME@DTYPE" runs it in DTYPE. An object `Model(model, modules)` is a user's model in memory.
@@ -41,6 +42,7 @@ import numpy as np
 from conformance import weights as weights_lib
 from conformance.backends import backend, build
 from conformance.backends.dtypes import DTYPES
+from conformance.compare import keras_backends
 from conformance.compare.external import Canonical, External, Note
 from conformance.compare.tolerance import TOLERANCES, Comparison, compare as compare_tensors
 from conformance.core.config import Config
@@ -48,7 +50,7 @@ from conformance.core.trace import Summary
 from conformance.spec import families, presets
 
 MIRRORS = ("numpy", "torch", "tf")
-KERAS = {"keras-torch": "torch", "keras-jax": "jax"}  # the Keras mirror on another Keras backend
+KERAS = keras_backends.NAMES  # the Keras mirror on another Keras backend
 NAMED = MIRRORS + ("reference",) + tuple(KERAS) + ("onnx", "onnx-tf", "transformers", "keras-hub")
 LOOSENESS = ("float64", "float32", "tf32", "mixed_float16", "float16", "mixed_bfloat16", "bfloat16")
 
@@ -254,7 +256,6 @@ def _keras_backend_side(backend, cfg, w, inputs, canon, dtype) -> Side:
     """The tf mirror on another Keras backend, traced in its subprocess. Its modules cannot run here, so
     the replay runs the other side's module on this side's recorded input (the module paths are the
     reference's: the mirrors share one module tree)."""
-    from conformance.compare import keras_backends
     run = keras_backends.keras_backend_trace(backend, cfg, w, inputs, dtype)
     if run.error:
         raise RuntimeError(run.error)

@@ -44,6 +44,7 @@ from conformance.compare.tolerance import Comparison, compare_outputs
 from conformance.spec import registry
 
 BACKENDS = ("tensorflow", "torch", "jax")
+NAMES = {"keras-torch": "torch", "keras-jax": "jax"}  # what compare and the matrix call tf_impl on a backend
 ROOT = Path(__file__).resolve().parents[2]  # the repository root: the child imports this checkout
 # (backend, dtype) -> a known limitation of Keras itself, attached to the run as its `note`
 KNOWN = {

@@ -18,7 +18,7 @@ from conformance.spec.registry import CASES, case_id
 from conformance.suites.cases import case_data, check_case
 
 
-KERAS = {"keras-torch": "torch", "keras-jax": "jax"}  # matrix framework -> Keras backend
+KERAS = keras_backends.NAMES  # matrix framework -> Keras backend
 
 
 def columns_of(frameworks, dtypes) -> list[tuple[str, str]]:
@@ -29,6 +29,10 @@ def columns_of(frameworks, dtypes) -> list[tuple[str, str]]:
 
 
 def measure(frameworks, dtypes, device="cpu", progress=None) -> dict:
+    for framework in [f for f in frameworks if f in KERAS]:
+        why = keras_backends.unavailable(KERAS[framework])
+        if why:
+            raise ValueError(f"--frameworks {framework}: {why}")
     columns = columns_of(frameworks, dtypes)
     cells, errors = {}, {}
     for case in CASES:
