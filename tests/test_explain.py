@@ -216,3 +216,20 @@ def test_every_variant_renders_within_tolerance(name, variant):
                 assert ex.within(e.twins[fw, dt][step.op], e.reference[step.op], dt), (step.op, fw, dt)
             else:  # only a fused kernel skips an intermediate, and the walkthrough says so
                 assert e.cfg.fused_attention and fw == "torch" and "not traced" in text
+
+
+def test_committed_walkthroughs_quote_the_source_lines_they_name():
+    """docs/explain/*.md (written by `explain.write_all`) name each step's reference line as
+    `numpy_ref/FILE.py:N` above it: that line of the file must still be the quoted one, so a change that
+    moves the reference's lines asks for the pages to be written again."""
+    stale = []
+    for page in sorted(Path("docs/explain").glob("*.md")):
+        lines = page.read_text().splitlines()
+        for where, quoted in zip(lines, lines[1:]):
+            m = re.fullmatch(r"(numpy_ref/\w+\.py):(\d+)", where)
+            if m:
+                source = Path(m.group(1)).read_text().splitlines()
+                n = int(m.group(2))
+                if n > len(source) or not source[n - 1].strip().startswith(quoted.strip()):  # a long one wraps
+                    stale.append(f"{page.name}: {where}")
+    assert not stale, f"rerun explain.write_all(); stale references: {stale[:5]}"
