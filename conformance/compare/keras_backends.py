@@ -17,8 +17,9 @@ subprocesses run at the same time. Keras on another backend puts its tensors whe
 does by default (torch: a CUDA device if there is one; JAX: its first device, a GPU where jax has
 its CUDA plugin); each run records the device and the matmul precision the subprocess saw.
 
-Backends: "tensorflow" (the default, for symmetry), "torch", "jax". JAX is not installed in
-the project's environment (on purpose: it pins TensorFlow and PyTorch), so a "jax" run there
+Backends: "tensorflow" (the default, for symmetry), "torch", "jax". JAX is not in the
+project's environment yet (`pip install jax` would add jax and jaxlib 0.10.2 beside TensorFlow
+2.21 and torch 2.13, changing neither; its float64 needs `jax_enable_x64`), so a "jax" run there
 reports that instead of running; a GPU machine with JAX and without TensorFlow runs "jax" and
 "torch" and reports "tensorflow" so.
 """
