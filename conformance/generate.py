@@ -324,9 +324,6 @@ def log_softmax(logits) -> np.ndarray:
 
 def top_k_sorted(x, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k largest of each row, largest first, and their indices; ties: the lower index first."""
-    if k >= x.shape[-1]:
-        index = np.argsort(-x, axis=-1, kind="stable")                           # (B, V)
-        return np.take_along_axis(x, index, axis=-1), index
     kth = -np.partition(-x, k - 1, axis=-1)[:, k - 1:k]                          # (B, 1) the k-th largest
     index = np.empty((x.shape[0], k), np.int64)
     for b, row in enumerate(x):  # only what reaches the k-th largest is sorted: O(V) a row, not O(V log V)

@@ -306,17 +306,12 @@ def _transformers(cfg, w, dtype):
         x = {k: torch.from_numpy(np.asarray(v)) for k, v in ours.items() if v is not None}
         with torch.no_grad():
             out = model(**x, output_hidden_states=True)
-        got = {hf.OUR_NAMES.get(k, k): _numpy(v) for k, v in out.items() if isinstance(v, torch.Tensor)}
-        got.setdefault("last_hidden_state", _numpy(out.hidden_states[-1]))
+        got = {hf.OUR_NAMES.get(k, k): hf.numpy_of(v) for k, v in out.items() if isinstance(v, torch.Tensor)}
+        got.setdefault("last_hidden_state", hf.numpy_of(out.hidden_states[-1]))
         return got
 
     base = "" if cls == table.base_class else table.prefix
     return model, table.modules, "torch", call, f"transformers {cls} ({dtype})", base
-
-
-def _numpy(t):
-    import torch
-    return t.detach().float().numpy() if t.dtype == torch.bfloat16 else t.detach().numpy()
 
 
 def _keras_hub(cfg, w, dtype):

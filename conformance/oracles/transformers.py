@@ -83,6 +83,12 @@ def call_arguments(cfg: Config) -> dict:
     return {argument: getattr(cfg, field) for field, argument in families.get(cfg.kind).checkpoint(cfg).call.items()}
 
 
+def numpy_of(t) -> np.ndarray:
+    """A transformers output tensor as NumPy: bfloat16 widened to float32 (NumPy has no bfloat16)."""
+    t = t.detach()
+    return t.float().numpy() if str(t.dtype) == "torch.bfloat16" else t.numpy()
+
+
 def run(cfg: Config, w: dict, inputs: dict, attn_implementation: str = "eager", dtype: str = "float64") -> dict:
     """The `transformers` model of `cfg` on the canonical weights `w`, called on our `inputs`: its outputs
     under our names, NumPy. `last_hidden_state`, where the model returns none, is the last of its hidden
@@ -93,13 +99,12 @@ def run(cfg: Config, w: dict, inputs: dict, attn_implementation: str = "eager", 
     x = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
     with torch.no_grad():
         out = model(**x, **call_arguments(cfg), output_hidden_states=True)
-    numpy = lambda v: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()  # noqa: E731
-    got = {OUR_NAMES.get(k, k): numpy(v) for k, v in out.items() if isinstance(v, torch.Tensor)}
+    got = {OUR_NAMES.get(k, k): numpy_of(v) for k, v in out.items() if isinstance(v, torch.Tensor)}
     field = "decoder_hidden_states" if out.get("decoder_hidden_states") else "hidden_states"
     declared = families.get(cfg.kind).checkpoint(cfg).hidden_states.get(field)
     after_norm = declared is None or declared[2] is not None or not cfg.norm_first  # post-norm: no final norm
     if "last_hidden_state" not in got and out.get(field) and after_norm:
-        got["last_hidden_state"] = numpy(out[field][-1])  # not ViT's: its last one precedes the final norm
+        got["last_hidden_state"] = numpy_of(out[field][-1])  # not ViT's: its last one precedes the final norm
     return got
 
 
@@ -112,5 +117,4 @@ def hidden_states(cfg: Config, w: dict, inputs: dict, attn_implementation: str =
     with torch.no_grad():
         out = model(**{k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}, **call_arguments(cfg),
                     output_hidden_states=True)
-    numpy = lambda h: h.float().numpy() if h.dtype == torch.bfloat16 else h.numpy()  # noqa: E731
-    return {k: [numpy(h) for h in v] for k, v in out.items() if k.endswith("hidden_states") and isinstance(v, tuple)}
+    return {k: [numpy_of(h) for h in v] for k, v in out.items() if k.endswith("hidden_states") and isinstance(v, tuple)}
