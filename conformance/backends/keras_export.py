@@ -162,15 +162,15 @@ def feed_for(where: str, signature: dict, given: dict) -> dict:
                          + (f" (unexpected {unexpected})" if unexpected else ""))
     feed = {}
     for name, (shape, dtype) in signature.items():
-        value = given[name]
+        value, dtype = given[name], np.dtype(dtype)
         expected = "(" + ", ".join("any" if d is None else str(d) for d in shape) + ")"
         if value.ndim != len(shape) or any(d is not None and d != s for d, s in zip(shape, value.shape)):
             raise ValueError(f"{name} must have shape {expected} ({where}'s signature); received shape {value.shape}")
-        floating = np.dtype(dtype).kind == "f"
+        floating = dtype.kind == "f"
         if (value.dtype.kind == "f") != floating or value.dtype.kind not in "fiub":
-            raise ValueError(f"{name} must be {'a float' if floating else 'an integer or bool'} array, fed as {dtype} "
+            raise ValueError(f"{name} must be {'a float' if floating else 'an integer or bool'} array, fed as {dtype.name} "
                              f"({where}'s signature); received dtype {value.dtype}")
-        feed[name] = value != 0 if np.dtype(dtype) == bool else value.astype(dtype)
+        feed[name] = value != 0 if dtype == bool else value.astype(dtype)
     return feed
 
 

@@ -1,0 +1,135 @@
+"""The Keras twin's deployment artifacts (`conformance.backends.keras_export`), written, reloaded the way a
+deployment reloads them and run, against the float64 reference: LiteRT in float32 under the float32 row,
+LiteRT dynamic-range int8 under its own `int8_dynamic` row (and provably not under float32's), the ONNX
+file of `keras.Model.export(format="onnx")` in onnxruntime at other shapes than exported, and a
+SavedModel or LiteRT file called with the wrong signature refused by name. The default tier runs the
+models of `DEFAULT_TIER`; `--full` runs every registry model.
+
+A model LiteRT cannot convert is declared in `LITERT_REFUSES` with the op that stops it, and that
+refusal is itself checked: the day the converter (or the mirror) changes, the test says so.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from conformance.backends import keras_export, onnx_export
+from conformance.backends.build import build
+from conformance.compare.tolerance import DEPLOYMENT_TOLERANCES, TOLERANCES, compare_outputs, sqnr_db
+from conformance.spec import registry
+from conformance.suites.cases import case_data
+
+MODELS = [n for n, e in registry.ENTRIES.items() if e.is_model]
+DEFAULT_TIER = ("bert", "gpt2")  # the two cheapest conversions (~3 s each per artifact)
+# model -> the TensorFlow op the TFLite converter finds no builtin (nor, in ai-edge-litert, flex) kernel for
+LITERT_REFUSES = {
+    "llama": "Cos",         # rotary angles in float64 (tf_impl.rotary): TFLite has no float64 cos
+}
+
+
+def tiered(names):
+    return [pytest.param(n, marks=[] if n in DEFAULT_TIER else [pytest.mark.full]) for n in names]
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """artifact(name, fmt, quantize) -> (Artifact, reloaded callable), written once per module."""
+    folder, made = tmp_path_factory.mktemp("deployment"), {}
+
+    def get(name, fmt, quantize=None):
+        if (name, fmt, quantize) not in made:
+            _, cfg, w, inputs, _ = case_data(name, "default")
+            path = folder / f"{name}-{fmt}{'-' + quantize if quantize else ''}{keras_export.SUFFIX[fmt]}"
+            written = keras_export.export(cfg, w, fmt, path, inputs, quantize=quantize)
+            made[name, fmt, quantize] = written, keras_export.load(fmt, path, cfg)
+        return made[name, fmt, quantize]
+    return get
+
+
+def served(artifact, name, quantize=None):
+    _, _, _, inputs, reference = case_data(name, "default")
+    written, run = artifact(name, "litert", quantize)
+    return written, run(**inputs), reference
+
+
+@pytest.mark.parametrize("name", tiered(n for n in MODELS if n not in LITERT_REFUSES))
+def test_litert_float32_passes_the_float32_row(name, artifact):
+    written, out, reference = served(artifact, name)
+    assert written.row == "float32"
+    results = compare_outputs(f"litert {name}", out, reference, "float32")
+    assert results and all(r.passed for r in results), [str(r) for r in results]
+
+
+@pytest.mark.parametrize("name", tiered(n for n in MODELS if n not in LITERT_REFUSES))
+def test_litert_int8_passes_its_own_row(name, artifact):
+    """Dynamic-range int8 under `int8_dynamic` (max-norm relative), with a real quantization error: an
+    SQNR far below float32's ~135 dB, so the file is the quantized one and not a float32 copy."""
+    written, out, reference = served(artifact, name, "int8")
+    assert written.row == "int8_dynamic"
+    results = compare_outputs(f"litert int8 {name}", out, reference, "int8_dynamic")
+    assert results and all(r.passed for r in results), [str(r) for r in results]
+    assert all(sqnr_db(out[k], reference[k]) < 80 for k in reference), {k: sqnr_db(out[k], reference[k]) for k in out}
+
+
+def test_int8_is_not_float32_conformance(artifact):
+    """The two rows are not one: every default-tier model's int8 output misses the float32 row, and the
+    int8 row is no framework dtype (the suite and its evidence never see it)."""
+    for name in DEFAULT_TIER:
+        _, out, reference = served(artifact, name, "int8")
+        assert not all(r.passed for r in compare_outputs(f"litert int8 {name}", out, reference, "float32")), name
+    assert "int8_dynamic" in DEPLOYMENT_TOLERANCES and "int8_dynamic" not in TOLERANCES
+    assert DEPLOYMENT_TOLERANCES["int8_dynamic"].scale_rtol > TOLERANCES["float32"].rtol
+
+
+@pytest.mark.parametrize("name", tiered(LITERT_REFUSES))
+def test_litert_refusal_is_declared_and_one_line(name, tmp_path):
+    _, cfg, w, inputs, _ = case_data(name, "default")
+    with pytest.raises(onnx_export.ExportError, match=rf"^LiteRT conversion failed: .*'tf\.{LITERT_REFUSES[name]}' op"):
+        keras_export.export(cfg, w, "litert", tmp_path / "m.tflite", inputs)
+
+
+@pytest.mark.parametrize("name", tiered(MODELS))
+def test_keras_onnx_in_onnxruntime_at_other_shapes(name, artifact):
+    """`keras.Model.export(format="onnx")`, exported at batch 2 and the suite's length, run at batch 3 and
+    length 9 (a float input keeps its feature axes)."""
+    entry, cfg, w, _, _ = case_data(name, "default")
+    _, run = artifact(name, "onnx")
+    inputs = entry.inputs(cfg, "default", seed=1, batch=3, length=9)
+    results = compare_outputs(f"keras-onnx {name}", run(**inputs), build("numpy", cfg, w, dtype="float64")(**inputs),
+                              "float32")
+    assert results and all(r.passed for r in results), [str(r) for r in results]
+    assert "keras.Model.export" in run.module.exported.metadata["exporter"]
+
+
+@pytest.mark.parametrize("name", tiered(MODELS))
+def test_saved_model_through_the_loader_serves_the_reference(name, artifact):
+    entry, cfg, w, inputs, reference = case_data(name, "default")
+    _, run = artifact(name, "savedmodel")
+    results = compare_outputs(f"savedmodel {name}", run(**inputs), reference, "float32")
+    assert results and all(r.passed for r in results), [str(r) for r in results]
+
+
+def test_wrong_signature_is_refused_by_name(artifact):
+    """Our check, before TensorFlow or LiteRT sees the call: the input, what the artifact takes, what came."""
+    _, _, _, inputs, _ = case_data("bert", "default")
+    _, saved = artifact("bert", "savedmodel")
+    given = {k: np.asarray(v) for k, v in inputs.items() if v is not None}
+    takes = sorted(saved.signature)
+    without = {k: v for k, v in given.items() if k != "attention_mask"}
+    with pytest.raises(ValueError, match=rf"^the SavedModel .* takes inputs {re.escape(str(takes))}; received "
+                                         rf"{re.escape(str(sorted(without)))} \(missing \['attention_mask'\]\)$"):
+        saved(**without)
+    with pytest.raises(ValueError, match=r"takes inputs .*\(unexpected \['decoder_input_ids'\]\)$"):
+        saved(**given, decoder_input_ids=given["input_ids"])
+    with pytest.raises(ValueError, match=r"^input_ids must be an integer or bool array, fed as int64 \(the SavedModel "
+                                         r".*'s signature\); received dtype float32$"):
+        saved(**{**given, "input_ids": given["input_ids"].astype(np.float32)})
+    with pytest.raises(ValueError, match=rf"^input_ids must have shape \(any, any\) .*; received shape \({given['input_ids'].size},\)$"):
+        saved(**{**given, "input_ids": given["input_ids"].reshape(-1)})
+    _, lite = artifact("bert", "litert")
+    B, T = given["input_ids"].shape
+    with pytest.raises(ValueError, match=rf"^input_ids must have shape \({B}, {T}\) \(the LiteRT file .*'s "
+                                         rf"signature\); received shape \({B}, {T - 1}\)$"):
+        lite(**{k: v[:, :-1] for k, v in given.items()})
