@@ -124,8 +124,19 @@ def _litert(module, quantize: str | None) -> bytes:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative dataset: dynamic range
         try:
             return converter.convert()
-        except Exception as e:  # the converter's MLIR dump: one line
-            raise onnx_export.ExportError(f"LiteRT conversion failed: {onnx_export._one_line(e)}") from None
+        except Exception as e:  # the converter's MLIR dump (~200 lines): one line
+            raise onnx_export.ExportError(f"LiteRT conversion failed: {_unconverted(e)}") from None
+
+
+def _unconverted(error: Exception) -> str:
+    """The ops the converter found no kernel for, with their types, from its message; else its first line."""
+    import re
+    ops = sorted(set(re.findall(r"'(tf\.\w+)' op is neither a custom op nor a flex op", str(error))))
+    if not ops:
+        return onnx_export._one_line(error)
+    typed = dict(re.findall(r"(tf\.\w+)\((tensor<[^>]*>)", str(error)))
+    return "no TFLite builtin kernel for " + ", ".join(f"'{op}'" + (f" on {typed[op]}" if op in typed else "")
+                                                       for op in ops)
 
 
 def _keras_spec(name, shape, dtype):

@@ -23,9 +23,9 @@ from conformance.suites.cases import case_data
 
 MODELS = [n for n, e in registry.ENTRIES.items() if e.is_model]
 DEFAULT_TIER = ("bert", "gpt2")  # the two cheapest conversions (~3 s each per artifact)
-# model -> the TensorFlow op the TFLite converter finds no builtin (nor, in ai-edge-litert, flex) kernel for
+# model -> what the TFLite converter finds no builtin (nor, in ai-edge-litert, flex) kernel for
 LITERT_REFUSES = {
-    "llama": "Cos",         # rotary angles in float64 (tf_impl.rotary): TFLite has no float64 cos
+    "llama": "'tf.Cos' on tensor<2x7x8xf64>",  # rotary angles in float64 (tf_impl.rotary): no float64 cos
 }
 
 
@@ -86,7 +86,8 @@ def test_int8_is_not_float32_conformance(artifact):
 @pytest.mark.parametrize("name", tiered(LITERT_REFUSES))
 def test_litert_refusal_is_declared_and_one_line(name, tmp_path):
     _, cfg, w, inputs, _ = case_data(name, "default")
-    with pytest.raises(onnx_export.ExportError, match=rf"^LiteRT conversion failed: .*'tf\.{LITERT_REFUSES[name]}' op"):
+    with pytest.raises(onnx_export.ExportError, match=rf"^LiteRT conversion failed: no TFLite builtin kernel for "
+                                                      rf".*{re.escape(LITERT_REFUSES[name])}"):
         keras_export.export(cfg, w, "litert", tmp_path / "m.tflite", inputs)
 
 
@@ -132,4 +133,13 @@ def test_wrong_signature_is_refused_by_name(artifact):
     B, T = given["input_ids"].shape
     with pytest.raises(ValueError, match=rf"^input_ids must have shape \({B}, {T}\) \(the LiteRT file .*'s "
                                          rf"signature\); received shape \({B}, {T - 1}\)$"):
-        lite(**{k: v[:, :-1] for k, v in given.items()})
+        lite(**{**given, "input_ids": given["input_ids"][:, :-1]})
+
+
+def test_an_onnx_file_of_another_model_is_refused_by_name(artifact):
+    """The file's metadata_props carry its config: loaded for another model it is refused as a .keras file is."""
+    written, _ = artifact("bert", "onnx")
+    gpt2 = case_data("gpt2", "default")[1]
+    with pytest.raises(ValueError, match=rf"^{re.escape(written.path)} holds a tf_impl.Bert; it cannot load into a "
+                                         rf"tf_impl.GPT2 "):
+        keras_export.load("onnx", written.path, gpt2)
