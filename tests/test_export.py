@@ -2,9 +2,6 @@
 reloaded, proven against the reference under its own row (exit 1 on a miss), and every bad input one line
 with status 2: an unknown format, --quantize where it does not apply, a .keras file or SavedModel of
 another preset. What TensorFlow and LiteRT print (converter logs, the XNNPACK line) never reaches the user."""
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -14,18 +11,19 @@ from conformance.backends.build import build
 from conformance.spec import presets
 
 
-def test_litert_int8_from_the_command_line_is_held_to_its_row_and_quiet(tmp_path):
+def test_litert_int8_from_the_command_line_is_held_to_its_row_and_quiet(tmp_path, capfd):
+    """In process, with file descriptors 1 and 2 captured: the converter's C++ log lines and LiteRT's
+    XNNPACK line stay off both (TensorFlow's import lines: tests/test_cli.py)."""
     out = tmp_path / "g.tflite"
-    r = subprocess.run([sys.executable, "-m", "conformance", "export", "gpt2-tiny", "--format", "litert",
-                        "--quantize", "int8", "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert out.stat().st_size > 0 and f"wrote {out}" in r.stdout
-    assert "under the int8_dynamic row:" in r.stdout
-    lines = [line for line in r.stdout.splitlines() if line.startswith("  ")]
+    assert cli.main(["export", "gpt2-tiny", "--format", "litert", "--quantize", "int8", "--out", str(out)]) == 0
+    r = capfd.readouterr()
+    assert out.stat().st_size > 0 and f"wrote {out}" in r.out
+    assert "under the int8_dynamic row:" in r.out
+    lines = [line for line in r.out.splitlines() if line.startswith("  ")]
     assert {line.split(":")[0].strip() for line in lines} == {"logits", "last_hidden_state"}
     assert all(" dB pass" in line for line in lines), lines
-    assert r.stderr.splitlines() == ["writing gpt2-tiny as litert int8...",
-                                     f"running {out} against the float64 reference..."], r.stderr
+    assert r.err.splitlines() == ["writing gpt2-tiny as litert int8...",
+                                  f"running {out} against the float64 reference..."], r.err
 
 
 def test_keras_and_savedmodel_round_trip_and_refuse_another_preset(tmp_path, capsys):

@@ -2,8 +2,9 @@
 deployment reloads them and run, against the float64 reference: LiteRT in float32 under the float32 row,
 LiteRT dynamic-range int8 under its own `int8_dynamic` row (and provably not under float32's), the ONNX
 file of `keras.Model.export(format="onnx")` in onnxruntime at other shapes than exported, and a
-SavedModel or LiteRT file called with the wrong signature refused by name. The default tier runs the
-models of `DEFAULT_TIER`; `--full` runs every registry model.
+SavedModel or LiteRT file called with the wrong signature refused by name. The default tier runs LiteRT
+on the models of `DEFAULT_TIER` and each other format on one of them (a conversion costs ~3 s, tf2onnx
+~5 s); `--full` runs every registry model in every format.
 
 A model LiteRT cannot convert is declared in `LITERT_REFUSES` with the op that stops it, and that
 refusal is itself checked: the day the converter (or the mirror) changes, the test says so.
@@ -22,15 +23,15 @@ from conformance.spec import registry
 from conformance.suites.cases import case_data
 
 MODELS = [n for n, e in registry.ENTRIES.items() if e.is_model]
-DEFAULT_TIER = ("bert", "gpt2")  # the two cheapest conversions (~3 s each per artifact)
+DEFAULT_TIER = ("bert", "gpt2")  # the two cheapest conversions, an encoder and a decoder
 # model -> what the TFLite converter finds no builtin (nor, in ai-edge-litert, flex) kernel for
 LITERT_REFUSES = {
     "llama": "'tf.Cos' on tensor<2x7x8xf64>",  # rotary angles in float64 (tf_impl.rotary): no float64 cos
 }
 
 
-def tiered(names):
-    return [pytest.param(n, marks=[] if n in DEFAULT_TIER else [pytest.mark.full]) for n in names]
+def tiered(names, default=DEFAULT_TIER):
+    return [pytest.param(n, marks=[] if n in default else [pytest.mark.full]) for n in names]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def test_litert_refusal_is_declared_and_one_line(name, tmp_path):
         keras_export.export(cfg, w, "litert", tmp_path / "m.tflite", inputs)
 
 
-@pytest.mark.parametrize("name", tiered(MODELS))
+@pytest.mark.parametrize("name", tiered(MODELS, default=("gpt2",)))
 def test_keras_onnx_in_onnxruntime_at_other_shapes(name, artifact):
     """`keras.Model.export(format="onnx")`, exported at batch 2 and the suite's length, run at batch 3 and
     length 9 (a float input keeps its feature axes)."""
@@ -104,7 +105,7 @@ def test_keras_onnx_in_onnxruntime_at_other_shapes(name, artifact):
     assert "keras.Model.export" in run.module.exported.metadata["exporter"]
 
 
-@pytest.mark.parametrize("name", tiered(MODELS))
+@pytest.mark.parametrize("name", tiered(MODELS, default=("bert",)))
 def test_saved_model_through_the_loader_serves_the_reference(name, artifact):
     entry, cfg, w, inputs, reference = case_data(name, "default")
     _, run = artifact(name, "savedmodel")
@@ -138,8 +139,8 @@ def test_wrong_signature_is_refused_by_name(artifact):
 
 def test_an_onnx_file_of_another_model_is_refused_by_name(artifact):
     """The file's metadata_props carry its config: loaded for another model it is refused as a .keras file is."""
-    written, _ = artifact("bert", "onnx")
-    gpt2 = case_data("gpt2", "default")[1]
-    with pytest.raises(ValueError, match=rf"^{re.escape(written.path)} holds a tf_impl.Bert; it cannot load into a "
-                                         rf"tf_impl.GPT2 "):
-        keras_export.load("onnx", written.path, gpt2)
+    written, _ = artifact("gpt2", "onnx")
+    bert = case_data("bert", "default")[1]
+    with pytest.raises(ValueError, match=rf"^{re.escape(written.path)} holds a tf_impl.GPT2; it cannot load into a "
+                                         rf"tf_impl.Bert "):
+        keras_export.load("onnx", written.path, bert)
