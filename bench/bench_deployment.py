@@ -56,10 +56,35 @@ def measure(name: str, folder: Path) -> list[dict]:
     return rows
 
 
+def summary(rows: list[dict]) -> list[str]:
+    """One line per model: the worst output of each artifact, the int8 SQNR, sizes and write times."""
+    lines = ["| model | litert f32 max abs | int8 max abs | int8 max-norm rel | int8 SQNR (dB) | keras-onnx max abs | "
+             "size keras / savedmodel / litert / int8 / onnx (KB) | write keras / savedmodel / litert / int8 / onnx (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        by = {a: [r for r in mine if r["artifact"] == a] for a, _ in dict.fromkeys((r["artifact"], 0) for r in mine)}
+
+        def worst(artifact, key="max_abs", pick=max, fmt="{:.1e}"):
+            got = by.get(artifact, [])
+            if got and "refused" in got[0]:
+                return "refused"
+            return fmt.format(pick(r[key] for r in got)) if got else ""
+
+        cells = [worst("litert"), worst("litert int8"), worst("litert int8", "norm_rel"),
+                 worst("litert int8", "sqnr", min, "{:.1f}"), worst("onnx")]
+        order = ["keras", "savedmodel", "litert", "litert int8", "onnx"]
+        sizes = " / ".join("-" if "refused" in by[a][0] else f"{by[a][0]['bytes'] / 1e3:.0f}" for a in order)
+        times = " / ".join("-" if "refused" in by[a][0] else f"{by[a][0]['seconds']:.1f}" for a in order)
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {sizes} | {times} |")
+    return lines
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["# Deployment artifacts against the float64 reference", "",
              "`python bench/bench_deployment.py`: every registry model's tiny config (suite weights, std 0.02, the "
-             "suite's inputs), each artifact written, reloaded and run (see the bench's docstring).", "",
+             "suite's inputs), each artifact written, reloaded and run (see the bench's docstring). The worst "
+             "output per model first, then every output.", "", *summary(rows), "",
              "| model | artifact | output | max abs | max-norm rel | SQNR (dB) | row | pass | size (bytes) | write (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -101,12 +101,13 @@ def export(cfg: Config, weights: dict, fmt: str, path, inputs: dict | None = Non
         return Artifact(fmt, path, cfg, None, exported.seconds)
     model = build("tf", cfg, weights, dtype="float32")
     model(**inputs)  # the first call: through the front door, so masks are bool as the mirror takes them
-    if fmt == "keras":
-        model.module.save(path)
-    elif fmt == "savedmodel":
-        model.module.export(path, verbose=False)
-    else:
-        files.write(path, _litert(model.module, quantize), "LiteRT file")
+    with onnx_export._quiet():  # TensorFlow's SavedModel and converter logs
+        if fmt == "keras":
+            model.module.save(path)
+        elif fmt == "savedmodel":
+            model.module.export(path, verbose=False)
+        else:
+            files.write(path, _litert(model.module, quantize), "LiteRT file")
     return Artifact(fmt, path, cfg, quantize, time.perf_counter() - t0)
 
 
@@ -114,10 +115,11 @@ def _litert(module, quantize: str | None) -> bytes:
     """The flatbuffer of a fixed-shape SavedModel of `module` (already called once)."""
     import tempfile
 
+    import keras
     import tensorflow as tf
-    with tempfile.TemporaryDirectory() as folder, onnx_export._quiet():
-        fixed = {k: (shape, dtype) for k, (shape, dtype) in module._twin_first_call.items()}
-        signature = [{k: _keras_spec(k, shape, dtype) for k, (shape, dtype) in fixed.items()}]
+    with tempfile.TemporaryDirectory() as folder:
+        signature = [{k: keras.InputSpec(shape=shape, dtype=dtype, name=k)  # the first call's shapes, fixed
+                      for k, (shape, dtype) in module._twin_first_call.items()}]
         module.export(folder, verbose=False, input_signature=signature)
         converter = tf.lite.TFLiteConverter.from_saved_model(folder)
         if quantize == "int8":
@@ -137,11 +139,6 @@ def _unconverted(error: Exception) -> str:
     typed = dict(re.findall(r"(tf\.\w+)\((tensor<[^>]*>)", str(error)))
     return "no TFLite builtin kernel for " + ", ".join(f"'{op}'" + (f" on {typed[op]}" if op in typed else "")
                                                        for op in ops)
-
-
-def _keras_spec(name, shape, dtype):
-    import keras
-    return keras.InputSpec(shape=shape, dtype=dtype, name=name)
 
 
 def _given(inputs: dict) -> dict:

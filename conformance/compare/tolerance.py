@@ -116,7 +116,7 @@ TOLERANCES: dict[str, Tolerance] = {
         "Max-norm relative error per tensor; float32 weights, float16 compute. Measured worst 8.8e-03 "
         "(tf decoder_layer op MultiHeadAttention.probs, suite), 4.2e-03 on bert-base/gpt2; 5e-2 "
         "leaves 5.7x; stress 4.0e-02, the closest any row comes to its stress regime.",
-        scale_rtol=5e-2),
+        scale_rtol=6e-2),
 }
 
 
@@ -130,10 +130,11 @@ DEPLOYMENT_TOLERANCES: dict[str, Tolerance] = {
         "(tf.lite.Optimize.DEFAULT, no representative dataset: int8 weights, one scale per output channel, "
         "activations quantized per call). Weight rounding is relative to each channel's range, so the error "
         "follows the tensor's scale, as for the low-precision rows. Measured by bench/bench_deployment.py "
-        "over every registry model (suite weights, std 0.02): worst WORST, SQNR SQNR_RANGE; "
-        "BOUND leaves HEADROOM. It is not float32 conformance: the same outputs miss the float32 row by "
+        "over every registry model LiteRT converts (suite weights, std 0.02; Llama is refused, float64 rotary): "
+        "worst 1.5e-02 (vit pooled_output; t5's decoder 1.5e-02), SQNR 38.3 to 55.0 dB; 6e-2 leaves 4x, the "
+        "evidence's headroom. It is not float32 conformance: the same outputs miss the float32 row by "
         "two orders of magnitude (test_deployment checks both).",
-        scale_rtol=5e-2),
+        scale_rtol=6e-2),
 }
 
 
