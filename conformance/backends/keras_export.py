@@ -10,7 +10,7 @@ offers, the one format each applies to and the tolerance row its error is held t
 
 - keras: `model.save(PATH.keras)`, reloaded with `keras.saving.load_model` (every tf_impl class is
   registered). A file saved from another class or Config is refused by name before Keras reads it
-  (`checks.saved_model`, the refusal `tf_impl.Model.load_weights` makes).
+  (`checks.saved_model`, the refusal `tf_impl._layer.Model.load_weights` makes).
 - savedmodel: `model.export(DIR)` on the first call's signature (ids and masks dynamic on every axis),
   reloaded with `tf.saved_model.load` and called through its `serve` endpoint: no tf_impl code needed.
 - litert: the SavedModel, converted by `tf.lite.TFLiteConverter` (float32, or with
