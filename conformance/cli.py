@@ -139,8 +139,9 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--load", help="instead of writing one, reload this artifact of --format and prove it against "
                                     "PRESET (a .keras file of another preset is refused by name)")
     exp.add_argument("--weights", help="a safetensors file or a Hugging Face directory (default: seeded init)")
-    exp.add_argument("--out", type=_out("file"), help="the file (a SavedModel: folder) to write (default: PRESET-FRAMEWORK.onnx, "
-                                                      "PRESET.keras, PRESET-savedmodel, PRESET[-int8].tflite)")
+    exp.add_argument("--out", type=_out("file"), help="the file (a SavedModel: folder) to write (default: "
+                                                      "PRESET-FRAMEWORK.onnx, PRESET.keras, PRESET-savedmodel, "
+                                                      "PRESET[-int8].tflite)")
     exp.add_argument("--opset", type=_positive, default=18, help="ONNX opset (default 18)")
     exp.add_argument("--exporter", choices=["dynamo", "torchscript", "tf2onnx", "keras"],
                      help="--format onnx: torch: dynamo (default; falls back to torchscript) or torchscript; "
@@ -444,10 +445,12 @@ def _export_artifact(args) -> int:
     if path is None:
         path = args.out or f"{args.preset}{'-savedmodel' if args.format == 'savedmodel' else ''}" \
                            f"{'-' + args.quantize if args.quantize else ''}{keras_export.SUFFIX[args.format]}"
-        print(f"writing {args.preset} as {args.format}{' ' + args.quantize if args.quantize else ''}...", file=sys.stderr)
+        what = f"{args.format} {args.quantize}" if args.quantize else args.format
+        print(f"writing {args.preset} as {what}...", file=sys.stderr)
         written = keras_export.export(cfg, w, args.format, path, inputs if args.format == "litert" else None,
                                       quantize=args.quantize)
-        print(f"wrote {path}: {written.size / 2**20:.2f} MiB in {written.seconds:.1f} s ({keras_export.FORMATS[args.format]})")
+        print(f"wrote {path}: {written.size / 2**20:.2f} MiB in {written.seconds:.1f} s "
+              f"({keras_export.FORMATS[args.format]})")
     served = keras_export.load(args.format, path, cfg)
     print(f"running {path} against the float64 reference...", file=sys.stderr)
     got = served(**inputs)
@@ -459,7 +462,8 @@ def _export_artifact(args) -> int:
     for c in results:
         key = c.name.split(".", 1)[1]
         sqnr = f", SQNR {sqnr_db(got[key], reference[key]):.1f} dB" if key in got and key in reference else ""
-        print(f"  {key}: max abs {c.max_abs:.2e}{sqnr} {'pass' if c.passed else 'FAIL'}{' - ' + c.detail if c.detail else ''}")
+        verdict = "pass" if c.passed else "FAIL" + (f" - {c.detail}" if c.detail else "")
+        print(f"  {key}: max abs {c.max_abs:.2e}{sqnr} {verdict}")
     return 0 if results and all(c.passed for c in results) else 1
 
 

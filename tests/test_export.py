@@ -24,6 +24,9 @@ def test_litert_int8_from_the_command_line_is_held_to_its_row_and_quiet(tmp_path
     assert all(" dB pass" in line for line in lines), lines
     assert r.err.splitlines() == ["writing gpt2-tiny as litert int8...",
                                   f"running {out} against the float64 reference..."], r.err
+    assert cli.main(["export", "gpt2-tiny", "--format", "litert", "--load", str(out)]) == 1  # int8 is no float32
+    r = capfd.readouterr().out
+    assert "under the float32 row:" in r and r.count(" FAIL") == 2, r
 
 
 def test_keras_and_savedmodel_round_trip_and_refuse_another_preset(tmp_path, capsys):
