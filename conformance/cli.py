@@ -125,15 +125,27 @@ def parser() -> argparse.ArgumentParser:
                      help="keras-torch, keras-jax: tf_impl on that Keras backend, in a subprocess")
     mat.add_argument("--dtype", type=_csv(DTYPES), default=["float64", "float32"])
     mat.add_argument("--out", type=_out("file"), default="reports/README.md")
-    exp = sub.add_parser("export", help="write an ONNX file (dynamic batch and sequence axes), checked and "
-                                        "proven against the reference in onnxruntime")
+    from conformance.backends.keras_export import FORMATS, QUANTIZE
+    exp = sub.add_parser("export", help="write a deployment artifact (ONNX by default; .keras, SavedModel, LiteRT), "
+                                        "reload it and prove it against the float64 reference")
     exp.add_argument("preset", help="a preset name (see `tmirror models`)")
-    exp.add_argument("--framework", required=True, choices=["torch", "tf"], help="the mirror to export from")
+    exp.add_argument("--format", choices=list(FORMATS), default="onnx",
+                     help="; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
+    exp.add_argument("--framework", choices=["torch", "tf"],
+                     help="--format onnx (required): the mirror to export from; the other formats are tf_impl's")
+    exp.add_argument("--quantize", choices=list(QUANTIZE),
+                     help="; ".join(f"{k}: dynamic-range {k} weights, --format {f} only, held to the {row} row"
+                                    for k, (f, row) in QUANTIZE.items()))
+    exp.add_argument("--load", help="instead of writing one, reload this artifact of --format and prove it against "
+                                    "PRESET (a .keras file of another preset is refused by name)")
     exp.add_argument("--weights", help="a safetensors file or a Hugging Face directory (default: seeded init)")
-    exp.add_argument("--out", type=_out("file"), help="the ONNX file to write (default: PRESET-FRAMEWORK.onnx)")
+    exp.add_argument("--out", type=_out("file"), help="the file (a SavedModel: folder) to write (default: "
+                                                      "PRESET-FRAMEWORK.onnx, PRESET.keras, PRESET-savedmodel, "
+                                                      "PRESET[-int8].tflite)")
     exp.add_argument("--opset", type=_positive, default=18, help="ONNX opset (default 18)")
-    exp.add_argument("--exporter", choices=["dynamo", "torchscript", "tf2onnx"],
-                     help="torch: dynamo (default; falls back to torchscript) or torchscript; tf: tf2onnx")
+    exp.add_argument("--exporter", choices=["dynamo", "torchscript", "tf2onnx", "keras"],
+                     help="--format onnx: torch: dynamo (default; falls back to torchscript) or torchscript; "
+                          "tf: tf2onnx (default) or keras (keras.Model.export(format='onnx'))")
     exp.add_argument("--seed", type=_integer, default=0)
     from conformance.spec import presets
     from conformance.suites.measure import REGIMES
@@ -375,6 +387,12 @@ def cmd_explain(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from conformance.backends import keras_export
+    keras_export.check_format(args.format, args.quantize)
+    if args.format != "onnx" or args.load:
+        return _export_artifact(args)
+    if args.framework is None:
+        raise ValueError("--format onnx needs --framework torch or tf (the mirror to export from); received none")
     import numpy as np
 
     from conformance.backends import onnx_export
@@ -405,6 +423,48 @@ def cmd_export(args) -> int:
           + ", ".join(f"{c.name.split('.', 1)[1]} max abs {c.max_abs:.2e} {'pass' if c.passed else 'FAIL'}"
                       for c in results))
     return 0 if all(c.passed for c in results) and np.isfinite([c.max_abs for c in results]).all() else 1
+
+
+def _export_artifact(args) -> int:
+    """`tmirror export --format keras|savedmodel|litert` (and `--load` of any format): the tf_impl twin
+    written (or an artifact reloaded), run on batch 3 and up to 17 tokens, and compared under its row."""
+    from conformance.backends import keras_export, onnx_export
+    from conformance.backends.build import build
+    from conformance.compare.tolerance import compare_outputs, sqnr_db
+    from conformance.report import runner
+    if args.framework not in (None, "tf") and not args.load:
+        raise ValueError(f"--format {args.format} writes the Keras twin (tf_impl): --framework must be tf or left out; "
+                         f"received --framework {args.framework}")
+    if args.exporter:
+        raise ValueError(f"--exporter goes with writing --format onnx; received --exporter {args.exporter} with "
+                         f"--format {args.format}" + (" --load" if args.load else ""))
+    cfg, w, source = runner.resolve(args.preset, args.weights, args.seed)
+    inputs = onnx_export.example_inputs(cfg, batch=3, length=min(17, cfg.max_positions))
+    row = keras_export.QUANTIZE[args.quantize][1] if args.quantize else "float32"
+    path = args.load
+    if path is None:
+        path = args.out or f"{args.preset}{'-savedmodel' if args.format == 'savedmodel' else ''}" \
+                           f"{'-' + args.quantize if args.quantize else ''}{keras_export.SUFFIX[args.format]}"
+        what = f"{args.format} {args.quantize}" if args.quantize else args.format
+        print(f"writing {args.preset} as {what}...", file=sys.stderr)
+        written = keras_export.export(cfg, w, args.format, path, inputs if args.format == "litert" else None,
+                                      quantize=args.quantize)
+        print(f"wrote {path}: {written.size / 2**20:.2f} MiB in {written.seconds:.1f} s "
+              f"({keras_export.FORMATS[args.format]})")
+    served = keras_export.load(args.format, path, cfg)
+    print(f"running {path} against the float64 reference...", file=sys.stderr)
+    got = served(**inputs)
+    reference = build("numpy", cfg, w, dtype="float64")(**inputs)
+    results = compare_outputs(args.format, got, reference, row)
+    print(f"weights: {source}")
+    print(f"{args.format} on " + ", ".join(f"{k} {v.shape}" for k, v in inputs.items())
+          + f" against the float64 reference, under the {row} row:")
+    for c in results:
+        key = c.name.split(".", 1)[1]
+        sqnr = f", SQNR {sqnr_db(got[key], reference[key]):.1f} dB" if key in got and key in reference else ""
+        verdict = "pass" if c.passed else "FAIL" + (f" - {c.detail}" if c.detail else "")
+        print(f"  {key}: max abs {c.max_abs:.2e}{sqnr} {verdict}")
+    return 0 if results and all(c.passed for c in results) else 1
 
 
 def cmd_figures(args) -> int:

@@ -2,6 +2,7 @@
 
     exported = onnx_export.export(cfg, w, "torch")     # torch.onnx (torch.export; TorchScript fallback)
     exported = onnx_export.export(cfg, w, "tf")        # tf2onnx from a tf.function, dynamic signature
+    exported = onnx_export.export(cfg, w, "tf", exporter="keras")   # keras.Model.export(format="onnx")
     exported.save("bert.onnx")
     m = build("onnx", cfg, w, source="torch")          # onnxruntime: NumPy in, dict of NumPy out
     out, records = m.trace(**inputs)                   # the values the graph keeps, by trace name
@@ -12,7 +13,10 @@ Exporters. PyTorch: `torch.onnx.export(dynamo=True)` (torch.export, then the ONN
 if it raises, or does not deliver the requested opset, the TorchScript exporter
 (`dynamo=False`) runs and the first one's reason is kept (`Exported.fallback`). Keras: a
 `tf.function` whose input signature has `None` batch and sequence axes, converted by
-`tf2onnx.convert.from_function`. Every token input is an int64 `(B, T)` array whose batch and
+`tf2onnx.convert.from_function`; or, asked for by name (`exporter="keras"`, never in the default chain),
+Keras's own `keras.Model.export(format="onnx")` on the first call's signature (`tf_impl`'s `Model.export`),
+which on TensorFlow is tf2onnx again, from Keras's traced call (the same tf2onnx fixes below apply: without
+them Llama's graph fails at any batch other than the export's). Every token input is an int64 `(B, T)` array whose batch and
 sequence axes are dynamic (a decoder's sequence axis is its own); a float input (ViT's pixel_values
 (B, C, H, W)) is float32 with a dynamic batch axis and the rest fixed. Every model input is a graph input:
 an optional one left out of a call gets the value the model would have used (a mask of ones,
@@ -57,7 +61,8 @@ from conformance import weights as weights_lib
 from conformance.core.config import Config
 
 SOURCES = ("torch", "tf")
-EXPORTERS = {"torch": ("dynamo", "torchscript"), "tf": ("tf2onnx",)}
+EXPORTERS = {"torch": ("dynamo", "torchscript"), "tf": ("tf2onnx",)}  # each source's default chain, in order
+ON_REQUEST = {"torch": (), "tf": ("keras",)}  # exporters run only when named: keras.Model.export(format="onnx")
 DEFAULT_OPSET = 18  # the highest opset both tf2onnx 1.17 and torch.onnx write
 EXAMPLE_BATCH, EXAMPLE_LENGTH = 2, 5  # export shapes; tests run others (batch 3, sequence 17)
 FLOAT_TYPES = (1, 10, 11, 16)  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
@@ -75,7 +80,7 @@ class Exported:
     model: bytes                 # the serialized onnx.ModelProto
     cfg: Config
     source: str                  # "torch" or "tf"
-    exporter: str                # "dynamo", "torchscript" or "tf2onnx"
+    exporter: str                # "dynamo", "torchscript", "tf2onnx" or "keras"
     opset: int
     seconds: float               # exporter call, checker included
     inputs: tuple                # graph input names, in order
@@ -141,8 +146,8 @@ def export(cfg: Config, weights: dict, source: str, opset: int = DEFAULT_OPSET, 
     """Export `cfg` with `weights` from `source`; the same call twice in a process exports once."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {list(SOURCES)}; received source={source!r}")
-    if exporter is not None and exporter not in EXPORTERS[source]:
-        raise ValueError(f"exporter for source={source!r} must be one of {list(EXPORTERS[source])}; "
+    if exporter is not None and exporter not in EXPORTERS[source] + ON_REQUEST[source]:
+        raise ValueError(f"exporter for source={source!r} must be one of {list(EXPORTERS[source] + ON_REQUEST[source])}; "
                          f"received exporter={exporter!r}")
     if not isinstance(opset, int) or opset < 1:
         raise ValueError(f"opset must be a positive int; received opset={opset!r}")
@@ -263,6 +268,25 @@ def _export_tf2onnx(cfg, weights, inputs, opset):
     return proto, got
 
 
+def _export_keras(cfg, weights, inputs, opset):
+    """`keras.Model.export(format="onnx")` after one call on `inputs`: Keras's own ONNX path, on the
+    signature `tf_impl`'s `Model.export` takes from that call (ids and masks dynamic on every axis)."""
+    import tempfile
+
+    import onnx
+    import tensorflow as tf
+
+    model = build("tf", cfg, weights, dtype="float32").module
+    output_names = list(model(**{k: tf.constant(v) for k, v in inputs.items()}))
+    with tempfile.TemporaryDirectory() as folder, _tf2onnx_fresh_constants(), _tf2onnx_reshapes_keep_copied_dims():
+        model.export(os.path.join(folder, "model.onnx"), format="onnx", opset_version=opset, verbose=False)
+        proto = onnx.load(os.path.join(folder, "model.onnx"))
+    got = [o.name for o in proto.graph.output]
+    if sorted(got) != sorted(output_names):
+        raise ExportError(f"graph outputs {got}, expected the model's outputs {output_names}")
+    return proto, got
+
+
 @contextlib.contextmanager
 def _tf2onnx_fresh_constants():
     """tf2onnx rewrites each node's attributes in place (`Node.update_proto`) on every one of its
@@ -314,7 +338,8 @@ def _tf2onnx_reshapes_keep_copied_dims():
         b2b._func_map[("Reshape",)] = original
 
 
-EXPORT_FUNCTIONS = {"dynamo": _export_dynamo, "torchscript": _export_torchscript, "tf2onnx": _export_tf2onnx}
+EXPORT_FUNCTIONS = {"dynamo": _export_dynamo, "torchscript": _export_torchscript, "tf2onnx": _export_tf2onnx,
+                    "keras": _export_keras}
 
 
 def _check(proto, exporter, opset):
@@ -340,10 +365,12 @@ def _check(proto, exporter, opset):
 
 
 def _exporter_label(name) -> str:
-    if name == "tf2onnx":
+    if name in ("tf2onnx", "keras"):
+        import keras
         import tensorflow as tf
         import tf2onnx
-        return f"tf2onnx {tf2onnx.__version__} (tf.function, tensorflow {tf.__version__})"
+        how = "tf.function" if name == "tf2onnx" else f'keras.Model.export(format="onnx"), keras {keras.__version__}'
+        return f"tf2onnx {tf2onnx.__version__} ({how}, tensorflow {tf.__version__})"
     import torch
     return f"torch.onnx.export(dynamo={name == 'dynamo'}) torch {torch.__version__}"
 
@@ -571,7 +598,7 @@ def node_scopes(proto, exporter: str, paths: set) -> list[list[tuple]]:
             out.append([(s, 0) for s in scopes if s in paths])
             continue
         parts = node.name.split("/")[:-1]
-        if exporter == "tf2onnx":
+        if exporter in ("tf2onnx", "keras"):
             parts = parts[1:]  # the Keras model's own scope
         scopes, path = [], ""
         for part in parts:

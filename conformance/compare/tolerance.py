@@ -116,8 +116,41 @@ TOLERANCES: dict[str, Tolerance] = {
         "Max-norm relative error per tensor; float32 weights, float16 compute. Measured worst 8.8e-03 "
         "(tf decoder_layer op MultiHeadAttention.probs, suite), 4.2e-03 on bert-base/gpt2; 5e-2 "
         "leaves 5.7x; stress 4.0e-02, the closest any row comes to its stress regime.",
-        scale_rtol=5e-2),
+        scale_rtol=6e-2),
 }
+
+
+# Deployment rows: artifacts that change the numbers on purpose. None is a framework dtype: the generated
+# suite and `tmirror tolerances` never run them, so they stay out of TOLERANCES and its evidence JSON; each is
+# measured by its own bench (the reason names it) and checked by conformance/suites/test_deployment.py.
+DEPLOYMENT_TOLERANCES: dict[str, Tolerance] = {
+    "int8_dynamic": Tolerance(
+        0.0, 0.0,
+        "Max-norm relative error per tensor of a LiteRT file converted with dynamic-range int8 "
+        "(tf.lite.Optimize.DEFAULT, no representative dataset: int8 weights, one scale per output channel, "
+        "activations quantized per call). Weight rounding is relative to each channel's range, so the error "
+        "follows the tensor's scale, as for the low-precision rows. Measured by bench/bench_deployment.py "
+        "over every registry model LiteRT converts (suite weights, std 0.02; Llama is refused, float64 rotary): "
+        "worst 1.5e-02 (vit pooled_output; t5's decoder 1.5e-02), SQNR 38.3 to 55.0 dB; 6e-2 leaves 4x, the "
+        "evidence's headroom. It is not float32 conformance: the same outputs miss the float32 row by "
+        "two orders of magnitude (test_deployment checks both).",
+        scale_rtol=6e-2),
+}
+
+
+def tolerance(row: str) -> Tolerance:
+    """A row of TOLERANCES (a framework dtype) or of DEPLOYMENT_TOLERANCES (a deployment artifact)."""
+    table = {**TOLERANCES, **DEPLOYMENT_TOLERANCES}
+    if row not in table:
+        raise ValueError(f"row must be one of {list(table)}; received row={row!r}")
+    return table[row]
+
+
+def sqnr_db(actual, reference) -> float:
+    """Signal-to-quantization-noise ratio, 10 log10(sum r^2 / sum (a - r)^2) in dB: inf when equal."""
+    r = np.asarray(reference, dtype=np.float64)
+    noise = float(((np.asarray(actual, dtype=np.float64) - r) ** 2).sum())
+    return float("inf") if noise == 0 else float(10 * np.log10(float((r ** 2).sum()) / noise))
 
 
 def training_tolerance(dtype: str) -> Tolerance:
@@ -183,8 +216,9 @@ def compare(name: str, actual, reference, tol: Tolerance) -> Comparison:
 
 
 def compare_outputs(label: str, actual: dict, reference: dict, dtype: str) -> list[Comparison]:
-    """Compare every output key; a missing or extra key is itself a failed comparison."""
-    tol = TOLERANCES[dtype]
+    """Compare every output key; a missing or extra key is itself a failed comparison. `dtype` names the row
+    (a framework dtype, or a deployment row such as "int8_dynamic")."""
+    tol = tolerance(dtype)
     results = []
     for key in sorted(reference.keys() | actual.keys()):
         name = f"{label}.{key}"

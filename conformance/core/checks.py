@@ -11,6 +11,8 @@ directly too: what was wrong, what was expected, what was received. Nothing is s
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -351,6 +353,7 @@ def saved_model(where: str, saved_class: str, saved_fields: dict, cls: str, fiel
     if saved_class != cls:
         raise ValueError(f"{where} holds a tf_impl.{saved_class}; it cannot load into a tf_impl.{cls} "
                          f"(load it with keras.saving.load_model, or build a tf_impl.{saved_class})")
+    saved_fields, fields = json.loads(json.dumps(saved_fields)), json.loads(json.dumps(fields))  # a tuple is a list
     differ = [f"{k}={saved_fields.get(k)!r} (this model: {fields.get(k)!r})" for k in sorted(saved_fields.keys()
               | fields.keys()) if saved_fields.get(k) != fields.get(k)]
     if differ:
