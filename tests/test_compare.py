@@ -231,7 +231,6 @@ def test_factory_that_returns_no_module(tmp_path):
     ("module:study/nothere.py:f", "no factory file 'study/nothere.py' (from 'module:study/nothere.py:f')"),
     (f"module:{USER}:nothere", f"{USER} has no function 'nothere'; it defines ["),
     ("torch@float8", "the dtype after '@' must be one of"),
-    ("keras-jax", "keras-jax: jax is not installed in this environment, so Keras cannot run on the jax backend"),
     ("keras-torch@tf32", "tf does not support dtype='tf32'"),
 ])
 def test_bad_names(spec, words):
