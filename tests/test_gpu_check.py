@@ -44,7 +44,7 @@ def test_dry_run_runs_every_part_and_writes_the_report(tmp_path):
     out = r.stdout.strip().splitlines()
     n = len(DRY_PRESETS)
     assert len(out) == 1 and out[0].startswith(f"gpu-check cpu (cpu): PASS: matrix 26/26, presets {4 * n}/{4 * n}, "
-                                               f"keras {2 * (26 + n)}/{2 * (26 + n)}, TF32 on/off x"), out
+                                               f"keras {3 * (26 + n)}/{3 * (26 + n)}, TF32 on/off x"), out
     assert "Traceback" not in r.stderr and "tensorflow/core" not in r.stderr  # TF's C++ logging stays quiet
     data = json.loads((tmp_path / "gpu-cpu.json").read_text())
     assert data["verdict"] == {"line": out[0], "exit_status": 0}
@@ -58,10 +58,9 @@ def test_dry_run_runs_every_part_and_writes_the_report(tmp_path):
     assert all(row["on"]["flags"] == {"TF32Emulation": True} and "matches TF32 rounding" in row["cause"]
                for row in tf32["rows"]), tf32["rows"]
     keras = data["keras"]
-    assert keras["ran"] == ["torch", "tensorflow"] and all(c["passed"] for c in keras["cells"].values())
-    assert len(keras["cells"]) == 2 * (2 * len(gpu.DRY_CASES) + n)  # 2 backends: cases x 2 dtypes, presets x 1
-    assert any(s["what"] == "tf_impl on Keras's jax backend" and "jax is not installed" in s["why"]
-               for s in data["skipped"])
+    assert keras["ran"] == ["jax", "torch", "tensorflow"] and all(c["passed"] for c in keras["cells"].values())
+    assert len(keras["cells"]) == 3 * (2 * len(gpu.DRY_CASES) + n)  # 3 backends: cases x 2 dtypes, presets x 1
+    assert not any(s["part"] == "keras" for s in data["skipped"] if "Keras's" in s["what"])
     assert [row["preset"] for row in data["timing"]["rows"]] == TIMED and "bert-tiny" in TIMED
     assert all(row["ratio_fused"] > 0 and row["max_abs_diff"] < 0.1 for row in data["timing"]["rows"])
     for preset in set(gpu.TIMING_PRESETS) - set(gpu.presets.names()):  # llama3.2-1b until its family lands

@@ -17,11 +17,20 @@ subprocesses run at the same time. Keras on another backend puts its tensors whe
 does by default (torch: a CUDA device if there is one; JAX: its first device, a GPU where jax has
 its CUDA plugin); each run records the device and the matmul precision the subprocess saw.
 
-Backends: "tensorflow" (the default, for symmetry), "torch", "jax". JAX is not in the
-project's environment yet (`pip install jax` would add jax and jaxlib 0.10.2 beside TensorFlow
-2.21 and torch 2.13, changing neither; its float64 needs `jax_enable_x64`), so a "jax" run there
-reports that instead of running; a GPU machine with JAX and without TensorFlow runs "jax" and
+Backends: "tensorflow" (the default, for symmetry), "torch", "jax". jax is a project dependency (the CPU
+build from PyPI); its child runs with `jax_enable_x64` (JAX_ENABLE_X64, `CHILD_ENV`), without which jax has
+no float64 at all, and float32 still computes in float32 (the child's dtype check). Even so Keras itself
+computes some float64 ops in float32 on jax and torch (`KNOWN`, the ops in `keras_passes.DOWNCASTS`): the
+child records which of them each case calls (`BackendRun.downcasts`), so a float64 run is held to the
+float64 row exactly where it calls none, and to float32's where it does. A machine without a backend's
+package reports that instead of running it; a GPU machine with JAX and without TensorFlow runs "jax" and
 "torch" and reports "tensorflow" so.
+
+Asked to (`KerasBatch(..., gradients=True, jit=True)`), the same subprocess also differentiates each case
+through its backend's own autodiff (torch.autograd, jax.grad of `stateless_call`; compared here with the
+float64 NumPy backward under the gradient row: `BackendRun.gradient_comparisons`) and, on jax, runs it
+under `jax.jit`, jitted outputs against the reference and eager, and each module jitted alone on its eager
+input (`BackendRun.compiled`, the first module whose output moves at all named).
 """
 from __future__ import annotations
 
@@ -91,6 +100,7 @@ class BackendRun:
     within_float32: list = field(default_factory=list)  # where it called some: the outputs under float32's row
     gradients: dict = field(default_factory=dict)  # "input/x", "param/NAME" -> dL/d it, when the batch asks
     gradient_comparisons: list = field(default_factory=list)  # against the float64 NumPy backward
+    gradient_within_float32: list = field(default_factory=list)  # where it called a DOWNCASTS op: float32's row
     gradient_error: str | None = None
     # jax, when the batch asks: {"mode": "jit", "vs_eager": {key: max abs}, "comparisons": [...],
     # "modules": [(path, max abs)], "first_diverging": path or None, "largest": (path, max abs) or None}
@@ -162,7 +172,9 @@ class KerasBatch:
         runs = batch.collect(timeout=300)      # {(label, tag, dtype): BackendRun}
     """
 
-    def __init__(self, items, dtypes=("float32",), trace: bool = False, gradients: bool = False, jit: bool = False):
+    def __init__(self, items, dtypes=("float32",), trace: bool = False, gradients: bool = False, jit=False):
+        """`jit`: False, "outputs" (jax: the model under jax.jit, float32) or "modules" (also each module
+        jitted alone, one compilation a module); True means "modules"."""
         for dtype in dtypes:  # checked here: asking the tf backend would import Keras, so TensorFlow, in this process
             if dtype not in KERAS_DTYPES:
                 raise ValueError(f"tf does not support dtype={dtype!r}: tf_impl on Keras runs {list(KERAS_DTYPES)} "
@@ -179,7 +191,8 @@ class KerasBatch:
             weights.save(w, self.dir / str(i) / "weights.safetensors", cfg)
             np.savez(self.dir / str(i) / "inputs.npz", **{k: np.asarray(v) for k, v in inputs.items()})
         (self.dir / "items.json").write_text(json.dumps([{"dir": str(i), "dtypes": list(it[5]), "trace": trace,
-                                                          "gradients": gradients, "jit": jit}
+                                                          "gradients": gradients,
+                                                          "jit": "modules" if jit is True else jit}
                                                          for i, it in enumerate(self.items)]))
         self.gradients = gradients
         self._backward = {}  # label -> the float64 NumPy backward, computed once for every backend and dtype
@@ -319,8 +332,11 @@ def _compare_gradients(run: BackendRun, stem: Path, reference) -> None:
         group, _, name = key.partition("/")
         groups[group][name] = g
     actual = Gradients(run.outputs, groups["input"], groups["param"], {}, reference.cotangents)
-    run.gradient_comparisons = [replace(r.result, name=f"keras[{run.backend}]/{run.dtype} {r.group} {r.op}")
-                                for r in gradient_rows(reference, actual, run.dtype)]
+    rows = lambda dtype: [replace(r.result, name=f"keras[{run.backend}]/{run.dtype} {r.group} {r.op}")  # noqa: E731
+                          for r in gradient_rows(reference, actual, dtype)]
+    run.gradient_comparisons = rows(run.dtype)
+    if run.downcasts:
+        run.gradient_within_float32 = rows("float32")
 
 
 def _where(keras) -> tuple[str, dict]:
@@ -404,7 +420,7 @@ def _extra_passes(m, item, inputs, got, entry, dtype, stem: Path, meta: dict) ->
             meta["gradient_error"] = f"keras on {backend}: gradients: {_one_line(e)}"
     if item.get("jit") and backend == "jax" and dtype == "float32":  # the suite's jit row: float32
         try:
-            compiled = keras_passes.jit(m, inputs, got)
+            compiled = keras_passes.jit(m, inputs, got, modules=item["jit"] == "modules")
             np.savez(stem.with_suffix(".jit.npz"), **{k: _float64(v) for k, v in compiled.pop("outputs").items()})
             meta["jit"] = compiled
         except Exception as e:  # noqa: BLE001

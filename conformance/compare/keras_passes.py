@@ -97,29 +97,32 @@ def _jax(m, tensors, floats, cotangents):
             list(zip(module.trainable_variables, [np.asarray(g) for g in g_train])))
 
 
-def jit(m, inputs: dict, eager: dict) -> dict:
+def jit(m, inputs: dict, eager: dict, modules: bool = True) -> dict:
     """The model under `jax.jit` of `stateless_call` (jax only): its outputs, their max abs difference from
     the eager outputs `eager`, and each module jitted alone on the input the eager module got, against
     the eager module's output, as each module returns (the innermost first): {"outputs", "vs_eager",
-    "modules": [(path, max abs or None where it does not compile)], "errors": {path: one line}}.
+    "modules": [(path, max abs or None where it does not compile)], "errors": {path: one line}}; the
+    module replay (one compilation a module, most of the time) only with `modules`.
     With TMIRROR_JIT_PERTURB=PATH, that module's output is shifted by 1e-3 under jit only."""
     tensors = m.backend.inputs(m.check_inputs(inputs), m.dtype)
     with m.policy():
-        m.trace(capture="*", **inputs)  # every module's first call, eager: (args, kwargs, output)
-        calls = {path: call for path, call in m.calls.items() if path}
+        calls = {}
+        if modules:
+            m.trace(capture="*", **inputs)  # every module's first call, eager: (args, kwargs, output)
+            calls = {path: call for path, call in m.calls.items() if path}
         with _perturbed(m, os.environ.get(PERTURB)):
             outputs = {k: np.asarray(v) for k, v in as_dict(_jitted(m.module, [], tensors)).items()}
-            modules, errors = [], {}
+            replayed, errors = [], {}
             for path, (args, kwargs, out) in calls.items():
                 try:
                     got = _jitted(m.submodule(path), [m.convert(a) for a in args],
                                   {k: m.convert(v) for k, v in kwargs.items()})
-                    modules.append((path, _max_abs(got, out)))
+                    replayed.append((path, _max_abs(got, out)))
                 except Exception as e:  # noqa: BLE001  a module that jit cannot trace alone is named, not fatal
-                    modules.append((path, None))
+                    replayed.append((path, None))
                     errors[path] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return {"outputs": outputs, "vs_eager": {k: _max_abs(outputs[k], eager[k]) for k in outputs},
-            "modules": modules, "errors": errors}
+            "modules": replayed, "errors": errors}
 
 
 def _jitted(module, args, kwargs):

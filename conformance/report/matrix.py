@@ -4,7 +4,9 @@ Rows are the registry's components and models (every variant), columns framework
 x device, each cell the worst output error against the float64 reference and pass/fail:
 the generated suite's verdicts on one page. The frameworks "keras-torch" and "keras-jax" are
 tf_impl on that Keras backend, every case in one subprocess (`conformance.compare.keras_backends`);
-their float64 column is left out where Keras computes in float32 (`keras_backends.KNOWN`).
+their float64 column is left out where Keras computes in float32 (`keras_backends.KNOWN`: on torch
+everywhere, on jax in the cases that call ops.mean, cos, sin, tanh or dot_product_attention, which
+`conformance/suites/test_keras_backends.py` holds to the float64 row where they call none).
 """
 from __future__ import annotations
 
@@ -87,7 +89,7 @@ def markdown(m: dict, environment: dict) -> str:
     passed = sum(ok for _, ok in cells.values())
     worst = {f"{f} {d}": max(v for c in CASES if (v := cells[(case_id(c), f, d)][0]) is not None) for f, d in columns}
     errors = [f"- `{label}` on {f} {d}: {why}" for (label, f, d), why in m.get("errors", {}).items()]
-    left_out = sorted({f"{f} {d}" for f in {f for f, _ in columns} if f in KERAS
+    left_out = sorted({(f, d) for f in {f for f, _ in columns} if f in KERAS
                        for d in ("float64",) if (KERAS[f], d) in keras_backends.KNOWN})
     return "\n".join([
         "# Conformance matrix", "",
@@ -98,8 +100,7 @@ def markdown(m: dict, environment: dict) -> str:
         f"**{passed} of {len(cells)} cells pass.** Worst error per column: "
         + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + ".", "",
         table([case_id(c) for c in CASES], columns, cells, m["device"]), "",
-        *([f"Left out: {', '.join(left_out)}: " + keras_backends.KNOWN[("torch", "float64")] + ".", ""]
-          if left_out else []),
+        *[line for f, d in left_out for line in (f"Left out: {f} {d}: {keras_backends.KNOWN[(KERAS[f], d)]}.", "")],
         *(["Cells that raised:", "", *errors, ""] if errors else []),
         "Tolerances: |actual - reference| <= atol + rtol |reference| elementwise, or for the "
         "low-precision rows <= scale_rtol max |reference| per tensor (conformance/compare/tolerance.py):", "",
