@@ -36,7 +36,7 @@ def measure(frameworks, dtypes, device="cpu", progress=None) -> dict:
         if why:
             raise ValueError(f"--frameworks {framework}: {why}")
     columns = columns_of(frameworks, dtypes)
-    cells, errors = {}, {}
+    cells, errors, held = {}, {}, {}  # held: Keras computed float64 in float32 there (`BackendRun.held`)
     for case in CASES:
         for framework, dtype in columns:
             if framework in KERAS:
@@ -59,9 +59,10 @@ def measure(frameworks, dtypes, device="cpu", progress=None) -> dict:
                 cells[(label, framework, dtype)] = (None, False)
                 errors[(label, framework, dtype)] = run.error
                 continue
-            cells[(label, framework, dtype)] = (max(c.max_abs for c in run.comparisons),
-                                                all(c.passed for c in run.comparisons))
-    return {"columns": columns, "cells": cells, "device": device, "errors": errors}
+            cells[(label, framework, dtype)] = (max(c.max_abs for c in run.held), run.held_passed)
+            if run.within_float32:
+                held[(label, framework, dtype)] = run.downcasts
+    return {"columns": columns, "cells": cells, "device": device, "errors": errors, "held": held}
 
 
 def cell(value) -> str:
@@ -89,6 +90,7 @@ def markdown(m: dict, environment: dict) -> str:
     passed = sum(ok for _, ok in cells.values())
     worst = {f"{f} {d}": max(v for c in CASES if (v := cells[(case_id(c), f, d)][0]) is not None) for f, d in columns}
     errors = [f"- `{label}` on {f} {d}: {why}" for (label, f, d), why in m.get("errors", {}).items()]
+    held = [f"`{label}` on {f} {d} ({', '.join(ops)})" for (label, f, d), ops in m.get("held", {}).items()]
     left_out = sorted({(f, d) for f in {f for f, _ in columns} if f in KERAS
                        for d in ("float64",) if (KERAS[f], d) in keras_backends.KNOWN})
     return "\n".join([
@@ -102,6 +104,8 @@ def markdown(m: dict, environment: dict) -> str:
         table([case_id(c) for c in CASES], columns, cells, m["device"]), "",
         *[line for f, d in left_out for line in (f"Left out: {f} {d}: {keras_backends.KNOWN[(KERAS[f], d)]}.", "")],
         *(["Cells that raised:", "", *errors, ""] if errors else []),
+        *([f"Held to the float32 row (a float64 table or output that Keras computes in float32 on that backend, "
+           f"the ops named; `keras_backends.KNOWN`): {', '.join(held)}.", ""] if held else []),
         "Tolerances: |actual - reference| <= atol + rtol |reference| elementwise, or for the "
         "low-precision rows <= scale_rtol max |reference| per tensor (conformance/compare/tolerance.py):", "",
         tabulate([(k, t.atol, t.rtol, t.scale_rtol) for k, t in TOLERANCES.items()],
