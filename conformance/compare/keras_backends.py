@@ -182,9 +182,11 @@ class KerasBatch:
         runs = batch.collect(timeout=300)      # {(label, tag, dtype): BackendRun}
     """
 
-    def __init__(self, items, dtypes=("float32",), trace: bool = False, gradients: bool = False, jit=False):
+    def __init__(self, items, dtypes=("float32",), trace: bool = False, gradients: bool = False, jit=False,
+                 perturb: dict | None = None):
         """`jit`: False, "outputs" (jax: the model under jax.jit, float32) or "modules" (also each module
-        jitted alone, one compilation a module); True means "modules"."""
+        jitted alone, one compilation a module); True means "modules". `perturb` {label: module path}: that
+        item's module returns its output + 1e-3 under jit only, a planted change for the jit pass to name."""
         for dtype in dtypes:  # checked here: asking the tf backend would import Keras, so TensorFlow, in this process
             if dtype not in KERAS_DTYPES:
                 raise ValueError(f"tf does not support dtype={dtype!r}: tf_impl on Keras runs {list(KERAS_DTYPES)} "
@@ -202,7 +204,8 @@ class KerasBatch:
             np.savez(self.dir / str(i) / "inputs.npz", **{k: np.asarray(v) for k, v in inputs.items()})
         (self.dir / "items.json").write_text(json.dumps([{"dir": str(i), "dtypes": list(it[5]), "trace": trace,
                                                           "gradients": gradients,
-                                                          "jit": "modules" if jit is True else jit}
+                                                          "jit": "modules" if jit is True else jit,
+                                                          "perturb": (perturb or {}).get(it[0])}
                                                          for i, it in enumerate(self.items)]))
         self.gradients = gradients
         self._backward = {}  # label -> the float64 NumPy backward, computed once for every backend and dtype
@@ -431,7 +434,7 @@ def _extra_passes(m, item, inputs, got, entry, dtype, stem: Path, meta: dict) ->
             meta["gradient_error"] = f"keras on {backend}: gradients: {_one_line(e)}"
     if item.get("jit") and backend == "jax" and dtype == "float32":  # the suite's jit row: float32
         try:
-            compiled = keras_passes.jit(m, inputs, got, modules=item["jit"] == "modules")
+            compiled = keras_passes.jit(m, inputs, got, modules=item["jit"] == "modules", perturb=item.get("perturb"))
             np.savez(stem.with_suffix(".jit.npz"), **{k: _float64(v) for k, v in compiled.pop("outputs").items()})
             meta["jit"] = compiled
         except Exception as e:  # noqa: BLE001

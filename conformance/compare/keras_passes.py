@@ -12,7 +12,6 @@ parent compares these with the float64 NumPy backward under the gradient toleran
 from __future__ import annotations
 
 import contextlib
-import os
 
 import numpy as np
 
@@ -23,7 +22,6 @@ from conformance.backends.base import as_dict
 # float64 row exactly where none is called
 DOWNCASTS = {"torch": ("matmul", "mean", "maximum"),
              "jax": ("mean", "var", "cos", "sin", "tanh", "dot_product_attention")}
-PERTURB = "TMIRROR_JIT_PERTURB"  # a module path whose output the jit pass shifts by 1e-3 (planted change)
 
 
 @contextlib.contextmanager
@@ -97,20 +95,20 @@ def _jax(m, tensors, floats, cotangents):
             list(zip(module.trainable_variables, [np.asarray(g) for g in g_train])))
 
 
-def jit(m, inputs: dict, eager: dict, modules: bool = True) -> dict:
+def jit(m, inputs: dict, eager: dict, modules: bool = True, perturb: str | None = None) -> dict:
     """The model under `jax.jit` of `stateless_call` (jax only): its outputs, their max abs difference from
     the eager outputs `eager`, and each module jitted alone on the input the eager module got, against
     the eager module's output, as each module returns (the innermost first): {"outputs", "vs_eager",
     "modules": [(path, max abs or None where it does not compile)], "errors": {path: one line}}; the
     module replay (one compilation a module, most of the time) only with `modules`.
-    With TMIRROR_JIT_PERTURB=PATH, that module's output is shifted by 1e-3 under jit only."""
+    `perturb`: a module path whose output is shifted by 1e-3 under jit only (a planted change to find)."""
     tensors = m.backend.inputs(m.check_inputs(inputs), m.dtype)
     with m.policy():
         calls = {}
         if modules:
             m.trace(capture="*", **inputs)  # every module's first call, eager: (args, kwargs, output)
             calls = {path: call for path, call in m.calls.items() if path}
-        with _perturbed(m, os.environ.get(PERTURB)):
+        with _perturbed(m, perturb):
             outputs = {k: np.asarray(v) for k, v in as_dict(_jitted(m.module, [], tensors)).items()}
             replayed, errors = [], {}
             for path, (args, kwargs, out) in calls.items():

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.xdist_group("keras-backends")
 DEFAULT = {("linear", "default"), ("layer_norm", "default"), ("multi_head_attention", "causal"),
            ("gpt2", "default")}  # and with --full every case (t5[fused]: a bias and a mask in one kernel)
 COLUMNS = {"keras-torch": ("float32",), "keras-jax": ("float32", "float64")}  # torch float64: KNOWN, left out
-PLANTED = ("feed_forward", "default"), "inner"  # the module TMIRROR_JIT_PERTURB shifts under jit
+PLANTED = ("feed_forward", "default"), "inner"  # the module `perturb` shifts under jit
 NAMED = {("linear", "default"), ("layer_norm", "default")}  # the cases the float64 test below names
 
 
@@ -47,12 +47,11 @@ def keras_runs(request):
     batch = keras_backends.KerasBatch(items, ("float32", "float64"), gradients=True, jit=jit)
     for framework, dtypes in COLUMNS.items():
         batch.launch(keras_backends.NAMES[framework], dtypes=dtypes, tag=framework)
-    planted = keras_backends.KerasBatch([(case_id(PLANTED[0]), *case_data(*PLANTED[0])[1:])], ("float32",),
-                                        jit="modules")
-    planted.launch("jax", tag="clean")
-    planted.launch("jax", env={keras_passes.PERTURB: PLANTED[1]}, tag="planted")
+    twins = [(label, *case_data(*PLANTED[0])[1:]) for label in ("clean", "planted")]
+    planted = keras_backends.KerasBatch(twins, ("float32",), jit="modules", perturb={"planted": PLANTED[1]})
+    planted.launch("jax")
     runs = batch.collect(timeout=3600)
-    runs.update(planted.collect(600))
+    runs.update({(label, "planted", dtype): run for (label, _, dtype), run in planted.collect(600).items()})
     return runs
 
 
@@ -110,13 +109,14 @@ def test_keras_jax_jit_matches_reference_and_eager(keras_runs, case, framework, 
 
 
 def test_jit_divergence_is_found_and_named(keras_runs):
-    """One module's output shifted by 1e-3 under jit only (TMIRROR_JIT_PERTURB): the jitted outputs leave
+    """One module's output shifted by 1e-3 under jit only (KerasBatch's `perturb`): the jitted outputs leave
     the float32 row, and the module replay names that module, first and largest; the modules replayed on
     their own eager inputs after it agree as they did without the change (jit's own GELU differs by
     roundoff from eager's: the clean run names `activation`, the first that differs at all)."""
-    case, dtype = PLANTED[0], "float32"
-    planted = _run(keras_runs, case, "planted", dtype).compiled
-    clean = _run(keras_runs, case, "clean", dtype).compiled
+    dtype = "float32"
+    planted, clean = (keras_runs[(label, "planted", dtype)] for label in ("planted", "clean"))
+    assert planted.error is None and clean.error is None, (planted.error, clean.error)
+    planted, clean = planted.compiled, clean.compiled
     assert all(c.passed for c in clean["comparisons"]) and clean["first_diverging"] != PLANTED[1]
     assert not all(c.passed for c in planted["comparisons"]) and max(planted["vs_eager"].values()) > 1e-4
     assert planted["first_diverging"] == PLANTED[1] and planted["largest"][0] == PLANTED[1]
