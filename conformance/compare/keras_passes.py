@@ -12,6 +12,7 @@ parent compares these with the float64 NumPy backward under the gradient toleran
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def _torch(m, tensors, floats, cotangents):
     import torch
     leaves = {k: tensors[k].detach().requires_grad_(True) for k in floats}
     variables = [v for v in m.module.trainable_variables]
-    out = m.backend.run(m.module, {**tensors, **leaves}, False)
+    out = m.backend.run(m.module, {**tensors, **leaves}, m.training)
     loss = _loss(out, cotangents, lambda c, o: torch.as_tensor(c, dtype=o.dtype, device=o.device))
     grads = torch.autograd.grad(loss, list(leaves.values()) + [v.value for v in variables], allow_unused=True)
     numpy = [np.zeros(tuple(t.shape)) if g is None else g.detach().cpu().numpy() for g, t in
@@ -84,7 +85,7 @@ def _jax(m, tensors, floats, cotangents):
     module = m.module
     trainable = [v.value for v in module.trainable_variables]
     fixed = [v.value for v in module.non_trainable_variables]
-    rest = {k: t for k, t in tensors.items() if k not in floats}
+    rest = {k: t for k, t in tensors.items() if k not in floats} | _training(module, m.training)
 
     def loss(train, x):
         out, _ = module.stateless_call(train, fixed, **rest, **x)
@@ -109,7 +110,8 @@ def jit(m, inputs: dict, eager: dict, modules: bool = True, perturb: str | None 
             m.trace(capture="*", **inputs)  # every module's first call, eager: (args, kwargs, output)
             calls = {path: call for path, call in m.calls.items() if path}
         with _perturbed(m, perturb):
-            outputs = {k: np.asarray(v) for k, v in as_dict(_jitted(m.module, [], tensors)).items()}
+            outputs = {k: np.asarray(v) for k, v in
+                       as_dict(_jitted(m.module, [], tensors | _training(m.module, m.training))).items()}
             replayed, errors = [], {}
             for path, (args, kwargs, out) in calls.items():
                 try:
@@ -120,7 +122,13 @@ def jit(m, inputs: dict, eager: dict, modules: bool = True, perturb: str | None 
                     replayed.append((path, None))
                     errors[path] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return {"outputs": outputs, "vs_eager": {k: _max_abs(outputs[k], eager[k]) for k in outputs},
-            "modules": replayed, "errors": errors}
+            "modules": replayed, "errors": errors, "replayed": modules}
+
+
+def _training(module, training: bool) -> dict:
+    """{"training": training} where the layer's call takes it (`stateless_call` calls `call` as it is;
+    the dropout case runs in training mode, its masks given)."""
+    return {"training": training} if "training" in inspect.signature(module.call).parameters else {}
 
 
 def _jitted(module, args, kwargs):
