@@ -70,7 +70,7 @@ def _loss(out, cotangents, np_to):
 def _torch(m, tensors, floats, cotangents):
     import torch
     leaves = {k: tensors[k].detach().requires_grad_(True) for k in floats}
-    variables = [v for v in m.module.trainable_variables]
+    variables = list(m.module.trainable_variables)
     out = m.backend.run(m.module, {**tensors, **leaves}, m.training)
     loss = _loss(out, cotangents, lambda c, o: torch.as_tensor(c, dtype=o.dtype, device=o.device))
     grads = torch.autograd.grad(loss, list(leaves.values()) + [v.value for v in variables], allow_unused=True)
