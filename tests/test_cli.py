@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+import conformance
 from conformance import cli
 
 
@@ -34,14 +35,42 @@ def test_models_lists_presets_with_published_counts():
     (["trace", "bert-tiny", "--op", "nothing.*", "--frameworks", "numpy"], "no traced op matches --op 'nothing.*'"),
     (["explain", "lstm"], "unknown component or model 'lstm'; known: linear, softmax"),
     (["explain", "softmax", "--variant", "sparse"], "variant must be one of ['default', 'padding'"),
-    (["matrix", "--frameworks", "keras-jax"], "--frameworks keras-jax: jax is not installed in this environment"),
-    (["compare", "bert-tiny", "--a", "keras-jax"], "keras-jax: jax is not installed in this environment"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, words):
     r = tmirror(*args)
     assert r.returncode == 2, r.stderr
     assert words in r.stderr
     assert "Traceback" not in r.stderr
+
+
+MISSING = "jax is not installed in this environment, so Keras cannot run on the jax backend"
+
+
+@pytest.mark.parametrize("surface", ["compare", "matrix", "cli compare", "cli matrix"])
+def test_a_keras_backend_that_is_not_installed_is_one_clear_error(surface, monkeypatch, capsys):
+    """jax is a dependency, so its absence is made: its module unfindable as `keras_backends.unavailable`
+    looks it up. compare, the matrix and both commands say so in the same words, before any work."""
+    import importlib.util
+
+    from conformance.compare import keras_backends
+    from conformance.report import matrix
+    real = importlib.util.find_spec
+    monkeypatch.setattr(keras_backends.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "jax" else real(name, *args))
+    if surface.startswith("cli"):
+        argv = ["compare", "bert-tiny", "--a", "keras-jax"] if surface == "cli compare" else \
+            ["matrix", "--frameworks", "keras-jax"]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1].endswith(f"keras-jax: {MISSING}") and "Traceback" not in err
+        return
+    with pytest.raises(ValueError) as e:
+        if surface == "compare":
+            conformance.compare("keras-jax", preset="gpt2-tiny")
+        else:
+            matrix.measure(["keras-jax"], ["float32"])
+    prefix = "keras-jax: " if surface == "compare" else "--frameworks keras-jax: "
+    assert str(e.value) == prefix + MISSING
 
 
 def test_report_writes_md_json_html(tmp_path):

@@ -4,7 +4,9 @@ Rows are the registry's components and models (every variant), columns framework
 x device, each cell the worst output error against the float64 reference and pass/fail:
 the generated suite's verdicts on one page. The frameworks "keras-torch" and "keras-jax" are
 tf_impl on that Keras backend, every case in one subprocess (`conformance.compare.keras_backends`);
-their float64 column is left out where Keras computes in float32 (`keras_backends.KNOWN`).
+their float64 column is left out where Keras computes in float32 (`keras_backends.KNOWN`: on torch
+everywhere, on jax in the cases that call ops.mean, cos, sin, tanh or dot_product_attention, which
+`conformance/suites/test_keras_backends.py` holds to the float64 row where they call none).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def measure(frameworks, dtypes, device="cpu", progress=None) -> dict:
         if why:
             raise ValueError(f"--frameworks {framework}: {why}")
     columns = columns_of(frameworks, dtypes)
-    cells, errors = {}, {}
+    cells, errors, held = {}, {}, {}  # held: Keras computed float64 in float32 there (`BackendRun.held`)
     for case in CASES:
         for framework, dtype in columns:
             if framework in KERAS:
@@ -57,9 +59,10 @@ def measure(frameworks, dtypes, device="cpu", progress=None) -> dict:
                 cells[(label, framework, dtype)] = (None, False)
                 errors[(label, framework, dtype)] = run.error
                 continue
-            cells[(label, framework, dtype)] = (max(c.max_abs for c in run.comparisons),
-                                                all(c.passed for c in run.comparisons))
-    return {"columns": columns, "cells": cells, "device": device, "errors": errors}
+            cells[(label, framework, dtype)] = (max(c.max_abs for c in run.held), run.held_passed)
+            if run.within_float32:
+                held[(label, framework, dtype)] = run.downcasts
+    return {"columns": columns, "cells": cells, "device": device, "errors": errors, "held": held}
 
 
 def cell(value) -> str:
@@ -87,7 +90,8 @@ def markdown(m: dict, environment: dict) -> str:
     passed = sum(ok for _, ok in cells.values())
     worst = {f"{f} {d}": max(v for c in CASES if (v := cells[(case_id(c), f, d)][0]) is not None) for f, d in columns}
     errors = [f"- `{label}` on {f} {d}: {why}" for (label, f, d), why in m.get("errors", {}).items()]
-    left_out = sorted({f"{f} {d}" for f in {f for f, _ in columns} if f in KERAS
+    held = [f"`{label}` on {f} {d} ({', '.join(ops)})" for (label, f, d), ops in m.get("held", {}).items()]
+    left_out = sorted({(f, d) for f in {f for f, _ in columns} if f in KERAS
                        for d in ("float64",) if (KERAS[f], d) in keras_backends.KNOWN})
     return "\n".join([
         "# Conformance matrix", "",
@@ -98,9 +102,10 @@ def markdown(m: dict, environment: dict) -> str:
         f"**{passed} of {len(cells)} cells pass.** Worst error per column: "
         + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + ".", "",
         table([case_id(c) for c in CASES], columns, cells, m["device"]), "",
-        *([f"Left out: {', '.join(left_out)}: " + keras_backends.KNOWN[("torch", "float64")] + ".", ""]
-          if left_out else []),
+        *[line for f, d in left_out for line in (f"Left out: {f} {d}: {keras_backends.KNOWN[(KERAS[f], d)]}.", "")],
         *(["Cells that raised:", "", *errors, ""] if errors else []),
+        *([f"Held to the float32 row (a float64 table or output that Keras computes in float32 on that backend, "
+           f"the ops named; `keras_backends.KNOWN`): {', '.join(held)}.", ""] if held else []),
         "Tolerances: |actual - reference| <= atol + rtol |reference| elementwise, or for the "
         "low-precision rows <= scale_rtol max |reference| per tensor (conformance/compare/tolerance.py):", "",
         tabulate([(k, t.atol, t.rtol, t.scale_rtol) for k, t in TOLERANCES.items()],
