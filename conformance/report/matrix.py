@@ -28,14 +28,15 @@ def columns_of(frameworks, dtypes) -> list[tuple[str, str]]:
             and (f not in KERAS or (KERAS[f], d) not in keras_backends.KNOWN)]
 
 
-def measure(frameworks, dtypes, device="cpu", progress=None) -> dict:
+def measure(frameworks, dtypes, device="cpu", progress=None, cases=CASES) -> dict:
+    """The cells of `cases` (default: every registry case) in each (framework, dtype) column."""
     for framework in [f for f in frameworks if f in KERAS]:
         why = keras_backends.unavailable(KERAS[framework])
         if why:
             raise ValueError(f"--frameworks {framework}: {why}")
     columns = columns_of(frameworks, dtypes)
     cells, errors = {}, {}
-    for case in CASES:
+    for case in cases:
         for framework, dtype in columns:
             if framework in KERAS:
                 continue
@@ -48,7 +49,7 @@ def measure(frameworks, dtypes, device="cpu", progress=None) -> dict:
         wanted = tuple(d for f, d in columns if f == framework)
         if not wanted:
             continue
-        items = [(case_id(case), *case_data(*case)[1:]) for case in CASES]
+        items = [(case_id(case), *case_data(*case)[1:]) for case in cases]
         runs = keras_backends.keras_backend_batch(items, (KERAS[framework],), wanted, timeout=3600)
         for (label, _, dtype), run in runs.items():
             if progress:
@@ -59,7 +60,8 @@ def measure(frameworks, dtypes, device="cpu", progress=None) -> dict:
                 continue
             cells[(label, framework, dtype)] = (max(c.max_abs for c in run.comparisons),
                                                 all(c.passed for c in run.comparisons))
-    return {"columns": columns, "cells": cells, "device": device, "errors": errors}
+    return {"columns": columns, "cells": cells, "device": device, "errors": errors,
+            "cases": [case_id(case) for case in cases]}
 
 
 def cell(value) -> str:
@@ -83,9 +85,9 @@ def table(case_ids, columns, cells: dict, device) -> str:
 
 
 def markdown(m: dict, environment: dict) -> str:
-    columns, cells = m["columns"], m["cells"]
+    columns, cells, case_ids = m["columns"], m["cells"], m.get("cases", [case_id(c) for c in CASES])
     passed = sum(ok for _, ok in cells.values())
-    worst = {f"{f} {d}": max(v for c in CASES if (v := cells[(case_id(c), f, d)][0]) is not None) for f, d in columns}
+    worst = {f"{f} {d}": max(v for c in case_ids if (v := cells[(c, f, d)][0]) is not None) for f, d in columns}
     errors = [f"- `{label}` on {f} {d}: {why}" for (label, f, d), why in m.get("errors", {}).items()]
     left_out = sorted({f"{f} {d}" for f in {f for f, _ in columns} if f in KERAS
                        for d in ("float64",) if (KERAS[f], d) in keras_backends.KNOWN})
@@ -97,7 +99,7 @@ def markdown(m: dict, environment: dict) -> str:
         "show op-by-op detail.", "",
         f"**{passed} of {len(cells)} cells pass.** Worst error per column: "
         + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + ".", "",
-        table([case_id(c) for c in CASES], columns, cells, m["device"]), "",
+        table(case_ids, columns, cells, m["device"]), "",
         *([f"Left out: {', '.join(left_out)}: " + keras_backends.KNOWN[("torch", "float64")] + ".", ""]
           if left_out else []),
         *(["Cells that raised:", "", *errors, ""] if errors else []),
