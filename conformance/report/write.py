@@ -149,7 +149,7 @@ def error_plot(rec: dict) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(10, 3.3))
+    fig, ax = plt.subplots(figsize=(10, 3.2))
     exact = [o["max_abs"] for r in rec["runs"] for o in r["ops"] if o["max_abs"] > 0]
     floor = min(exact, default=1e-18) / 10  # an exact op (error 0) drawn a decade below the smallest error
     for r in rec["runs"]:
@@ -164,8 +164,8 @@ def error_plot(rec: dict) -> str:
         ax.set_xticks(list(ticks), list(ticks.values()), fontsize=7)
     ax.set_xlabel("traced op, in execution order (ticks: each layer's first op)", fontsize=9)
     ax.set_ylabel("max |error| vs float64", fontsize=9)
-    ax.set_title(f"{rec['preset']}: error per op along depth", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"{rec['preset']}: error per op along depth", fontsize=10, pad=22)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=max(1, len(rec["runs"])), frameon=False)
     fig.tight_layout()
     return _png(fig)
 
@@ -287,7 +287,7 @@ def _html(md: str) -> str:
         rows = m.group(0).count("<tr>") - 1  # less the header
         if rows <= LONG_TABLE:
             return m.group(0)
-        return f"<details><summary>{rows} rows</summary>{m.group(0)}</details>"
+        return f"<details><summary>show the table ({rows} rows)</summary>{m.group(0)}</details>"
     return re.sub(r"<table>.*?</table>", collapse, text, flags=re.S)
 
 
