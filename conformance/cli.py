@@ -477,7 +477,7 @@ def cmd_gpu_check(args) -> int:
     s = gpu.settings(args.device, args.out, args.budget_seconds, args.frameworks, args.dtypes,
                      keras=args.keras_backends, cases=args.cases, wheels=args.wheels,
                      command="tmirror gpu-check " + " ".join(args.argv))
-    with Progress(round(s.budget), "gpu-check", args.progress, unit="s") as bar:  # the budget's seconds, spent
+    with Progress(max(1, round(s.budget)), "gpu-check", args.progress, unit="s") as bar:  # the budget's seconds, spent
         rep = gpu.run(s, progress=lambda line: (bar.say(line), bar.at(round(time.perf_counter() - started))),
                       started=started)
     print(rep.line, flush=True)  # the verdict the report holds

@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]  # the cwd of every run: `python -m conformance` imports this checkout
 OUT = Path(tempfile.mkdtemp(prefix="tmirror-runs-"))
 atexit.register(shutil.rmtree, OUT, True)
 GROUP = "tmirror"
@@ -40,7 +41,8 @@ def command_line(*args) -> list[str]:
 @functools.cache
 def tmirror(*args, tty=False, timeout=600) -> Ran:
     if not tty:
-        r = subprocess.run(command_line(*args), capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(command_line(*args), capture_output=True, text=True, timeout=timeout,
+                           cwd=ROOT)
         return Ran(args, r.returncode, r.stdout, r.stderr)
     return _on_a_terminal(args, timeout)
 
@@ -50,7 +52,8 @@ def _on_a_terminal(args, timeout) -> Ran:
     import termios
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-    proc = subprocess.Popen(command_line(*args), stdout=subprocess.PIPE, stderr=follower, text=True)
+    proc = subprocess.Popen(command_line(*args), stdout=subprocess.PIPE, stderr=follower, text=True,
+                            cwd=ROOT)
     os.close(follower)
     chunks = []
 
