@@ -1,6 +1,7 @@
 """`pytest --pyargs conformance` runs the generated suite from an installed package, with no checkout
 around it: the options and parametrization come from the package's own plugin (its pytest11 entry
 point), the data the suites read is package data, and the tests are the checkout's."""
+import os
 import re
 import shutil
 import subprocess
@@ -33,7 +34,10 @@ def test_pytest_pyargs_runs_the_suite_from_an_installed_package(tmp_path):
     installed = pytest_ids("--pyargs", "conformance", "-rA", *SUBSET, cwd=elsewhere, env=env)
     assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
     passed = re.findall(r"^PASSED (\S+)", installed.stdout, flags=re.M)
-    checkout = pytest_ids("--collect-only", "conformance/suites/test_conformance.py", *SUBSET, cwd=ROOT)
+    # the checkout's own collection, with the install's entry point visible too (PYTHONPATH): the plugin
+    # named by both the root conftest and the entry point registers once (twice would be a usage error)
+    checkout = pytest_ids("--collect-only", "conformance/suites/test_conformance.py", *SUBSET, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(site)})
     collected = [line for line in checkout.stdout.splitlines() if "::" in line]
     assert checkout.returncode == 0 and collected, checkout.stdout[-3000:]
     name = lambda nodeid: nodeid.split("::", 1)[1]  # noqa: E731  (the paths differ: site against checkout)
