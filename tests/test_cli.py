@@ -11,6 +11,7 @@ import pytest
 
 import tmirror_runs
 from conformance import cli
+from tmirror_runs import FULL_ONLY, ON_A_TERMINAL, run_of
 
 shared = pytest.mark.xdist_group(tmirror_runs.GROUP)
 
@@ -19,27 +20,6 @@ def tmirror(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "conformance", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=600)
 
-
-# One cheap command line per command (tiny presets, one case, one framework): the noise test runs each;
-# the tests below that read a command's output read the same run. "figures" has no cheap form (its
-# quickest run, --quick, takes half a minute), so its line runs in the --full tier only.
-CHEAP = {
-    "models": ("models",),
-    "report": ("report", "bert-tiny", "--seq-len", "16", "--batch", "2", "--out", "{out}/report"),
-    "compare": ("compare", "gpt2-tiny", "--weights", "{gpt2_weights}", "--seq-len", "8", "--frameworks", "torch,tf",
-                "--dtype", "float64"),
-    "trace": ("trace", "bert-tiny", "--op", "encoder.0.attention.probs", "--seq-len", "8"),
-    "explain": ("explain", "multi_head_attention", "--variant", "causal"),
-    "matrix": ("matrix", "--cases", "linear", "--frameworks", "tf", "--dtype", "float32", "--out", "{out}/matrix.md"),
-    "export": ("export", "bert-tiny", "--framework", "torch", "--exporter", "torchscript",
-               "--out", "{out}/bert-tiny.onnx"),
-    "tolerances": ("tolerances", "--cases", "linear", "--dtypes", "float32", "--frameworks", "tf", "--regimes",
-                   "suite", "--out", "{out}/tolerances.md", "--evidence", "{out}/tolerances.json"),
-    "gpu-check": ("gpu-check", "--device", "cpu", "--budget-seconds", "1", "--out", "{out}/gpu"),
-    "figures": ("figures", "--quick", "--out", "{out}/docs"),
-}
-ON_A_TERMINAL = {"matrix"}  # its stderr a terminal: the progress bar drawn (test_progress_bar_...)
-FULL_ONLY = {"figures"}
 
 # What TensorFlow, absl, XLA and the CUDA stubs print on their own: absl's pre-init line, the oneDNN notice,
 # glog-style and TF-style C++ log lines, CPU-instruction and CUDA/TensorRT lookups, Python warnings
@@ -52,14 +32,6 @@ NOISE = re.compile("|".join([
     r"[Cc]ould not find cuda drivers", r"failed call to cuInit", r"TF-TRT Warning", r"Could not find TensorRT",
     r"(tensorflow|keras|absl)/\S+\.py:\d+: \w*Warning",
 ]))
-
-
-def run_of(command: str) -> tmirror_runs.Ran:
-    """`command`'s cheap run (CHEAP), shared by every test that reads it."""
-    if command not in CHEAP:
-        raise KeyError(f"tmirror {command} has no cheap command line in tests/test_cli.py CHEAP; add one")
-    args = tuple(a.replace("{gpt2_weights}", tmirror_runs.gpt2_tiny_weights()) for a in CHEAP[command])
-    return tmirror_runs.tmirror(*args, tty=command in ON_A_TERMINAL)
 
 
 @shared

@@ -83,3 +83,33 @@ def gpt2_tiny_weights() -> str:
     path = OUT / "gpt2-tiny-seed5.safetensors"
     weights.save(weights.initialize(cfg, seed=5), path, cfg)
     return str(path)
+
+
+# One cheap command line per command (tiny presets, one case, one framework): the noise test (tests/test_cli.py) runs
+# each; the tests that read a command's output read the same run. "figures" has no cheap form (its
+# quickest run, --quick, takes half a minute), so its line runs in the --full tier only.
+CHEAP = {
+    "models": ("models",),
+    "report": ("report", "bert-tiny", "--seq-len", "16", "--batch", "2", "--out", "{out}/report"),
+    "compare": ("compare", "gpt2-tiny", "--weights", "{gpt2_weights}", "--seq-len", "8", "--frameworks", "torch,tf",
+                "--dtype", "float64"),
+    "trace": ("trace", "bert-tiny", "--op", "encoder.0.attention.probs", "--seq-len", "8"),
+    "explain": ("explain", "multi_head_attention", "--variant", "causal"),
+    "matrix": ("matrix", "--cases", "linear", "--frameworks", "tf", "--dtype", "float32", "--out", "{out}/matrix.md"),
+    "export": ("export", "bert-tiny", "--framework", "torch", "--exporter", "torchscript",
+               "--out", "{out}/bert-tiny.onnx"),
+    "tolerances": ("tolerances", "--cases", "linear", "--dtypes", "float32", "--frameworks", "tf", "--regimes",
+                   "suite", "--out", "{out}/tolerances.md", "--evidence", "{out}/tolerances.json"),
+    "gpu-check": ("gpu-check", "--device", "cpu", "--budget-seconds", "1", "--out", "{out}/gpu"),
+    "figures": ("figures", "--quick", "--out", "{out}/docs"),
+}
+ON_A_TERMINAL = {"matrix"}  # its stderr a terminal: the progress bar drawn (test_progress_bar_...)
+FULL_ONLY = {"figures"}
+
+
+def run_of(command: str) -> Ran:
+    """`command`'s cheap run (CHEAP), shared by every test that reads it."""
+    if command not in CHEAP:
+        raise KeyError(f"tmirror {command} has no cheap command line in tests/tmirror_runs.py CHEAP; add one")
+    args = tuple(a.replace("{gpt2_weights}", gpt2_tiny_weights()) for a in CHEAP[command])
+    return tmirror(*args, tty=command in ON_A_TERMINAL)
