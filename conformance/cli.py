@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from conformance.core import files  # noqa: E402  (standard library only: the CLI starts fast)
+from conformance.core.progress import MODES as PROGRESS_MODES, Progress  # noqa: E402
 
 
 class Parser(argparse.ArgumentParser):
@@ -121,10 +122,11 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--list", action="store_true", help="list the components and models with a walkthrough")
     mat = sub.add_parser("matrix", help="the summary matrix of every component and model (reports/README.md)")
     mat.add_argument("--frameworks", type=_csv(("numpy", "torch", "tf", "keras-torch", "keras-jax")),
-                     default=["numpy", "torch", "tf", "keras-torch"],
+                     default=["numpy", "torch", "tf", "keras-torch", "keras-jax"],
                      help="keras-torch, keras-jax: tf_impl on that Keras backend, in a subprocess")
     mat.add_argument("--dtype", type=_csv(DTYPES), default=["float64", "float32"])
     mat.add_argument("--out", type=_out("file"), default="reports/README.md")
+    mat.add_argument("--cases", default="*", help="globs over registry case ids, comma-separated (default: all)")
     from conformance.backends.keras_export import FORMATS, QUANTIZE
     exp = sub.add_parser("export", help="write a deployment artifact (ONNX by default; .keras, SavedModel, LiteRT), "
                                         "reload it and prove it against the float64 reference")
@@ -189,6 +191,9 @@ def parser() -> argparse.ArgumentParser:
     fig = sub.add_parser("figures", help="the docs' numbers and figures: docs/generated/*.md, docs/figures/*.png")
     fig.add_argument("--out", type=_out("directory"), default="docs", help="the docs directory (default: docs/)")
     fig.add_argument("--quick", action="store_true", help="smaller measurements, in seconds (not for committing)")
+    for cmd in sub.choices.values():
+        cmd.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+                         help="progress bar on stderr: auto (default: when stderr is a terminal), on, off")
     return p
 
 
@@ -231,45 +236,49 @@ def cmd_models(args) -> int:
     return 0
 
 
-def _run(args):
-    from tqdm import tqdm
-
+def _run(args, bar: Progress):
+    """The runs of `compare` and `report`, `_run_steps(args)` steps of `bar`: the float64 reference, then
+    one per framework and dtype, each counted as the next one starts (and the last as it ends)."""
     from conformance.report import runner
     cfg, w, source = runner.resolve(args.preset, args.weights, args.seed)
     inputs = runner.model_inputs(cfg, args.batch, args.seq_len, args.seed)
-    steps = len(args.frameworks) * len(args.dtype)
-    with tqdm(total=steps + 1, desc="reference float64", file=sys.stderr, leave=False, disable=None) as bar:
-        def progress(label):
-            bar.update(1)
-            bar.set_description(label)
-        reference, reference_trace, runs = runner.run(cfg, w, inputs, args.frameworks, args.dtype,
-                                                      progress=progress)
-        bar.update(1)
+    bar.step("reference float64", 0)
+    reference, reference_trace, runs = runner.run(cfg, w, inputs, args.frameworks, args.dtype,
+                                                  progress=bar.step)
+    bar.step()
     return cfg, w, source, inputs, reference_trace, runs
+
+
+def _run_steps(args) -> int:
+    return 1 + len(args.frameworks) * len(args.dtype) - (("numpy" in args.frameworks) and ("float64" in args.dtype))
 
 
 def cmd_report(args) -> int:
     from conformance.report import runner, write as report
     from conformance import weights
     from conformance import costs
-    cfg, w, source, inputs, reference_trace, runs = _run(args)
-    env = runner.environment(args.seed, weights.fingerprint(w), source)
-    section = costs.costs(cfg, args.batch, args.seq_len, args.frameworks, weights=w)
-    titles = {"flops": "FLOPs against sequence length and batch", "memory": "Memory against sequence length and batch"}
-    figures = {**report.figures(cfg, reference_trace),
-               **{titles.get(k, k): png for k, png in costs.plots(section).items()}}
-    rec = report.record(args.preset, cfg, w, inputs, env, runs, section)
-    if args.onnx:
-        from conformance.report import onnx
-        rec["onnx"] = onnx.onnx_section(cfg, w, inputs, preset=args.preset)
-    if args.train:
-        from tqdm import tqdm
-
-        from conformance.report import training as train_report
-        with tqdm(total=5, desc="train", file=sys.stderr, leave=False, disable=None) as bar:
+    train_steps = len(args.dtype) + 3 if args.train else 0  # a step per gradient dtype, training, mixed, memory
+    with Progress(_run_steps(args) + 3 + args.onnx + train_steps, "report", args.progress) as bar:
+        cfg, w, source, inputs, reference_trace, runs = _run(args, bar)
+        env = runner.environment(args.seed, weights.fingerprint(w), source)
+        bar.step("costs", 0)
+        section = costs.costs(cfg, args.batch, args.seq_len, args.frameworks, weights=w)
+        bar.step("figures")
+        titles = {"flops": "FLOPs against sequence length and batch", "memory": "Memory against sequence length and batch"}
+        figures = {**report.figures(cfg, reference_trace),
+                   **{titles.get(k, k): png for k, png in costs.plots(section).items()}}
+        rec = report.record(args.preset, cfg, w, inputs, env, runs, section)
+        if args.onnx:
+            from conformance.report import onnx
+            bar.step("onnx")
+            rec["onnx"] = onnx.onnx_section(cfg, w, inputs, preset=args.preset)
+        if args.train:
+            from conformance.report import training as train_report
             rec["train"] = train_report.section(args.preset, cfg, w, inputs, args.frameworks, args.dtype,
-                                                progress=lambda label: (bar.update(1), bar.set_description(label)))
-    paths = report.write(rec, args.out, figures)
+                                                progress=bar.step)
+        bar.step("write")
+        paths = report.write(rec, args.out, figures)
+        bar.step()
     for r in runs:
         first = r.first_divergence
         print(f"{r.framework:>6} {r.dtype}: {'pass' if r.passed else 'FAIL'}  "
@@ -289,7 +298,8 @@ def cmd_compare(args) -> int:
     if args.a is not None:
         return _cross_compare(args)
     from tabulate import tabulate
-    _, _, source, _, _, runs = _run(args)
+    with Progress(_run_steps(args), "compare", args.progress) as bar:
+        _, _, source, _, _, runs = _run(args, bar)
     print(f"weights: {source}")
     for r in runs:
         worst = sorted(r.ops, key=lambda c: -c.max_abs)[:args.top]
@@ -318,9 +328,11 @@ def _cross_compare(args) -> int:
         cfg, preset = entry.config(variant), None
     elif args.weights:
         cfg, w, _ = runner.resolve(args.preset, args.weights, args.seed)
-    print(f"tracing {args.a} and {args.b}...", file=sys.stderr)
-    report = crosscheck.compare(args.a, args.b, preset=preset, cfg=cfg, weights=w, dtype=args.dtype[0],
-                                batch=args.batch, seq_len=args.seq_len, seed=args.seed, std=args.std)
+    with Progress(1, "compare", args.progress) as bar:
+        bar.say(f"tracing {args.a} and {args.b}...")
+        bar.step(f"{args.a} and {args.b}", 0)
+        report = crosscheck.compare(args.a, args.b, preset=preset, cfg=cfg, weights=w, dtype=args.dtype[0],
+                                    batch=args.batch, seq_len=args.seq_len, seed=args.seed, std=args.std)
     report.preset = args.preset
     text = report.markdown(top=args.top)
     print(text)
@@ -353,16 +365,11 @@ def cmd_trace(args) -> int:
 
 
 def cmd_matrix(args) -> int:
-    from tqdm import tqdm
-
     from conformance.report import matrix, runner
-    from conformance.spec.registry import CASES
-    total = len(CASES) * len(matrix.columns_of(args.frameworks, args.dtype))
-    with tqdm(total=total, file=sys.stderr, leave=False, disable=None) as bar:
-        def progress(label):
-            bar.update(1)
-            bar.set_description(label)
-        m = matrix.measure(args.frameworks, args.dtype, progress=progress)
+    cases = _cases(args.cases)
+    total = len(cases) * len(matrix.columns_of(args.frameworks, args.dtype))
+    with Progress(total, "matrix", args.progress) as bar:
+        m = matrix.measure(args.frameworks, args.dtype, progress=bar.step, cases=cases)
     env = runner.environment(0, "registry weights", "weights.initialize per case")
     files.write(args.out, matrix.markdown(m, env), "--out")
     failed = [k for k, (_, ok) in m["cells"].items() if not ok]
@@ -401,16 +408,19 @@ def cmd_export(args) -> int:
     from conformance.compare.tolerance import compare_outputs
     cfg, w, source = runner.resolve(args.preset, args.weights, args.seed)
     chain = [args.exporter] if args.exporter else list(onnx_export.EXPORTERS[args.framework])
-    print(f"exporting {args.preset} from {args.framework} ({' then '.join(chain)}) at opset {args.opset}...",
-          file=sys.stderr)
-    exported = onnx_export.export(cfg, w, args.framework, opset=args.opset, exporter=args.exporter,
-                                  preset=args.preset)
-    out = args.out or f"{args.preset}-{args.framework}.onnx"
-    exported.save(out)
-    inputs = onnx_export.example_inputs(cfg, batch=3, length=min(17, cfg.max_positions))
-    print("running it in onnxruntime against the float64 reference...", file=sys.stderr)
-    got = onnx_export.build_from(exported)(**inputs)
-    results = compare_outputs("onnx", got, build("numpy", cfg, w, dtype="float64")(**inputs), "float32")
+    with Progress(2, "export", args.progress) as bar:
+        bar.say(f"exporting {args.preset} from {args.framework} ({' then '.join(chain)}) at opset {args.opset}...")
+        bar.step(" then ".join(chain), 0)
+        exported = onnx_export.export(cfg, w, args.framework, opset=args.opset, exporter=args.exporter,
+                                      preset=args.preset)
+        out = args.out or f"{args.preset}-{args.framework}.onnx"
+        exported.save(out)
+        inputs = onnx_export.example_inputs(cfg, batch=3, length=min(17, cfg.max_positions))
+        bar.say("running it in onnxruntime against the float64 reference...")
+        bar.step("onnxruntime")
+        got = onnx_export.build_from(exported)(**inputs)
+        results = compare_outputs("onnx", got, build("numpy", cfg, w, dtype="float64")(**inputs), "float32")
+        bar.step()
     print(f"wrote {out}: {exported.size / 2**20:.1f} MiB, {len(exported.proto.graph.node)} ops, opset {exported.opset}, "
           f"exported in {exported.seconds:.1f} s by {exported.metadata['exporter']}")
     if exported.fallback:
@@ -469,7 +479,8 @@ def _export_artifact(args) -> int:
 
 def cmd_figures(args) -> int:
     from study import figures
-    figures.write_all(args.out, quick=args.quick, progress=lambda line: print(line, file=sys.stderr))
+    with Progress(None, "figures", args.progress, unit="file") as bar:
+        figures.write_all(args.out, quick=args.quick, progress=lambda line: (bar.say(line), bar.step()))
     return 0
 
 
@@ -481,26 +492,26 @@ def tolerance_frameworks(device: str, given: list | None) -> list:
     return ["torch"] if device == "cuda" else ["numpy", "torch", "tf"]
 
 
-def cmd_tolerances(args) -> int:
-    from tqdm import tqdm
-
-    from conformance.compare.tolerance import TOLERANCES
+def _cases(globs: str, none_ok=False) -> list:
+    """The registry cases whose ids match one of the comma-separated `globs` (--cases)."""
     from conformance.spec.registry import CASES, case_id
+    cases = [c for c in CASES if any(fnmatch.fnmatch(case_id(c), g) for g in globs.split(","))]
+    if not cases and not none_ok:
+        raise ValueError(f"no registry case matches --cases {globs!r}; e.g. {[case_id(c) for c in CASES[:3]]}")
+    return cases
+
+
+def cmd_tolerances(args) -> int:
+    from conformance.compare.tolerance import TOLERANCES
     from conformance.suites import measure
     args.frameworks = tolerance_frameworks(args.device, args.frameworks)
-    cases = [c for c in CASES if any(fnmatch.fnmatch(case_id(c), g) for g in args.cases.split(","))]
-    if not cases and not args.presets:
-        raise ValueError(f"no registry case matches --cases {args.cases!r}; e.g. {[case_id(c) for c in CASES[:3]]}")
+    cases = _cases(args.cases, none_ok=bool(args.presets))
     suffix = "" if args.device == "cpu" else f"_{args.device}"
     out = files.file(args.out or f"reports/tolerances{suffix.replace('_', '-')}.md", "--out")
     evidence_path = files.file(args.evidence or f"conformance/compare/tolerance_evidence{suffix}.json", "--evidence")
-    with tqdm(total=len(args.regimes) * len(cases) + len(args.presets), file=sys.stderr, leave=False,
-              disable=None) as bar:
-        def progress(label):
-            bar.update(1)
-            bar.set_description(label)
+    with Progress(len(args.regimes) * len(cases) + len(args.presets), "tolerances", args.progress) as bar:
         results = measure.measure(args.dtypes, args.frameworks, args.device, args.regimes, cases,
-                                  args.presets, progress=progress)
+                                  args.presets, progress=bar.step)
     ev = measure.evidence(results, "tmirror tolerances " + " ".join(args.argv), TOLERANCES)
     if args.merge:
         ev = measure.merge(json.loads(evidence_path.read_text()), ev, TOLERANCES)
@@ -526,7 +537,9 @@ def cmd_gpu_check(args) -> int:
     s = gpu.settings(args.device, args.out, args.budget_seconds, args.frameworks, args.dtypes,
                      keras=args.keras_backends, cases=args.cases, wheels=args.wheels,
                      command="tmirror gpu-check " + " ".join(args.argv))
-    rep = gpu.run(s, progress=lambda line: print(line, file=sys.stderr, flush=True), started=started)
+    with Progress(max(1, round(s.budget)), "gpu-check", args.progress, unit="s") as bar:  # the budget's seconds, spent
+        rep = gpu.run(s, progress=lambda line: (bar.say(line), bar.at(round(time.perf_counter() - started))),
+                      started=started)
     print(rep.line, flush=True)  # the verdict the report holds
     return rep.code
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tmirror_runs
+
 from conformance.backends import backend
 from conformance.compare.keras_backends import BackendRun
 from conformance.compare.tolerance import compare_outputs
@@ -146,9 +148,11 @@ def test_cuda_without_a_gpu_is_a_one_line_error(monkeypatch, capsys):
     assert len(err) == 1 and err[0].startswith("tmirror gpu-check: error: --device cuda: torch")
 
 
-def test_a_budget_too_short_cuts_every_part_and_says_so(tmp_path):
-    r = gpu_check("--device", "cpu", "--out", str(tmp_path), "--budget-seconds", "1", timeout=300)
+@pytest.mark.xdist_group(tmirror_runs.GROUP)
+def test_a_budget_too_short_cuts_every_part_and_says_so():
+    r = tmirror_runs.run_of("gpu-check")  # --budget-seconds 1, the run test_cli's noise check reads too
     assert r.returncode == 0, r.stderr[-3000:]
+    tmp_path = tmirror_runs.OUT / "gpu"
     assert re.match(r"gpu-check cpu \(cpu\): PARTIAL: .*; \d+ skipped, \d+ cut;", r.stdout.strip())
     data = json.loads((tmp_path / "gpu-cpu.json").read_text())
     for name, part in data["parts"].items():

@@ -30,14 +30,15 @@ def columns_of(frameworks, dtypes) -> list[tuple[str, str]]:
             and (f not in KERAS or (KERAS[f], d) not in keras_backends.KNOWN)]
 
 
-def measure(frameworks, dtypes, device="cpu", progress=None) -> dict:
+def measure(frameworks, dtypes, device="cpu", progress=None, cases=CASES) -> dict:
+    """The cells of `cases` (default: every registry case) in each (framework, dtype) column."""
     for framework in [f for f in frameworks if f in KERAS]:
         why = keras_backends.unavailable(KERAS[framework])
         if why:
             raise ValueError(f"--frameworks {framework}: {why}")
     columns = columns_of(frameworks, dtypes)
     cells, errors, held = {}, {}, {}  # held: Keras computed float64 in float32 there (`BackendRun.held`)
-    for case in CASES:
+    for case in cases:
         for framework, dtype in columns:
             if framework in KERAS:
                 continue
@@ -50,7 +51,7 @@ def measure(frameworks, dtypes, device="cpu", progress=None) -> dict:
         wanted = tuple(d for f, d in columns if f == framework)
         if not wanted:
             continue
-        items = [(case_id(case), *case_data(*case)[1:]) for case in CASES]
+        items = [(case_id(case), *case_data(*case)[1:]) for case in cases]
         runs = keras_backends.keras_backend_batch(items, (KERAS[framework],), wanted, timeout=3600)
         for (label, _, dtype), run in runs.items():
             if progress:
@@ -62,7 +63,8 @@ def measure(frameworks, dtypes, device="cpu", progress=None) -> dict:
             cells[(label, framework, dtype)] = (max(c.max_abs for c in run.held), run.held_passed)
             if run.within_float32:
                 held[(label, framework, dtype)] = run.downcasts
-    return {"columns": columns, "cells": cells, "device": device, "errors": errors, "held": held}
+    return {"columns": columns, "cells": cells, "device": device, "errors": errors, "held": held,
+            "cases": [case_id(case) for case in cases]}
 
 
 def cell(value) -> str:
@@ -86,9 +88,9 @@ def table(case_ids, columns, cells: dict, device) -> str:
 
 
 def markdown(m: dict, environment: dict) -> str:
-    columns, cells = m["columns"], m["cells"]
+    columns, cells, case_ids = m["columns"], m["cells"], m.get("cases", [case_id(c) for c in CASES])
     passed = sum(ok for _, ok in cells.values())
-    worst = {f"{f} {d}": max(v for c in CASES if (v := cells[(case_id(c), f, d)][0]) is not None) for f, d in columns}
+    worst = {f"{f} {d}": max(v for c in case_ids if (v := cells[(c, f, d)][0]) is not None) for f, d in columns}
     errors = [f"- `{label}` on {f} {d}: {why}" for (label, f, d), why in m.get("errors", {}).items()]
     held = [f"`{label}` on {f} {d} ({', '.join(ops)})" for (label, f, d), ops in m.get("held", {}).items()]
     left_out = sorted({(f, d) for f in {f for f, _ in columns} if f in KERAS
@@ -101,7 +103,7 @@ def markdown(m: dict, environment: dict) -> str:
         "show op-by-op detail.", "",
         f"**{passed} of {len(cells)} cells pass.** Worst error per column: "
         + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + ".", "",
-        table([case_id(c) for c in CASES], columns, cells, m["device"]), "",
+        table(case_ids, columns, cells, m["device"]), "",
         *[line for f, d in left_out for line in (f"Left out: {f} {d}: {keras_backends.KNOWN[(KERAS[f], d)]}.", "")],
         *(["Cells that raised:", "", *errors, ""] if errors else []),
         *([f"Held to the float32 row (a float64 table or output that Keras computes in float32 on that backend, "
