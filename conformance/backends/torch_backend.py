@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import tempfile
 
 import numpy as np
 import torch
@@ -128,11 +129,20 @@ def _peak(prof) -> int:
     return int(np.cumsum([e.nbytes() for e in events]).max(initial=0))
 
 
+def inductor_cache() -> str:
+    """Where inductor keeps its compiled kernels: TORCHINDUCTOR_CACHE_DIR if set, else a folder of the
+    system's temporary directory (never the checkout), set before the first compile reads it."""
+    return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(),
+                                                                         f"tmirror-inductor-{os.getuid()}"))
+
+
 class TorchBackend(Backend):
     name = "torch"
     package = "torch_impl"
     dtypes = DTYPES
     devices = ("cpu", "cuda")
+    compile_modes = {"inductor": "torch.compile(backend='inductor'): TorchDynamo's graph, inductor's fused "
+                                 "C++ (CPU, gcc) or Triton (CUDA) kernels"}
 
     def available_devices(self):
         return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
@@ -155,6 +165,31 @@ class TorchBackend(Backend):
 
     def take_rows(self, x, rows):
         return x.index_select(0, torch.as_tensor(rows, dtype=torch.long, device=x.device))
+
+    def compile(self, module, mode):
+        """`torch.compile(module, backend="inductor")`: an `nn.Module` that `run` calls as it calls the module.
+        Dynamo keys its graphs by the forward's code, shared by every instance of a class, so its
+        recompile limit is raised: past it, a call would run eager without a word."""
+        self.require_compile(mode)
+        import torch._dynamo
+        inductor_cache()
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 512)
+        torch._dynamo.config.accumulated_cache_size_limit = max(
+            torch._dynamo.config.accumulated_cache_size_limit, 4096)
+        return torch.compile(module, backend=mode, dynamic=False)
+
+    def reset_compiled(self):
+        import torch._dynamo
+        torch._dynamo.reset()
+
+    @contextlib.contextmanager
+    def transforming(self, module, transform):
+        """A forward hook that returns `transform(output)`, which replaces the output (and is traced by dynamo)."""
+        handle = module.register_forward_hook(lambda m, args, output: transform(output))
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def run(self, module, inputs, training, call=None):
         args, kwargs = call or ((), inputs)
