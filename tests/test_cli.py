@@ -14,7 +14,7 @@ def tmirror(*args, cwd=None):
                           cwd=cwd, timeout=600)
 
 
-@pytest.mark.parametrize("command", ["models", "report", "compare", "trace", "explain", "matrix"])
+@pytest.mark.parametrize("command", ["models", "report", "compare", "trace", "explain", "matrix", "compiled"])
 def test_help(command):
     r = tmirror(command, "--help")
     assert r.returncode == 0 and "usage: tmirror" in r.stdout
@@ -36,6 +36,11 @@ def test_models_lists_presets_with_published_counts():
     (["explain", "softmax", "--variant", "sparse"], "variant must be one of ['default', 'padding'"),
     (["matrix", "--frameworks", "keras-jax"], "--frameworks keras-jax: jax is not installed in this environment"),
     (["compare", "bert-tiny", "--a", "keras-jax"], "keras-jax: jax is not installed in this environment"),
+    (["compiled", "bert-tiny", "--modes", "jit"],
+     "argument --modes: expected a comma-separated subset of ['inductor', 'function', 'xla']; received 'jit'"),
+    (["compiled", "bert-tiny", "--frameworks", "tf", "--modes", "inductor"],
+     "modes must name compile modes of frameworks ['tf'], tf: ['function', 'xla']; received modes=['inductor']"),
+    (["compiled", "bert-huge"], "unknown preset 'bert-huge'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, words):
     r = tmirror(*args)

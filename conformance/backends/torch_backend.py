@@ -171,8 +171,12 @@ class TorchBackend(Backend):
         Dynamo keys its graphs by the forward's code, shared by every instance of a class, so its
         recompile limit is raised: past it, a call would run eager without a word."""
         self.require_compile(mode)
+        import logging
+
         import torch._dynamo
         inductor_cache()
+        if "TORCH_LOGS" not in os.environ:  # dynamo's graph-break advice is for a model's author (TORCH_LOGS shows it)
+            logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 512)
         torch._dynamo.config.accumulated_cache_size_limit = max(
             torch._dynamo.config.accumulated_cache_size_limit, 4096)

@@ -125,6 +125,18 @@ def modes_of(frameworks, modes=None) -> list[tuple[str, str]]:
     return [(f, m) for f, h in have.items() for m in h if modes is None or m in modes]
 
 
+def compiled_runs(cfg, w: dict, inputs: dict, pairs, modules: str | None = "*", progress=None) -> list[CompiledRun]:
+    """`compiled_run` for every (framework, mode) of `pairs` on one model, against one float64 reference;
+    one eager Built per framework, whose module each of its modes compiles."""
+    reference = build("numpy", cfg, w, dtype="float64")(**inputs)
+    runs, eager = [], {}
+    for framework, mode in pairs:
+        eager.setdefault(framework, build(framework, cfg, w))
+        runs.append(compiled_run(framework, mode, cfg, w, inputs, reference, modules=modules,
+                                 built=eager[framework], progress=progress))
+    return runs
+
+
 def introduced(run: CompiledRun, baseline: CompiledRun) -> list[str]:
     """The modules whose difference from eager in `run` is not what it is in `baseline` (the same case
     and mode, unchanged): where a change to `run`'s compiled path shows, in call order."""
