@@ -140,3 +140,14 @@ def test_tensorflow_load_lines_stay_off_stderr():
         assert r.returncode == 0 and r.stdout == "4.0\n" and r.stderr == "", (code, r.stderr)
     r = tmirror("explain", "linear")
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+@pytest.mark.full
+def test_compiled_prints_every_mode_against_reference_and_eager():
+    r = tmirror("compiled", "bert-tiny", "--seq-len", "8")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    lines = r.stdout.splitlines()
+    assert "first diverging module" in lines[0]
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]) for line in lines[2:]}
+    assert rows == {("torch", "inductor"), ("tf", "function"), ("tf", "xla")}
+    assert all("| pass |" in line for line in lines[2:]), r.stdout

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import tempfile
 
 import numpy as np
 import torch
@@ -129,13 +128,6 @@ def _peak(prof) -> int:
     return int(np.cumsum([e.nbytes() for e in events]).max(initial=0))
 
 
-def inductor_cache() -> str:
-    """Where inductor keeps its compiled kernels: TORCHINDUCTOR_CACHE_DIR if set, else a folder of the
-    system's temporary directory (never the checkout), set before the first compile reads it."""
-    return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(),
-                                                                         f"tmirror-inductor-{os.getuid()}"))
-
-
 class TorchBackend(Backend):
     name = "torch"
     package = "torch_impl"
@@ -169,12 +161,13 @@ class TorchBackend(Backend):
     def compile(self, module, mode):
         """`torch.compile(module, backend="inductor")`: an `nn.Module` that `run` calls as it calls the module.
         Dynamo keys its graphs by the forward's code, shared by every instance of a class, so its
-        recompile limit is raised: past it, a call would run eager without a word."""
+        recompile limit is raised: past it, a call would run eager without a word. Inductor keeps its kernels
+        in TORCHINDUCTOR_CACHE_DIR, by default `torchinductor_$USER` in the system's temporary directory
+        (tests/test_compile_cache.py: never the checkout)."""
         self.require_compile(mode)
         import logging
 
         import torch._dynamo
-        inductor_cache()
         if "TORCH_LOGS" not in os.environ:  # dynamo's graph-break advice is for a model's author (TORCH_LOGS shows it)
             logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 512)
