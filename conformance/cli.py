@@ -491,9 +491,9 @@ def cmd_compiled(args) -> int:
 
     from conformance.compare import compiled
     from conformance.report import runner
-    pairs = compiled.modes_of(args.frameworks, args.modes)
     cfg, w, _ = runner.resolve(args.preset, args.weights, args.seed)
     inputs = runner.model_inputs(cfg, args.batch, args.seq_len, args.seed)
+    pairs = compiled.modes_of(args.frameworks, args.modes)
     with tqdm(total=len(pairs), file=sys.stderr, leave=False, disable=None) as bar:
         started = []
 

@@ -133,7 +133,7 @@ class Backend:
 
     def compile(self, module, mode: str):
         """`module` compiled by `mode` (one of `compile_modes`), called by `run` as the module is. It
-        compiles on its first call; what it compiled goes when it does."""
+        compiles on its first call, and its compiled code lives as long as the returned object."""
         self.require_compile(mode)
         raise NotImplementedError
 

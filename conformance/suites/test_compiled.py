@@ -104,6 +104,8 @@ def test_a_compiled_build_refuses_tracing_and_gradients_by_name():
     for framework, mode in MODES:
         m = build(framework, cfg, w, compile=mode)
         assert m.compile == mode and m.framework == framework
+        eager = build(framework, cfg, w)
+        assert eager.compiled(mode).module is eager.module  # the same weights, not a copy
         for name, call in [("trace()", lambda: m.trace(**inputs)), ("gradients()", lambda: m.gradients(**inputs))]:
             with pytest.raises(ValueError, match=rf"^{name[:-2]}\(\) runs the eager modules; this {framework} "
                                                  rf"build has compile='{mode}'"):
