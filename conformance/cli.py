@@ -191,6 +191,18 @@ def parser() -> argparse.ArgumentParser:
     fig = sub.add_parser("figures", help="the docs' numbers and figures: docs/generated/*.md, docs/figures/*.png")
     fig.add_argument("--out", type=_out("directory"), default="docs", help="the docs directory (default: docs/)")
     fig.add_argument("--quick", action="store_true", help="smaller measurements, in seconds (not for committing)")
+    comp = sub.add_parser("compiled", help="compiled forwards (torch.compile, tf.function, XLA) against the "
+                                           "reference and eager, and the first module a compiler changes")
+    comp.add_argument("preset", help="a preset name (see `tmirror models`)")
+    comp.add_argument("--weights", help="a safetensors file or a Hugging Face directory (default: seeded init)")
+    comp.add_argument("--batch", type=_positive, default=1)
+    comp.add_argument("--seq-len", type=_positive, default=32)
+    comp.add_argument("--frameworks", type=_csv(("torch", "tf")), default=["torch", "tf"])
+    comp.add_argument("--modes", type=_csv(("inductor", "function", "xla")), default=None,
+                      help="compile modes (default: every mode of each framework; torch: inductor; tf: function,xla)")
+    comp.add_argument("--modules", default="*", help="glob over module paths compiled alone and compared with "
+                                                     "eager (default '*'; 'none': outputs only, one compile each)")
+    comp.add_argument("--seed", type=_integer, default=0)
     for cmd in sub.choices.values():
         cmd.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                          help="progress bar on stderr: auto (default: when stderr is a terminal), on, off")
@@ -544,8 +556,34 @@ def cmd_gpu_check(args) -> int:
     return rep.code
 
 
-COMMANDS = {"export": cmd_export, "explain": cmd_explain, "figures": cmd_figures, "matrix": cmd_matrix, "models": cmd_models, "report": cmd_report, "compare": cmd_compare, "trace": cmd_trace,
-            "tolerances": cmd_tolerances, "gpu-check": cmd_gpu_check}
+def cmd_compiled(args) -> int:
+    """A separate command rather than a report section: compiling every module alone takes minutes
+    (inductor on a CPU), where a report is expected in seconds."""
+    from tabulate import tabulate
+
+    from conformance.compare import compiled
+    from conformance.report import runner
+    cfg, w, _ = runner.resolve(args.preset, args.weights, args.seed)
+    inputs = runner.model_inputs(cfg, args.batch, args.seq_len, args.seed)
+    pairs = compiled.modes_of(args.frameworks, args.modes)
+    with Progress(len(pairs), "compiled", args.progress) as bar:
+        started = []
+
+        def progress(label):  # a new (framework, mode) starts with its whole compile
+            if label.endswith("compiling the whole forward"):
+                bar.step(label, 1 if started else 0)
+                started.append(label)
+            else:
+                bar.step(label, 0)
+        runs = compiled.compiled_runs(cfg, w, inputs, pairs, None if args.modules == "none" else args.modules,
+                                      progress)
+    print(tabulate(compiled.summary_rows(runs), compiled.HEADERS, tablefmt="github", disable_numparse=True))
+    return 0 if all(r.passed for r in runs) else 1
+
+
+COMMANDS = {"export": cmd_export, "explain": cmd_explain, "figures": cmd_figures, "matrix": cmd_matrix,
+            "models": cmd_models, "report": cmd_report, "compare": cmd_compare, "trace": cmd_trace,
+            "tolerances": cmd_tolerances, "gpu-check": cmd_gpu_check, "compiled": cmd_compiled}
 
 if __name__ == "__main__":
     sys.exit(main())

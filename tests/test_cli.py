@@ -59,7 +59,7 @@ def test_progress_bar_on_a_terminal_and_stdout_stays_parseable():
     assert r.stdout == f"1 of 1 cells pass; wrote {tmirror_runs.OUT}/matrix.md\n"
 
 
-@pytest.mark.parametrize("command", ["models", "report", "compare", "trace", "explain", "matrix"])
+@pytest.mark.parametrize("command", ["models", "report", "compare", "trace", "explain", "matrix", "compiled"])
 def test_help(command):
     r = tmirror(command, "--help")
     assert r.returncode == 0 and "usage: tmirror" in r.stdout
@@ -80,6 +80,9 @@ def test_models_lists_presets_with_published_counts():
     (["trace", "bert-tiny", "--op", "nothing.*", "--frameworks", "numpy"], "no traced op matches --op 'nothing.*'"),
     (["explain", "lstm"], "unknown component or model 'lstm'; known: linear, softmax"),
     (["explain", "softmax", "--variant", "sparse"], "variant must be one of ['default', 'padding'"),
+    (["compiled", "bert-tiny", "--modes", "jit"],
+     "argument --modes: expected a comma-separated subset of ['inductor', 'function', 'xla']; received 'jit'"),
+    (["compiled", "bert-huge"], "unknown preset 'bert-huge'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, words):
     r = tmirror(*args)
@@ -116,6 +119,14 @@ def test_a_keras_backend_that_is_not_installed_is_one_clear_error(surface, monke
             matrix.measure(["keras-jax"], ["float32"])
     prefix = "keras-jax: " if surface == "compare" else "--frameworks keras-jax: "
     assert str(e.value) == prefix + MISSING
+
+
+def test_compiled_refuses_a_mode_its_frameworks_lack_in_one_line(capsys):
+    """In process (the frameworks are imported to learn their modes: a subprocess would pay for it again)."""
+    assert cli.main(["compiled", "bert-tiny", "--frameworks", "tf", "--modes", "inductor"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("tmirror compiled: error: modes must name compile modes of frameworks ['tf'], "
+                   "tf: ['function', 'xla']; received modes=['inductor']\n"), err
 
 
 @shared
@@ -224,3 +235,14 @@ def test_tensorflow_load_lines_stay_off_stderr():
         assert r.returncode == 0 and r.stdout == "4.0\n" and r.stderr == "", (code, r.stderr)
     r = run_of("explain")
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+@pytest.mark.full
+def test_compiled_prints_every_mode_against_reference_and_eager():
+    r = tmirror("compiled", "bert-tiny", "--seq-len", "8")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    lines = r.stdout.splitlines()
+    assert "first diverging module" in lines[0]
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]) for line in lines[2:]}
+    assert rows == {("torch", "inductor"), ("tf", "function"), ("tf", "xla")}
+    assert all("| pass |" in line for line in lines[2:]), r.stdout

@@ -102,6 +102,7 @@ CHEAP = {
                    "suite", "--out", "{out}/tolerances.md", "--evidence", "{out}/tolerances.json"),
     "gpu-check": ("gpu-check", "--device", "cpu", "--budget-seconds", "1", "--out", "{out}/gpu"),
     "figures": ("figures", "--quick", "--out", "{out}/docs"),
+    "compiled": ("compiled", "bert-tiny", "--frameworks", "tf", "--modes", "function", "--modules", "none", "--seq-len", "8"),
 }
 ON_A_TERMINAL = {"matrix"}  # its stderr a terminal: the progress bar drawn (test_progress_bar_...)
 FULL_ONLY = {"figures"}

@@ -5,6 +5,7 @@ and `Built`, a module of one framework with canonical weights loaded, called wit
     out = m(input_ids=ids, attention_mask=mask)   # NumPy in, dict of NumPy out
     out, records = m.trace(input_ids=ids)          # {op name: tensor}, same names everywhere
     grads = m.gradients(input_ids=ids)             # every input, weight and tapped tensor's gradient
+    c = build("torch", cfg, w, compile="inductor") # or m.compiled("inductor"): the same module, compiled
 
 A backend is the only place that knows a framework: how to construct a module and load
 canonical weights into it, turn NumPy inputs into its tensors and back, walk its module tree
@@ -70,6 +71,7 @@ class Backend:
     dtypes: tuple = DTYPES        # the dtypes it runs
     unsupported: dict = {}        # dtype -> why it does not run it
     devices: tuple = ("cpu",)
+    compile_modes: dict = {}      # compile mode -> what it runs, in words; {}: nothing to compile
 
     # ---- which cases it runs
     def available_devices(self) -> tuple:
@@ -122,6 +124,29 @@ class Backend:
     def run(self, module, inputs, training: bool, call=None):
         """Call `module(**inputs)`, or `module(*args, **kwargs)` for call=(args, kwargs)."""
         raise NotImplementedError
+
+    def require_compile(self, mode) -> None:
+        """Raise a ValueError naming `compile`, this framework's modes and `mode` unless it is one of them."""
+        if mode not in self.compile_modes:
+            raise ValueError(f"compile must be None or one of {list(self.compile_modes)} for framework="
+                             f"{self.name!r}; received compile={mode!r}")
+
+    def compile(self, module, mode: str):
+        """`module` compiled by `mode` (one of `compile_modes`), called by `run` as the module is. It
+        compiles on its first call, and its compiled code lives as long as the returned object."""
+        self.require_compile(mode)
+        raise NotImplementedError
+
+    def reset_compiled(self) -> None:
+        """Forget what earlier compiles cached in the framework itself (beyond their own objects), so the
+        next compile traces afresh: a changed module is never served an earlier module's graph."""
+
+    @contextlib.contextmanager
+    def transforming(self, module, transform):
+        """A context in which `module`'s output is `transform(output)` (a planted change, in whatever is
+        traced or compiled while it lasts)."""
+        raise ValueError(f"the {self.name} framework cannot change a module's output")
+        yield
 
     def policy(self, dtype: str, device: str):
         """What a call needs beyond its weights' dtype (autocast, TF32), for the length of the call."""
@@ -237,12 +262,28 @@ class Built:
     hands inputs and outputs through as they are (for studying overflow)."""
 
     def __init__(self, backend: Backend, entry: Entry, cfg: Config, module, dtype: str, training: bool,
-                 device: str = "cpu", check_finite: bool = True):
+                 device: str = "cpu", check_finite: bool = True, compile: str | None = None):
         self.backend, self.entry, self.cfg = backend, entry, cfg
         self.module, self.dtype, self.training, self.device = module, dtype, training, device
         self.framework = backend.name
         self.check_finite = check_finite
         self.signature = entry.signature()  # {input: required}: what the front door lets through
+        self.compile = compile  # None: eager; else the backend's compile mode every call runs through
+        self.runner = module if compile is None else backend.compile(module, compile)
+        self._compiled_submodules: dict = {}  # path -> that submodule compiled alone, for `replay`
+
+    def compiled(self, mode: str) -> "Built":
+        """The same module (same weights, no copy) behind a forward compiled by `mode` (`Backend.compile_modes`)."""
+        self.backend.require_compile(mode)
+        return Built(self.backend, self.entry, self.cfg, self.module, self.dtype, self.training, self.device,
+                     self.check_finite, mode)
+
+    def eager_only(self, what: str) -> None:
+        """Refuse `what` on a compiled Built: taps and autograd hooks need the eager modules."""
+        if self.compile is not None:
+            raise ValueError(f"{what} runs the eager modules; this {self.framework} build has compile="
+                             f"{self.compile!r}: build it without compile= (conformance.compare.compiled "
+                             f"compares a compiled forward module by module)")
 
     def policy(self):
         return self.backend.policy(self.dtype, self.device)
@@ -254,7 +295,7 @@ class Built:
     def __call__(self, **inputs) -> dict[str, np.ndarray]:
         inputs = self.check_inputs(inputs)
         with self.policy():
-            out = self.backend.run(self.module, self.backend.inputs(inputs, self.dtype, self.device), self.training)
+            out = self.backend.run(self.runner, self.backend.inputs(inputs, self.dtype, self.device), self.training)
         outputs = {k: self.backend.to_numpy(v) for k, v in as_dict(out).items()}
         finite.check_finite(self, inputs, outputs)
         return outputs
@@ -268,6 +309,7 @@ class Built:
         Inputs left None are not passed; what a family's model takes is its
         `conformance.spec.family.Decoding` (e.g. `position_ids`, `decoder_input_ids`).
         """
+        self.eager_only("step()")
         if not isinstance(cache, list):
             raise ValueError(f"cache must be a list (empty on the first step); received {type(cache).__name__}")
         given = {"input_ids": input_ids, "attention_mask": attention_mask, **inputs}
@@ -295,6 +337,7 @@ class Built:
         matching `full` (a glob or several); modules whose path matches `capture` also record their
         inputs and output in `self.calls`, for `replay`.
         """
+        self.eager_only("trace()")
         inputs = self.check_inputs(inputs)
         modules = self.backend.named_modules(self.module)
         with trace.recording(modules, self.backend.to_numpy, summary=summary, keep=full,
@@ -308,6 +351,7 @@ class Built:
         """The gradients of L = sum_k sum(out_k * c_k): of every float input, weight (canonical name and
         layout) and traced activation, as NumPy. `cotangents` {output key: c_k} defaults to seeded
         standard normals (`cotangents_for`)."""
+        self.eager_only("gradients()")
         return self.backend.gradients(self, self.check_inputs(inputs), cotangents, seed)
 
     def submodule(self, path: str):
@@ -323,9 +367,15 @@ class Built:
         return value
 
     def replay(self, path: str, args: list, kwargs: dict):
-        """Run the submodule at `path` alone on NumPy inputs (another framework's recorded call)."""
+        """Run the submodule at `path` alone on NumPy inputs (another framework's recorded call); on a
+        compiled Built, that submodule compiled alone by the same mode (compiled once, kept)."""
+        module = self.submodule(path)
+        if self.compile is not None:
+            if path not in self._compiled_submodules:
+                self._compiled_submodules[path] = self.backend.compile(module, self.compile)
+            module = self._compiled_submodules[path]
         with self.policy():
-            out = self.backend.run(self.submodule(path), None, self.training,
+            out = self.backend.run(module, None, self.training,
                                    call=([self.convert(a) for a in args], {k: self.convert(v) for k, v in kwargs.items()}))
         return {k: self.backend.to_numpy(v) for k, v in out.items()} if isinstance(out, dict) \
             else self.backend.to_numpy(out)
@@ -334,6 +384,7 @@ class Built:
         """(input gradients by argument name, weight gradients by canonical name) of the submodule at
         `path` run alone as module(*args, **kwargs) on NumPy inputs, for L = sum(output * cotangent):
         one op's backward, fed the inputs and cotangent of your choice."""
+        self.eager_only("module_gradients()")
         sub = self.submodule(path)
         kwargs = {k: v for k, v in kwargs.items() if k != "training"}  # Keras records it; `self.training` rules
         named = self.backend.argument_names(sub, args, kwargs)

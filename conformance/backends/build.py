@@ -2,6 +2,7 @@
 
     m = build("torch", cfg, w, device="cpu", dtype="float32")
     out = m(input_ids=ids, attention_mask=mask)   # NumPy in, dict of NumPy out
+    c = build("tf", cfg, w, compile="xla")        # the same call, through the backend's compiler
 
 The backends are found by name (`BACKENDS`) and imported when first asked for, so importing
 the harness imports no framework.
@@ -54,8 +55,10 @@ def load(b: Backend, cfg: Config, weights: dict, device: str = "cpu", dtype: str
 
 def build(framework: str, cfg: Config, weights: dict, device: str = "cpu", dtype: str = "float32",
           training: bool | None = None, source: str | None = None, exporter: str | None = None,
-          check_finite: bool = True) -> Built:
-    """`source` (framework="onnx" only): "torch" (default) or "tf", the mirror the graph is exported
+          check_finite: bool = True, compile: str | None = None) -> Built:
+    """`compile`: None (eager) or one of the backend's `compile_modes` (torch: "inductor"; tf: "function",
+    "xla"), through which every call runs.
+    `source` (framework="onnx" only): "torch" (default) or "tf", the mirror the graph is exported
     from; `exporter` picks one exporter of that source (see `conformance.backends.onnx_export`).
     `check_finite=False` lets NaN and inf through, in weights, inputs and outputs (see `Built`)."""
     if not isinstance(cfg, Config):
@@ -71,13 +74,16 @@ def build(framework: str, cfg: Config, weights: dict, device: str = "cpu", dtype
     if device not in DEVICES:
         raise ValueError(f"device must be one of {list(DEVICES)}; received device={device!r}")
     b = backend(framework)
+    if compile is not None:
+        b.require_compile(compile)
     b.require(dtype, device)
     weights_lib.check(cfg, weights, finite=check_finite)
     if framework == "onnx":
         entry = registry.get(cfg.kind)
         return Built(b, entry, cfg, b.construct_exported(cfg, weights, source or "torch", exporter), dtype, False,
                      check_finite=check_finite)
-    return load(b, cfg, weights, device, dtype, training, check_finite)
+    built = load(b, cfg, weights, device, dtype, training, check_finite)
+    return built if compile is None else built.compiled(compile)
 
 
 def environment(frameworks=FRAMEWORKS) -> dict:

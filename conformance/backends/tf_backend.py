@@ -45,6 +45,8 @@ class TFBackend(Backend):
     package = "tf_impl"
     dtypes = tuple(d for d in DTYPES if d != "tf32")
     unsupported = {"tf32": "TF32 is a GPU mode and the tf framework runs on cpu only in this harness"}
+    compile_modes = {"function": "tf.function: one TensorFlow graph (Grappler's rewrites, oneDNN kernels)",
+                     "xla": "tf.function(jit_compile=True): the graph compiled by XLA (fused CPU kernels)"}
 
     def construct(self, entry, cfg, dtype, device):
         return entry.implementation(self.package)(*entry.args(cfg), dtype=dtype)
@@ -67,6 +69,23 @@ class TFBackend(Backend):
         finally:
             if filtering:
                 config.enable_traceback_filtering()
+
+    def compile(self, module, mode):
+        """`tf.function(module)`, with `jit_compile=True` for "xla": called by `run` as the layer is (`training`
+        a Python bool, so each value traces its own graph). TensorFlow itself, whatever KERAS_BACKEND says."""
+        self.require_compile(mode)
+        import tensorflow as tf
+        return tf.function(module, jit_compile=mode == "xla", autograph=False)
+
+    @contextlib.contextmanager
+    def transforming(self, module, transform):
+        """The layer's `call` replaced, on the instance, by one whose output passes through `transform`."""
+        original = module.call
+        object.__setattr__(module, "call", lambda *args, **kwargs: transform(original(*args, **kwargs)))
+        try:
+            yield
+        finally:
+            object.__delattr__(module, "call")
 
     def to_numpy(self, x):
         return keras.ops.convert_to_numpy(x)

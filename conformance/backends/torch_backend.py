@@ -133,6 +133,8 @@ class TorchBackend(Backend):
     package = "torch_impl"
     dtypes = DTYPES
     devices = ("cpu", "cuda")
+    compile_modes = {"inductor": "torch.compile(backend='inductor'): TorchDynamo's graph, inductor's fused "
+                                 "C++ (CPU, gcc) or Triton (CUDA) kernels"}
 
     def available_devices(self):
         return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
@@ -155,6 +157,36 @@ class TorchBackend(Backend):
 
     def take_rows(self, x, rows):
         return x.index_select(0, torch.as_tensor(rows, dtype=torch.long, device=x.device))
+
+    def compile(self, module, mode):
+        """`torch.compile(module, backend="inductor")`: an `nn.Module` that `run` calls as it calls the module.
+        Dynamo keys its graphs by the forward's code, shared by every instance of a class, so its
+        recompile limit is raised: past it, a call would run eager without a word. Inductor keeps its kernels
+        in TORCHINDUCTOR_CACHE_DIR, by default `torchinductor_$USER` in the system's temporary directory
+        (tests/test_compile_cache.py: never the checkout)."""
+        self.require_compile(mode)
+        import logging
+
+        import torch._dynamo
+        if "TORCH_LOGS" not in os.environ:  # dynamo's graph-break advice is for a model's author (TORCH_LOGS shows it)
+            logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 512)
+        torch._dynamo.config.accumulated_cache_size_limit = max(
+            torch._dynamo.config.accumulated_cache_size_limit, 4096)
+        return torch.compile(module, backend=mode, dynamic=False)
+
+    def reset_compiled(self):
+        import torch._dynamo
+        torch._dynamo.reset()
+
+    @contextlib.contextmanager
+    def transforming(self, module, transform):
+        """A forward hook that returns `transform(output)`, which replaces the output (and is traced by dynamo)."""
+        handle = module.register_forward_hook(lambda m, args, output: transform(output))
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def run(self, module, inputs, training, call=None):
         args, kwargs = call or ((), inputs)
