@@ -187,7 +187,7 @@ def test_cli_export_writes_a_checked_file(tiny_weights_file, tmp_path, capsys):
 @pytest.mark.parametrize("args,words", [
     (["--framework", "torch", "--exporter", "torchscript", "--opset", "30"],
      "failed: torchscript: RuntimeError: Unsupported onnx_opset_version: 30"),
-    (["--framework", "tf", "--exporter", "torchscript"], "exporter for source='tf' must be one of ['tf2onnx']"),
+    (["--framework", "tf", "--exporter", "torchscript"], "exporter for source='tf' must be one of ['tf2onnx', 'keras']; received exporter='torchscript'"),
     (["--framework", "tf", "--weights", "/nonexistent/w.safetensors"], "weights file not found: /nonexistent/w.safetensors"),
 ])
 def test_cli_export_errors_are_one_line_and_exit_2(args, words, tiny_weights_file, capsys):
