@@ -6,7 +6,7 @@
 
 Inference, float32, CPU, batch 1, no padding, seeded weights (`weights.initialize(cfg, seed=0)`).
 Three groups per preset, each in its own process (a model's copies are freed with it: llama3.2-1b
-is 4.9 GB a copy; Keras picks its backend at import, so the JAX group cannot share a process):
+is 4.9 GB a copy, three in a group with the matched twin: 23.8 GB peak RSS; Keras picks its backend at import, so the JAX group cannot share a process):
 
     torch   torch_impl eager and compiled (`Built.compiled("inductor")`) against transformers'
             own model built from the config, eager and sdpa attention (the faster is the peer)
@@ -14,6 +14,10 @@ is 4.9 GB a copy; Keras picks its backend at import, so the JAX group cannot sha
             keras-hub's backbone the same three ways
     jax     tf_impl under KERAS_BACKEND=jax, eager and `jax.jit` (the variables passed in through a
             `keras.StatelessScope`, not baked in as constants), against keras-hub the same two ways
+
+Each compiled path also runs "matched" (`matched`): the same model with its peer's kernels (fused
+attention; keras-hub's tanh GELU for BERT), so a ratio that misses can be told apart from a kernel
+the twin does not use by default.
 
 Within a group the contenders are timed interleaved (`bench_models.interleaved`: one call of each a
 round), so load from other processes falls on all of them alike; ratios are of medians (the
@@ -61,8 +65,21 @@ PEERS = [  # (path, its peer: the fastest of these), grouped as the report lists
     ("keras-jax eager", ("keras-hub jax eager",)),
     ("keras-jax jax.jit", ("keras-hub jax.jit",)),
     ("keras-jax jax.jit", ("keras-jax eager",)),
+    ("torch_impl inductor, matched", ("transformers (eager)", "transformers (sdpa)")),
+    ("tf_impl tf.function, matched", ("keras-hub tf.function",)),
+    ("tf_impl XLA, matched", ("keras-hub XLA",)),
+    ("keras-jax jax.jit, matched", ("keras-hub jax.jit",)),
 ]
-COMPILED = ("inductor", "tf.function", "XLA", "jax.jit")
+COMPILED = ("inductor", "tf.function", "XLA", "jax.jit", "matched")
+
+
+def matched(cfg, peer: str):
+    """The same model with the peer's kernels, for a like-for-like ratio ("PATH, matched"): attention as one
+    fused call (transformers' sdpa is one; `attention_impl="fused"`), and the tanh GELU where keras-hub's
+    BERT computes it (transformers' BERT and this project's compute erf's). Its output differs from the
+    twin's by what the GELU changes (the agreement table shows it)."""
+    cfg = cfg.replace(attention_impl="fused")
+    return cfg.replace(activation="gelu_tanh") if peer == "keras-hub" and cfg.kind == "bert" else cfg
 
 
 def inputs_for(cfg, seq):
@@ -90,6 +107,7 @@ def torch_group(cfg, w, x):
     from conformance.backends.build import build
     from conformance.oracles import transformers as hf
     twin = build("torch", cfg, w, dtype="float32")
+    fused = build("torch", matched(cfg, "transformers"), w, dtype="float32")
     theirs = hf.transformers_model(cfg, w, "eager", "float32")
     del w
     gc.collect()
@@ -106,6 +124,7 @@ def torch_group(cfg, w, x):
         return run
     compiled = twin.compiled("inductor").runner
     return {"torch_impl eager": call(twin.module.eval()), "torch_impl inductor": call(compiled),
+            "torch_impl inductor, matched": call(fused.compiled("inductor").runner),
             "transformers (eager)": call(theirs, "eager"), "transformers (sdpa)": call(theirs, "sdpa")}
 
 
@@ -115,6 +134,7 @@ def tf_group(cfg, w, x):
     from conformance.backends.build import build
     from conformance.oracles import keras_hub as kho
     twin = build("tf", cfg, w, dtype="float32")
+    like = build("tf", matched(cfg, "keras-hub"), w, dtype="float32")
     kh = kho.load(kho.backbone(cfg, "float32"), cfg, w)
     del w
     gc.collect()
@@ -122,10 +142,13 @@ def tf_group(cfg, w, x):
     theirs = {k: tf.constant(v) for k, v in kho.inputs(cfg, **x).items()}
     kh_forward = kho.forward(kh, cfg)
     graph, xla = (twin.compiled(mode).runner for mode in ("function", "xla"))
+    like_graph, like_xla = (like.compiled(mode).runner for mode in ("function", "xla"))
     kh_graph, kh_xla = (tf.function(lambda t: main_output(kh_forward(t)), jit_compile=j) for j in (False, True))
     return {"tf_impl eager": lambda: main_output(twin.module(**ours, training=False)).numpy(),
             "tf_impl tf.function": lambda: main_output(graph(**ours, training=False)).numpy(),
             "tf_impl XLA": lambda: main_output(xla(**ours, training=False)).numpy(),
+            "tf_impl tf.function, matched": lambda: main_output(like_graph(**ours, training=False)).numpy(),
+            "tf_impl XLA, matched": lambda: main_output(like_xla(**ours, training=False)).numpy(),
             "keras-hub eager": lambda: main_output(kh_forward(theirs)).numpy(),
             "keras-hub tf.function": lambda: kh_graph(theirs).numpy(),
             "keras-hub XLA": lambda: kh_xla(theirs).numpy()}
@@ -151,6 +174,7 @@ def jax_group(cfg, w, x):
     from conformance.backends.build import build
     from conformance.oracles import keras_hub as kho
     twin = build("tf", cfg, w, dtype="float32").module  # tf_impl, on Keras's JAX backend in this process
+    like = build("tf", matched(cfg, "keras-hub"), w, dtype="float32").module
     kh = kho.load(kho.backbone(cfg, "float32"), cfg, w)
     del w
     gc.collect()
@@ -160,8 +184,10 @@ def jax_group(cfg, w, x):
     ours_fn = lambda t: main_output(twin(**t, training=False))  # noqa: E731
     theirs_fn = lambda t: main_output(kh_forward(t))  # noqa: E731
     ours_jit, theirs_jit = jitted(twin, ours_fn), jitted(kh, theirs_fn)
+    like_jit = jitted(like, lambda t: main_output(like(**t, training=False)))
     return {"keras-jax eager": lambda: np.asarray(ours_fn(ours)),
             "keras-jax jax.jit": lambda: np.asarray(ours_jit(ours)),
+            "keras-jax jax.jit, matched": lambda: np.asarray(like_jit(ours)),
             "keras-hub jax eager": lambda: np.asarray(theirs_fn(theirs)),
             "keras-hub jax.jit": lambda: np.asarray(theirs_jit(theirs))}
 
