@@ -235,8 +235,9 @@ def padding_at_the_ends(arg: str, ids, pad: int) -> None:
     import numpy as np
     ids = np.asarray(ids)
     real = ids != pad
-    before = np.cumsum(real, axis=1) > 0                       # a real token at or before t
-    after = np.cumsum(real[:, ::-1], axis=1)[:, ::-1] > 0      # a real token at or after t
+    count = real.astype(np.int64)  # counted as integers: torch.compile traces this NumPy as torch, whose cumsum takes no bool
+    before = np.cumsum(count, axis=1) > 0                      # a real token at or before t
+    after = np.cumsum(count[:, ::-1], axis=1)[:, ::-1] > 0     # a real token at or after t
     inside = ~real & before & after
     if inside.any():
         b, t = (int(i) for i in np.argwhere(inside)[0])
