@@ -128,9 +128,10 @@ def torch_group(cfg, w, x):
             "transformers (eager)": call(theirs, "eager"), "transformers (sdpa)": call(theirs, "sdpa")}
 
 
-def tf_group(cfg, w, x):
-    import tensorflow as tf
-
+def keras_contenders(cfg, w, x, tensor):
+    """What the tf and jax groups time, on this process's Keras backend: tf_impl's twin and its matched
+    twin (Built), keras-hub's backbone and its forward, and the inputs as `tensor` makes them (ours, then
+    keras-hub's names). `w` is freed here once the three hold their copies."""
     from conformance.backends.build import build
     from conformance.oracles import keras_hub as kho
     twin = build("tf", cfg, w, dtype="float32")
@@ -138,9 +139,15 @@ def tf_group(cfg, w, x):
     kh = kho.load(kho.backbone(cfg, "float32"), cfg, w)
     del w
     gc.collect()
-    ours = {k: tf.constant(v) for k, v in x.items()}
-    theirs = {k: tf.constant(v) for k, v in kho.inputs(cfg, **x).items()}
-    kh_forward = kho.forward(kh, cfg)
+    ours = {k: tensor(v) for k, v in x.items()}
+    theirs = {k: tensor(v) for k, v in kho.inputs(cfg, **x).items()}
+    return twin, like, kh, kho.forward(kh, cfg), ours, theirs
+
+
+def tf_group(cfg, w, x):
+    import tensorflow as tf
+
+    twin, like, kh, kh_forward, ours, theirs = keras_contenders(cfg, w, x, tf.constant)
     graph, xla = (twin.compiled(mode).runner for mode in ("function", "xla"))
     like_graph, like_xla = (like.compiled(mode).runner for mode in ("function", "xla"))
     kh_graph, kh_xla = (tf.function(lambda t: main_output(kh_forward(t)), jit_compile=j) for j in (False, True))
@@ -171,16 +178,8 @@ def jitted(model, fn):
 def jax_group(cfg, w, x):
     import jax.numpy as jnp
 
-    from conformance.backends.build import build
-    from conformance.oracles import keras_hub as kho
-    twin = build("tf", cfg, w, dtype="float32").module  # tf_impl, on Keras's JAX backend in this process
-    like = build("tf", matched(cfg, "keras-hub"), w, dtype="float32").module
-    kh = kho.load(kho.backbone(cfg, "float32"), cfg, w)
-    del w
-    gc.collect()
-    ours = {k: jnp.asarray(v) for k, v in x.items()}
-    theirs = {k: jnp.asarray(v) for k, v in kho.inputs(cfg, **x).items()}
-    kh_forward = kho.forward(kh, cfg)
+    twin, like, kh, kh_forward, ours, theirs = keras_contenders(cfg, w, x, jnp.asarray)  # on Keras's JAX backend
+    twin, like = twin.module, like.module
     ours_fn = lambda t: main_output(twin(**t, training=False))  # noqa: E731
     theirs_fn = lambda t: main_output(kh_forward(t))  # noqa: E731
     ours_jit, theirs_jit = jitted(twin, ours_fn), jitted(kh, theirs_fn)
