@@ -16,6 +16,7 @@ from numpy_ref.feed_forward import FeedForward, GatedFeedForward
 from numpy_ref.gpt2 import GPT2
 from numpy_ref.llama import Llama
 from numpy_ref.linear import Linear
+from numpy_ref.linear_attention import LinearAttention, PerformerAttention
 from numpy_ref.normalization import LayerNorm, RMSNorm
 from numpy_ref.patch_embedding import PatchEmbedding
 from numpy_ref.relative_position import RelativePositionBias
@@ -25,7 +26,7 @@ from numpy_ref.transformer import Transformer
 from numpy_ref.vit import ViT
 
 __all__ = ["Activation", "Bart", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout",
-           "EncoderLayer", "FeedForward", "GPT2", "GatedFeedForward", "LayerNorm", "Linear", "Llama",
-           "MultiHeadAttention", "PatchEmbedding", "PositionEmbedding", "RMSNorm", "RelativePositionBias",
-           "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
-           "Softmax", "T5", "TokenEmbedding", "Transformer", "ViT"]
+           "EncoderLayer", "FeedForward", "GPT2", "GatedFeedForward", "LayerNorm", "Linear", "LinearAttention",
+           "Llama", "MultiHeadAttention", "PatchEmbedding", "PerformerAttention", "PositionEmbedding", "RMSNorm",
+           "RelativePositionBias", "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding",
+           "SinusoidalPositionalEncoding", "Softmax", "T5", "TokenEmbedding", "Transformer", "ViT"]

@@ -186,6 +186,18 @@ def sdpa_inputs(q, k, v, mask) -> None:
         attention_mask4("mask", mask, (B, H, T, k[0][2]))
 
 
+def linear_attention_inputs(q, k, v, mask, causal: bool) -> None:
+    """Linear and Performer attention: q, k, v as `sdpa_inputs`; a padding mask (B, S) only (the keys are
+    summed before any query reads them: no (T, S) mask can apply); causal: T <= S queries, the last T or first T."""
+    sdpa_inputs(q, k, v, None)
+    (B, _, T, _), S = q[0], k[0][2]
+    if mask is not None:
+        boolean_mask("mask", mask[0], (B, S), "(B, S) padding", mask[1])
+    if causal and T > S:
+        raise ValueError(f"q must have at most as many positions as k in causal linear attention (each query "
+                         f"reads the prefix sums up to its own key position); received T={T}, S={S}")
+
+
 def attention_inputs(x, context, mask, past: int, d_model: int, kept: int | None = None) -> None:
     """Multi-head attention: x (B, T, D), context (B, S, D), padding mask (B, past + S); `kept`: the S keys
     a cross-attention's cache holds, when it is called without its context."""

@@ -130,6 +130,8 @@ class Config:
     #                                max_positions rows, so the longest sequence is max_positions - offset
     scale_logits: bool = False     # the head reads the last hidden state times D^-0.5 (T5 with a tied head)
     logits_bias: bool = False      # a bias on each vocabulary logit (BART's final_logits_bias, where not zero)
+    # ---- attention through a feature map (numpy_ref.linear_attention)
+    performer_features: int = 64   # M, the random features per head of PerformerAttention (FAVOR+)
 
     def __post_init__(self):
         _check_types(self)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from conformance.core.config import Config
 from conformance.spec.entry import Entry, Variant as V
 from conformance.spec.inputs import (decoder_inputs, dropout_inputs, hidden, ids, image_inputs, masked_hidden, positions,
-                                     qkv, relative_hidden, relative_positions, rotary_qk, scores_and_mask)
+                                     qkv, qkv_keys, relative_hidden, relative_positions, rotary_qk, scores_and_mask)
 
 TINY = Config(kind="component", d_model=32, num_heads=4, d_ff=64, vocab_size=97, max_positions=64)
 FUSED = V({"attention_impl": "fused"})  # F.scaled_dot_product_attention, keras.ops.dot_product_attention
@@ -110,4 +110,14 @@ COMPONENTS = [
           {"default": V(), "causal": V({"causal": True}),  # the encoder's and the decoder's buckets
            "t5": V({"relative_buckets": 32, "relative_max_distance": 128})},
           args=lambda cfg: (cfg, not cfg.causal)),
+    # attention through a feature map (issue 19): linear attention and Performer's random features
+    Entry("linear_attention", "LinearAttention", TINY.replace(kind="linear_attention"), qkv_keys,
+          {"default": V(), "no_mask": V(options={"mask": "none"}), "causal": V({"causal": True}, {"mask": "none"}),
+           "padding_causal": V({"causal": True}),
+           "causal_top_left": V({"causal": True, "causal_alignment": "top_left"}, {"mask": "none"})}),
+    Entry("performer_attention", "PerformerAttention", TINY.replace(kind="performer_attention", performer_features=16),
+          qkv_keys,
+          {"default": V(), "no_mask": V(options={"mask": "none"}), "causal": V({"causal": True}, {"mask": "none"}),
+           "padding_causal": V({"causal": True}), "features_4": V({"performer_features": 4}),
+           "features_64": V({"performer_features": 64, "causal": True})}),
 ]

@@ -59,6 +59,14 @@ def qkv(cfg, rng, batch, length, mask="padding"):
     return inputs
 
 
+def qkv_keys(cfg, rng, batch, length, mask="padding"):
+    """`qkv` with a (B, S) padding mask: attention through a feature map masks keys, never (query, key) pairs."""
+    inputs = qkv(cfg, rng, batch, length, mask="none")
+    if mask == "padding":
+        inputs["mask"] = padding_mask(rng, batch, inputs["k"].shape[2])
+    return inputs
+
+
 def relative_hidden(cfg, rng, batch, length, mask="padding", **_):
     """Disentangled attention's inputs: x (B, T, D), the relative table rel (2k, D) (layer-normed, as the
     model hands it over), a padding mask (B, T)."""

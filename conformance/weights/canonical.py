@@ -22,6 +22,9 @@ class WeightsError(ValueError):
     """Weights that do not fit the model: the message lists every offending name."""
 
 
+RANDOM = "random_features"  # a fixed random projection (numpy_ref.linear_attention), drawn N(0, 1)
+
+
 def initialize(cfg: Config, seed: int = 0, std: float = 0.02) -> dict[str, np.ndarray]:
     """Deterministic float32 weights for `cfg`.
 
@@ -29,6 +32,7 @@ def initialize(cfg: Config, seed: int = 0, std: float = 0.02) -> dict[str, np.nd
     never changes the others. Kernels and tables ~ N(0, std) as in BERT and GPT-2. Biases
     and layer-norm shifts ~ N(0, std) and gains ~ 1 + N(0, std) rather than exactly 0 and 1:
     a zero bias would hide a bias that is dropped, and a unit gain one that is ignored.
+    Performer's random features (`random_features`) ~ N(0, 1): FAVOR+'s projection, the same in every framework.
     Gemma's RMSNorm scales by (offset + gamma): its gains start at 1 - offset + N(0, std), so the
     scale it applies starts near 1 there too (transformers initializes them to 0).
     """
@@ -36,7 +40,7 @@ def initialize(cfg: Config, seed: int = 0, std: float = 0.02) -> dict[str, np.nd
     out = {}
     for name, shape in registry.param_shapes(cfg).items():
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        w = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+        w = rng.standard_normal(shape, dtype=np.float32) * np.float32(1.0 if name.endswith(RANDOM) else std)
         out[name] = w + gain if name.endswith(".gamma") else w
     return out
 
