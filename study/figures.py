@@ -2,7 +2,7 @@
 
     docs/generated/*.md   the answers of `study.questions` as Markdown tables (pages include them)
     docs/figures/*.png    positional encoding, attention patterns, error along depth, cost against T,
-                          softmax saturation, pre- vs post-norm gradients
+                          softmax saturation, pre- vs post-norm gradients, linear attention's error
 
 `quick=True` measures smaller versions (shorter sequences, bert-tiny for the error along depth) in
 seconds; the committed docs come from the full run.
@@ -307,6 +307,11 @@ def write_all(docs: str | Path = "docs", quick: bool = False, progress=print) ->
     write("families.md", families_md(q.model_families(), 128))
     written.append(positional_encoding_png(fig / "positional_encoding.png"))
     written.append(attention_patterns_png(fig / "attention_patterns.png"))
+    from study import efficiency
+    linear = efficiency.linear_attention_error(draws=3 if quick else 5)
+    stds = efficiency.by_std(draws=3 if quick else 5)
+    write("linear_attention.md", efficiency.error_md(linear, 3 if quick else 5, stds))
+    written.append(efficiency.error_png(linear, stds, fig / "linear_attention_error.png", _save, _plt()))
     progress("tracing float32 against float64 along depth...")
     e = error_by_depth("bert-tiny" if quick else "bert-base", 32 if quick else 128)
     write("error_depth.md", error_depth_md(e))
