@@ -50,6 +50,7 @@ from numpy_ref.activations import dropout, softmax
 from numpy_ref.attention import scaled_dot_product_attention
 from numpy_ref.embeddings import sinusoidal_encoding
 from numpy_ref.linear import linear
+from numpy_ref.linear_attention import elu_feature_map, linear_attention, random_feature_map
 from numpy_ref.normalization import layer_norm, rms_norm
 from numpy_ref.patch_embedding import patchify
 from numpy_ref.relative_position import relative_position_bucket
@@ -727,6 +728,37 @@ def sdpa_library(cfg, w, inputs, records, calls):
             Library("context", "keras.ops.dot_product_attention(q, k, v, mask=mask)", swap(_np(context)))]
 
 
+def feature_attention_inputs(cfg):
+    rng = _rng()
+    q, k, v = (_readable((1, 1, 4, cfg.head_dim), rng) for _ in range(3))
+    return {"q": q, "k": k, "v": v, "mask": np.array([[True, True, True, False]])}  # the 4th key is padding
+
+
+def feature_attention_inner(module, w, inputs, records):
+    """The feature map of the queries line by line, then the attention from the two feature tensors."""
+    features = (Inner(elu_feature_map, (inputs["q"],), "query_features") if module.cfg.kind == "linear_attention"
+                else Inner(random_feature_map, (inputs["q"], module.random_features, module.cfg.scale, -1),
+                           "query_features"))
+    return [features, Inner(linear_attention, (records["query_features"], records["key_features"], inputs["v"],
+                                               trace.untraced), "context")]
+
+
+def feature_attention_library(cfg, w, inputs, records, calls):
+    """No library has these layers (transformers, keras-hub and the installed packages have no linear or
+    Performer attention): torch computes the (T, S) form they avoid, on the reference's features, and
+    softmax attention on the same q, k, v is shown beside it, the distance the docs measure."""
+    torch = _torch()
+    qf, kf, v = _tensor(records["query_features"]), _tensor(records["key_features"]), _tensor(inputs["v"])
+    similarity = qf @ kf.transpose(-1, -2)  # masked keys' features are 0: so is their column
+    mask = inputs["mask"][:, None, None, :].repeat(4, axis=2)
+    quadratic = similarity @ v / similarity.sum(-1, keepdim=True)  # (B, H, T, Dh)
+    return [Library("context", "torch: (phi(q) @ phi(k).T) @ v / row sums", _np(quadratic)),
+            Library("context", "F.scaled_dot_product_attention(q, k, v, attn_mask=mask)",
+                    oracles.torch_sdpa(cfg, inputs["q"], inputs["k"], inputs["v"], mask, "float64"),
+                    differs="softmax attention, which linear attention replaces and Performer estimates "
+                            "(docs/techniques/linear_attention.md measures the distance)")]
+
+
 def mha_inputs(cfg):
     mask = np.ones((1, 4), bool)
     mask[0, 3] = False  # the 4th token is padding
@@ -1192,6 +1224,37 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                       "which passes the bias up the stack.")),
                 inner=relative_inner, library=relative_library, math="bucket",
                 shows=("num_heads", "relative_buckets", "relative_max_distance", "causal")),
+    Walkthrough("linear_attention", "Linear attention (phi = elu + 1) on 4 tokens of width 4; the 4th key is "
+                                    "padding.",
+                dict(d_model=4, num_heads=1), feature_attention_inputs, (
+                    Step("query_features", "phi(q) = elu(q) + 1: q + 1 above 0, exp(q) below, so every feature is "
+                                           "positive."),
+                    Step("key_features", "phi(k), the padded key's row zeroed: it adds nothing below."),
+                    Step("kv", "phi(K)^T V, (Dh, Dh): the keys summed once, whatever the number of queries."),
+                    Step("normalizer", "z = sum_j phi(k_j), the denominators' share of the keys."),
+                    Step("numerator", "phi(q_i) kv for each query."),
+                    Step("denominator", "phi(q_i) . z: the sum of query i's (never formed) similarities."),
+                    Step("context", "numerator / denominator: a weighted average of the value rows, the weights "
+                                    "phi(q_i) . phi(k_j) / phi(q_i) . z.", "The (T, S) form computed by torch "
+                                    "gives the same; softmax attention does not.")),
+                inner=feature_attention_inner, library=feature_attention_library,
+                shows=("num_heads", "head_dim", "causal")),
+    Walkthrough("performer_attention", "Performer (FAVOR+) with M = 6 random features on 4 tokens of width 4; "
+                                       "the 4th key is padding.",
+                dict(d_model=4, num_heads=1, performer_features=6), feature_attention_inputs, (
+                    Step("query_features", "exp(x W - |x|^2 / 2 - max) / sqrt(M), x = q Dh^-1/4: each query's "
+                                           "largest feature is 1 / sqrt(M) after its max is taken off."),
+                    Step("key_features", "The same for the keys, one max for all of them (a common factor, as "
+                                         "each query's is); the padded key's row zeroed."),
+                    Step("kv", "phi(K)^T V, (M, Dh)."),
+                    Step("normalizer", "z = sum_j phi(k_j)."),
+                    Step("numerator", "phi(q_i) kv."),
+                    Step("denominator", "phi(q_i) . z, an estimate of sum_j exp(q_i . k_j / sqrt(Dh)) times the "
+                                        "two maxima's factors, which the division cancels."),
+                    Step("context", "numerator / denominator: softmax attention estimated from M features.",
+                         "With M = 6 the estimate is rough: compare the softmax row of the table.")),
+                inner=feature_attention_inner, library=feature_attention_library,
+                shows=("num_heads", "head_dim", "performer_features", "causal")),
 ]}
 
 
