@@ -1,5 +1,7 @@
 """Linear attention ("Transformers are RNNs") and Performer's FAVOR+: attention through a feature map.
 
+Reference only: `LinearAttention.feature_map_peak`, `PerformerAttention.feature_map_peak` (for `peak`).
+
 Shape legend: B batch, H heads, T query positions, S key positions, Dh head width, M features
 (Dh for linear attention's elu + 1, `cfg.performer_features` for Performer's random features).
 
@@ -193,6 +195,36 @@ class _FeatureAttention(Module):
         if causal:  # the prefix sums of kv (the products phi(k) v^T are the kv op) and z
             yield Op("prefix_sums", "elementwise", B * H * S * M * Dh + B * H * S * M)
 
+    def saved(self, f, q, k, mask=None, **_):
+        """What torch_impl's autograd keeps (`tests/test_linear_attention.py` counts it): the feature maps'
+        (`feature_map_saved`), then the two products' operands, the mask and the division's."""
+        (B, H, T, Dh), S, M = q, k[2], self.features()
+        yield from self.feature_map_saved(f, B, H, T, S, Dh, M)
+        if mask is not None:
+            yield Saved("", "key padding mask", B * S * BOOL)
+        if self.cfg.causal:
+            yield Saved("", "phi(k) and v for the outer products", B * H * S * (M + Dh) * f)
+            yield Saved("", "kv prefix sums, (B, H, T, M, Dh)", B * H * T * M * Dh * f)
+            yield Saved("", "z prefix sums", B * H * T * M * f)
+        else:
+            yield Saved("", "phi(K)^T and v for kv", B * H * S * (M + Dh) * f)
+            yield Saved("", "kv and z", B * H * M * (Dh + 1) * f)
+        yield Saved("", "phi(q) for the numerator and the denominator", B * H * T * M * f)
+        yield Saved("", "denominator > 0", B * H * T * BOOL)
+        yield Saved("", "denominator (zeros replaced) and numerator", B * H * T * (Dh + 1) * f)
+
+    def peak(self, f, live, q, k, **_):
+        """Inference: q, k, v and the larger of two stages, the feature map's (`feature_map_peak`) and the
+        attention's: both features, then (causal) the outer products and their prefix sums at once, or kv,
+        z, numerator, context and the denominator twice (`tests/test_linear_attention.py`: torch's allocator
+        peak). `live` (the softmax's score-shaped tensors) has nothing to count here."""
+        (B, H, T, Dh), S, M = q, k[2], self.features()
+        if self.cfg.causal:
+            attention = (T + S) * M + 2 * S * M * Dh
+        else:
+            attention = (T + S) * M + M * (Dh + 1) + 2 * T * Dh + 2 * T
+        return B * H * ((T + 2 * S) * Dh + max(self.feature_map_peak(T, S, Dh, M), attention)) * f
+
     def attention_backward(self, saved, grad):
         q, k, v, mask = (saved.inputs[n] for n in ("q", "k", "v", "mask"))
         offset = causal_offset(self.cfg, q.shape[2], k.shape[2])
@@ -216,6 +248,12 @@ class LinearAttention(_FeatureAttention):
             key_features = np.where(key_mask(mask), key_features, 0)              # (B, H, S, Dh)
         key_features = tap("key_features", key_features)                        # (B, H, S, Dh)
         return self.attend(query_features, key_features, v, tap)                # (B, H, T, Dh)
+
+    def feature_map_saved(self, f, B, H, T, S, Dh, M):
+        yield Saved("", "elu's q and k", B * H * (T + S) * Dh * f)
+
+    def feature_map_peak(self, T, S, Dh, M):
+        return T * Dh + 2 * S * Dh  # phi(q), then elu(k) and elu(k) + 1
 
     def flops(self, q, k, **shapes):
         (B, H, T, Dh), S = q, k[2]
@@ -248,6 +286,13 @@ class PerformerAttention(_FeatureAttention):
             key_features = np.where(key_mask(mask), key_features, 0)              # (B, H, S, M)
         key_features = tap("key_features", key_features)                        # (B, H, S, M)
         return self.attend(query_features, key_features, v, tap)                # (B, H, T, Dh)
+
+    def feature_map_saved(self, f, B, H, T, S, Dh, M):
+        yield Saved("", "x = q, k times scale^1/2 (for x W and |x|^2)", B * H * (T + S) * Dh * f)
+        yield Saved("", "exp's output, queries and keys", B * H * (T + S) * M * f)
+
+    def feature_map_peak(self, T, S, Dh, M):
+        return T * M + S * Dh + 3 * S * M  # phi(q), then the keys' x, exponent, shifted exponent and exp
 
     def flops(self, q, k, **shapes):
         (B, H, T, Dh), S, M = q, k[2], self.features()

@@ -152,3 +152,46 @@ def test_causal_performer_exports_to_onnx_with_a_cumsum_and_dynamic_lengths():
     ref = run("numpy", cfg, w, longer)
     assert out.shape == ref.shape == (2, 4, 12, 8)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def autograd_saved_bytes(cfg, w, x):
+    """Bytes torch's autograd keeps for backward (one count per storage, parameters excluded)."""
+    import torch
+
+    built = build("torch", cfg, w, dtype="float32")
+    inputs = built.backend.inputs(x, "float32", "cpu")
+    for name in ("q", "k", "v"):
+        inputs[name].requires_grad_(True)
+    params = {p.untyped_storage().data_ptr() for p in built.module.parameters()}
+    saved = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        built.module(**inputs)
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("name", ["linear_attention", "performer_attention"])
+@pytest.mark.parametrize("variant", ["default", "no_mask", "padding_causal"])
+def test_declared_saved_tensors_are_what_autograd_keeps(name, variant):
+    cfg, w, x = case(name, variant)
+    declared = registry.get(name).reference(cfg).saved(4, **{k: v.shape for k, v in x.items()})
+    assert sum(s.bytes for s in declared) == autograd_saved_bytes(cfg, w, x)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kind", ["linear_attention", "performer_attention"])
+def test_declared_inference_peak_is_the_torch_allocator_peak(kind, causal):
+    """q, k, v (allocated before the profiled call) plus what torch's allocator peaks at, within 1%; causal,
+    the (B, H, S, M, Dh) outer products and their prefix sums dominate."""
+    cfg = Config(kind=kind, d_model=128, num_heads=4, causal=causal, performer_features=64)
+    rng = np.random.default_rng(0)
+    x = {n: rng.standard_normal((1, 4, 128, 32)).astype(np.float32) for n in "qkv"}
+    built = build("torch", cfg, weights.initialize(cfg), dtype="float32")
+    measured = built.backend.allocator_peaks(built, x)["allocator_peak"] + sum(a.nbytes for a in x.values())
+    declared = registry.get(kind).reference(cfg).peak(4, None, **{k: v.shape for k, v in x.items()})
+    assert declared == pytest.approx(measured, rel=0.01)

@@ -1,7 +1,7 @@
 """Mirrors `numpy_ref.linear_attention`.
 
-Differs: elu is `keras.ops.elu`; the stabilising maxima are `ops.stop_gradient(ops.max(...))` (NumPy's
-backward holds them constant); `random_features` is a Keras weight under its canonical name (loaded:
+Differs: elu is `keras.ops.elu`; the stabilising maxima are `ops.max` of `ops.stop_gradient(exponent)`
+(NumPy's backward holds them constant); `random_features` is a Keras weight under its canonical name (loaded:
 its initializer, N(0, 1), only fills it until then).
 """
 import math
@@ -27,7 +27,7 @@ def random_feature_map(x, features, scale, axes):
     """FAVOR+'s phi(x) = exp(x W - |x|^2 / 2 - max) / sqrt(M), x = x sqrt(scale); the max over `axes`."""
     x = x * math.sqrt(scale)                                                    # (B, H, T, Dh)
     exponent = ops.matmul(x, features) - ops.sum(x * x, axis=-1, keepdims=True) / 2  # (B, H, T, M)
-    shift = ops.stop_gradient(ops.max(exponent, axis=axes, keepdims=True))        # (B, H, T or 1, 1)
+    shift = ops.max(ops.stop_gradient(exponent), axis=axes, keepdims=True)        # (B, H, T or 1, 1)
     return ops.exp(exponent - shift) / math.sqrt(features.shape[-1])              # (B, H, T, M)
 
 

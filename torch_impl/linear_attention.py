@@ -1,7 +1,8 @@
 """Mirrors `numpy_ref.linear_attention`.
 
-Differs: elu is `F.elu`; the stabilising maxima are `torch.amax(...).detach()` (NumPy's backward holds
-them constant); `random_features` is an `nn.Parameter` under its canonical name (loaded, never drawn
+Differs: elu is `F.elu`; the stabilising maxima are `torch.amax` of the detached exponent (NumPy's
+backward holds them constant; detached before the max, no autograd node keeps the exponent for it);
+`random_features` is an `nn.Parameter` under its canonical name (loaded, never drawn
 here: `torch.empty`).
 """
 import math
@@ -27,7 +28,7 @@ def random_feature_map(x, features, scale, axes):
     """FAVOR+'s phi(x) = exp(x W - |x|^2 / 2 - max) / sqrt(M), x = x sqrt(scale); the max over `axes`."""
     x = x * math.sqrt(scale)                                                    # (B, H, T, Dh)
     exponent = x @ features - (x * x).sum(dim=-1, keepdim=True) / 2               # (B, H, T, M)
-    shift = torch.amax(exponent, dim=axes, keepdim=True).detach()                 # (B, H, T or 1, 1)
+    shift = torch.amax(exponent.detach(), dim=axes, keepdim=True)                 # (B, H, T or 1, 1)
     return torch.exp(exponent - shift) / math.sqrt(features.shape[-1])            # (B, H, T, M)
 
 
