@@ -3,7 +3,8 @@
 Every bug is planted in the PyTorch twin only, the way such bugs happen: a missing
 1/sqrt(Dh), a padding mask shifted by one position, a square kernel loaded without its
 transpose (it still fits, so no shape check can catch it), a layer-norm epsilon from
-the wrong framework's default, and erf GELU where the config says tanh. For each, the
+the wrong framework's default, erf GELU where the config says tanh, causal linear attention's prefix
+sums one position late, and FAVOR+'s features without their - |x|^2 / 2. For each, the
 generated check fails naming the component and the output tensor, and the trace
 comparison names the first op that diverges.
 """
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import torch_impl.attention
+import torch_impl.linear_attention
 from conformance.backends import torch_backend
 from conformance.spec.leaves import Leaf
 from conformance.backends.build import build
@@ -48,6 +50,25 @@ def erf_gelu(monkeypatch, cfg, w, dtype):
     return build("torch", cfg.replace(activation="gelu"), w, dtype=dtype)
 
 
+def prefix_one_late(monkeypatch, cfg, w, dtype):
+    """Causal linear attention's prefix sums one position late: each query also reads the next key."""
+    monkeypatch.setattr(torch_impl.linear_attention, "prefix_sums",
+                        lambda x, T, offset: torch.cumsum(x, dim=2)[:, :, offset + 1:offset + 1 + T])
+    return build("torch", cfg, w, dtype=dtype)
+
+
+def random_features_without_norm(monkeypatch, cfg, w, dtype):
+    """FAVOR+ without the - |x|^2 / 2 term: positive features of another kernel (a query's own cancels in its
+    row-wise max; the keys' do not)."""
+    def buggy(x, features, scale, axes):
+        x = x * scale ** 0.5
+        exponent = x @ features
+        return torch.exp(exponent - torch.amax(exponent.detach(), dim=axes, keepdim=True)) / features.shape[-1] ** 0.5
+
+    monkeypatch.setattr(torch_impl.linear_attention, "random_feature_map", buggy)
+    return build("torch", cfg, w, dtype=dtype)
+
+
 PLANTED = [
     # (bug, registry case, output it corrupts, first op the trace comparison must name)
     (missing_scale, ("encoder_layer", "default"), "output", "attention.scores"),
@@ -61,6 +82,8 @@ PLANTED = [
     (erf_gelu, ("encoder_layer", "pre_norm_causal"), "output", "feed_forward.activation.output"),
     (missing_scale, ("bert", "default"), "last_hidden_state", "encoder.0.attention.scores"),
     (untransposed_query, ("gpt2", "default"), "logits", "layers.0.attention.query.output"),
+    (prefix_one_late, ("linear_attention", "causal_top_left"), "output", "kv"),
+    (random_features_without_norm, ("performer_attention", "default"), "output", "key_features"),
 ]
 IDS = [f"{bug.__name__}-{case[0]}[{case[1]}]" for bug, case, _, _ in PLANTED]
 
