@@ -98,7 +98,8 @@ def test_performer_needs_small_queries_and_keys():
 
 
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("cls,kind", [(LinearAttention, "linear_attention"), (PerformerAttention, "performer_attention")])
+@pytest.mark.parametrize("cls,kind", [(LinearAttention, "linear_attention"),
+                                      (PerformerAttention, "performer_attention")])
 def test_flops_are_linear_in_the_sequence(cls, kind, causal):
     module = cls(Config(kind=kind, causal=causal, performer_features=16))
     total = {T: sum(o.total for o in module.flops(q=(1, 4, T, 8), k=(1, 4, T, 8))) for T in (64, 128)}
@@ -195,3 +196,12 @@ def test_declared_inference_peak_is_the_torch_allocator_peak(kind, causal):
     measured = built.backend.allocator_peaks(built, x)["allocator_peak"] + sum(a.nbytes for a in x.values())
     declared = registry.get(kind).reference(cfg).peak(4, None, **{k: v.shape for k, v in x.items()})
     assert declared == pytest.approx(measured, rel=0.01)
+
+
+def test_the_random_projection_is_one_standard_normal_weight_shared_by_the_frameworks():
+    """`random_features` is drawn once, N(0, 1) (not the kernels' N(0, 0.02)), and every framework holds that array."""
+    cfg, w, _ = case("performer_attention", "features_64")
+    assert w["random_features"].shape == (cfg.head_dim, 64) and 0.85 < w["random_features"].std() < 1.15
+    for framework in ("torch", "tf"):
+        np.testing.assert_array_equal(build(framework, cfg, w, dtype="float32").weights()["random_features"],
+                                      w["random_features"])
