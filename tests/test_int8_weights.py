@@ -1,0 +1,174 @@
+"""int8 weights (`conformance.weights.quantize`, `Config.weight_quantization="int8"`): the formula and its
+bound, one quantized weight set that numpy, torch and tf each hold as int8 and compute the same thing with
+(under the ordinary float rows), the int8 model's distance from the float model under its own row (and
+not under float32's), onnxruntime's choice of the same weights, the bytes saved and the refusals.
+
+The default tier runs an encoder and a decoder (`DEFAULT`); `--full` every registry model.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conformance import weights
+from conformance.backends.build import backend, build
+from conformance.compare import int8
+from conformance.compare.tolerance import DEPLOYMENT_TOLERANCES, TOLERANCES, compare_outputs, sqnr_db, tolerance
+from conformance.spec import registry
+from conformance.suites.cases import case_data
+from conformance.weights.quantize import QMAX, SCALE, dequantize, quantize_int8, quantize_kernel
+
+MODELS = [n for n, e in registry.ENTRIES.items() if e.is_model]
+DEFAULT = ("bert", "gpt2")
+
+
+def tiered(names):
+    return [pytest.param(n, marks=[] if n in DEFAULT else [pytest.mark.full]) for n in names]
+
+
+_cases: dict = {}
+
+
+def case(name):
+    """(cfg, w, cfg8, w8, inputs, float64 float reference, float64 numpy int8 reference), made once."""
+    if name not in _cases:
+        _, cfg, w, inputs, reference = case_data(name, "default")
+        cfg8, w8 = quantize_int8(cfg, w)
+        _cases[name] = cfg, w, cfg8, w8, inputs, reference, build("numpy", cfg8, w8, dtype="float64")(**inputs)
+    return _cases[name]
+
+
+def test_the_formula_one_scale_per_output_channel_and_the_half_step_bound():
+    kernel = np.array([[0.5, -0.02, 0.0], [-1.27, 0.011, 0.0]], np.float32)  # (in 2, out 3); channel 2 all zero
+    q, s = quantize_kernel(kernel)
+    assert q.dtype == np.int8 and s.dtype == np.float32 and s.shape == (3,)
+    np.testing.assert_array_equal(s, np.float32([1.27, 0.02, 0.0]) / np.float32(127))
+    np.testing.assert_array_equal(q, [[50, -127, 0], [-127, 70, 0]])  # round(0.011 / (0.02 / 127)) = round(69.85)
+    w = np.random.default_rng(0).standard_normal((64, 48)).astype(np.float32) * np.float32(0.02)
+    q, s = quantize_kernel(w)
+    err = np.abs(w - q.astype(np.float64) * s)                      # (64, 48)
+    assert (err <= s / 2 * (1 + 1e-6)).all()                        # |W - s q| <= s / 2, every entry
+    assert err.max(axis=0).min() > s.min() / 4                      # a real rounding error, not a float copy
+    assert (np.abs(q).max(axis=0) == QMAX).all() and q.min() >= -QMAX  # each channel reaches 127; -128 unused
+
+
+def test_one_weight_set_canonical_names_int8_kernels_and_a_file_that_says_so(tmp_path):
+    cfg, w, cfg8, w8, *_ = case("bert")
+    assert cfg8 == cfg.replace(weight_quantization="int8")
+    kernels = [k for k in w if k.endswith(".kernel") and w[k].ndim == 2]
+    assert set(w8) == set(w) | {k + SCALE for k in kernels}         # every Linear kernel, nothing else
+    for k in w:
+        assert w8[k].dtype == (np.int8 if k in kernels else w[k].dtype), k
+    assert all(w8[k + SCALE].shape == (w[k].shape[1],) for k in kernels)
+    weights.check(cfg8, w8)
+    path = tmp_path / "bert-int8.safetensors"
+    weights.save(w8, path, cfg8)
+    assert weights.load_config(path) == cfg8 and weights.fingerprint(weights.load(path)) == weights.fingerprint(w8)
+    back = dequantize(w8)
+    assert set(back) == set(w) and all(np.abs(back[k] - w[k]).max() <= w8[k + SCALE].max() / 2 * 1.0001 for k in kernels)
+
+
+def test_a_float_model_passed_off_as_int8_is_refused_by_the_weight_check():
+    cfg, w, cfg8, *_ = case("bert")
+    with pytest.raises(weights.WeightsError, match=r"(?s)26 weight problem.*missing encoder\.0\.attention\.key\.kernel_scale.*"
+                                                   r"non-int8 encoder\.0\.attention\.key\.kernel: expected int8"):
+        build("torch", cfg8, w)
+
+
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+@pytest.mark.parametrize("name", tiered(MODELS))
+def test_every_framework_holds_int8_and_computes_what_numpy_int8_computes(name, framework):
+    """(a) Under the ordinary float rows: torch and tf in float64 and float32 against numpy's float64 int8
+    model. Each holds the kernels as int8 (not a float copy of s q)."""
+    cfg, w, cfg8, w8, inputs, _, int8_reference = case(name)
+    for dtype in ("float64", "float32"):
+        m = build(framework, cfg8, w8, dtype=dtype)
+        results = compare_outputs(f"{framework} int8 {name}", m(**inputs), int8_reference, dtype)
+        assert results and all(r.passed for r in results), [str(r) for r in results]
+    held = {k: backend(framework).to_numpy(p).dtype for k, p in backend(framework).parameters(m.module).items()}
+    assert {k for k, d in held.items() if d == np.int8} == set(weights.quantize.int8_kernels(w8))
+
+
+@pytest.mark.parametrize("name", tiered(MODELS))
+def test_int8_is_within_its_own_row_and_misses_float32(name):
+    """(b) numpy's int8 model (float64) and torch's (float32) against the float64 float model: within the
+    `int8_weights` row, a real quantization error (SQNR far below float32's ~135 dB) that the float32 row refuses."""
+    cfg, w, cfg8, w8, inputs, reference, int8_reference = case(name)
+    for out in (int8_reference, build("torch", cfg8, w8)(**inputs)):
+        results = compare_outputs(f"int8 {name}", out, reference, int8.ROW)
+        assert results and all(r.passed for r in results), [str(r) for r in results]
+        assert all(30 < sqnr_db(out[k], reference[k]) < 90 for k in reference), \
+            {k: sqnr_db(out[k], reference[k]) for k in reference}
+        assert not all(r.passed for r in compare_outputs(f"int8 {name}", out, reference, "float32"))
+
+
+def test_the_row_is_its_own_and_catches_lost_scales():
+    assert int8.ROW in DEPLOYMENT_TOLERANCES and int8.ROW not in TOLERANCES
+    assert tolerance(int8.ROW).scale_rtol > TOLERANCES["float32"].rtol
+    cfg, w, cfg8, w8, inputs, reference, int8_reference = case("gpt2")
+    lost = {k: (np.ones_like(v) if k.endswith(SCALE) else v) for k, v in w8.items()}  # q read as the weight
+    out = build("numpy", cfg8, lost, dtype="float64")(**inputs)
+    assert not any(r.passed for r in compare_outputs("int8 gpt2, scales lost", out, reference, int8.ROW))
+    one = dict(w8)  # one channel's scale one step off: the framework-agreement check sees it
+    key = "layers.0.feed_forward.outer.kernel" + SCALE
+    one[key] = w8[key].copy()
+    one[key][0] *= np.float32(1 + 1 / QMAX)
+    results = compare_outputs("torch", build("torch", cfg8, one)(**inputs), int8_reference, "float32")
+    assert not all(r.passed for r in results)
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "softmax"])
+def test_a_model_with_no_linear_layer_is_one_error_in_every_framework(name):
+    cfg = registry.get(name).tiny
+    w = weights.initialize(cfg)
+    message = (f"weight_quantization='int8' quantizes the kernels of Linear layers: expected a module with at least "
+               f"one Linear; received {registry.get(name).cls}, which has none (build it with weight_quantization='none')")
+    with pytest.raises(ValueError) as err:
+        quantize_int8(cfg, w)
+    assert str(err.value) == message
+    entry = registry.get(name)
+    for framework in ("numpy", "torch", "tf"):
+        b = backend(framework)
+        with pytest.raises(ValueError) as err:
+            entry.construct(b.package, cfg.replace(weight_quantization="int8"))
+        assert str(err.value) == message, framework
+        with pytest.raises(ValueError) as err:
+            build(framework, cfg.replace(weight_quantization="int8"), w)
+        assert str(err.value) == message, framework
+
+
+def test_weights_already_int8_are_refused():
+    cfg, w, cfg8, w8, *_ = case("bert")
+    with pytest.raises(ValueError, match=r"^quantize_int8 takes a float model's Config: expected weight_quantization="
+                                         r"'none'; received weight_quantization='int8' \(its weights are already int8\)$"):
+        quantize_int8(cfg8, w8)
+    with pytest.raises(ValueError, match=r"^quantize_int8 takes float weights; received integer tensors "
+                                         r"\['encoder\.0\.attention\.key\.kernel', 'encoder\.0\.attention\.output\.kernel', "
+                                         r"'encoder\.0\.attention\.query\.kernel'\] \.\.\. \(already quantized\?\)$"):
+        quantize_int8(cfg, {k: v for k, v in w8.items() if not k.endswith(SCALE)})
+    with pytest.raises(ValueError, match=r"^Config\.weight_quantization must be one of \['none', 'int8'\]; "
+                                         r"received weight_quantization='int4'$"):
+        cfg.replace(weight_quantization="int4")
+
+
+def test_weight_bytes_four_times_smaller():
+    cfg, w, cfg8, w8, *_ = case("gpt2")
+    kernels = weights.quantize.int8_kernels(w8)
+    f, q = weights.weight_bytes(w, kernels), weights.weight_bytes(w8, kernels + [k + SCALE for k in kernels])
+    assert f == sum(4 * w[k].size for k in kernels) and q == sum(w[k].size + 4 * w[k].shape[1] for k in kernels)
+    assert 3.5 < f / q < 4  # (in, out) float32 -> int8 plus out float32 scales: 4 in / (in + 4) (in = 32: 3.6x)
+    assert weights.weight_bytes(w8) < weights.weight_bytes(w)
+
+
+def test_onnxruntime_quantize_dynamic_chooses_our_weights():
+    """onnxruntime's per-channel QInt8 weights of the torch export are ours, scale for scale and q for q
+    (zero points 0: symmetric); its activations are quantized too, so its output is further from the float
+    model than ours."""
+    cfg, w, cfg8, w8, inputs, reference, int8_reference = case("bert")
+    ort = int8.onnxruntime_int8(cfg, w)
+    a = ort.agreement
+    assert a["matched"] == a["kernels"] == len(weights.quantize.int8_kernels(w8))
+    assert a["max_scale_rel_diff"] == 0 and a["q_mismatch"] == 0 and a["zero_points"] == 0
+    theirs, ours = int8.errors(ort.session.run(inputs), reference), int8.errors(int8_reference, reference)
+    assert all(theirs[k].sqnr_db < ours[k].sqnr_db for k in reference), (theirs, ours)
+    assert all(e.max_norm_rel <= tolerance(int8.ROW).scale_rtol for e in theirs.values())
