@@ -1,31 +1,24 @@
 """int8 weights (`conformance.weights.quantize`, `Config.weight_quantization="int8"`): the formula and its
 bound, one quantized weight set that numpy, torch and tf each hold as int8 and compute the same thing with
 (under the ordinary float rows), the int8 model's distance from the float model under its own row (and
-not under float32's), onnxruntime's choice of the same weights, the bytes saved and the refusals.
-
-The default tier runs an encoder and a decoder (`DEFAULT`); `--full` every registry model.
+not under float32's), onnxruntime's choice of the same weights, the bytes saved, the refusals and
+`tmirror quantize`. Every registry model, in the default tier (~0.5 s each: the suite's tiny configs).
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+import tmirror_runs
 from conformance import weights
 from conformance.backends.build import backend, build
 from conformance.compare import int8
 from conformance.compare.tolerance import DEPLOYMENT_TOLERANCES, TOLERANCES, compare_outputs, sqnr_db, tolerance
-from conformance.spec import registry
+from conformance.spec import presets, registry
 from conformance.suites.cases import case_data
 from conformance.weights.quantize import QMAX, SCALE, dequantize, quantize_int8, quantize_kernel
 
 MODELS = [n for n, e in registry.ENTRIES.items() if e.is_model]
-DEFAULT = ("bert", "gpt2")
-
-
-def tiered(names):
-    return [pytest.param(n, marks=[] if n in DEFAULT else [pytest.mark.full]) for n in names]
-
-
 _cases: dict = {}
 
 
@@ -76,7 +69,7 @@ def test_a_float_model_passed_off_as_int8_is_refused_by_the_weight_check():
 
 
 @pytest.mark.parametrize("framework", ["torch", "tf"])
-@pytest.mark.parametrize("name", tiered(MODELS))
+@pytest.mark.parametrize("name", MODELS)
 def test_every_framework_holds_int8_and_computes_what_numpy_int8_computes(name, framework):
     """(a) Under the ordinary float rows: torch and tf in float64 and float32 against numpy's float64 int8
     model. Each holds the kernels as int8 (not a float copy of s q)."""
@@ -89,7 +82,7 @@ def test_every_framework_holds_int8_and_computes_what_numpy_int8_computes(name, 
     assert {k for k, d in held.items() if d == np.int8} == set(weights.quantize.int8_kernels(w8))
 
 
-@pytest.mark.parametrize("name", tiered(MODELS))
+@pytest.mark.parametrize("name", MODELS)
 def test_int8_is_within_its_own_row_and_misses_float32(name):
     """(b) numpy's int8 model (float64) and torch's (float32) against the float64 float model: within the
     `int8_weights` row, a real quantization error (SQNR far below float32's ~135 dB) that the float32 row refuses."""
@@ -172,3 +165,22 @@ def test_onnxruntime_quantize_dynamic_chooses_our_weights():
     theirs, ours = int8.errors(ort.session.run(inputs), reference), int8.errors(int8_reference, reference)
     assert all(theirs[k].sqnr_db < ours[k].sqnr_db for k in reference), (theirs, ours)
     assert all(e.max_norm_rel <= tolerance(int8.ROW).scale_rtol for e in theirs.values())
+
+
+@pytest.mark.xdist_group(tmirror_runs.GROUP)
+def test_tmirror_quantize_prints_the_table_and_writes_the_int8_file():
+    r = tmirror_runs.run_of("quantize")
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert lines[0].split("|")[1:-1] == [f" {h:<{len(c) - 2}} " for h, c in zip(int8.HEADERS, lines[0].split("|")[1:-1])]
+    body = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2:6]]
+    assert [(b[0], b[1], b[5], b[6]) for b in body] == [
+        (f"{f} ({d})", k, "yes", "yes") for f, d in (("numpy", "float64"), ("torch", "float32"))
+        for k in ("last_hidden_state", "logits")]
+    assert all(30 < float(b[2]) < 90 for b in body)
+    assert lines[6].startswith("weights: ") and "Linear kernels 1,572,864 -> 402,432 int8 + scales (3.91x)" in lines[6]
+    path = tmirror_runs.OUT / "gpt2-tiny-int8.safetensors"
+    assert lines[-1] == f"wrote {path}"
+    cfg8 = weights.load_config(path)
+    assert cfg8.weight_quantization == "int8" and cfg8.replace(weight_quantization="none") == presets.get("gpt2-tiny")
+    weights.check(cfg8, weights.load(path))

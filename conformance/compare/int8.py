@@ -144,3 +144,34 @@ def measure(cfg: Config, weights: dict, inputs: dict, frameworks=FRAMEWORKS, onn
     scales = [k + quantize.SCALE for k in kernels]
     return Int8Measurement(ours, agree, theirs, agreement, (weights_lib.weight_bytes(weights), weights_lib.weight_bytes(w8)),
                            (weights_lib.weight_bytes(weights, kernels), weights_lib.weight_bytes(w8, kernels + scales)))
+
+
+HEADERS = ["int8 model", "output", "SQNR (dB)", "max abs", "max-norm rel", f"within {ROW}", "= numpy int8"]
+
+
+def rows(m: Int8Measurement) -> list[tuple]:
+    """One row per (implementation, output) of `m`, for `tmirror quantize`."""
+    bound = tolerance(ROW).scale_rtol
+    runs = [(f"{f} ({'float64' if f == 'numpy' else 'float32'})", errs, m.agree[f]) for f, errs in m.ours.items()]
+    if m.theirs is not None:
+        runs.append(("onnxruntime quantize_dynamic", m.theirs, None))
+    return [(label, key, f"{e.sqnr_db:.1f}", f"{e.max_abs:.2e}", f"{e.max_norm_rel:.2e}",
+             "yes" if e.max_norm_rel <= bound else "NO", "" if agree is None else "yes" if agree else "NO")
+            for label, errs, agree in runs for key, e in errs.items()]
+
+
+def notes(m: Int8Measurement) -> list[str]:
+    """Weight bytes, and how onnxruntime's weights compare with ours."""
+    (f, q), (lf, lq) = m.bytes, m.linear_bytes
+    lines = [f"weights: {f:,} bytes float32 -> {q:,} int8 set ({f / q:.2f}x); Linear kernels {lf:,} -> {lq:,} "
+             f"int8 + scales ({lf / lq:.2f}x)"]
+    a = m.agreement
+    if "refused" in a:
+        lines.append(f"onnxruntime: {a['refused']}")
+    elif a:
+        extra = a["extra_quantized"]
+        lines.append(f"onnxruntime's weights: {a['matched']}/{a['kernels']} kernels matched, scales differ by "
+                     f"{a['max_scale_rel_diff']:.1e} (relative), {a['q_mismatch']:.1%} of q differ, zero points "
+                     f"{a['zero_points']}" + (f"; it also quantizes {len(extra)} MatMul(s) ours keeps float (a tied "
+                                              f"head's table: {', '.join(extra)})" if extra else ""))
+    return lines
