@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
 from conformance.core import quiet  # noqa: E402
 
 quiet.install()
@@ -45,8 +47,13 @@ def measure(label: str, cfg) -> dict:
     w = weights.initialize(cfg, seed=0, std=0.02)
     m = int8.measure(cfg, w, families.get(cfg.kind).inputs(cfg, BATCH, LENGTH))
     print(f"{label}: done", file=sys.stderr)
+    _, w8 = weights.quantize_int8(cfg, w)
+    kernels = weights.quantize.int8_kernels(w8)
+    scales = {k: w8[k + weights.quantize.SCALE].astype(np.float64) for k in kernels}
+    half_steps = max(float((np.abs(w[k] - w8[k] * scales[k]) / (scales[k] / 2)).max())
+                     for k in kernels)  # |W - s q| against its bound s / 2, in float64
     return {"model": label, "ours": m.ours, "agree": all(m.agree.values()), "theirs": m.theirs,
-            "agreement": m.agreement, "bytes": m.bytes, "linear_bytes": m.linear_bytes}
+            "agreement": m.agreement, "bytes": m.bytes, "linear_bytes": m.linear_bytes, "half_steps": half_steps}
 
 
 def worst(errors: dict, field: str, pick=max) -> float:
@@ -89,10 +96,11 @@ def markdown(rows: list[dict]) -> str:
                          f"{max(x.max_norm_rel for x in e):.2e} | {theirs} |")
     lines += ["", "Weight bytes as stored (float32 against int8 + float32 scales):", "",
               "| model | all weights float32 | all weights int8 set | ratio | Linear kernels float32 | "
-              "int8 + scales | ratio |", "|---|---|---|---|---|---|---|"]
+              "int8 + scales | ratio | max \\|W - s q\\| / (s / 2) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         (f, q), (lf, lq) = r["bytes"], r["linear_bytes"]
-        lines.append(f"| {r['model']} | {f:,} | {q:,} | {f / q:.2f}x | {lf:,} | {lq:,} | {lf / lq:.2f}x |")
+        lines.append(f"| {r['model']} | {f:,} | {q:,} | {f / q:.2f}x | {lf:,} | {lq:,} | {lf / lq:.2f}x | "
+                     f"{r['half_steps']:.7f} |")
     every = [(r["model"], k, e) for r in rows for errs in r["ours"].values() for k, e in errs.items()]
     model, key, e = max(every, key=lambda t: t[2].max_norm_rel)
     lines += ["", f"Ours: worst max-norm relative error {e.max_norm_rel:.1e} ({model} {key}), SQNR "

@@ -78,7 +78,7 @@ def check(cfg: Config, weights: dict[str, np.ndarray], finite: bool = True) -> N
 def int8_kernels(shapes) -> list[str]:
     """The kernels an int8 weight set holds as int8: each `P.kernel` beside a `P.kernel_scale`
     (`Config.weight_quantization="int8"`, `conformance.weights.quantize`)."""
-    return [name for name in shapes if name.endswith(".kernel") and f"{name}_scale" in shapes]
+    return [name for name in shapes if name.rpartition(".")[2] == "kernel" and f"{name}_scale" in shapes]
 
 
 def save(weights: dict[str, np.ndarray], path, cfg: Config | None = None) -> None:
