@@ -9,8 +9,8 @@ Each model family's tiny preset (DeBERTa has none: its registry tiny config), we
 float model in float64 NumPy (SQNR in dB, max abs, max-norm relative error: what the `int8_weights` row
 bounds) and with numpy's own int8 model under the float32 row (the three compute the same thing).
 onnxruntime's: the float ONNX export from torch through `quantize_dynamic(per_channel=True,
-weight_type=QInt8)` on its MatMul / Gemm nodes (`conformance.compare.int8`), its weights matched to ours
-by value. Weight bytes as stored: the whole set, and the Linear kernels alone (int8 + float32 scales
+weight_type=QInt8)` on its MatMul / Gemm nodes (W8A8) and through `MatMulNBitsQuantizer(bits=8,
+is_symmetric=True)` (weight-only), `conformance.compare.int8.METHODS`, their weights matched to ours by value. Weight bytes as stored: the whole set, and the Linear kernels alone (int8 + float32 scales
 against float32). This is the evidence of `DEPLOYMENT_TOLERANCES["int8_weights"]`.
 """
 from __future__ import annotations
@@ -60,41 +60,53 @@ def worst(errors: dict, field: str, pick=max) -> float:
     return pick(getattr(e, field) for e in errors.values())
 
 
+def cells(errors: dict | None) -> list[str]:
+    """SQNR (the worst), max abs, max-norm rel of one implementation's outputs; blanks where it has none."""
+    if errors is None:
+        return ["", "", ""]
+    return [f"{worst(errors, 'sqnr_db', min):.1f}", f"{worst(errors, 'max_abs'):.2e}", f"{worst(errors, 'max_norm_rel'):.2e}"]
+
+
 def markdown(rows: list[dict]) -> str:
     bound = tolerance(int8.ROW).scale_rtol
+    methods = list(int8.METHODS)
+    ort_heads = " | ".join(f"{m} SQNR | {m} max abs | {m} max-norm rel" for m in methods)
     lines = ["# int8 weights against the float64 reference", "",
              "`python bench/bench_int8.py` (see its docstring): every model's tiny preset, std-0.02 weights, batch "
              f"{BATCH}, length {LENGTH}. Ours is weight-only int8 (per-channel symmetric, float activations), the "
-             "worst of numpy (float64), torch and tf (float32); onnxruntime's is `quantize_dynamic` (the same "
-             "per-channel int8 weights, plus uint8 activations quantized per tensor on the fly). Each: the worst "
-             "output's SQNR (dB), max abs and max-norm relative error against the float model.", "",
-             "| model | ours SQNR | ours max abs | ours max-norm rel | frameworks agree (float32 row) | "
-             "ORT SQNR | ORT max abs | ORT max-norm rel | ORT scales = ours (max rel diff) | ORT q != ours | "
-             "ORT extra int8 MatMuls |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "worst of numpy (float64), torch and tf (float32). onnxruntime's, on the float ONNX export from torch: "
+             + "; ".join(f"`{m}`: {d}" for m, d in int8.METHODS.items()) + ". Each: the worst output's SQNR (dB), "
+             "max abs and max-norm relative error against the float model.", "",
+             f"| model | ours SQNR | ours max abs | ours max-norm rel | frameworks agree (float32 row) | {ort_heads} |",
+             "|---" * (5 + 3 * len(methods)) + "|"]
     for r in rows:
-        every = [e for errs in r["ours"].values() for e in errs.values()]
-        cells = [f"{min(e.sqnr_db for e in every):.1f}", f"{max(e.max_abs for e in every):.2e}",
-                 f"{max(e.max_norm_rel for e in every):.2e}", "yes" if r["agree"] else "NO"]
-        a = r["agreement"]
-        if r["theirs"] is None:
-            cells += ["refused: " + a["refused"], "", "", "", "", ""]
-        else:
-            cells += [f"{worst(r['theirs'], 'sqnr_db', min):.1f}", f"{worst(r['theirs'], 'max_abs'):.2e}",
-                      f"{worst(r['theirs'], 'max_norm_rel'):.2e}",
-                      f"{a['matched']}/{a['kernels']} kernels, {a['max_scale_rel_diff']:.1e}",
-                      f"{a['q_mismatch']:.1%}", ", ".join(a["extra_quantized"]) or "none"]
-        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+        ours = {f"{f}.{k}": e for f, errs in r["ours"].items() for k, e in errs.items()}
+        row = cells(ours) + ["yes" if r["agree"] else "NO"]
+        for m in methods:
+            row += cells(r["theirs"].get(m))
+        lines.append(f"| {r['model']} | " + " | ".join(row) + " |")
+    lines += ["", "onnxruntime's weights against ours (matched by value; `scale ours / theirs` over every channel):", "",
+              "| model | method | our kernels it quantizes | scale ours / theirs | q != ours | zero points | "
+              "its int8 MatMuls ours keeps float |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for m, a in r["agreement"].items():
+            if "refused" in a:
+                lines.append(f"| {r['model']} | {m} | refused: {a['refused']} | | | | |")
+                continue
+            low, high = a["scale_ratio"]
+            lines.append(f"| {r['model']} | {m} | {a['matched']}/{a['kernels']} | {low:.6g} to {high:.6g} | "
+                         f"{a['q_mismatch']:.1%} | {a['zero_points']} | {', '.join(a['extra_quantized']) or 'none'} |")
     lines += ["", "Per output (ours: the worst framework):", "",
-              "| model | output | ours SQNR | ours max abs | ours max-norm rel | ORT SQNR | ORT max abs | ORT max-norm rel |",
-              "|---|---|---|---|---|---|---|---|"]
+              f"| model | output | ours SQNR | ours max abs | ours max-norm rel | {ort_heads} |",
+              "|---" * (5 + 3 * len(methods)) + "|"]
     for r in rows:
         for key in r["ours"]["numpy"]:
-            e = [errs[key] for errs in r["ours"].values()]
-            t = r["theirs"][key] if r["theirs"] else None
-            theirs = f"{t.sqnr_db:.1f} | {t.max_abs:.2e} | {t.max_norm_rel:.2e}" if t else "| |"
-            lines.append(f"| {r['model']} | {key} | {min(x.sqnr_db for x in e):.1f} | {max(x.max_abs for x in e):.2e} | "
-                         f"{max(x.max_norm_rel for x in e):.2e} | {theirs} |")
-    lines += ["", "Weight bytes as stored (float32 against int8 + float32 scales):", "",
+            row = cells({f: errs[key] for f, errs in r["ours"].items()})
+            for m in methods:
+                row += cells({key: r["theirs"][m][key]} if m in r["theirs"] else None)
+            lines.append(f"| {r['model']} | {key} | " + " | ".join(row) + " |")
+    lines += ["", "Weight bytes as stored (float32 against int8 + float32 scales), and the largest |W - s q| against "
+                  "its bound s / 2 (float64):", "",
               "| model | all weights float32 | all weights int8 set | ratio | Linear kernels float32 | "
               "int8 + scales | ratio | max \\|W - s q\\| / (s / 2) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:

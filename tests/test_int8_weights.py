@@ -183,13 +183,29 @@ def test_onnxruntime_quantize_dynamic_chooses_our_weights():
     (zero points 0: symmetric); its activations are quantized too, so its output is further from the float
     model than ours."""
     cfg, w, cfg8, w8, inputs, reference, int8_reference = case("bert")
-    ort = int8.onnxruntime_int8(cfg, w)
+    ort = int8.onnxruntime_int8(cfg, w, "quantize_dynamic")
     a = ort.agreement
     assert a["matched"] == a["kernels"] == len(weights.quantize.int8_kernels(w8))
-    assert a["max_scale_rel_diff"] == 0 and a["q_mismatch"] == 0 and a["zero_points"] == 0
+    assert a["scale_ratio"] == (1.0, 1.0) and a["q_mismatch"] == 0 and a["zero_points"] == 0
     theirs, ours = int8.errors(ort.session.run(inputs), reference), int8.errors(int8_reference, reference)
     assert all(theirs[k].sqnr_db < ours[k].sqnr_db for k in reference), (theirs, ours)
     assert all(e.max_norm_rel <= tolerance(int8.ROW).scale_rtol for e in theirs.values())
+
+
+def test_onnxruntime_weight_only_matmul_nbits_scales_by_128_and_leaves_the_gemm_float():
+    """MatMulNBits (8 bits, symmetric, one block per column) is weight-only like ours, with the channel's
+    extreme at -128: every scale is 127/128 of ours. torch exports the pooler (a rank-2 Linear with a bias)
+    as a Gemm, which it leaves float. Its outputs are within the int8 row."""
+    cfg, w, cfg8, w8, inputs, reference, _ = case("bert")
+    ort = int8.onnxruntime_int8(cfg, w, "MatMulNBits")
+    a = ort.agreement
+    assert (a["matched"], a["kernels"]) == (12, 13) and a["zero_points"] == 0
+    assert a["scale_ratio"] == pytest.approx((128 / 127, 128 / 127), rel=1e-6)
+    theirs = int8.errors(ort.session.run(inputs), reference)
+    assert all(e.max_norm_rel <= tolerance(int8.ROW).scale_rtol and e.sqnr_db < 90 for e in theirs.values()), theirs
+    with pytest.raises(ValueError, match=r"^method must be one of \['quantize_dynamic', 'MatMulNBits'\]; "
+                                         r"received method='static'$"):
+        int8.onnxruntime_int8(cfg, w, "static")
 
 
 @pytest.mark.xdist_group(tmirror_runs.GROUP)
@@ -209,3 +225,7 @@ def test_tmirror_quantize_prints_the_table_and_writes_the_int8_file():
     cfg8 = weights.load_config(path)
     assert cfg8.weight_quantization == "int8" and cfg8.replace(weight_quantization="none") == presets.get("gpt2-tiny")
     weights.check(cfg8, weights.load(path))
+    again = tmirror_runs.tmirror("quantize", "gpt2-tiny", "--weights", str(path), "--frameworks", "numpy")
+    assert again.returncode == 2 and again.stderr == (
+        "tmirror quantize: error: quantize_int8 takes a float model's Config: expected weight_quantization='none'; "
+        "received weight_quantization='int8' (its weights are already int8)\n"), again.stderr
