@@ -229,3 +229,14 @@ def test_tmirror_quantize_prints_the_table_and_writes_the_int8_file():
     assert again.returncode == 2 and again.stderr == (
         "tmirror quantize: error: quantize_int8 takes a float model's Config: expected weight_quantization='none'; "
         "received weight_quantization='int8' (its weights are already int8)\n"), again.stderr
+
+
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_int8_in_the_half_and_mixed_dtypes_under_their_rows(framework):
+    """The dequantized kernel s q takes the parameter dtype (half, or float32 under a mixed policy), so
+    the int8 model runs in every dtype its framework runs, each against numpy's float64 int8 model."""
+    cfg, w, cfg8, w8, inputs, _, int8_reference = case("gpt2")
+    for dtype in ("bfloat16", "float16", "mixed_bfloat16", "mixed_float16"):
+        results = compare_outputs(f"{framework} {dtype}", build(framework, cfg8, w8, dtype=dtype)(**inputs),
+                                  int8_reference, dtype)
+        assert results and all(r.passed for r in results), [str(r) for r in results]
