@@ -2,8 +2,9 @@
 bound, one quantized weight set that numpy, torch and tf each hold as int8 and compute the same thing with
 (under the ordinary float rows), the int8 model's distance from the float model under its own row (and
 not under float32's), onnxruntime's choice of the same weights, the bytes saved, the refusals and
-`tmirror quantize`. Every registry model in the default tier (~0.5 s each: the suite's tiny configs);
-`--full` adds every registry case that has a Linear (each model variant, the components).
+`tmirror quantize`. The default tier builds torch and tf for an encoder, a decoder and an
+encoder-decoder (`DEFAULT`) and numpy and torch for every model; `--full` builds every model in every
+framework and every registry case that has a Linear (each model variant, the components).
 """
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ from conformance.weights.quantize import QMAX, SCALE, dequantize, quantize_int8,
 from numpy_ref.linear import Linear
 
 MODELS = [n for n, e in registry.ENTRIES.items() if e.is_model]
+DEFAULT = ("bert", "gpt2", "t5")
+
+
+def tiered(names):
+    return [pytest.param(n, marks=[] if n in DEFAULT else [pytest.mark.full]) for n in names]
 _cases: dict = {}
 
 
@@ -72,7 +78,7 @@ def test_a_float_model_passed_off_as_int8_is_refused_by_the_weight_check():
 
 
 @pytest.mark.parametrize("framework", ["torch", "tf"])
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", tiered(MODELS))
 def test_every_framework_holds_int8_and_computes_what_numpy_int8_computes(name, framework):
     """(a) Under the ordinary float rows: torch and tf in float64 and float32 against numpy's float64 int8
     model. Each holds the kernels as int8 (not a float copy of s q)."""
