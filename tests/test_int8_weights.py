@@ -246,3 +246,15 @@ def test_int8_in_the_half_and_mixed_dtypes_under_their_rows(framework):
         results = compare_outputs(f"{framework} {dtype}", build(framework, cfg8, w8, dtype=dtype)(**inputs),
                                   int8_reference, dtype)
         assert results and all(r.passed for r in results), [str(r) for r in results]
+
+
+def test_the_onnx_export_of_the_int8_model_computes_it_but_folds_s_q_into_float():
+    """`build("onnx", cfg8, w8)` exports torch's int8 model: it equals numpy's int8 model under float32, but
+    the exporter folds the constant s q into a float32 initializer, so the file holds no int8 and is no
+    smaller (onnxruntime's own quantizers are the way to an int8 ONNX file: `conformance.compare.int8`)."""
+    cfg, w, cfg8, w8, inputs, _, int8_reference = case("gpt2")
+    m = build("onnx", cfg8, w8, exporter="torchscript")
+    results = compare_outputs("onnx int8", m(**inputs), int8_reference, "float32")
+    assert results and all(r.passed for r in results), [str(r) for r in results]
+    stored = {i.data_type for i in m.module.exported.proto.graph.initializer if len(i.dims) == 2}
+    assert stored == {1}  # onnx.TensorProto.FLOAT only: no INT8 (3)
