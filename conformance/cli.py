@@ -203,6 +203,16 @@ def parser() -> argparse.ArgumentParser:
     comp.add_argument("--modules", default="*", help="glob over module paths compiled alone and compared with "
                                                      "eager (default '*'; 'none': outputs only, one compile each)")
     comp.add_argument("--seed", type=_integer, default=0)
+    q8 = sub.add_parser("quantize", help="int8 weights (per-channel symmetric Linear kernels) in every framework "
+                                         "against the float64 reference, under the int8_weights row")
+    q8.add_argument("preset", help="a preset name (see `tmirror models`)")
+    q8.add_argument("--weights", help="a safetensors file or a Hugging Face directory (default: seeded init)")
+    q8.add_argument("--batch", type=_positive, default=2)
+    q8.add_argument("--seq-len", type=_positive, default=16)
+    q8.add_argument("--frameworks", type=_csv(("numpy", "torch", "tf")), default=["numpy", "torch", "tf"])
+    q8.add_argument("--onnxruntime", action="store_true", help="also onnxruntime's quantize_dynamic of the torch export")
+    q8.add_argument("--out", type=_out("file"), help="also write the int8 weights (safetensors, config inside) here")
+    q8.add_argument("--seed", type=_integer, default=0)
     for cmd in sub.choices.values():
         cmd.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                          help="progress bar on stderr: auto (default: when stderr is a terminal), on, off")
@@ -581,9 +591,31 @@ def cmd_compiled(args) -> int:
     return 0 if all(r.passed for r in runs) else 1
 
 
+def cmd_quantize(args) -> int:
+    from tabulate import tabulate
+
+    from conformance import weights
+    from conformance.compare import int8
+    from conformance.report import runner
+    cfg, w, _ = runner.resolve(args.preset, args.weights, args.seed)
+    inputs = runner.model_inputs(cfg, args.batch, args.seq_len, args.seed)
+    with Progress(1, "quantize", args.progress) as bar:
+        bar.step("int8 models against the float64 reference", 0)
+        m = int8.measure(cfg, w, inputs, args.frameworks, args.onnxruntime)
+        bar.step()
+    print(tabulate(int8.rows(m), int8.HEADERS, tablefmt="github", disable_numparse=True))
+    print("\n".join(int8.notes(m)))
+    if args.out:
+        cfg8, w8 = weights.quantize_int8(cfg, w)
+        weights.save(w8, args.out, cfg8)
+        print(f"wrote {args.out}")
+    return 0 if m.passed() else 1
+
+
 COMMANDS = {"export": cmd_export, "explain": cmd_explain, "figures": cmd_figures, "matrix": cmd_matrix,
             "models": cmd_models, "report": cmd_report, "compare": cmd_compare, "trace": cmd_trace,
-            "tolerances": cmd_tolerances, "gpu-check": cmd_gpu_check, "compiled": cmd_compiled}
+            "tolerances": cmd_tolerances, "gpu-check": cmd_gpu_check, "compiled": cmd_compiled,
+            "quantize": cmd_quantize}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -88,7 +88,8 @@ class Module:
         for path, module in self.named_modules():
             for name in module._param_names:
                 key = f"{path}.{name}" if path else name
-                setattr(module, name, np.asarray(weights[key], dtype=dtype))
+                w = weights[key]  # an integer tensor (int8 weights) keeps its dtype
+                setattr(module, name, w if np.asarray(w).dtype.kind == "i" else np.asarray(w, dtype=dtype))
         return self
 
     def train(self, mode: bool = True) -> "Module":

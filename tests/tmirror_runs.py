@@ -103,6 +103,8 @@ CHEAP = {
     "gpu-check": ("gpu-check", "--device", "cpu", "--budget-seconds", "1", "--out", "{out}/gpu"),
     "figures": ("figures", "--quick", "--out", "{out}/docs"),
     "compiled": ("compiled", "bert-tiny", "--frameworks", "tf", "--modes", "function", "--modules", "none", "--seq-len", "8"),
+    "quantize": ("quantize", "gpt2-tiny", "--frameworks", "numpy,torch", "--seq-len", "8",
+                 "--out", "{out}/gpt2-tiny-int8.safetensors"),
 }
 ON_A_TERMINAL = {"matrix"}  # its stderr a terminal: the progress bar drawn (test_progress_bar_...)
 FULL_ONLY = {"figures"}

@@ -27,7 +27,7 @@ class NumpyBackend(Backend):
     }
 
     def construct(self, entry, cfg, dtype, device):
-        return entry.implementation(self.package)(*entry.args(cfg))
+        return entry.construct(self.package, cfg)
 
     def load(self, module, weights, dtype):
         module.load_weights(weights, dtype)

@@ -543,7 +543,7 @@ def trace_names(cfg: Config) -> tuple:
     """The reference's trace names for `cfg`, in order. Names depend on the structure (layers,
     heads, options), not on widths or vocabulary: a batch-1, length-2 run of a narrow copy with zero
     weights takes milliseconds for any preset."""
-    narrow = cfg.replace(d_model=2 * cfg.num_heads, d_ff=4, vocab_size=4, max_positions=8)
+    narrow = cfg.replace(d_model=2 * cfg.num_heads, d_ff=4, vocab_size=4, max_positions=8, weight_quantization="none")
     w = {name: np.zeros(shape, np.float32) for name, shape in registry.param_shapes(narrow).items()}
     inputs = {k: v[:1] if graph_dtype(v) is np.float32 else v[:1, :2] for k, v in example_inputs(narrow).items()}
     _, records = build("numpy", narrow, w, dtype="float32").trace(**inputs)
@@ -556,7 +556,7 @@ def input_free(cfg: Config) -> frozenset:
     (DeBERTa's relative table, normed, and its projections; not BERT's positions, which follow T). An
     exporter may fold them into initializers and keep no node for them. Two runs of the narrow copy of
     `trace_names`, random weights, on inputs of lengths 3 and 4."""
-    narrow = cfg.replace(d_model=2 * cfg.num_heads, d_ff=4, vocab_size=8, max_positions=8)
+    narrow = cfg.replace(d_model=2 * cfg.num_heads, d_ff=4, vocab_size=8, max_positions=8, weight_quantization="none")
     w = weights_lib.initialize(narrow, seed=0)
     model = build("numpy", narrow, w, dtype="float64")
     as_fed = lambda v: v if np.issubdtype(np.asarray(v).dtype, np.floating) else np.asarray(v).astype(np.int64)  # noqa: E731

@@ -49,7 +49,7 @@ class TFBackend(Backend):
                      "xla": "tf.function(jit_compile=True): the graph compiled by XLA (fused CPU kernels)"}
 
     def construct(self, entry, cfg, dtype, device):
-        return entry.implementation(self.package)(*entry.args(cfg), dtype=dtype)
+        return entry.construct(self.package, cfg, dtype=dtype)
 
     def load(self, module, weights, dtype):
         _layer.load_weights(module, weights)

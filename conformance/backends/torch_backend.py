@@ -140,7 +140,7 @@ class TorchBackend(Backend):
         return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 
     def construct(self, entry, cfg, dtype, device):
-        module = entry.implementation(self.package)(*entry.args(cfg))
+        module = entry.construct(self.package, cfg)
         return module.to(device=device, dtype=getattr(torch, parameter_dtype(dtype)))
 
     def load(self, module, weights, dtype):

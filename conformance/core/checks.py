@@ -372,3 +372,12 @@ def saved_model(where: str, saved_class: str, saved_fields: dict, cls: str, fiel
     if differ:
         raise ValueError(f"{where} was saved from another config of tf_impl.{cls}; it holds "
                          + ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else ""))
+
+
+def linear_layers(owner: str, found: int) -> None:
+    """`weight_quantization='int8'` quantizes the kernels of Linear layers: a module with none (a norm, a
+    softmax, an embedding) has nothing to quantize, and an int8 build of it would be a float build that says int8."""
+    if not found:
+        raise ValueError(f"weight_quantization='int8' quantizes the kernels of Linear layers: expected a module "
+                         f"with at least one Linear; received {owner}, which has none (build it with "
+                         f"weight_quantization='none')")

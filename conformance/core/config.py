@@ -30,6 +30,9 @@ CAUSAL_ALIGNMENTS = ("bottom_right", "top_left")
 # scores (biased, for T5) and probabilities never exist outside it. The trace, gradient and explain code
 # read this.
 ATTENTION_IMPLS = {"reference": (), "fused": ("scores", "biased", "probs")}
+# weight_quantization -> what each Linear holds: "none" its float kernel; "int8" the kernel as int8 q (in, out)
+# plus one float scale per output channel, `kernel_scale` (out,), and computes with s q (conformance.weights.quantize)
+WEIGHT_QUANTIZATIONS = ("none", "int8")
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,9 @@ class Config:
     logits_bias: bool = False      # a bias on each vocabulary logit (BART's final_logits_bias, where not zero)
     # ---- attention through a feature map (numpy_ref.linear_attention)
     performer_features: int = 64   # M, the random features per head of PerformerAttention (FAVOR+)
+    # ---- techniques (issue 19)
+    weight_quantization: str = "none"  # "none" or "int8": every Linear's kernel as per-channel symmetric int8 (see
+    #                                    WEIGHT_QUANTIZATIONS; make the weights with weights.quantize_int8)
 
     def __post_init__(self):
         _check_types(self)
@@ -145,6 +151,7 @@ class Config:
         _check_choice("rotary_pairing", self.rotary_pairing, ROTARY_PAIRINGS)
         _check_choice("rope_scaling", self.rope_scaling, ROPE_SCALINGS)
         _check_choice("causal_alignment", self.causal_alignment, CAUSAL_ALIGNMENTS)
+        _check_choice("weight_quantization", self.weight_quantization, WEIGHT_QUANTIZATIONS)
         for i, t in enumerate(self.layer_types):
             _check_choice(f"layer_types[{i}]", t, LAYER_TYPES)
         if self.mlm_activation is not None:

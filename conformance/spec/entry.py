@@ -61,4 +61,12 @@ class Entry:
 
     def reference(self, cfg: Config):
         """The NumPy reference module for `cfg`: its tree declares every canonical name and shape."""
-        return self.implementation(PACKAGES["numpy"])(*self.args(cfg))
+        return self.construct(PACKAGES["numpy"], cfg)
+
+    def construct(self, package: str, cfg: Config, **kwargs):
+        """`cfg`'s module in a mirror's package (keyword arguments to its constructor); with
+        `weight_quantization="int8"` every Linear of it holds int8 weights (`<package>.linear.quantize_linears`)."""
+        module = self.implementation(package)(*self.args(cfg), **kwargs)
+        if cfg.weight_quantization == "int8":
+            importlib.import_module(f"{package}.linear").quantize_linears(module)
+        return module

@@ -18,6 +18,9 @@ from conformance.core.config import Config
 from conformance.spec import registry
 
 
+STORED_DTYPES = FLOAT_DTYPES + ("int8",)  # what a weights file holds: int8 for the kernels of int8 weights
+
+
 class WeightsError(ValueError):
     """Weights that do not fit the model: the message lists every offending name."""
 
@@ -52,6 +55,7 @@ def check(cfg: Config, weights: dict[str, np.ndarray], finite: bool = True) -> N
         raise WeightsError(f"weights must be a dict {{canonical name: np.ndarray}} (weights.initialize(cfg), "
                            f"weights.load(path)); received {type(weights).__name__}")
     expected = registry.param_shapes(cfg)
+    int8 = set(int8_kernels(expected))
     problems = []
     for name in expected.keys() - weights.keys():
         problems.append(f"missing {name}: expected shape {expected[name]}")
@@ -63,7 +67,9 @@ def check(cfg: Config, weights: dict[str, np.ndarray], finite: bool = True) -> N
             problems.append(f"non-array {name}: expected a NumPy array, received {type(w).__name__}")
         elif w.shape != expected[name]:
             problems.append(f"mis-shaped {name}: expected {expected[name]}, received {w.shape}")
-        elif w.dtype.name not in FLOAT_DTYPES:
+        elif name in int8 and w.dtype.name != "int8":
+            problems.append(f"non-int8 {name}: expected int8 (weight_quantization='int8'), received dtype {w.dtype.name}")
+        elif name not in int8 and w.dtype.name not in FLOAT_DTYPES:
             problems.append(f"non-float {name}: expected one of {FLOAT_DTYPES}, received dtype {w.dtype.name}")
         elif finite and not np.isfinite(w).all():
             problems.append(f"non-finite {name}: {int((~np.isfinite(w)).sum())} NaN/inf values")
@@ -71,6 +77,12 @@ def check(cfg: Config, weights: dict[str, np.ndarray], finite: bool = True) -> N
         raise WeightsError(f"{len(problems)} weight problem(s) for {cfg.kind} "
                            f"(d_model={cfg.d_model}, layers={cfg.num_layers}):\n  "
                            + "\n  ".join(sorted(problems)))
+
+
+def int8_kernels(shapes) -> list[str]:
+    """The kernels an int8 weight set holds as int8: each `P.kernel` beside a `P.kernel_scale`
+    (`Config.weight_quantization="int8"`, `conformance.weights.quantize`)."""
+    return [name for name in shapes if name.rpartition(".")[2] == "kernel" and f"{name}_scale" in shapes]
 
 
 def save(weights: dict[str, np.ndarray], path, cfg: Config | None = None) -> None:
@@ -81,9 +93,10 @@ def save(weights: dict[str, np.ndarray], path, cfg: Config | None = None) -> Non
     if not isinstance(weights, dict):
         raise WeightsError(f"weights must be a dict {{canonical name: np.ndarray}}; received {type(weights).__name__}")
     bad = sorted(f"{k} ({type(v).__name__ if not isinstance(v, np.ndarray) else v.dtype.name})"
-                 for k, v in weights.items() if not isinstance(v, np.ndarray) or v.dtype.name not in FLOAT_DTYPES)
+                 for k, v in weights.items() if not isinstance(v, np.ndarray) or v.dtype.name not in STORED_DTYPES)
     if bad:
-        raise WeightsError(f"weights must be NumPy arrays of a floating dtype {FLOAT_DTYPES}; received {', '.join(bad)}")
+        raise WeightsError(f"weights must be NumPy arrays of a floating dtype {FLOAT_DTYPES} (or int8, an int8 "
+                           f"weight set's kernels); received {', '.join(bad)}")
     if cfg is not None and not isinstance(cfg, Config):
         raise WeightsError(f"cfg must be a Config or None; received {type(cfg).__name__}")
     metadata = {"format": "transformer-mirror"}
