@@ -1,8 +1,8 @@
 """Tiled attention with the online softmax: FlashAttention's algorithm (Dao et al. 2022; the loop
 order of FlashAttention-2), `Config.attention_impl="tiled"`.
 
-Reference only: `tiled_attention_backward` (torch_impl's autograd.Function and tf_impl's GradientTape
-differentiate their own loops).
+The hand-written backward `tiled_attention_backward` has a twin in torch_impl only (its
+autograd.Function's backward); tf_impl's GradientTape differentiates its loop.
 
 Shape legend as in `numpy_ref.attention`; bq, bk the block sizes `cfg.attention_block_q`, `_k`.
 
@@ -72,10 +72,8 @@ def finite_or_zero(m):
 def tiled_attention(q, k, v, mask, cfg, bias=None):
     """q: (B, H, T, Dh)  k, v: (B, H, S, Dh)  mask, bias: broadcastable to (B, H, T, S) or None.
     Returns (context (B, H, T, Dh), lse (B, H, T)): the rows' logsumexp is the backward's statistic."""
-    B, H, T, Dh = q.shape
-    S = k.shape[2]
-    context = np.zeros(q.shape, dtype=q.dtype)                      # (B, H, T, Dh)
-    lse = np.zeros((B, H, T), dtype=q.dtype)                        # (B, H, T)
+    T, S = q.shape[2], k.shape[2]
+    context, lse = [], []
     for rows in tiles(T, cfg.attention_block_q):
         q_i = q[:, :, rows]                                          # (B, H, bq, Dh)
         m = np.full(q_i.shape[:-1], -np.inf, dtype=q.dtype)           # (B, H, bq) running max
@@ -92,9 +90,10 @@ def tiled_attention(q, k, v, mask, cfg, bias=None):
             acc = rescale[..., None] * acc + p @ v[:, :, cols]       # (B, H, bq, Dh)
             m = m_new
             seen = seen | (True if mask_ij is None else np.any(mask_ij, axis=-1))
-        context[:, :, rows] = np.where(seen[..., None], acc / np.where(l > 0, l, 1)[..., None], 0)
-        lse[:, :, rows] = finite_or_zero(m) + np.log(np.where(l > 0, l, 1))
-    return context, lse                                              # (B, H, T, Dh), (B, H, T)
+        total = np.where(l > 0, l, 1)
+        context.append(np.where(seen[..., None], acc / total[..., None], 0))
+        lse.append(finite_or_zero(m) + np.log(total))
+    return np.concatenate(context, axis=2), np.concatenate(lse, axis=2)  # (B, H, T, Dh), (B, H, T)
 
 
 def tiled_attention_backward(grad, q, k, v, context, lse, mask, cfg, bias=None):

@@ -1,7 +1,6 @@
 """Mirrors `numpy_ref.tiled_attention` (the forward loop), in `keras.ops`.
 
-Differs: the output blocks are gathered with `ops.concatenate` (Keras tensors take no slice
-assignment). The backward is the backend's own autodiff of the loop (`tf.GradientTape`, jax.grad,
+Differs: the backward is the backend's own autodiff of the loop (`tf.GradientTape`, jax.grad,
 torch autograd under Keras's other backends), not the blockwise recomputation of
 `numpy_ref.tiled_attention_backward`: the choice that keeps the layer an ordinary Keras citizen on
 every backend (saved, reloaded, jitted, traced by `keras.Model.export`), where a custom gradient would
@@ -28,15 +27,17 @@ def tiles(n, size):
 
 
 def block_scores(q_i, k_j, mask_ij, bias_ij, cfg):
-    """One tile's scores exactly as the reference makes them: scale, bias, soft-cap, mask fill."""
+    """One tile's scores exactly as the reference makes them: scale, bias, soft-cap, mask fill.
+    Returns (masked scores, capped scores or None), the second for the soft-cap's backward."""
     s = ops.matmul(q_i, ops.swapaxes(k_j, -1, -2)) * cfg.scale     # (B, H, bq, bk)
     if bias_ij is not None:
         s = s + bias_ij                                              # (B, H, bq, bk)
+    capped = None
     if cfg.attn_logit_softcap is not None:
-        s = softcap(s, cfg.attn_logit_softcap)                       # (B, H, bq, bk)
+        s = capped = softcap(s, cfg.attn_logit_softcap)              # (B, H, bq, bk)
     if mask_ij is not None:
         s = ops.where(mask_ij, s, cfg.mask_fill)                     # (B, H, bq, bk)
-    return s
+    return s, capped
 
 
 def finite_or_zero(m):
@@ -46,9 +47,9 @@ def finite_or_zero(m):
 
 def tiled_attention(q, k, v, mask, cfg, bias=None):
     """q: (B, H, T, Dh)  k, v: (B, H, S, Dh)  mask, bias: broadcastable to (B, H, T, S) or None.
-    Returns the context (B, H, T, Dh) (the logsumexp a hand-written backward would keep is not needed)."""
+    Returns (context (B, H, T, Dh), lse (B, H, T)): the rows' logsumexp is the backward's statistic."""
     T, S = q.shape[2], k.shape[2]
-    context = []
+    context, lse = [], []
     for rows in tiles(T, cfg.attention_block_q):
         q_i = q[:, :, rows]                                          # (B, H, bq, Dh)
         m = ops.full_like(q_i[..., 0], float("-inf"))                # (B, H, bq) running max
@@ -57,7 +58,7 @@ def tiled_attention(q, k, v, mask, cfg, bias=None):
         seen = ops.zeros_like(q_i[..., 0], dtype="bool")             # (B, H, bq) has the row a key yet
         for cols in tiles(S, cfg.attention_block_k):
             mask_ij = block(mask, rows, cols)
-            s = block_scores(q_i, k[:, :, cols], mask_ij, block(bias, rows, cols), cfg)  # (B, H, bq, bk)
+            s, _ = block_scores(q_i, k[:, :, cols], mask_ij, block(bias, rows, cols), cfg)  # (B, H, bq, bk)
             m_new = ops.maximum(m, ops.max(s, axis=-1))              # (B, H, bq)
             rescale = ops.exp(m - finite_or_zero(m_new))             # (B, H, bq) exp(m - m')
             p = ops.exp(s - finite_or_zero(m_new)[..., None])        # (B, H, bq, bk)
@@ -67,4 +68,5 @@ def tiled_attention(q, k, v, mask, cfg, bias=None):
             seen = ops.logical_or(seen, True if mask_ij is None else ops.any(mask_ij, axis=-1))
         total = ops.where(l > 0, l, 1)
         context.append(ops.where(seen[..., None], acc / total[..., None], 0))
-    return ops.concatenate(context, axis=2)                          # (B, H, T, Dh)
+        lse.append(finite_or_zero(m) + ops.log(total))
+    return ops.concatenate(context, axis=2), ops.concatenate(lse, axis=2)  # (B, H, T, Dh), (B, H, T)

@@ -16,7 +16,7 @@ from torch_impl.activations import softcap, softmax
 from torch_impl.linear import Linear
 from torch_impl.normalization import RMSNorm
 from torch_impl.rotary import RotaryEmbedding
-from torch_impl.tiled_attention import tiled_attention
+from torch_impl.tiled_attention import tiled_context
 
 
 def causal_mask(T, S, alignment="bottom_right", device=None):
@@ -78,7 +78,7 @@ def fused_attention(q, k, v, mask, cfg, bias=None):
 def attention(q, k, v, mask, cfg, tap, bias=None):
     """The attention `cfg.attention_impl` names: the reference's traced lines, one fused call, or the tiled loop."""
     if cfg.attention_impl == "tiled":
-        return tap("context", tiled_attention(q, k, v, mask, cfg, bias))          # (B, H, T, Dh)
+        return tap("context", tiled_context(q, k, v, mask, cfg, bias))          # (B, H, T, Dh)
     if cfg.attention_impl == "fused":
         return tap("context", fused_attention(q, k, v, mask, cfg, bias))          # (B, H, T, Dh)
     return scaled_dot_product_attention(q, k, v, mask, cfg, tap, bias)           # (B, H, T, Dh)

@@ -6,7 +6,9 @@ output and the rows' logsumexp (linear in S) instead of every tile's probabiliti
 under autograd would keep them all: quadratic again). With no gradient recorded (inference, export)
 the loop runs as is, so `torch.export` and ONNX see plain tensor ops; the export unrolls the loops
 at the traced T and S. The scale goes in as a Python float, as in the reference attention.
-Own lines: `TiledAttention` (the Function's forward and backward).
+Only here: `TiledAttention`, `TiledAttention.forward`, `TiledAttention.backward` (the Function),
+    `tiled_gradients` (its backward: `numpy_ref.tiled_attention_backward` line for line),
+    `tiled_context` (the Function when autograd records, the loop when not).
 """
 import torch
 
@@ -44,17 +46,17 @@ def finite_or_zero(m):
     return torch.where(torch.isfinite(m), m, 0)
 
 
-def tiled_loop(q, k, v, mask, cfg, bias=None):
+def tiled_attention(q, k, v, mask, cfg, bias=None):
     """q: (B, H, T, Dh)  k, v: (B, H, S, Dh)  mask, bias: broadcastable to (B, H, T, S) or None.
     Returns (context (B, H, T, Dh), lse (B, H, T)): the rows' logsumexp is the backward's statistic."""
-    S = k.shape[2]
+    T, S = q.shape[2], k.shape[2]
     context, lse = [], []
-    for rows in tiles(q.shape[2], cfg.attention_block_q):
+    for rows in tiles(T, cfg.attention_block_q):
         q_i = q[:, :, rows]                                          # (B, H, bq, Dh)
         m = torch.full(q_i.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)  # (B, H, bq) running max
         l = torch.zeros(q_i.shape[:-1], dtype=q.dtype, device=q.device)               # (B, H, bq) running sum
         acc = torch.zeros_like(q_i)                                  # (B, H, bq, Dh) unnormalized output
-        seen = torch.zeros(q_i.shape[:-1], dtype=torch.bool, device=q.device)         # (B, H, bq) a key yet
+        seen = torch.zeros(q_i.shape[:-1], dtype=torch.bool, device=q.device)  # (B, H, bq) has the row a key yet
         for cols in tiles(S, cfg.attention_block_k):
             mask_ij = block(mask, rows, cols)
             s, _ = block_scores(q_i, k[:, :, cols], mask_ij, block(bias, rows, cols), cfg)  # (B, H, bq, bk)
@@ -68,10 +70,10 @@ def tiled_loop(q, k, v, mask, cfg, bias=None):
         total = torch.where(l > 0, l, 1)
         context.append(torch.where(seen[..., None], acc / total[..., None], 0))
         lse.append(finite_or_zero(m) + torch.log(total))
-    return torch.cat(context, dim=2), torch.cat(lse, dim=2)         # (B, H, T, Dh), (B, H, T)
+    return torch.cat(context, dim=2), torch.cat(lse, dim=2)          # (B, H, T, Dh), (B, H, T)
 
 
-def tiled_backward(grad, q, k, v, context, lse, mask, cfg, bias=None):
+def tiled_gradients(grad, q, k, v, context, lse, mask, cfg, bias=None):
     """`numpy_ref.tiled_attention_backward`, line for line: (dq, dk, dv, dbias or None)."""
     D = (grad * context).sum(dim=-1)                                 # (B, H, T)
     d_q, d_k, d_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
@@ -101,7 +103,7 @@ class TiledAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, mask, bias, cfg):
-        context, lse = tiled_loop(q, k, v, mask, cfg, bias)
+        context, lse = tiled_attention(q, k, v, mask, cfg, bias)
         ctx.cfg = cfg
         ctx.save_for_backward(q, k, v, context, lse, mask, bias)
         return context
@@ -109,13 +111,13 @@ class TiledAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         q, k, v, context, lse, mask, bias = ctx.saved_tensors
-        d_q, d_k, d_v, d_bias = tiled_backward(grad, q, k, v, context, lse, mask, ctx.cfg, bias)
+        d_q, d_k, d_v, d_bias = tiled_gradients(grad, q, k, v, context, lse, mask, ctx.cfg, bias)
         return d_q, d_k, d_v, None, d_bias, None
 
 
-def tiled_attention(q, k, v, mask, cfg, bias=None):
-    """The tiled loop, through `TiledAttention` when autograd records (so its backward is the blockwise one)."""
+def tiled_context(q, k, v, mask, cfg, bias=None):
+    """The tiled loop's context, through `TiledAttention` when autograd records (so its backward is the blockwise one)."""
     records = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
     if records:
         return TiledAttention.apply(q, k, v, mask, bias, cfg)       # (B, H, T, Dh)
-    return tiled_loop(q, k, v, mask, cfg, bias)[0]                   # (B, H, T, Dh)
+    return tiled_attention(q, k, v, mask, cfg, bias)[0]              # (B, H, T, Dh)
