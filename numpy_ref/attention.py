@@ -339,6 +339,9 @@ class MultiHeadAttention(Module):
         H, KV, Dh = self.cfg.num_heads, self.cfg.kv_heads, self.cfg.head_dim
         mask = masked or self.causal or self.window
         yield Saved("", "q/k/v input" if context is None else "query input", B * T * D * f)
+        if self.cfg.attention_impl == "tiled":
+            yield from self.tiled_saved(f, B, T, S, mask)
+            return
         yield Saved("", "q (B H, T, Dh) copy for the batched matmul", B * T * H * Dh * f)
         yield Saved("", "k^T (B H, Dh, S) copy", B * S * H * Dh * f)
         yield Saved("", "v (B H, S, Dh) copy", B * S * H * Dh * f)
@@ -350,11 +353,27 @@ class MultiHeadAttention(Module):
             yield Saved("", "probabilities, fully masked rows zeroed", B * H * T * S * f)
         yield from scoped("output", self.output.saved(f, (B, T, H * Dh)))
 
+    def tiled_saved(self, f, B, T, S, mask):
+        """What torch_impl's `TiledAttention` keeps: q, k, v, its output and the rows' logsumexp, linear
+        in S (the scores are recomputed tile by tile), and the mask; then the merged heads."""
+        H, Dh = self.cfg.num_heads, self.cfg.head_dim
+        yield Saved("", "q (B, H, T, Dh)", B * T * H * Dh * f)
+        yield Saved("", "k (B, H, S, Dh), repeated to the query heads", B * S * H * Dh * f)
+        yield Saved("", "v (B, H, S, Dh), repeated to the query heads", B * S * H * Dh * f)
+        if mask:
+            yield Saved("", "attention mask", (B * T * S if self.causal or self.window else B * S) * BOOL)
+        yield Saved("", "tiled output (B, H, T, Dh), for D = rowsum(dO O)", B * T * H * Dh * f)
+        yield Saved("", "row logsumexp (B, H, T)", B * H * T * f)
+        yield from scoped("output", self.output.saved(f, (B, T, H * Dh)))
+
     def peak(self, f, live, x, context=None, **_):
-        """Inference: the input, q, k, v and `live[0]` score-shaped tensors at once (+ a causal mask)."""
+        """Inference: the input, q, k, v and `live[0]` score-shaped tensors at once (+ a causal mask); tiled,
+        `live[0]` tiles and the output instead: linear in S but for the bool causal mask."""
         (B, T, D), S = x, (x if context is None else context)[1]
         H, KV, Dh = self.cfg.num_heads, self.cfg.kv_heads, self.cfg.head_dim
         scores = B * H * T * S
+        if self.cfg.attention_impl == "tiled":  # one tile of scores a head, and the output it builds
+            scores = B * H * min(T, self.cfg.attention_block_q) * min(S, self.cfg.attention_block_k) + B * T * H * Dh
         return (B * T * D + B * T * H * Dh + 2 * B * S * KV * Dh) * f + live[0] * scores * f \
             + (B * T * S if self.causal else 0)
 
