@@ -82,7 +82,7 @@ def tiled_attention(q, k, v, mask, cfg, bias=None):
         seen = np.zeros(q_i.shape[:-1], dtype=bool)                  # (B, H, bq) has the row a key yet
         for cols in tiles(S, cfg.attention_block_k):
             mask_ij = block(mask, rows, cols)
-            s, _ = block_scores(q_i, k[:, :, cols], mask_ij, block(bias, rows, cols), cfg)  # (B, H, bq, bk)
+            s = block_scores(q_i, k[:, :, cols], mask_ij, block(bias, rows, cols), cfg)[0]  # (B, H, bq, bk)
             m_new = np.maximum(m, s.max(axis=-1))                    # (B, H, bq)
             rescale = np.exp(m - finite_or_zero(m_new))              # (B, H, bq) exp(m - m')
             p = np.exp(s - finite_or_zero(m_new)[..., None])         # (B, H, bq, bk)

@@ -172,7 +172,7 @@ def test_causal_halving_touches_only_causal_attention():
 @pytest.mark.parametrize("kind,variant", [("bert", "default"), ("gpt2", "default"), ("transformer", "default"),
                                           ("bert", "albert"), ("bert", "roberta"), ("bert", "electra"),
                                           ("bert", "discriminator"), ("deberta", "default"), ("vit", "default"),
-                                          ("t5", "default"), ("bart", "default"), ("t5", "tiled")])
+                                          ("t5", "default"), ("bart", "default")])
 def test_training_activations_equal_what_autograd_saves(kind, variant):
     """ALBERT's shared layer keeps each step's activations; DeBERTa's layers share one relative table."""
     cfg = registry.get(kind).config(variant)

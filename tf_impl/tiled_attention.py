@@ -58,7 +58,7 @@ def tiled_attention(q, k, v, mask, cfg, bias=None):
         seen = ops.zeros_like(q_i[..., 0], dtype="bool")             # (B, H, bq) has the row a key yet
         for cols in tiles(S, cfg.attention_block_k):
             mask_ij = block(mask, rows, cols)
-            s, _ = block_scores(q_i, k[:, :, cols], mask_ij, block(bias, rows, cols), cfg)  # (B, H, bq, bk)
+            s = block_scores(q_i, k[:, :, cols], mask_ij, block(bias, rows, cols), cfg)[0]  # (B, H, bq, bk)
             m_new = ops.maximum(m, ops.max(s, axis=-1))              # (B, H, bq)
             rescale = ops.exp(m - finite_or_zero(m_new))             # (B, H, bq) exp(m - m')
             p = ops.exp(s - finite_or_zero(m_new)[..., None])        # (B, H, bq, bk)
