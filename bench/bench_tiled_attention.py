@@ -6,7 +6,7 @@
 Contenders, on the same q, k, v (B = 1, H heads of Dh = 64, no mask: an encoder's full attention):
 - reference: `torch_impl.attention.scaled_dot_product_attention`, q k^T -> softmax -> probs v, which
   holds (B, H, T, S) scores and probabilities;
-- tiled: `torch_impl.tiled_attention.tiled_attention` with `--block-q` x `--block-k` tiles, which holds
+- tiled: `torch_impl.tiled_attention.tiled_context` with `--block-q` x `--block-k` tiles, which holds
   one tile of scores a head and the (B, H, T) running statistics.
 A forward+backward row (`--backward-lengths`) times both under autograd (the tiled one through its
 `TiledAttention` Function, whose backward recomputes the tiles); the reference's training memory at
@@ -20,7 +20,10 @@ allocator blocks never count against the next. There the inputs are built and th
 over the timed runs: every byte the call made resident, whatever allocated it (torch's CPU allocator
 returns large blocks to the system on free, so the baseline is back at the inputs between runs).
 tracemalloc would not see torch's allocations, and the torch profiler's memory counts only tensors.
-Time: the median of `--runs` calls in that process (`time.perf_counter`), the minimum beside it.
+Time: the median of `--runs` calls in that process (`time.perf_counter`), the minimum beside it, on
+`--threads` torch threads (default 1: the machine's 2 cores are shared, and with 2 threads under load
+each op waits for both to be scheduled, a cost per op that falls on the tiled loop's many small ops and
+not on the reference's few large ones; one thread measures the work, the same for both).
 Exactness: the tiled child compares its first 256 output rows with the reference attention of those
 256 queries against all keys (the whole reference would cost the memory being saved).
 """
@@ -51,16 +54,17 @@ def child(spec: dict) -> dict:
     """Run one contender in this (fresh) process; return its timings, peak bytes and exactness check."""
     import torch
 
+    torch.set_num_threads(spec["threads"])
     from conformance.core.config import Config
     from torch_impl.attention import scaled_dot_product_attention
-    from torch_impl.tiled_attention import tiled_attention
+    from torch_impl.tiled_attention import tiled_context
     T, H, Dh = spec["T"], spec["heads"], 64
     cfg = Config(kind="scaled_dot_product_attention", d_model=H * Dh, num_heads=H, attention_impl="tiled",
                  attention_block_q=spec["block_q"], attention_block_k=spec["block_k"])
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, H, T, Dh, generator=gen) for _ in range(3))  # (B, H, T, Dh)
     reference = lambda q, k, v: scaled_dot_product_attention(q, k, v, None, cfg, lambda n, x: x)  # noqa: E731
-    run = {"reference": reference, "tiled": lambda q, k, v: tiled_attention(q, k, v, None, cfg)}[spec["impl"]]
+    run = {"reference": reference, "tiled": lambda q, k, v: tiled_context(q, k, v, None, cfg)}[spec["impl"]]
     if spec["backward"]:
         q, k, v = (x.requires_grad_() for x in (q, k, v))
         cotangent = torch.randn(1, H, T, Dh, generator=gen)
@@ -113,7 +117,7 @@ def report(rows: list[dict], args) -> str:
     lines = ["# Tiled (flash) attention against the reference, torch_impl, float32 CPU", "",
              f"`python bench/bench_tiled_attention.py {' '.join(sys.argv[1:])}`".replace(" `", "`"), "",
              f"B = 1, H = {args.heads}, Dh = 64, no mask; tiles {args.block_q} x {args.block_k}; "
-             f"median of {args.runs} runs (min beside it), peak = resident bytes over the inputs "
+             f"{args.threads} torch thread(s); median of {args.runs} runs (min beside it), peak = resident bytes over the inputs "
              f"(VmHWM - VmRSS, fresh process per row); torch {args.torch}, {os.cpu_count()} CPUs, "
              f"load average {os.getloadavg()[0]:.1f} at the end.", "",
              "| T | pass | contender | median s | min s | peak MiB | time / reference | peak / reference "
@@ -139,9 +143,10 @@ def main():
     p.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384])
     p.add_argument("--backward-lengths", type=int, nargs="*", default=[4096])
     p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--block-q", type=int, default=1024)
-    p.add_argument("--block-k", type=int, default=1024)
+    p.add_argument("--block-q", type=int, default=None, help="default: Config's attention_block_q")
+    p.add_argument("--block-k", type=int, default=None, help="default: Config's attention_block_k")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: see the docstring)")
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tiled_attention.md")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -150,8 +155,14 @@ def main():
         print(json.dumps(child(json.loads(args.child))))
         return
     import torch
+
+    from conformance.core.config import Config
     args.torch = torch.__version__
-    base = {"heads": args.heads, "block_q": args.block_q, "block_k": args.block_k, "runs": args.runs}
+    defaults = Config(kind="scaled_dot_product_attention")
+    args.block_q = args.block_q or defaults.attention_block_q
+    args.block_k = args.block_k or defaults.attention_block_k
+    base = {"heads": args.heads, "block_q": args.block_q, "block_k": args.block_k, "runs": args.runs,
+            "threads": args.threads}
     plan = [(T, False) for T in args.lengths] + [(T, True) for T in args.backward_lengths]
     rows = []
     for T, backward in plan:

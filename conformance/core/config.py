@@ -62,8 +62,8 @@ class Config:
     #                                encoder-decoder's "none" is its LM head, "encoder" the encoder alone (T5EncoderModel)
     attention_impl: str = "reference"  # "reference", "fused" or "tiled": see ATTENTION_IMPLS
     attention_scale: float | None = None  # scores = q k^T * scale; None: 1/sqrt(Dh) (Gemma 2: query_pre_attn_scalar^-0.5)
-    attention_block_q: int = 128   # attention_impl="tiled": queries per block (the last one may be shorter)
-    attention_block_k: int = 128   # ... and keys per block: the loop holds (block_q, block_k) scores a head at once
+    attention_block_q: int = 256   # attention_impl="tiled": queries per block (the last one may be shorter)
+    attention_block_k: int = 256   # ... and keys per block: the loop holds (block_q, block_k) scores a head at once
     # ---- BERT's descendants: RoBERTa, DistilBERT, ELECTRA, ALBERT (the bert family) and DeBERTa (its own)
     pad_token_id: int = 0          # the padding id; only RoBERTa's positions read it (pad_positions)
     pad_positions: bool = False    # RoBERTa: positions count the real tokens from pad_token_id + 1 and pads sit
