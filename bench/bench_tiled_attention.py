@@ -17,8 +17,13 @@ Memory: each (contender, T, pass) runs in a fresh subprocess, so one contender's
 allocator blocks never count against the next. There the inputs are built and the contender runs once
 (warm-up, and the check against the reference), then the kernel's peak-RSS counter is reset (writing 5 to
 /proc/self/clear_refs resets VmHWM) and the baseline taken (VmRSS); the peak reported is VmHWM - baseline
-over the timed runs: every byte the call made resident, whatever allocated it (torch's CPU allocator
-returns large blocks to the system on free, so the baseline is back at the inputs between runs).
+over one more call, after the timed ones: every byte the call made resident, whatever allocated it.
+For that call glibc is set (`mallopt`) to map every block of 64 KiB or more (every tile, every score
+matrix) on allocation and unmap it on free, and its heap is trimmed first, so RSS follows the live
+bytes: glibc's default threshold rises after a free and keeps freed blocks resident for reuse, which
+after the warm-up would hide the tiles a call allocates (a first run measured so reported 5.4 MiB for
+tiled at 16,384, under its 8 MiB output). The timed calls run with glibc's defaults, as a user's do:
+mapping every tile afresh costs page faults (1.1 to 1.6x slower tiled in a run measured that way).
 tracemalloc would not see torch's allocations, and the torch profiler's memory counts only tensors.
 Time: the median of `--runs` calls in that process (`time.perf_counter`), the minimum beside it, on
 `--threads` torch threads (default 1: the machine's 2 cores are shared, and with 2 threads under load
@@ -30,6 +35,7 @@ Exactness: the tiled child compares its first 256 output rows with the reference
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import statistics
@@ -40,6 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
 def rss_kib(field: str) -> int:
@@ -70,6 +77,7 @@ def child(spec: dict) -> dict:
         cotangent = torch.randn(1, H, T, Dh, generator=gen)
 
         def call():
+            q.grad = k.grad = v.grad = None  # before peak_bytes' baseline too: the last call's are freed first
             run(q, k, v).backward(cotangent)
             return q.grad
     else:
@@ -83,17 +91,27 @@ def child(spec: dict) -> dict:
             rows = reference(q[:, :, :256], k, v)                    # (B, H, 256, Dh)
         check = float((out[:, :, :256] - rows).abs().max())
     del out
-    Path("/proc/self/clear_refs").write_text("5")
-    base = rss_kib("VmRSS")
     times = []
     for _ in range(spec["runs"]):
-        if spec["backward"]:
-            q.grad = k.grad = v.grad = None
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    return {**spec, "median_s": statistics.median(times), "min_s": min(times),
-            "peak_bytes": (rss_kib("VmHWM") - base) * 1024, "max_abs_vs_reference": check}
+    q.grad = k.grad = v.grad = None
+    return {**spec, "median_s": statistics.median(times), "min_s": min(times), "peak_bytes": peak_bytes(call),
+            "max_abs_vs_reference": check}
+
+
+def peak_bytes(call) -> int:
+    """Resident bytes one `call()` adds over what is resident before it (VmHWM - VmRSS), with glibc made
+    to unmap every freed block of 64 KiB or more and to trim its heap, so RSS follows the live bytes."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+    libc.mallopt(M_TRIM_THRESHOLD, 0)
+    libc.malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+    base = rss_kib("VmRSS")
+    call()
+    return (rss_kib("VmHWM") - base) * 1024
 
 
 def measure(spec: dict, timeout: float) -> dict:

@@ -1,6 +1,7 @@
 """Scaled dot-product attention and multi-head attention.
 
-Reference only: `attention_probs`, `tapped_only`, `attention_backward` (what the hand-written backward needs).
+Reference only: `attention_probs`, `tapped_only`, `attention_backward` (what the hand-written
+backward needs).
 
 Shape legend: B batch, T query positions, S key positions, D model width, H query heads,
 KV key/value heads, Dh head width (D / H unless the config sets it), G = H / KV.
@@ -339,42 +340,45 @@ class MultiHeadAttention(Module):
         H, KV, Dh = self.cfg.num_heads, self.cfg.kv_heads, self.cfg.head_dim
         mask = masked or self.causal or self.window
         yield Saved("", "q/k/v input" if context is None else "query input", B * T * D * f)
-        if self.cfg.attention_impl == "tiled":
-            yield from self.tiled_saved(f, B, T, S, mask)
-            return
-        yield Saved("", "q (B H, T, Dh) copy for the batched matmul", B * T * H * Dh * f)
-        yield Saved("", "k^T (B H, Dh, S) copy", B * S * H * Dh * f)
-        yield Saved("", "v (B H, S, Dh) copy", B * S * H * Dh * f)
+        tiled = self.cfg.attention_impl == "tiled"
+        yield from (self.tiled_saved(f, B, T, S) if tiled else self.matmul_copies_saved(f, B, T, S))
         if mask:
             yield Saved("", "attention mask", (B * T * S if self.causal or self.window else B * S) * BOOL)
-        yield Saved("", "softmax output", B * H * T * S * f)
-        if mask:
+        if not tiled:
+            yield Saved("", "softmax output", B * H * T * S * f)
+        if mask and not tiled:
             yield Saved("", "row-has-a-key mask", (B * T if self.causal or self.window else B) * BOOL)
             yield Saved("", "probabilities, fully masked rows zeroed", B * H * T * S * f)
         yield from scoped("output", self.output.saved(f, (B, T, H * Dh)))
 
-    def tiled_saved(self, f, B, T, S, mask):
-        """What torch_impl's `TiledAttention` keeps: q, k, v, its output and the rows' logsumexp, linear
-        in S (the scores are recomputed tile by tile), and the mask; then the merged heads."""
+    def matmul_copies_saved(self, f, B, T, S):
+        """q, k^T and v as the reference's batched matmuls lay them out."""
+        H, Dh = self.cfg.num_heads, self.cfg.head_dim
+        yield Saved("", "q (B H, T, Dh) copy for the batched matmul", B * T * H * Dh * f)
+        yield Saved("", "k^T (B H, Dh, S) copy", B * S * H * Dh * f)
+        yield Saved("", "v (B H, S, Dh) copy", B * S * H * Dh * f)
+
+    def tiled_saved(self, f, B, T, S):
+        """What torch_impl's `TiledAttention` keeps besides the mask: q, k, v, its output and the rows'
+        logsumexp, linear in S (the scores are recomputed tile by tile)."""
         H, Dh = self.cfg.num_heads, self.cfg.head_dim
         yield Saved("", "q (B, H, T, Dh)", B * T * H * Dh * f)
         yield Saved("", "k (B, H, S, Dh), repeated to the query heads", B * S * H * Dh * f)
         yield Saved("", "v (B, H, S, Dh), repeated to the query heads", B * S * H * Dh * f)
-        if mask:
-            yield Saved("", "attention mask", (B * T * S if self.causal or self.window else B * S) * BOOL)
         yield Saved("", "tiled output (B, H, T, Dh), for D = rowsum(dO O)", B * T * H * Dh * f)
         yield Saved("", "row logsumexp (B, H, T)", B * H * T * f)
-        yield from scoped("output", self.output.saved(f, (B, T, H * Dh)))
 
     def peak(self, f, live, x, context=None, **_):
         """Inference: the input, q, k, v and `live[0]` score-shaped tensors at once (+ a causal mask); tiled,
-        `live[0]` tiles and the output instead: linear in S but for the bool causal mask."""
+        `live[0]` tiles and its output twice instead: linear in S but for the bool causal mask."""
         (B, T, D), S = x, (x if context is None else context)[1]
         H, KV, Dh = self.cfg.num_heads, self.cfg.kv_heads, self.cfg.head_dim
         scores = B * H * T * S
-        if self.cfg.attention_impl == "tiled":  # one tile of scores a head, and the output it builds
-            scores = B * H * min(T, self.cfg.attention_block_q) * min(S, self.cfg.attention_block_k) + B * T * H * Dh
-        return (B * T * D + B * T * H * Dh + 2 * B * S * KV * Dh) * f + live[0] * scores * f \
+        joined = 0
+        if self.cfg.attention_impl == "tiled":  # one tile of scores a head; the output twice (blocks, then joined)
+            scores = B * H * min(T, self.cfg.attention_block_q) * min(S, self.cfg.attention_block_k)
+            joined = 2 * B * T * H * Dh
+        return (B * T * D + B * T * H * Dh + 2 * B * S * KV * Dh + joined) * f + live[0] * scores * f \
             + (B * T * S if self.causal else 0)
 
     def backward(self, grad):

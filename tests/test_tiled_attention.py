@@ -157,3 +157,20 @@ def test_inference_keeps_no_autograd_function():
     q, k, v = (torch.randn(1, 4, 8, 16, dtype=torch.float64) for _ in range(3))
     assert tiled_context(q, k, v, None, cfg).grad_fn is None
     assert type(tiled_context(q.requires_grad_(), k, v, None, cfg).grad_fn).__name__ == "TiledAttentionBackward"
+
+
+def test_declared_inference_peak_is_linear_and_near_the_torch_allocator_peak():
+    """`MultiHeadAttention.peak` for tiled: equal increments as T doubles (linear), where the reference's
+    grow (quadratic); and within 25% of what torch's allocator peaks at in one tiled forward."""
+    from conformance.costs import memory
+    cfg = registry.get("multi_head_attention").config("tiled").replace(attention_block_q=32, attention_block_k=32,
+                                                                       max_positions=512)
+    declared = lambda c, T: memory.inference_peak(c, 1, T, 4, memory.LIVE["torch"])  # noqa: E731
+    tiled = [declared(cfg, T) for T in (128, 256, 512)]
+    reference = [declared(cfg.replace(attention_impl="reference"), T) for T in (128, 256, 512)]
+    assert tiled[2] - tiled[1] == 2 * (tiled[1] - tiled[0])
+    assert reference[2] - reference[1] > 3 * (reference[1] - reference[0])
+    model = build("torch", cfg, weights_lib.initialize(cfg))
+    x = {"x": np.random.default_rng(0).standard_normal((1, 512, cfg.d_model)), "mask": np.ones((1, 512), bool)}
+    measured = model.backend.allocator_peaks(model, x)["allocator_peak"]
+    assert 0.8 < measured / tiled[2] < 1.25, (measured, tiled[2])
