@@ -87,7 +87,8 @@ def fused_attention(q, k, v, mask, cfg, bias=None):
 def attention(q, k, v, mask, cfg, tap, bias=None):
     """The attention `cfg.attention_impl` names: the reference's traced lines, one fused call, or the tiled loop."""
     if cfg.attention_impl == "tiled":
-        return tap("context", tiled_attention(q, k, v, mask, cfg, bias)[0])          # (B, H, T, Dh)
+        context = tiled_attention(q, k, v, mask, cfg, bias)[0]                    # (B, H, T, Dh)
+        return tap("context", context)                                            # (B, H, T, Dh)
     if cfg.attention_impl == "fused":
         return tap("context", fused_attention(q, k, v, mask, cfg, bias))          # (B, H, T, Dh)
     return scaled_dot_product_attention(q, k, v, mask, cfg, tap, bias)           # (B, H, T, Dh)
