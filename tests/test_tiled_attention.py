@@ -11,7 +11,7 @@ import torch
 from conformance import weights as weights_lib
 from conformance.backends import build, onnx_export
 from conformance.compare.tolerance import TOLERANCES, compare
-from conformance.core.config import Config
+from conformance.core.config import ATTENTION_IMPLS, Config
 from conformance.costs import flops
 from conformance.spec import registry
 from conformance.suites.cases import case_data
@@ -106,9 +106,14 @@ def test_t5_declares_what_tiled_attention_keeps():
     from conformance.report import runner
     cfg = registry.get("t5").config("default").replace(attention_impl="tiled", attention_block_q=4,
                                                        attention_block_k=8, num_layers=1, num_decoder_layers=1)
-    model = build("torch", cfg, weights_lib.initialize(cfg))
+    w = weights_lib.initialize(cfg)
+    model = build("torch", cfg, w)
     measured = model.backend.training_memory(model, runner.model_inputs(cfg, 2, 12))
     assert measured["saved_for_backward"] == memory.activations(cfg, 2, 12)["training"]["none"]
+    inputs = runner.model_inputs(cfg, 2, 12)  # and the model's output is the reference attention's
+    tiled = build("numpy", cfg, w, dtype="float64")(**inputs)["logits"]
+    reference = build("numpy", cfg.replace(attention_impl="reference"), w, dtype="float64")(**inputs)["logits"]
+    assert np.abs(tiled - reference).max() <= BOUND * np.abs(reference).max()
 
 
 def test_declared_saved_bytes_are_linear_and_match_autograd():
@@ -174,3 +179,15 @@ def test_declared_inference_peak_is_linear_and_near_the_torch_allocator_peak():
     x = {"x": np.random.default_rng(0).standard_normal((1, 512, cfg.d_model)), "mask": np.ones((1, 512), bool)}
     measured = model.backend.allocator_peaks(model, x)["allocator_peak"]
     assert 0.8 < measured / tiled[2] < 1.25, (measured, tiled[2])
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch", "tf"])
+def test_tiled_traces_context_but_none_of_the_tiles(framework):
+    """Exactly the taps ATTENTION_IMPLS declares are missing (soft-capped scores included), in every
+    framework; the generated gradient suite compares everything else."""
+    _, cfg, w, inputs, _ = case_data("scaled_dot_product_attention", "tiled_causal_softcap")
+    _, records = build(framework, cfg, w, dtype="float64").trace(**inputs)
+    _, unfused = build(framework, cfg.replace(attention_impl="reference"), w, dtype="float64").trace(**inputs)
+    missing = set(unfused) - set(records)
+    assert "context" in records and {n.rpartition(".")[2] for n in missing} == {"scores", "capped", "probs"}
+    assert all(n.rpartition(".")[2] in ATTENTION_IMPLS["tiled"] for n in missing)
