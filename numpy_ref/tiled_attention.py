@@ -16,8 +16,8 @@ and what was summed against the old max is rescaled by exp(m - m'):
     acc' = exp(m - m') acc + exp(s_j - m') v_j
 
 After the last block, out = acc / l: the same numbers as softmax(s) v in exact arithmetic, in another
-order of additions (float64 rounding apart: see docs/techniques/tiled_attention.md for the measured
-bound). Only (bq, bk) scores a head exist at once, so memory is linear in S; the FLOPs are the
+order of additions. Measured in float64 (tests/test_tiled_attention.py, any block sizes, masks and
+soft-cap): at most 2.0e-15 of the largest output entry off the reference, 2.6e-15 for dq, dk, dv. Only (bq, bk) scores a head exist at once, so memory is linear in S; the FLOPs are the
 reference's plus the rescales (`tiled_flops`). The per-row logsumexp lse = m + log l is kept for the
 backward, which recomputes each block's probabilities as exp(s - lse) instead of storing them.
 
