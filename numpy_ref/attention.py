@@ -1,6 +1,7 @@
 """Scaled dot-product attention and multi-head attention.
 
-Reference only: `attention_probs`, `tapped_only` (what the hand-written backward needs).
+Reference only: `attention_probs`, `tapped_only`, `attention_backward` (what the hand-written
+backward needs).
 
 Shape legend: B batch, T query positions, S key positions, D model width, H query heads,
 KV key/value heads, Dh head width (D / H unless the config sets it), G = H / KV.
@@ -27,7 +28,9 @@ before the mask; QK-norm (Qwen3, Gemma 3) RMS-normalizes each head's q and k.
 `cfg.attention_impl` picks how the three lines run: "reference" taps each one; "fused" is
 one call with nothing tapped inside (a library's fused kernel; here one NumPy expression),
 so its scores and probabilities never exist outside it. Its backward recomputes them from
-q and k, as FlashAttention's backward does, instead of keeping a (B, H, T, S) tensor.
+q and k, as FlashAttention's backward does, instead of keeping a (B, H, T, S) tensor. "tiled" is
+FlashAttention's own loop (`numpy_ref.tiled_attention`): blocks of queries and keys, an online
+softmax, nothing (T, S) in float forward or backward.
 
 Costs. Per head and (query, key) pair: 2 Dh FLOPs for the score, 2 Dh for its share of the
 context, and the scale, mask and softmax elementwise: 4 B H T S Dh matmul FLOPs, quadratic in
@@ -48,6 +51,7 @@ from numpy_ref.activations import softcap, softcap_backward, softmax, softmax_ba
 from numpy_ref.linear import Linear
 from numpy_ref.normalization import RMSNorm
 from numpy_ref.rotary import RotaryEmbedding
+from numpy_ref.tiled_attention import tiled_attention, tiled_attention_backward, tiled_flops
 
 
 def causal_mask(T, S, alignment="bottom_right"):
@@ -116,8 +120,13 @@ def fused_attention(q, k, v, mask, cfg, bias=None):
     return softmax(scores, mask, cfg.mask_fill) @ v                                # (B, H, T, Dh)
 
 
-def attention(q, k, v, mask, cfg, tap, bias=None):
-    """The attention `cfg.attention_impl` names: the reference's traced lines, or one fused call."""
+def attention(q, k, v, mask, cfg, tap, bias=None, module=None):
+    """The attention `cfg.attention_impl` names: the reference's traced lines, one fused call, or the
+    tiled loop (which keeps its rows' logsumexp with `module`'s call for the backward)."""
+    if cfg.attention_impl == "tiled":
+        context, lse = tiled_attention(q, k, v, mask, cfg, bias)                  # (B, H, T, Dh), (B, H, T)
+        autograd.save(module, lse=lse)
+        return tap("context", context)                                            # (B, H, T, Dh)
     if cfg.attention_impl == "fused":
         return tap("context", fused_attention(q, k, v, mask, cfg, bias))          # (B, H, T, Dh)
     return scaled_dot_product_attention(q, k, v, mask, cfg, tap, bias)           # (B, H, T, Dh)
@@ -129,6 +138,19 @@ def attention_probs(saved, q, k, mask, cfg, bias=None):
         return saved.taps["probs"]                                               # (B, H, T, S)
     scores = q @ k.swapaxes(-1, -2) * cfg.scale + (0 if bias is None else bias)  # (B, H, T, S)
     return softmax(scores, mask, cfg.mask_fill)                                  # (B, H, T, S)
+
+
+def attention_backward(saved, grad, q, k, v, mask, cfg, bias=None):
+    """(dq, dk, dv, dbias or None) of whichever attention ran: the tiled loop's own backward from its
+    saved logsumexp, else the reference's lines on the tapped or recomputed probabilities."""
+    tap = tapped_only(saved)
+    if cfg.attention_impl == "tiled":
+        return tiled_attention_backward(tap("context", grad), q, k, v, saved.taps["context"],
+                                        saved.extras["lse"], mask, cfg, bias)
+    probs = attention_probs(saved, q, k, mask, cfg, bias)                        # (B, H, T, S)
+    d_q, d_k, d_v, d_scores = scaled_dot_product_attention_backward(grad, q, k, v, probs, mask, cfg, tap,
+                                                                    saved.taps.get("capped"), bias is not None)
+    return d_q, d_k, d_v, None if bias is None else autograd.sum_to_shape(d_scores, bias.shape)
 
 
 def tapped_only(saved):
@@ -162,6 +184,12 @@ def scaled_dot_product_attention_backward(grad, q, k, v, probs, mask, cfg, tap, 
     return d_q, d_k, d_v, d_scores
 
 
+def rescale_flops(cfg, B, H, T, S, Dh):
+    """The tiled loop's online-softmax rescales, the one cost it adds to `attention_flops`."""
+    if cfg.attention_impl == "tiled":
+        yield Op("rescale", "elementwise", tiled_flops(B, H, T, S, Dh, cfg.attention_block_k))
+
+
 def check_impl(cfg):
     """A fused kernel has no soft-cap: refuse the combination rather than drop the cap."""
     if cfg.attention_impl == "fused" and cfg.attn_logit_softcap is not None:
@@ -191,19 +219,18 @@ class ScaledDotProductAttention(Module):
     def forward(self, q, k, v, mask=None):
         checks.sdpa_inputs(checks.spec(q), checks.spec(k), checks.spec(v), checks.spec(mask))
         mask = self.position_mask(mask, q.shape[2], k.shape[2])                 # (B, 1, T, S)
-        return attention(q, k, v, mask, self.cfg, trace.tap_for(self))
+        return attention(q, k, v, mask, self.cfg, trace.tap_for(self), module=self)
 
     def flops(self, q, k, **_):
         (B, H, T, Dh), S = q, k[2]
         yield from attention_flops(B, H, T, S, Dh, self.cfg.causal, self.cfg.attn_logit_softcap is not None)
+        yield from rescale_flops(self.cfg, B, H, T, S, Dh)
 
     def backward(self, grad):
         saved = autograd.saved(self)
         q, k, v = (saved.inputs[n] for n in ("q", "k", "v"))
         mask = self.position_mask(saved.inputs["mask"], q.shape[2], k.shape[2])  # (B, 1, T, S)
-        probs = attention_probs(saved, q, k, mask, self.cfg)                     # (B, H, T, S)
-        return scaled_dot_product_attention_backward(grad, q, k, v, probs, mask, self.cfg, tapped_only(saved),
-                                                     saved.taps.get("capped"))[:3]
+        return attention_backward(saved, grad, q, k, v, mask, self.cfg)[:3]
 
 
 class MultiHeadAttention(Module):
@@ -276,7 +303,7 @@ class MultiHeadAttention(Module):
         m = attention_mask(mask, T, S, self.causal, self.window, self.cfg.sliding_window_right,
                            self.cfg.causal_alignment)                                       # (B, 1, T, S)
         context_heads = attention(q, repeat_kv(k, groups), repeat_kv(v, groups), m, self.cfg, tap,
-                                  position_bias)                                 # (B, H, T, Dh)
+                                  position_bias, module=self)                    # (B, H, T, Dh)
         return self.output(tap("merged", self.merge_heads(context_heads)))       # (B, T, D)
 
     def cache_bytes(self, f, source=False):
@@ -299,6 +326,7 @@ class MultiHeadAttention(Module):
             yield from scoped("rotary", self.rotary.flops((B, H, T, cfg.head_dim), (B, KV, S, cfg.head_dim)))
         yield from attention_flops(B, H, T, S, cfg.head_dim, self.causal, cfg.attn_logit_softcap is not None,
                                    position_bias is not None)
+        yield from rescale_flops(cfg, B, H, T, S, cfg.head_dim)
         yield from scoped("output", self.output.flops((B, T, H * cfg.head_dim)))
 
     def saved(self, f, x, context=None, masked=True, **_):
@@ -312,23 +340,45 @@ class MultiHeadAttention(Module):
         H, KV, Dh = self.cfg.num_heads, self.cfg.kv_heads, self.cfg.head_dim
         mask = masked or self.causal or self.window
         yield Saved("", "q/k/v input" if context is None else "query input", B * T * D * f)
-        yield Saved("", "q (B H, T, Dh) copy for the batched matmul", B * T * H * Dh * f)
-        yield Saved("", "k^T (B H, Dh, S) copy", B * S * H * Dh * f)
-        yield Saved("", "v (B H, S, Dh) copy", B * S * H * Dh * f)
+        tiled = self.cfg.attention_impl == "tiled"
+        yield from (self.tiled_saved(f, B, T, S) if tiled else self.matmul_copies_saved(f, B, T, S))
         if mask:
             yield Saved("", "attention mask", (B * T * S if self.causal or self.window else B * S) * BOOL)
-        yield Saved("", "softmax output", B * H * T * S * f)
-        if mask:
+        if not tiled:
+            yield Saved("", "softmax output", B * H * T * S * f)
+        if mask and not tiled:
             yield Saved("", "row-has-a-key mask", (B * T if self.causal or self.window else B) * BOOL)
             yield Saved("", "probabilities, fully masked rows zeroed", B * H * T * S * f)
         yield from scoped("output", self.output.saved(f, (B, T, H * Dh)))
 
+    def matmul_copies_saved(self, f, B, T, S):
+        """q, k^T and v as the reference's batched matmuls lay them out."""
+        H, Dh = self.cfg.num_heads, self.cfg.head_dim
+        yield Saved("", "q (B H, T, Dh) copy for the batched matmul", B * T * H * Dh * f)
+        yield Saved("", "k^T (B H, Dh, S) copy", B * S * H * Dh * f)
+        yield Saved("", "v (B H, S, Dh) copy", B * S * H * Dh * f)
+
+    def tiled_saved(self, f, B, T, S):
+        """What torch_impl's `TiledAttention` keeps besides the mask: q, k, v, its output and the rows'
+        logsumexp, linear in S (the scores are recomputed tile by tile)."""
+        H, Dh = self.cfg.num_heads, self.cfg.head_dim
+        yield Saved("", "q (B, H, T, Dh)", B * T * H * Dh * f)
+        yield Saved("", "k (B, H, S, Dh), repeated to the query heads", B * S * H * Dh * f)
+        yield Saved("", "v (B, H, S, Dh), repeated to the query heads", B * S * H * Dh * f)
+        yield Saved("", "tiled output (B, H, T, Dh), for D = rowsum(dO O)", B * T * H * Dh * f)
+        yield Saved("", "row logsumexp (B, H, T)", B * H * T * f)
+
     def peak(self, f, live, x, context=None, **_):
-        """Inference: the input, q, k, v and `live[0]` score-shaped tensors at once (+ a causal mask)."""
+        """Inference: the input, q, k, v and `live[0]` score-shaped tensors at once (+ a causal mask); tiled,
+        `live[0]` tiles and its output twice instead: linear in S but for the bool causal mask."""
         (B, T, D), S = x, (x if context is None else context)[1]
         H, KV, Dh = self.cfg.num_heads, self.cfg.kv_heads, self.cfg.head_dim
         scores = B * H * T * S
-        return (B * T * D + B * T * H * Dh + 2 * B * S * KV * Dh) * f + live[0] * scores * f \
+        joined = 0
+        if self.cfg.attention_impl == "tiled":  # one tile of scores a head; the output twice (blocks, then joined)
+            scores = B * H * min(T, self.cfg.attention_block_q) * min(S, self.cfg.attention_block_k)
+            joined = 2 * B * T * H * Dh
+        return (B * T * D + B * T * H * Dh + 2 * B * S * KV * Dh + joined) * f + live[0] * scores * f \
             + (B * T * S if self.causal else 0)
 
     def backward(self, grad):
@@ -355,10 +405,8 @@ class MultiHeadAttention(Module):
                            self.cfg.sliding_window_right, self.cfg.causal_alignment)  # (B, 1, T, S)
         bias = saved.inputs["position_bias"]                                     # (1 or B, H, T, S) or None
         d_merged = tap("merged", self.output.backward(grad))                     # (B, T, H Dh)
-        probs = attention_probs(saved, q, k_all, m, self.cfg, bias)              # (B, H, T, S)
-        d_q, d_k, d_v, d_scores = scaled_dot_product_attention_backward(
-            self.split_heads(d_merged), q, k_all, v_all, probs, m, self.cfg, tapped_only(saved),
-            saved.taps.get("capped"), bias is not None)
+        d_q, d_k, d_v, d_bias = attention_backward(saved, self.split_heads(d_merged), q, k_all, v_all, m,
+                                                   self.cfg, bias)
         d_k, d_v = repeat_kv_backward(d_k, groups), repeat_kv_backward(d_v, groups)  # (B, KV, S, Dh)
         if self.rotary is not None:
             d_q, d_k = self.rotary.backward({"q": d_q, "k": d_k})
@@ -369,7 +417,7 @@ class MultiHeadAttention(Module):
         d_x = self.query.backward(self.merge_heads(tap("q", d_q)))               # (B, T, D)
         grads = (d_x + d_source,) if saved.inputs["context"] is None else (d_x, d_source)  # (B, T, D), (B, S, D)
         if bias is not None:
-            grads += (autograd.sum_to_shape(d_scores, bias.shape),)              # (1 or B, H, T, S)
+            grads += (d_bias,)                                                   # (1 or B, H, T, S)
         return grads if len(grads) > 1 else grads[0]
 
 

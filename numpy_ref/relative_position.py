@@ -77,6 +77,7 @@ class RelativePositionBias(Module):
         super().__init__()
         self.bidirectional = bidirectional
         self.num_buckets, self.max_distance = cfg.relative_buckets, cfg.relative_max_distance
+        self.tiled = cfg.attention_impl == "tiled"  # its layers' tiled attention keeps the bias (saved)
         self.table = self.param("table", cfg.relative_buckets, cfg.num_heads)
 
     def forward(self, query_positions, key_positions):
@@ -98,6 +99,9 @@ class RelativePositionBias(Module):
 
     def saved(self, f, query_positions, key_positions, **_):
         yield Saved("", "bucket of each (query, key) pair", query_positions[0] * key_positions[0] * INDEX)
+        if self.tiled:  # one tensor every layer's TiledAttention recomputes its scores with: counted once, here
+            yield Saved("", "position bias (1, H, T, S), for the tiled backward",
+                        self.table.shape[1] * query_positions[0] * key_positions[0] * f)
 
     def backward(self, grad):
         """Positions are integers: nothing to return; the table gets the summed gradient of its buckets."""

@@ -16,6 +16,7 @@ docs/generated/ and tests/test_questions.py asserts the claim each one makes. We
     rotary_is_relative()        RoPE scores depend on m - n only; an additive encoding's do not
     rms_vs_layer_norm()         equal on zero-mean rows; the FLOPs and parameters RMSNorm saves
     swiglu_width()              why SwiGLU's inner width is 8/3 D at a 4 D GELU MLP's parameters
+    efficient_attention()       tiled (flash) attention: the same output, peak memory linear in T, not quadratic
 """
 from __future__ import annotations
 
@@ -550,3 +551,45 @@ def gqa_cache(preset: str = "llama3-8b", tokens: int = 8192, kv_heads=(32, 8, 1)
         measured.append({"kv_heads": kv, "held": sum(layer[k].nbytes for layer in cache for k in ("key", "value")),
                          "declared": 16 * memory.kv_cache_per_token(cfg, 4)})
     return {"preset": preset, "tokens": tokens, "num_heads": base.num_heads, "rows": rows, "measured": measured}
+
+
+# -------------------------------------------------------------------------------- efficient attention
+
+def efficient_attention(lengths=(256, 512, 1024), heads: int = 2, head_dim: int = 32, block: int = 64,
+                        window: int = 64, seed: int = 0) -> dict:
+    """How attention is made cheaper, measured on the NumPy mirrors at growing T (self-attention, T = S):
+
+    - tiled (FlashAttention's online softmax, `attention_impl="tiled"`): the same output to float64
+      rounding, its peak (tracemalloc, one call) linear in T where the reference's is quadratic, and the
+      same matmul FLOPs (plus the rescales);
+    - a sliding window of `window` keys (Mistral): the (query, key) pairs it lets through, T W of T^2:
+      the work a kernel that skips masked blocks needs (this project's attention masks them, still
+      computing all T^2 scores);
+    - linear attention (a kernel feature map, no softmax) changes the function: not measured here."""
+    if len(lengths) < 2:
+        raise ValueError(f"lengths must hold at least 2 sequence lengths to fit an exponent; received {lengths}")
+    base = Config(kind="scaled_dot_product_attention", d_model=heads * head_dim, num_heads=heads,
+                  attention_block_q=block, attention_block_k=block)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for T in lengths:
+        q, k, v = (rng.standard_normal((1, heads, T, head_dim)) for _ in range(3))   # (B, H, T, Dh)
+        row = {"T": T}
+        outputs = {}
+        for impl in ("reference", "tiled"):
+            m = build("numpy", base.replace(attention_impl=impl), {}, dtype="float64")
+            tracemalloc.start()
+            outputs[impl] = m(q=q, k=k, v=v)["output"]
+            row[f"{impl}_peak_bytes"] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        row["max_abs_difference"] = float(np.abs(outputs["tiled"] - outputs["reference"]).max())
+        row["window_pairs"] = int(attention_mask(None, T, T, True, window)[0, 0].sum())
+        row["causal_pairs"] = T * (T + 1) // 2
+        rows.append(row)
+    fit = lambda ys: float(np.polyfit(np.log(lengths), np.log(ys), 1)[0])  # noqa: E731
+    matmul = {impl: flops.totals(flops.ops(base.replace(attention_impl=impl), 1, lengths[-1]))["matmul"]
+              for impl in ("reference", "tiled")}
+    return {"rows": rows, "block": block, "window": window, "heads": heads, "head_dim": head_dim,
+            "exponent_reference_peak": fit([r["reference_peak_bytes"] for r in rows]),
+            "exponent_tiled_peak": fit([r["tiled_peak_bytes"] for r in rows]),
+            "exponent_window_pairs": fit([r["window_pairs"] for r in rows]), "matmul_flops": matmul}

@@ -228,9 +228,24 @@ def relative_buckets(buckets: str = "32", distance: str = "128") -> str:
     return _md([f"bucket ({n} buckets, max distance {d})", "encoder offsets", "decoder offsets"], rows)
 
 
+def efficient_attention() -> str:
+    """`questions.efficient_attention`: the NumPy reference and tiled attention at growing T (peaks by
+    tracemalloc, a second or two), and a sliding window's share of the causal pairs."""
+    from study import questions
+    r = questions.efficient_attention()
+    rows = [(f"{x['T']:,}", f"{x['reference_peak_bytes'] / 2 ** 20:,.1f}", f"{x['tiled_peak_bytes'] / 2 ** 20:,.2f}",
+             f"{x['tiled_peak_bytes'] / x['reference_peak_bytes']:.3f}", f"{x['max_abs_difference']:.1e}",
+             f"{x['window_pairs'] / x['causal_pairs']:.3f}") for x in r["rows"]]
+    fits = (f"peak ~ T^{r['exponent_reference_peak']:.2f} (reference), T^{r['exponent_tiled_peak']:.2f} (tiled); "
+            f"matmul FLOPs at T = {r['rows'][-1]['T']:,}: {r['matmul_flops']['reference']:,} both")
+    return _md(["T", "reference peak MiB", f"tiled peak MiB (blocks {r['block']})", "tiled / reference",
+                "max abs difference", f"window {r['window']} / causal pairs"], rows) + f"\n\n{fits}."
+
+
 TABLES = {"component": component, "family": family, "gqa_cache": gqa_cache, "params": params_table, "models": models, "crossover": crossover,
           "corpus": corpus, "decoding": decoding, "length_penalty": length_penalty, "beam_steps": beam_steps,
-          "rope_relative": rope_relative, "relative_buckets": relative_buckets, "rms_vs_layer_norm": rms_vs_layer_norm, "swiglu_width": swiglu_width}
+          "rope_relative": rope_relative, "relative_buckets": relative_buckets, "rms_vs_layer_norm": rms_vs_layer_norm, "swiglu_width": swiglu_width,
+          "efficient_attention": efficient_attention}
 
 
 def table(name: str, *args: str) -> str:

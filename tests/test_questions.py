@@ -255,3 +255,20 @@ def test_gqa_cache_falls_by_the_group_factor():
     assert by[8]["parameters"] == 8_030_261_248 and by[32]["parameters"] > by[8]["parameters"] > by[1]["parameters"]
     held = [m["held"] for m in r["measured"]]
     assert all(m["held"] == m["declared"] for m in r["measured"]) and held[0] == 2 * held[1] == 4 * held[2]
+
+
+def test_efficient_attention_tiled_is_exact_and_its_memory_linear():
+    """How can attention be made more efficient? Tiled attention gives the same output (float64
+    rounding) with the same matmul FLOPs, and its peak grows ~T where the reference's grows ~T^2; a
+    sliding window lets through T W pairs, linear too."""
+    r = q.efficient_attention(lengths=(128, 256, 512), block=32, window=32)
+    assert all(row["max_abs_difference"] < 1e-14 for row in r["rows"])
+    assert r["matmul_flops"]["tiled"] == r["matmul_flops"]["reference"]
+    assert r["exponent_reference_peak"] > 1.7 and r["exponent_tiled_peak"] < 1.15
+    assert all(row["tiled_peak_bytes"] < row["reference_peak_bytes"] / 2 for row in r["rows"])
+    assert [row["window_pairs"] for row in r["rows"]] == [32 * T - 32 * 31 // 2 for T in (128, 256, 512)]
+
+
+def test_efficient_attention_rejects_a_single_length():
+    with pytest.raises(ValueError, match=r"lengths must hold at least 2 .* received \(128,\)"):
+        q.efficient_attention(lengths=(128,))

@@ -9,6 +9,7 @@ and is filled in place.
 `fused_attention` is one `keras.ops.dot_product_attention` call, which takes (B, T, H, Dh):
 the heads axis moves there and back around it, and the scale goes in as a tensor of q's dtype
 (TensorFlow's `tf.cast` of a Python float rounds it through float32 first: 2e-8 off in float64).
+"tiled" is `tf_impl.tiled_attention` (the loop; autodiff differentiates it: see there why).
 Own lines: `fused_attention` (the library call and its layout).
 """
 from keras import ops
@@ -19,6 +20,7 @@ from tf_impl.activations import softcap, softmax
 from tf_impl.linear import Linear
 from tf_impl.normalization import RMSNorm
 from tf_impl.rotary import RotaryEmbedding
+from tf_impl.tiled_attention import tiled_attention
 
 
 def causal_mask(T, S, alignment="bottom_right"):
@@ -83,7 +85,10 @@ def fused_attention(q, k, v, mask, cfg, bias=None):
 
 
 def attention(q, k, v, mask, cfg, tap, bias=None):
-    """The attention `cfg.attention_impl` names: the reference's traced lines, or one fused call."""
+    """The attention `cfg.attention_impl` names: the reference's traced lines, one fused call, or the tiled loop."""
+    if cfg.attention_impl == "tiled":
+        context = tiled_attention(q, k, v, mask, cfg, bias)[0]                    # (B, H, T, Dh)
+        return tap("context", context)                                            # (B, H, T, Dh)
     if cfg.attention_impl == "fused":
         return tap("context", fused_attention(q, k, v, mask, cfg, bias))          # (B, H, T, Dh)
     return scaled_dot_product_attention(q, k, v, mask, cfg, tap, bias)           # (B, H, T, Dh)

@@ -4,6 +4,7 @@ Differs: `causal_mask`, `window_mask` and `attention_mask` take a `device` for t
 a padding mask becomes bool with `.bool()`; heads are split with `reshape` + `permute` and
 merged through an explicit contiguous copy; keys / values are cached with `torch.cat`. `fused_attention` is one
 `F.scaled_dot_product_attention` call; autograd, not a hand-written backward, differentiates it.
+"tiled" is `torch_impl.tiled_attention` (an autograd.Function with the blockwise backward).
 Own lines: `fused_attention` (the library call).
 """
 import torch
@@ -15,6 +16,7 @@ from torch_impl.activations import softcap, softmax
 from torch_impl.linear import Linear
 from torch_impl.normalization import RMSNorm
 from torch_impl.rotary import RotaryEmbedding
+from torch_impl.tiled_attention import tiled_context
 
 
 def causal_mask(T, S, alignment="bottom_right", device=None):
@@ -74,7 +76,10 @@ def fused_attention(q, k, v, mask, cfg, bias=None):
 
 
 def attention(q, k, v, mask, cfg, tap, bias=None):
-    """The attention `cfg.attention_impl` names: the reference's traced lines, or one fused call."""
+    """The attention `cfg.attention_impl` names: the reference's traced lines, one fused call, or the tiled loop."""
+    if cfg.attention_impl == "tiled":
+        context = tiled_context(q, k, v, mask, cfg, bias)                         # (B, H, T, Dh)
+        return tap("context", context)                                            # (B, H, T, Dh)
     if cfg.attention_impl == "fused":
         return tap("context", fused_attention(q, k, v, mask, cfg, bias))          # (B, H, T, Dh)
     return scaled_dot_product_attention(q, k, v, mask, cfg, tap, bias)           # (B, H, T, Dh)

@@ -141,6 +141,16 @@ def example_inputs(cfg: Config, batch: int = EXAMPLE_BATCH, length: int = EXAMPL
     return {n: np.asarray(inputs[n]).astype(graph_dtype(inputs[n])) for n in names}
 
 
+def check_exportable(cfg: Config) -> None:
+    """Tiled attention is a Python loop over blocks: traced, it unrolls at the example's T and S into a graph
+    for that one length, which the dynamic sequence axis would then run at others (wrong numbers, or a
+    failed trace where the length is symbolic). Refused by name; the same attention exports as 'reference'."""
+    if cfg.attention_impl == "tiled":
+        raise ValueError("ONNX export has a dynamic sequence axis, and Config.attention_impl='tiled' unrolls its "
+                         "loop over blocks at one traced length; export with attention_impl='reference' or "
+                         "'fused' (the same attention); received attention_impl='tiled'")
+
+
 def export(cfg: Config, weights: dict, source: str, opset: int = DEFAULT_OPSET, exporter: str | None = None,
            preset: str | None = None) -> Exported:
     """Export `cfg` with `weights` from `source`; the same call twice in a process exports once."""
@@ -152,6 +162,7 @@ def export(cfg: Config, weights: dict, source: str, opset: int = DEFAULT_OPSET, 
     if not isinstance(opset, int) or opset < 1:
         raise ValueError(f"opset must be a positive int; received opset={opset!r}")
     signature(cfg)
+    check_exportable(cfg)
     weights_lib.check(cfg, weights)
     preset = preset or _preset_name(cfg)
     fingerprint = weights_lib.fingerprint(weights)

@@ -27,9 +27,12 @@ CAUSAL_ALIGNMENTS = ("bottom_right", "top_left")
 # attention_impl -> the taps of the reference attention it does not produce. "reference" is
 # q k^T -> softmax -> @ v one traced op a line; "fused" is one library call (torch's
 # F.scaled_dot_product_attention, keras.ops.dot_product_attention, one NumPy expression), whose
-# scores (biased, for T5) and probabilities never exist outside it. The trace, gradient and explain code
+# scores (biased, for T5) and probabilities never exist outside it; "tiled" is FlashAttention's loop over
+# blocks of queries and keys with an online softmax (numpy_ref.tiled_attention), whose score blocks
+# (biased and soft-capped ones too) live only inside the loop. The trace, gradient and explain code
 # read this.
-ATTENTION_IMPLS = {"reference": (), "fused": ("scores", "biased", "probs")}
+ATTENTION_IMPLS = {"reference": (), "fused": ("scores", "biased", "probs"),
+                   "tiled": ("scores", "biased", "capped", "probs")}
 # weight_quantization -> what each Linear holds: "none" its float kernel; "int8" the kernel as int8 q (in, out)
 # plus one float scale per output channel, `kernel_scale` (out,), and computes with s q (conformance.weights.quantize)
 WEIGHT_QUANTIZATIONS = ("none", "int8")
@@ -60,8 +63,10 @@ class Config:
     dropout: float = 0.1           # rate used only in training mode, with a supplied keep mask
     head: str = "none"             # BERT task head: "none" (+ pooler), "mlm", "classification", "qa"; an
     #                                encoder-decoder's "none" is its LM head, "encoder" the encoder alone (T5EncoderModel)
-    attention_impl: str = "reference"  # "reference" or "fused": see ATTENTION_IMPLS
+    attention_impl: str = "reference"  # "reference", "fused" or "tiled": see ATTENTION_IMPLS
     attention_scale: float | None = None  # scores = q k^T * scale; None: 1/sqrt(Dh) (Gemma 2: query_pre_attn_scalar^-0.5)
+    attention_block_q: int = 256   # attention_impl="tiled": queries per block (the last one may be shorter)
+    attention_block_k: int = 256   # ... and keys per block: the loop holds (block_q, block_k) scores a head at once
     # ---- BERT's descendants: RoBERTa, DistilBERT, ELECTRA, ALBERT (the bert family) and DeBERTa (its own)
     pad_token_id: int = 0          # the padding id; only RoBERTa's positions read it (pad_positions)
     pad_positions: bool = False    # RoBERTa: positions count the real tokens from pad_token_id + 1 and pads sit

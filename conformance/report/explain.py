@@ -55,6 +55,7 @@ from numpy_ref.normalization import layer_norm, rms_norm
 from numpy_ref.patch_embedding import patchify
 from numpy_ref.relative_position import relative_position_bucket
 from numpy_ref.rotary import apply_rotary
+from numpy_ref.tiled_attention import tiled_attention
 from conformance.oracles.transformers import transformers_model
 
 WIDTH = 100  # columns, text and Markdown alike
@@ -189,12 +190,20 @@ def expression(module, op: str) -> tuple[str, int, str]:
         module = sys.modules[cls.__module__]
         functions = [f for _, f in inspect.getmembers(module, inspect.isfunction)  # the forward's helpers
                      if f.__module__ == module.__name__ and not f.__name__.endswith("backward")]
-        for fn in [cls.forward, *sorted(functions, key=lambda f: f.__code__.co_firstlineno)]:
+        functions = sorted(functions, key=lambda f: (not _taps_for_impl(owner, f), f.__code__.co_firstlineno))
+        for fn in [cls.forward, *functions]:
             lines, first = inspect.getsourcelines(fn)
             for i, line in enumerate(lines):
                 if needle in line:
                     return _relative(inspect.getsourcefile(cls)), first + i, line.strip()
     raise ValueError(f"no line of numpy_ref taps {name!r} for op {op!r}")
+
+
+def _taps_for_impl(owner, fn) -> bool:
+    """Does `fn` hold the tap of `owner`'s attention implementation? Fused and tiled attention tap their
+    context in `attention` itself, not in the reference lines of `scaled_dot_product_attention`."""
+    impl = getattr(getattr(owner, "cfg", None), "attention_impl", "reference")
+    return impl != "reference" and fn.__name__ == "attention"
 
 
 def intermediates(fn: Callable, *args) -> list[Line]:
@@ -356,8 +365,11 @@ def _render(ex: Explained, fmt: str) -> str:
             block(f"{_relative(inspect.getsourcefile(fn))}:{line.lineno}\n    {line.source}", "python")
             for src, value in line.nested:
                 block(f"{src} {_shape(value)}\n{_array(value)}")
-            block(f"= {_shape(line.value)}\n{_array(line.value)}" if isinstance(line.value, np.ndarray)
-                  else f"= {line.value!r}")
+            values = line.value if isinstance(line.value, tuple) else (line.value,)  # a function's results
+            if all(isinstance(v, np.ndarray) for v in values):
+                block("\n".join(f"= {_shape(v)}\n{_array(v)}" for v in values))
+            else:
+                block(f"= {line.value!r}")
 
     heading("Steps", 2)
     steps = [s for s in wt.steps if s.op in ex.reference]
@@ -757,6 +769,26 @@ def feature_attention_library(cfg, w, inputs, records, calls):
                     oracles.torch_sdpa(cfg, inputs["q"], inputs["k"], inputs["v"], mask, "float64"),
                     differs="softmax attention, which linear attention replaces and Performer estimates "
                             "(docs/techniques/linear_attention.md measures the distance)")]
+
+
+def tiled_inputs(cfg):
+    """The SDPA example with the keys in two blocks of 2: the padded 4th key sits in the second."""
+    inputs = sdpa_inputs(cfg)
+    q = inputs["q"]
+    inputs["k"][..., 2, :] = np.round(q[..., 0, :] + q[..., 1, :], 1)  # the second block of keys raises both
+    #                                      first queries' max: their sums and outputs so far are rescaled
+    return inputs
+
+
+def tiled_inner(module, w, inputs, records):
+    return [Inner(tiled_attention, (inputs["q"], inputs["k"], inputs["v"], inputs["mask"], module.cfg), "context")]
+
+
+def tiled_library(cfg, w, inputs, records, calls):
+    """The reference attention on the same q, k, v: the tiled loop's end result must be its value."""
+    q, k, v, mask = inputs["q"], inputs["k"], inputs["v"], inputs["mask"]
+    return [Library("context", "attention_impl='reference': softmax(q k^T / sqrt(Dh) + mask) v",
+                    scaled_dot_product_attention(q, k, v, mask, cfg, trace.untraced))]
 
 
 def mha_inputs(cfg):
@@ -1300,8 +1332,21 @@ def walkthroughs() -> dict[str, Walkthrough]:
     return {name: every[name] for name in registry.ENTRIES if name in every}
 
 
+TILED_WALKTHROUGH = Walkthrough(
+    "scaled_dot_product_attention", "Tiled (flash) attention on the SDPA example, in blocks of 2 queries x 2 keys: "
+                                    "the running max m, sum l and unnormalized output acc after each block of "
+                                    "keys, rescaled by exp(m - m') when a block raises the max.",
+    dict(d_model=4, num_heads=1, attention_block_q=2, attention_block_k=2), tiled_inputs,
+    (Step("context", "acc / l after the last block of keys: the reference attention's value, to float64 rounding. "
+                     "No (T, S) scores or probabilities exist: each block's are made and dropped inside the loop."),),
+    inner=tiled_inner, library=tiled_library, math="tiled",
+    shows=("num_heads", "head_dim", "mask_fill", "attention_block_q", "attention_block_k"))
+COMPONENT_VARIANTS = {("scaled_dot_product_attention", "tiled"): TILED_WALKTHROUGH}  # a component variant's own
+
+
 def variant_walkthroughs() -> dict[tuple, Walkthrough]:
     """(entry, variant) -> the walkthrough a family declares for that variant (`Family.variant_walkthroughs`:
-    RoBERTa's positions under padding, ALBERT's shared layer), in registry order."""
-    return {(f.name, v): _model_walkthrough(f, wt) for f in families.FAMILIES.values()
-            for v, wt in f.variant_walkthroughs.items()}
+    RoBERTa's positions under padding, ALBERT's shared layer), and a component's (`COMPONENT_VARIANTS`:
+    tiled attention), in registry order."""
+    return {**COMPONENT_VARIANTS, **{(f.name, v): _model_walkthrough(f, wt) for f in families.FAMILIES.values()
+                                     for v, wt in f.variant_walkthroughs.items()}}

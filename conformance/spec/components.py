@@ -12,6 +12,8 @@ from conformance.spec.inputs import (decoder_inputs, dropout_inputs, hidden, ids
 
 TINY = Config(kind="component", d_model=32, num_heads=4, d_ff=64, vocab_size=97, max_positions=64)
 FUSED = V({"attention_impl": "fused"})  # F.scaled_dot_product_attention, keras.ops.dot_product_attention
+# FlashAttention's loop with blocks smaller than the cases' T = 7, S = 9: several blocks and a ragged tail each way
+TILED = {"attention_impl": "tiled", "attention_block_q": 2, "attention_block_k": 4}
 T5_LAYER = {"norm": "rms", "layer_norm_eps": 1e-6, "feed_forward": "gated", "activation": "gelu_tanh",
             "norm_first": True, "use_bias": False, "attention_scale": 1.0}
 
@@ -48,7 +50,11 @@ COMPONENTS = [
            "causal_top_left": V({"causal": True, "causal_alignment": "top_left"}, {"mask": "none"}),
            "window": V({"causal": True, "sliding_window": 3}, {"mask": "none"}),
            "window_bidirectional": V({"sliding_window": 3, "sliding_window_right": 2}),
-           "softcap": V({"attn_logit_softcap": 2.0})}),
+           "softcap": V({"attn_logit_softcap": 2.0}),
+           "tiled": V(TILED, {"mask": "fully_masked"}),  # padding, and one row with no key at all
+           "tiled_causal_softcap": V({**TILED, "causal": True, "attn_logit_softcap": 2.0}, {"mask": "none"}),
+           "tiled_top_left": V({**TILED, "causal": True, "causal_alignment": "top_left"}, {"mask": "none"}),
+           "tiled_window": V({**TILED, "sliding_window": 3, "sliding_window_right": 2})}),
     Entry("multi_head_attention", "MultiHeadAttention", TINY.replace(kind="multi_head_attention"), masked_hidden,
           {"default": V(), "causal": V({"causal": True}), "cross": V(options={"cross": True}),
            "no_bias": V({"use_bias": False}), "no_mask": V(options={"mask": "none"}), "fused": FUSED,
@@ -61,7 +67,9 @@ COMPONENTS = [
            "sliding_window": V({"sliding_window": 3, "causal": True}),
            "softcap": V({"attn_logit_softcap": 2.0, "causal": True}),
            # T5's: a bias added to the scores, no 1/sqrt(Dh)
-           "position_bias": V({"attention_scale": 1.0, "use_bias": False}, {"position_bias": True})}),
+           "position_bias": V({"attention_scale": 1.0, "use_bias": False}, {"position_bias": True}),
+           "tiled": V(TILED), "tiled_gqa_rotary": V({**TILED, "position": "rotary", "num_kv_heads": 2, "causal": True}),
+           "tiled_position_bias": V({**TILED, "attention_scale": 1.0, "use_bias": False}, {"position_bias": True})}),
     Entry("feed_forward", "FeedForward", TINY.replace(kind="feed_forward"), hidden,
           {"default": V(), "relu": V({"activation": "relu"}), "gelu_tanh": V({"activation": "gelu_tanh"})}),
     Entry("encoder_layer", "EncoderLayer", TINY.replace(kind="encoder_layer"), masked_hidden,

@@ -8,11 +8,15 @@ sums one position late, and FAVOR+'s features without their - |x|^2 / 2. For eac
 generated check fails naming the component and the output tensor, and the trace
 comparison names the first op that diverges.
 """
+import inspect
+import textwrap
+
 import pytest
 import torch
 
 import torch_impl.attention
 import torch_impl.linear_attention
+import torch_impl.tiled_attention
 from conformance.backends import torch_backend
 from conformance.spec.leaves import Leaf
 from conformance.backends.build import build
@@ -69,6 +73,18 @@ def random_features_without_norm(monkeypatch, cfg, w, dtype):
     return build("torch", cfg, w, dtype=dtype)
 
 
+def missing_rescale(monkeypatch, cfg, w, dtype):
+    """The online softmax's one subtle line lost: the partial sums are not rescaled by exp(m - m') when
+    a later block of keys raises the running max (the source line is replaced, as an edit would)."""
+    source = textwrap.dedent(inspect.getsource(torch_impl.tiled_attention.tiled_attention))
+    line = "rescale = torch.exp(m - finite_or_zero(m_new))"
+    assert line in source
+    namespace = dict(vars(torch_impl.tiled_attention))
+    exec(source.replace(line, "rescale = torch.ones_like(m)"), namespace)  # noqa: S102
+    monkeypatch.setattr(torch_impl.tiled_attention, "tiled_attention", namespace["tiled_attention"])
+    return build("torch", cfg, w, dtype=dtype)
+
+
 PLANTED = [
     # (bug, registry case, output it corrupts, first op the trace comparison must name)
     (missing_scale, ("encoder_layer", "default"), "output", "attention.scores"),
@@ -84,6 +100,8 @@ PLANTED = [
     (untransposed_query, ("gpt2", "default"), "logits", "layers.0.attention.query.output"),
     (prefix_one_late, ("linear_attention", "causal_top_left"), "output", "kv"),
     (random_features_without_norm, ("performer_attention", "default"), "output", "key_features"),
+    (missing_rescale, ("multi_head_attention", "tiled"), "output", "context"),  # no scores or probs to tap
+    (missing_rescale, ("llama", "tiled"), "logits", "layers.0.attention.context"),
 ]
 IDS = [f"{bug.__name__}-{case[0]}[{case[1]}]" for bug, case, _, _ in PLANTED]
 

@@ -66,12 +66,14 @@ def test_matches_transformers_on_our_weights(case_, framework):
 
 @pytest.mark.parametrize("case_", HF_CASES, ids=[case_id(c) for c in HF_CASES])
 def test_checkpoint_round_trip_is_bit_exact(case_, tmp_path):
-    """to_hf then from_hf gives back the same Config (how it runs, attention_impl and any field that is a forward
-    argument of transformers (`Checkpoint.call`), is not a checkpoint's to say) and the same weights, bit for bit."""
+    """to_hf then from_hf gives back the same Config (how it runs, attention_impl, its blocks and any field that is a
+    forward argument of transformers (`Checkpoint.call`), is not a checkpoint's to say) and the same weights, bit
+    for bit."""
     cfg, w, _, _ = case(*case_)
     weights.to_hf(cfg, w, tmp_path)
     cfg_back, w_back = weights.from_hf(tmp_path)
-    runtime = {f: getattr(cfg_back, f) for f in ("checkpoint", "attention_impl", *families.get(cfg.kind).checkpoint(cfg).call)}
+    runtime = {f: getattr(cfg_back, f) for f in ("checkpoint", "attention_impl", "attention_block_q", "attention_block_k",
+                                                 *families.get(cfg.kind).checkpoint(cfg).call)}
     assert cfg_back == cfg.replace(**runtime)
     assert sorted(w_back) == sorted(w)
     for name in w:
