@@ -184,6 +184,13 @@ class Backend:
         import inspect
         return dict(inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments)
 
+    def apply_lora(self, module, lcfg) -> list[str]:
+        """Swap the Linears `lcfg` targets for the mirror's `lora.LoraLinear`, in place: their paths."""
+        import importlib
+        if self.package is None:
+            raise ValueError(f"the {self.name} framework has no LoRA mirror")
+        return importlib.import_module(f"{self.package}.lora").apply(module, lcfg)
+
     def trainer(self, built: "Built", groups: dict, tcfg):
         """The mirror's `training.Trainer` on `built`'s module (`conformance.training`)."""
         import importlib
@@ -396,5 +403,7 @@ class Built:
         return self.backend.num_parameters(self.module)
 
     def weights(self) -> dict[str, np.ndarray]:
-        """The loaded weights back out, under canonical names and in canonical layout."""
-        return self.backend.export(self.module, registry.param_shapes(self.cfg))
+        """The loaded weights back out, under canonical names and in canonical layout (a LoRA
+        model's adapters too: a mirror exports every parameter its module holds)."""
+        held = self.backend.parameters(self.module) if self.backend.package else registry.param_shapes(self.cfg)
+        return self.backend.export(self.module, held)

@@ -9,5 +9,5 @@
 directories through each family's `Checkpoint` table.
 """
 from conformance.weights.canonical import (WeightsError, check, count, fingerprint, initialize, load,  # noqa: F401
-                                           load_config, save)
+                                           load_config, save, shapes)
 from conformance.weights.checkpoints import from_hf, from_original, permute_rotary, to_hf  # noqa: F401
