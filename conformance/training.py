@@ -66,6 +66,7 @@ class TrainConfig:
     dropout_seed: int = 0               # seeds the dropout masks (conformance.core.dropout_masks)
     loss_scale: float = 2.0**15         # mixed_float16: the initial dynamic loss scale
     lora: LoraConfig | None = None      # train LoRA adapters on these targets only, every other weight frozen
+    checkpointing: bool = False         # torch, tf: recompute each layer in backward (the reference keeps all)
 
     def __post_init__(self):
         _choice("task", self.task, TASKS)
@@ -248,7 +249,9 @@ def trainer(framework: str, cfg: Config, weights: dict, tcfg: TrainConfig, dtype
                              f"clipping's; see for_framework); received clip_epsilon={tcfg.clip_epsilon!r}")
     cfg = task_config(cfg, tcfg.task)
     copies = {name: np.array(value) for name, value in weights.items()}  # numpy_ref updates its arrays in place
-    built = build(framework, cfg, copies, dtype=dtype, training=True, lora=tcfg.lora)
+    # the NumPy reference has no autograd graph to checkpoint; checkpointing changes no number
+    built = build(framework, cfg, copies, dtype=dtype, training=True, lora=tcfg.lora,
+                  checkpointing=tcfg.checkpointing and framework != "numpy")
     return built.backend.trainer(built, groups(cfg, tcfg), tcfg), built
 
 
