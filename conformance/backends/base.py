@@ -192,12 +192,14 @@ class Backend:
         return importlib.import_module(f"{self.package}.lora").apply(module, lcfg)
 
     def enable_checkpointing(self, module) -> list[str]:
-        """Recompute each repeated layer of `module` in backward (the mirror's `checkpointing.enable`)."""
-        import importlib.util
-        if self.package is None or importlib.util.find_spec(f"{self.package}.checkpointing") is None:
+        """Recompute each repeated layer of `module` in backward (the mirror's `training.checkpoint_layers`)."""
+        import importlib
+        enable = getattr(importlib.import_module(f"{self.package}.training"), "checkpoint_layers", None) \
+            if self.package else None
+        if enable is None:
             raise ValueError(f"checkpointing=True needs a framework with autograd to checkpoint (torch, tf); "
                              f"received framework={self.name!r}")
-        return importlib.import_module(f"{self.package}.checkpointing").enable(module)
+        return enable(module)
 
     def trainer(self, built: "Built", groups: dict, tcfg):
         """The mirror's `training.Trainer` on `built`'s module (`conformance.training`)."""

@@ -69,7 +69,7 @@ def build(framework: str, cfg: Config, weights: dict, device: str = "cpu", dtype
     `lora` (a `conformance.core.lora.LoraConfig`): adapters on its targets; `weights` then holds the
     base model's weights and every adapter's (`conformance.core.lora.initialize`).
     `checkpointing=True` (torch, tf): every repeated layer recomputed in backward instead of keeping
-    its activations (`torch_impl.checkpointing`): a build option, not a Config field, because it
+    its activations (`torch_impl.training.checkpoint_layers`): a build option, not a Config field, because it
     changes memory and time, never a number, and the reference has no autograd graph to checkpoint."""
     if not isinstance(cfg, Config):
         raise ValueError(f"cfg must be a Config (presets.get(name), weights.load_config(path) or "

@@ -1,4 +1,4 @@
-"""Gradient checkpointing (`torch_impl.checkpointing`, `tf_impl.checkpointing`): the same numbers,
+"""Gradient checkpointing (`torch_impl.training.checkpoint_layers`, `tf_impl.training.checkpoint_layers`): the same numbers,
 one extra forward of each layer, and the saved activations of one layer instead of L.
 
 - training with `TrainConfig.checkpointing` ends on bit-identical weights in torch and Keras, in
