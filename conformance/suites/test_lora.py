@@ -84,6 +84,10 @@ def test_peft_computes_the_same_logits_gradients_and_trainable_count(head):
     trainable, total = peft_oracle.peft_model(cfg, full, LCFG).get_nb_trainable_parameters()
     counted = lora.count(lora.linear_shapes(weights.shapes(cfg), LCFG), LCFG)
     assert trainable == counted["lora"] == sum(a.size for a in lora.adapters(full).values())
+    tcfg = training.for_framework(training.TrainConfig(task=head, lora=LCFG), "torch")
+    step, built = training.trainer("torch", cfg, full, tcfg)  # what our torch trainer really optimizes
+    assert sum(p.numel() for p in step.trainable.values()) == trainable
+    assert sum(p.numel() for p in built.module.parameters() if p.requires_grad) == trainable
     assert total == sum(a.size for a in full.values())
     assert counted["lora"] == 3 * cfg.num_layers * LCFG.rank * (cfg.d_model + cfg.d_model) \
         - cfg.num_layers * LCFG.rank * (cfg.d_model - cfg.d_ff)  # query, value: D -> D; inner: D -> F
@@ -146,3 +150,25 @@ def test_lora_fine_tuning_after_n_steps_matches_the_reference(framework, dtype):
     assert min(moved[n] for n in lora.adapters(moved) if ".lora_b." in n) > 100 * tol.atol  # B left zero
     groups = training.groups(cfg, tcfg)
     assert {n for n, g in groups.items() if g.trainable} == set(lora.adapters(w))
+
+
+def test_declared_flops_of_an_adapted_model_are_what_torch_counts():
+    """numpy_ref's LoraLinear.flops (the base projection + 2 N r (in + out)) summed over the tree
+    equals FlopCounterMode on the torch model with the same adapters."""
+    import torch
+    from conformance.backends.torch_backend import flop_count
+    from conformance.core.costs import MATMUL
+    from conformance.costs.flops import input_shapes
+    from numpy_ref import lora as np_lora
+    cfg, _, full, ids = _model()
+    reference = registry.get(cfg.kind).reference(cfg)
+    np_lora.apply(reference, LCFG)
+    declared = sum(o.total for o in reference.flops(**input_shapes(cfg, *ids.shape)) if o.category in MATMUL)
+    plain = sum(o.total for o in registry.get(cfg.kind).reference(cfg).flops(**input_shapes(cfg, *ids.shape))
+                if o.category in MATMUL)
+    m = build("torch", cfg, full, dtype="float32", lora=LCFG)
+    counted = flop_count(m.module, {"input_ids": torch.from_numpy(ids)})["matmul"]
+    assert declared == counted
+    N = ids.size
+    assert declared - plain == sum(2 * N * LCFG.rank * (i + o) for i, o in
+                                   lora.linear_shapes(weights.shapes(cfg), LCFG).values())
