@@ -97,6 +97,9 @@ class TrainConfig:
                              f"received mask_probability={self.mask_probability!r}")
         if not self.loss_scale > 0:
             raise ValueError(f"TrainConfig.loss_scale must be > 0; received loss_scale={self.loss_scale!r}")
+        if not isinstance(self.checkpointing, bool):
+            raise ValueError(f"TrainConfig.checkpointing must be True or False; "
+                             f"received checkpointing={self.checkpointing!r}")
         if self.lora is not None and not isinstance(self.lora, LoraConfig):
             raise ValueError(f"TrainConfig.lora must be None or a conformance.core.lora.LoraConfig; "
                              f"received lora={self.lora!r}")

@@ -15,6 +15,7 @@ from conformance import weights as weights_lib
 from conformance.backends.base import Backend, Built
 from conformance.backends.dtypes import DTYPES
 from conformance.core.config import Config
+from conformance.core.lora import LoraConfig
 from conformance.spec import registry
 
 BACKENDS = {  # framework -> (module, class)
@@ -87,6 +88,8 @@ def build(framework: str, cfg: Config, weights: dict, device: str = "cpu", dtype
     if compile is not None:
         b.require_compile(compile)
     b.require(dtype, device)
+    if lora is not None and not isinstance(lora, LoraConfig):
+        raise ValueError(f"lora must be None or a conformance.core.lora.LoraConfig; received {type(lora).__name__}")
     if lora is not None and framework == "onnx":
         raise ValueError("lora= builds a mirror (numpy, torch, tf); for onnx, merge the adapters first "
                          "(conformance.core.lora.merge) and export the plain model")

@@ -120,6 +120,21 @@ def test_lora_config_refuses_bad_values(changes, message):
         lora.LoraConfig(**changes)
 
 
+def test_train_config_and_build_refuse_a_lora_that_is_not_a_lora_config():
+    with pytest.raises(ValueError, match="TrainConfig.lora must be None or a conformance.core.lora.LoraConfig; "
+                                         "received lora='query'"):
+        training.TrainConfig(lora="query")
+    with pytest.raises(ValueError, match="TrainConfig.checkpointing must be True or False; received checkpointing=1"):
+        training.TrainConfig(checkpointing=1)
+    cfg, base, full, _ = _model()
+    with pytest.raises(weights.WeightsError, match="missing encoder.0.attention.query.lora_a.kernel"):
+        build("numpy", cfg, base, lora=LCFG)  # adapters expected
+    with pytest.raises(ValueError, match="lora must be None or a conformance.core.lora.LoraConfig; received str"):
+        build("torch", cfg, full, lora="query")
+    with pytest.raises(ValueError, match="lora= builds a mirror"):
+        build("onnx", cfg, full, lora=LCFG)
+
+
 STEPS = 3
 
 
