@@ -87,10 +87,15 @@ def markdown(r: dict) -> str:
                      f"{mb(x['adamw_state_bytes'])} | {x['median_s']:.3f} | {x['median_s'] / full['median_s']:.2f} | "
                      f"{x['min_s']:.3f} |")
     drop = full["peak_step_bytes"] - r["rows"]["full + ckpt"]["peak_step_bytes"]
+    lora_drop = r["rows"]["lora"]["peak_step_bytes"] - r["rows"]["lora + ckpt"]["peak_step_bytes"]
     lines += ["", "Analytic figures for the same shapes (`conformance.costs`):", "",
               f"- saved activations: {mb(r['saved_none'])} MiB without recomputation, {mb(r['saved_full'])} MiB with "
               f"every layer recomputed (layer inputs + one layer): an analytic drop of "
-              f"{mb(r['saved_none'] - r['saved_full'])} MiB against a measured peak drop of {mb(drop)} MiB (full fine-tuning);",
+              f"{mb(r['saved_none'] - r['saved_full'])} MiB (every weight trained) against a measured peak drop of "
+              f"{mb(drop)} MiB for full fine-tuning, whose peak is the optimizer update (weights, gradients and "
+              f"moments: 16 bytes a parameter), not the activations, and {mb(lora_drop)} MiB for LoRA, whose peak is "
+              "the activations (fewer of them are saved: a frozen projection's input is kept only where an "
+              "adapter or a later op needs it);",
               f"- recomputation adds {r['recomputed_flops'] / 1e9:.2f} GFLOPs (one forward of every layer) to a step of "
               f"about 3 x {r['forward_flops'] / 1e9:.2f} GFLOPs (forward + backward): "
               f"{r['recomputed_flops'] / (3 * r['forward_flops']):.0%} more matmul work;",
