@@ -23,7 +23,7 @@ kernel and bias, in place, and returns the target paths.
 """
 from conformance.core import checks, lora as lora_settings, trace
 from conformance.core.config import Config
-from conformance.core.costs import PER_ELEMENT, Op, rows
+from conformance.core.costs import PER_ELEMENT, Op, rows, scoped
 from numpy_ref import autograd
 from numpy_ref.activations import Dropout
 from numpy_ref.linear import Linear, linear, linear_backward
@@ -49,6 +49,13 @@ class LoraLinear(Linear):
         yield from super().flops(x)
         yield Op("lora", "projection", 2 * rows(x) * self.lora_a.d_out * (self.d_in + self.d_out))
         yield Op("lora.sum", "elementwise", rows(x) * self.d_out * PER_ELEMENT["bias"])
+
+    def saved(self, f, x, **_):
+        """The base projection's input, then the adapter's: dropout(x) (and its keep mask) and x A."""
+        yield from super().saved(f, x)
+        yield from scoped("dropout", self.dropout.saved(f, x))
+        yield from scoped("lora_a", self.lora_a.saved(f, x))
+        yield from scoped("lora_b", self.lora_b.saved(f, (*x[:-1], self.lora_a.d_out)))
 
     def backward(self, grad):
         saved = autograd.saved(self)

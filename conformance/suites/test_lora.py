@@ -187,3 +187,27 @@ def test_declared_flops_of_an_adapted_model_are_what_torch_counts():
     N = ids.size
     assert declared - plain == sum(2 * N * LCFG.rank * (i + o) for i, o in
                                    lora.linear_shapes(weights.shapes(cfg), LCFG).values())
+
+
+def test_declared_saved_bytes_of_an_adapted_layer_are_what_autograd_keeps():
+    """numpy_ref's LoraLinear.saved: x for the frozen kernel's gradient, the adapter's dropped input
+    and its keep mask, and x A, as torch's saved_tensors_hooks see them (one count per storage)."""
+    import torch
+    from conformance.core.costs import rows
+    from numpy_ref import lora as np_lora
+    from torch_impl import lora as torch_lora
+    lcfg = LCFG.replace(dropout=0.5)
+    x = torch.randn(2, 5, 8, requires_grad=True)  # as inside a model: dropout then keeps its mask
+    declared = sum(r.bytes for r in np_lora.LoraLinear(8, 6, True, lcfg).saved(4, tuple(x.shape)))
+    layer = torch_lora.LoraLinear(8, 6, True, lcfg).train()
+    params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+    seen = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x)
+    assert declared == sum(seen.values()) == rows(x.shape) * (8 * 4 + 8 + 8 * 4 + lcfg.rank * 4)
