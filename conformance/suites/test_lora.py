@@ -211,3 +211,17 @@ def test_declared_saved_bytes_of_an_adapted_layer_are_what_autograd_keeps():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         layer(x)
     assert declared == sum(seen.values()) == rows(x.shape) * (8 * 4 + 8 + 8 * 4 + lcfg.rank * 4)
+
+
+def test_a_planted_missing_scale_is_caught_and_pinned_to_the_adapted_projection(monkeypatch):
+    """torch's LoraLinear adding the update without s = alpha / r: the trace comparison against the
+    reference names the first adapted projection's output, not the adapter's own ops before it."""
+    from conformance.compare.divergence import first_divergence
+    from torch_impl import lora as torch_lora
+    cfg, _, full, ids = _model()
+    reference = build("numpy", cfg, full, dtype="float64", lora=LCFG).trace(input_ids=ids)[1]
+    monkeypatch.setattr(torch_lora.LoraLinear, "scaling", property(lambda self: 1.0, lambda self, v: None),
+                        raising=False)
+    planted = build("torch", cfg, full, dtype="float64", lora=LCFG).trace(input_ids=ids)[1]
+    first = first_divergence(reference, planted, "float64")
+    assert first is not None and first.name == "encoder.0.attention.query.output", first
