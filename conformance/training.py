@@ -27,7 +27,9 @@ import numpy as np
 
 from conformance import weights as weights_lib
 from conformance.backends import build, supports
+from conformance.core import lora as lora_lib
 from conformance.core.config import Config
+from conformance.core.lora import LoraConfig
 from conformance.spec import families, presets, registry
 
 TASKS = ("mlm", "causal_lm", "classification")
@@ -63,6 +65,8 @@ class TrainConfig:
     mask_probability: float = 0.15      # MLM: the share of positions masked and predicted
     dropout_seed: int = 0               # seeds the dropout masks (conformance.core.dropout_masks)
     loss_scale: float = 2.0**15         # mixed_float16: the initial dynamic loss scale
+    lora: LoraConfig | None = None      # train LoRA adapters on these targets only, every other weight frozen
+    checkpointing: bool = False         # torch, tf: recompute each layer in backward (the reference keeps all)
 
     def __post_init__(self):
         _choice("task", self.task, TASKS)
@@ -93,6 +97,12 @@ class TrainConfig:
                              f"received mask_probability={self.mask_probability!r}")
         if not self.loss_scale > 0:
             raise ValueError(f"TrainConfig.loss_scale must be > 0; received loss_scale={self.loss_scale!r}")
+        if not isinstance(self.checkpointing, bool):
+            raise ValueError(f"TrainConfig.checkpointing must be True or False; "
+                             f"received checkpointing={self.checkpointing!r}")
+        if self.lora is not None and not isinstance(self.lora, LoraConfig):
+            raise ValueError(f"TrainConfig.lora must be None or a conformance.core.lora.LoraConfig; "
+                             f"received lora={self.lora!r}")
 
     @property
     def total(self) -> int:
@@ -140,13 +150,20 @@ def depth(name: str, num_layers: int) -> int:
     return num_layers
 
 
+def trainable(name: str, tcfg: TrainConfig) -> bool:
+    """Under LoRA only the adapters train; under `frozen_base` only the head."""
+    if tcfg.lora is not None:
+        return lora_lib.is_adapter(name)
+    return not (tcfg.frozen_base and name.split(".")[0] in BASE)
+
+
 def groups(cfg: Config, tcfg: TrainConfig) -> dict[str, Group]:
-    """Canonical weight name -> Group, for every weight of `cfg`'s model."""
+    """Canonical weight name -> Group, for every weight of `cfg`'s model (and its LoRA adapters)."""
     L = cfg.num_layers
     return {name: Group(lr_scale=tcfg.layer_decay ** (L - depth(name, L)),
                         weight_decay=name.rpartition(".")[2] not in tcfg.no_decay,
-                        trainable=not (tcfg.frozen_base and name.split(".")[0] in BASE))
-            for name in registry.param_shapes(cfg)}
+                        trainable=trainable(name, tcfg))
+            for name in weights_lib.shapes(cfg, tcfg.lora)}
 
 
 # ------------------------------------------------------------------------------ batches
@@ -235,7 +252,9 @@ def trainer(framework: str, cfg: Config, weights: dict, tcfg: TrainConfig, dtype
                              f"clipping's; see for_framework); received clip_epsilon={tcfg.clip_epsilon!r}")
     cfg = task_config(cfg, tcfg.task)
     copies = {name: np.array(value) for name, value in weights.items()}  # numpy_ref updates its arrays in place
-    built = build(framework, cfg, copies, dtype=dtype, training=True)
+    # the NumPy reference has no autograd graph to checkpoint; checkpointing changes no number
+    built = build(framework, cfg, copies, dtype=dtype, training=True, lora=tcfg.lora,
+                  checkpointing=tcfg.checkpointing and framework != "numpy")
     return built.backend.trainer(built, groups(cfg, tcfg), tcfg), built
 
 
@@ -280,7 +299,10 @@ def setup(preset: str | Config, task: str, tcfg: TrainConfig | None = None, seed
     """(model cfg with its task head, initial weights, batches) for a preset (or a Config) and task."""
     tcfg = tcfg or TrainConfig(task=task)
     cfg = task_config(presets.get(preset) if isinstance(preset, str) else preset, task)
-    return cfg, weights_lib.initialize(cfg, seed=seed), make_batches(cfg, tcfg, seed=seed)
+    w = weights_lib.initialize(cfg, seed=seed)
+    if tcfg.lora is not None:  # peft's start: A Kaiming-uniform, B zero
+        w.update(lora_lib.initialize(lora_lib.adapters(weights_lib.shapes(cfg, tcfg.lora)), seed=seed))
+    return cfg, w, make_batches(cfg, tcfg, seed=seed)
 
 
 def drift(cases=CASES, frameworks=("numpy", "torch", "tf"), dtypes=("float64", "float32"), steps: int = 5,

@@ -114,6 +114,31 @@ def families_md(rows, seq_len) -> str:
                  f"{r['flops'] / base['flops']:.2f}x FLOPs", r["differs"]) for r in rows])
 
 
+def lora_parameters_md(r) -> str:
+    rows = [(k, t["count"], f"{t['in']} x {t['out']}", f"{t['full']:,}", f"{t['lora']:,}", f"{t['lora'] / t['full']:.2%}")
+            for k, t in r["per_kind"].items()]
+    rows.append(("all targets", sum(t["count"] for t in r["per_kind"].values()), "", f"{r['full_targets']:,}",
+                 f"{r['lora']:,}", f"{r['share_of_targets']:.2%}"))
+    return (f"`{r['preset']}`, r = {r['rank']}, targets {', '.join(r['targets'])}:\n\n"
+            + _md(["target", "count", "in x out", "trained in full (in x out)", "LoRA (r (in + out))", "share"], rows)
+            + f"\n\nOf the whole model's {r['model']:,} parameters LoRA trains {r['share_of_model']:.3%}; AdamW's "
+              f"moments shrink from {r['adamw_bytes']['full'] / 2**20:,.0f} MiB to {r['adamw_bytes']['lora'] / 2**20:,.1f} MiB.\n")
+
+
+def fine_tuning_md(f) -> str:
+    c, full = f["config"], f["rows"][0]
+    mib = lambda b: f"{b / 2**20:,.1f}"  # noqa: E731
+    rows = [(r["method"], r["dtype"], f"{r['trainable']:,}", f"{r['trainable'] / r['parameters']:.2%}",
+             mib(r["gradients_bytes"]), mib(r["adamw_state_bytes"]), mib(r["peak_step_bytes"]),
+             f"{r['peak_step_bytes'] / full['peak_step_bytes']:.2f}") for r in f["rows"]]
+    return (f"BERT, {c.num_layers} layers, D = {c.d_model}, F = {c.d_ff}, vocabulary {c.vocab_size:,}; classification, "
+            f"micro-batch {f['batch']} x {f['seq_len']} tokens, torch_impl on the CPU, one AdamW step. Peak: the "
+            "allocator's high-water mark during the step on top of the weights already held "
+            f"({mib(full['weights_bytes'])} MiB).\n\n"
+            + _md(["method", "dtype", "trainable", "share", "gradients MiB", "AdamW state MiB", "peak step MiB",
+                   "vs full"], rows) + "\n")
+
+
 # -------------------------------------------------------------------------------- figures
 
 def positional_encoding_png(path: Path) -> Path:
@@ -305,6 +330,9 @@ def write_all(docs: str | Path = "docs", quick: bool = False, progress=print) ->
     write("masks.md", masks_md(q.bert_vs_gpt_masks()))
     write("batch_norm.md", batch_norm_md(q.layer_vs_batch_norm()))
     write("families.md", families_md(q.model_families(), 128))
+    write("lora_parameters.md", lora_parameters_md(q.lora_parameters()))
+    progress("one training step per fine-tuning method...")
+    write("fine_tuning.md", fine_tuning_md(q.fine_tuning_methods()))
     written.append(positional_encoding_png(fig / "positional_encoding.png"))
     written.append(attention_patterns_png(fig / "attention_patterns.png"))
     from study import efficiency

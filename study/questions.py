@@ -17,6 +17,8 @@ docs/generated/ and tests/test_questions.py asserts the claim each one makes. We
     rms_vs_layer_norm()         equal on zero-mean rows; the FLOPs and parameters RMSNorm saves
     swiglu_width()              why SwiGLU's inner width is 8/3 D at a 4 D GELU MLP's parameters
     efficient_attention()       tiled (flash) attention: the same output, peak memory linear in T, not quadratic
+    lora_parameters()           why LoRA trains so few parameters: r (in + out) a target against in x out
+    fine_tuning_methods()       full, frozen, layer-wise, accumulation, mixed precision, LoRA: trainable, memory
 """
 from __future__ import annotations
 
@@ -593,3 +595,66 @@ def efficient_attention(lengths=(256, 512, 1024), heads: int = 2, head_dim: int 
             "exponent_reference_peak": fit([r["reference_peak_bytes"] for r in rows]),
             "exponent_tiled_peak": fit([r["tiled_peak_bytes"] for r in rows]),
             "exponent_window_pairs": fit([r["window_pairs"] for r in rows]), "matmul_flops": matmul}
+
+
+def lora_parameters(preset: str = "bert-base", rank: int = 8, targets=("query", "value")) -> dict:
+    """Why LoRA trains so few parameters: a target projection W (in x out) is frozen and its change is
+    A B with A (in x r), B (r x out), so it trains r (in + out) numbers instead of in x out, a share
+    of r (in + out) / (in out) = r / out + r / in (2 r / D for a square D x D projection). Counted per
+    target from the declared shapes (`conformance.core.lora.count`), against the whole model."""
+    from conformance.core import lora
+    cfg = presets.get(preset)
+    lcfg = lora.LoraConfig(rank=rank, targets=tuple(targets))
+    shapes = weights.shapes(cfg)
+    counted = lora.count(lora.linear_shapes(shapes, lcfg), lcfg)
+    kinds = {}
+    for path, t in counted["per_target"].items():
+        kinds.setdefault(path.rpartition(".")[2], {**t, "count": 0})["count"] += 1
+    model = sum(math.prod(s) for s in shapes.values())
+    return {"preset": preset, "rank": rank, "targets": list(targets), "per_kind": kinds,
+            "lora": counted["lora"], "full_targets": counted["full"], "model": model,
+            "share_of_targets": counted["lora"] / counted["full"], "share_of_model": counted["lora"] / model,
+            "adamw_bytes": {"full": 8 * model, "lora": 8 * counted["lora"]}}
+
+
+FINE_TUNING = {  # method -> (TrainConfig changes, dtype): the methods the fine-tuning page compares
+    "full fine-tuning": ({}, "float32"),
+    "frozen features (head only)": ({"frozen_base": True}, "float32"),
+    "layer-wise rates (decay 0.8)": ({"layer_decay": 0.8}, "float32"),
+    "gradient accumulation (2 x half batch)": ({"accumulation_steps": 2}, "float32"),
+    "mixed precision (bfloat16)": ({}, "mixed_bfloat16"),
+    "LoRA r=8 on query, value": ({"lora": "query,value"}, "float32"),
+    "LoRA + gradient checkpointing": ({"lora": "query,value", "checkpointing": True}, "float32"),
+}
+
+
+FINE_TUNING_MODEL = dict(num_layers=4, d_model=256, num_heads=4, d_ff=1024, max_positions=128)  # on bert-base
+
+
+def fine_tuning_methods(cfg: Config | None = None, batch: int = 8, seq_len: int = 64, seed: int = 0,
+                        methods=tuple(FINE_TUNING)) -> dict:
+    """Each fine-tuning method on one BERT (default: bert-base cut to 4 layers of D = 256, its 30,522-token
+    vocabulary kept, so the table and the layers both matter), classification, torch_impl: trainable
+    parameters (the trainer's), and one step's peak bytes on top of the weights by torch's allocator
+    record, with the gradients and AdamW state it keeps (`Backend.step_memory`). Accumulation runs
+    k = 2 micro-batches of batch / 2."""
+    from conformance import training
+    from conformance.core.lora import LoraConfig
+    cfg = cfg or presets.get("bert-base").replace(**FINE_TUNING_MODEL)
+    rows = []
+    for method in methods:
+        changes, dtype = FINE_TUNING[method]
+        changes = dict(changes)
+        if "lora" in changes:
+            changes["lora"] = LoraConfig(rank=8, alpha=16.0, targets=tuple(changes["lora"].split(",")))
+        k = changes.get("accumulation_steps", 1)
+        tcfg = training.TrainConfig(task="classification", steps=1, micro_batch_size=batch // k, seq_len=seq_len,
+                                    **changes)
+        tcfg = training.for_framework(tcfg, "torch")
+        task_cfg, w, batches = training.setup(cfg, "classification", tcfg, seed=seed)
+        step, built = training.trainer("torch", task_cfg, w, tcfg, dtype)
+        measured = built.backend.step_memory(step, batches)
+        trainable = sum(p.numel() for p in step.trainable.values())
+        rows.append({"method": method, "dtype": dtype, "trainable": trainable, "parameters": sum(a.size for a in w.values()),
+                     **measured})
+    return {"config": cfg, "batch": batch, "seq_len": seq_len, "rows": rows}

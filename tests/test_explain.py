@@ -233,3 +233,18 @@ def test_committed_walkthroughs_quote_the_source_lines_they_name():
                 if n > len(source) or not source[n - 1].strip().startswith(quoted.strip()):  # a long one wraps
                     stale.append(f"{page.name}: {where}")
     assert not stale, f"rerun explain.write_all(); stale references: {stale[:5]}"
+
+
+def test_lora_walkthrough_agrees_everywhere_and_merges_exactly():
+    text = ex.lora("text")
+    assert all(len(line) <= ex.WIDTH for line in text.splitlines())
+    md = ex.lora("md")
+    assert md.count("| yes ") == 4 * len(ex.LORA_STEPS) and "| NO" not in md
+    merged = float(md.split("max |plain block on W' - adapted block| = ")[1].split()[0])
+    assert merged <= 1e-15
+    assert "r (in + out) = 2 x (4 + 6) = 20 numbers against in x out = 24" in " ".join(md.split())
+    committed = (Path(__file__).resolve().parents[1] / "docs" / "explain" / "lora.md").read_text()
+    numbers = [line for line in md.splitlines() if line.startswith(("[", " [", "  ["))]  # the reference's values
+    assert numbers and all(line in committed for line in numbers)
+    with pytest.raises(ValueError, match="format must be one of"):
+        ex.lora("html")

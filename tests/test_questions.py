@@ -272,3 +272,44 @@ def test_efficient_attention_tiled_is_exact_and_its_memory_linear():
 def test_efficient_attention_rejects_a_single_length():
     with pytest.raises(ValueError, match=r"lengths must hold at least 2 .* received \(128,\)"):
         q.efficient_attention(lengths=(128,))
+
+
+def test_lora_trains_r_times_in_plus_out_a_target_instead_of_in_times_out():
+    r = q.lora_parameters()
+    for kind in ("query", "value"):
+        t = r["per_kind"][kind]
+        assert (t["in"], t["out"], t["count"]) == (768, 768, 12)                # bert-base: 12 layers, D x D
+        assert t["lora"] == 8 * (768 + 768) == 12_288 and t["full"] == 768 * 768
+    assert r["lora"] == 294_912 and r["share_of_targets"] == pytest.approx(2 * 8 / 768)  # 2 r / D
+    assert r["model"] == 109_482_240 and r["share_of_model"] < 0.003
+    from conformance import build, weights
+    from conformance.core import lora
+    from conformance.spec import registry
+    cfg = registry.get("bert").tiny  # the same count from the adapters a built model holds
+    lcfg = lora.LoraConfig(rank=4, targets=("query", "value"))
+    w = {**weights.initialize(cfg), **lora.initialize(lora.adapters(weights.shapes(cfg, lcfg)))}
+    held = build("torch", cfg, w, lora=lcfg).weights()
+    counted = lora.count(lora.linear_shapes(weights.shapes(cfg), lcfg), lcfg)["lora"]
+    assert sum(a.size for n, a in held.items() if lora.is_adapter(n)) == counted == 2 * 2 * 4 * (2 * cfg.d_model)
+
+
+def test_committed_lora_table_is_current():
+    from study import docsrc, figures
+    assert (docsrc.DOCS / "generated" / "lora_parameters.md").read_text() == figures.lora_parameters_md(
+        q.lora_parameters())
+
+
+def test_fine_tuning_methods_train_what_they_say_and_keep_state_for_it_only():
+    from conformance.spec import registry
+    cfg = registry.get("bert").tiny.replace(num_layers=2)
+    f = q.fine_tuning_methods(cfg, batch=4, seq_len=16, methods=("full fine-tuning", "frozen features (head only)",
+                                                                 "LoRA r=8 on query, value"))
+    by = {r["method"]: r for r in f["rows"]}
+    full, frozen, lora = (by["full fine-tuning"], by["frozen features (head only)"], by["LoRA r=8 on query, value"])
+    D, L, C = cfg.d_model, cfg.num_layers, cfg.num_labels
+    assert full["trainable"] == full["parameters"]
+    assert frozen["trainable"] == (D * D + D) + (D * C + C)                     # pooler and classifier
+    assert lora["trainable"] == 2 * L * 8 * (D + D) and lora["parameters"] == full["parameters"] + lora["trainable"]
+    for r in f["rows"]:  # float32 gradients and two float32 AdamW moments for each trained parameter, no more
+        assert r["gradients_bytes"] == 4 * r["trainable"] and r["adamw_state_bytes"] == 8 * r["trainable"], r
+    assert lora["peak_step_bytes"] < full["peak_step_bytes"] and frozen["peak_step_bytes"] < full["peak_step_bytes"]

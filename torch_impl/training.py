@@ -16,11 +16,29 @@ Differs:
   gradients are not finite is skipped and the scale halved; it is unscaled before clipping).
 Not here: `AdamW.__init__`, `AdamW.step`, `log_softmax` (the library's own optimizer and loss).
 Own lines: `cross_entropy`, `causal_lm_loss` (the loss alone: autograd gives the gradient the reference writes out).
+Only here: `checkpoint_layers` (gradient checkpointing: the reference's hand-written backward keeps
+  what its forward tapped, and has no autograd graph to checkpoint).
+
+Gradient checkpointing (`checkpoint_layers(model)`, `build(..., checkpointing=True)`): every repeated
+layer (encoder.i, decoder.i, layers.i) runs under `torch.utils.checkpoint` (non-reentrant) and keeps
+only its inputs through the forward; backward runs the layer's forward again to rebuild what its own
+backward needs, one layer at a time. Saved activations drop from L layers' worth to the layer inputs
+plus one layer's; the price is one extra forward of every layer (`conformance.costs.flops.recomputed`).
+The numbers are unchanged (the recomputation runs the same kernels on the same inputs). Dropout drops
+the same units in the recomputation: torch's own generator through `preserve_rng_state`, supplied
+masks (`conformance.core.dropout_masks`) through a snapshot of the provider's call counts taken at
+the forward and replayed in the recompute (`context_fn`): backward runs after `supplying` has ended.
+Without autograd (inference) a layer runs as it is.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import re
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from conformance.core import dropout_masks
 
@@ -128,3 +146,33 @@ class Trainer:
         self.scheduler.step()
         self.updates += 1
         return total, lr, norm
+
+
+# ------------------------------------------------------------------------------ gradient checkpointing
+
+_LAYER = re.compile(r"^(encoder|decoder|layers)\.\d+$")  # the repeated blocks of every family
+
+
+def _repeated_layers(model) -> list[tuple[str, torch.nn.Module]]:
+    """(path, module) of every repeated layer of `model`."""
+    return [(path, m) for path, m in model.named_modules() if _LAYER.match(path)]
+
+
+def checkpoint_layers(model) -> list[str]:
+    """Checkpoint every repeated layer of `model` in place; the paths."""
+    found = _repeated_layers(model)
+    if not found:
+        raise ValueError(f"checkpointing needs a model with repeated layers (encoder.i, decoder.i, layers.i); "
+                         f"received a {type(model).__name__} with none")
+    for _, layer in found:
+        if not isinstance(layer.forward, functools.partial):  # already enabled
+            layer.forward = functools.partial(_checkpointed, layer.forward)
+    return [path for path, _ in found]
+
+
+def _checkpointed(forward, *args, **kwargs):
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    saved = dropout_masks.snapshot()
+    return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=True,
+                      context_fn=lambda: (contextlib.nullcontext(), dropout_masks.replaying(saved)), **kwargs)

@@ -184,6 +184,23 @@ class Backend:
         import inspect
         return dict(inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments)
 
+    def apply_lora(self, module, lcfg) -> list[str]:
+        """Swap the Linears `lcfg` targets for the mirror's `lora.LoraLinear`, in place: their paths."""
+        import importlib
+        if self.package is None:
+            raise ValueError(f"the {self.name} framework has no LoRA mirror")
+        return importlib.import_module(f"{self.package}.lora").apply(module, lcfg)
+
+    def enable_checkpointing(self, module) -> list[str]:
+        """Recompute each repeated layer of `module` in backward (the mirror's `training.checkpoint_layers`)."""
+        import importlib
+        enable = getattr(importlib.import_module(f"{self.package}.training"), "checkpoint_layers", None) \
+            if self.package else None
+        if enable is None:
+            raise ValueError(f"checkpointing=True needs a framework with autograd to checkpoint (torch, tf); "
+                             f"received framework={self.name!r}")
+        return enable(module)
+
     def trainer(self, built: "Built", groups: dict, tcfg):
         """The mirror's `training.Trainer` on `built`'s module (`conformance.training`)."""
         import importlib
@@ -396,5 +413,7 @@ class Built:
         return self.backend.num_parameters(self.module)
 
     def weights(self) -> dict[str, np.ndarray]:
-        """The loaded weights back out, under canonical names and in canonical layout."""
-        return self.backend.export(self.module, registry.param_shapes(self.cfg))
+        """The loaded weights back out, under canonical names and in canonical layout (a LoRA
+        model's adapters too: a mirror exports every parameter its module holds)."""
+        held = self.backend.parameters(self.module) if self.backend.package else registry.param_shapes(self.cfg)
+        return self.backend.export(self.module, held)

@@ -15,6 +15,7 @@ from conformance import weights as weights_lib
 from conformance.backends.base import Backend, Built
 from conformance.backends.dtypes import DTYPES
 from conformance.core.config import Config
+from conformance.core.lora import LoraConfig
 from conformance.spec import registry
 
 BACKENDS = {  # framework -> (module, class)
@@ -44,23 +45,33 @@ def supports(framework: str, case=None, dtype: str = "float32", device: str | No
 
 
 def load(b: Backend, cfg: Config, weights: dict, device: str = "cpu", dtype: str = "float32",
-         training: bool | None = None, check_finite: bool = True) -> Built:
-    """Construct `cfg`'s module in backend `b` and load `weights` (already checked) into it."""
+         training: bool | None = None, check_finite: bool = True, lora=None, checkpointing: bool = False) -> Built:
+    """Construct `cfg`'s module in backend `b`, with LoRA adapters where `lora` (a
+    `conformance.core.lora.LoraConfig`) targets, and load `weights` (already checked) into it."""
     entry = registry.get(cfg.kind)
     module = b.construct(entry, cfg, dtype, device)
+    if lora is not None:
+        b.apply_lora(module, lora)
     b.load(module, weights, dtype)
+    if checkpointing:
+        b.enable_checkpointing(module)
     return Built(b, entry, cfg, module, dtype, entry.training if training is None else training, device,
                  check_finite)
 
 
 def build(framework: str, cfg: Config, weights: dict, device: str = "cpu", dtype: str = "float32",
           training: bool | None = None, source: str | None = None, exporter: str | None = None,
-          check_finite: bool = True, compile: str | None = None) -> Built:
+          check_finite: bool = True, compile: str | None = None, lora=None, checkpointing: bool = False) -> Built:
     """`compile`: None (eager) or one of the backend's `compile_modes` (torch: "inductor"; tf: "function",
     "xla"), through which every call runs.
     `source` (framework="onnx" only): "torch" (default) or "tf", the mirror the graph is exported
     from; `exporter` picks one exporter of that source (see `conformance.backends.onnx_export`).
-    `check_finite=False` lets NaN and inf through, in weights, inputs and outputs (see `Built`)."""
+    `check_finite=False` lets NaN and inf through, in weights, inputs and outputs (see `Built`).
+    `lora` (a `conformance.core.lora.LoraConfig`): adapters on its targets; `weights` then holds the
+    base model's weights and every adapter's (`conformance.core.lora.initialize`).
+    `checkpointing=True` (torch, tf): every repeated layer recomputed in backward instead of keeping
+    its activations (`torch_impl.training.checkpoint_layers`): a build option, not a Config field, because it
+    changes memory and time, never a number, and the reference has no autograd graph to checkpoint."""
     if not isinstance(cfg, Config):
         raise ValueError(f"cfg must be a Config (presets.get(name), weights.load_config(path) or "
                          f"Config(kind=...)); received {type(cfg).__name__}")
@@ -77,12 +88,19 @@ def build(framework: str, cfg: Config, weights: dict, device: str = "cpu", dtype
     if compile is not None:
         b.require_compile(compile)
     b.require(dtype, device)
-    weights_lib.check(cfg, weights, finite=check_finite)
+    if lora is not None and not isinstance(lora, LoraConfig):
+        raise ValueError(f"lora must be None or a conformance.core.lora.LoraConfig; received {type(lora).__name__}")
+    if lora is not None and framework == "onnx":
+        raise ValueError("lora= builds a mirror (numpy, torch, tf); for onnx, merge the adapters first "
+                         "(conformance.core.lora.merge) and export the plain model")
+    weights_lib.check(cfg, weights, finite=check_finite, lora=lora)
     if framework == "onnx":
         entry = registry.get(cfg.kind)
         return Built(b, entry, cfg, b.construct_exported(cfg, weights, source or "torch", exporter), dtype, False,
                      check_finite=check_finite)
-    built = load(b, cfg, weights, device, dtype, training, check_finite)
+    if not isinstance(checkpointing, bool):
+        raise ValueError(f"checkpointing must be True or False; received checkpointing={checkpointing!r}")
+    built = load(b, cfg, weights, device, dtype, training, check_finite, lora, checkpointing)
     return built if compile is None else built.compiled(compile)
 
 

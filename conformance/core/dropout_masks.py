@@ -51,6 +51,35 @@ def keep(module, shape: tuple, rate: float) -> np.ndarray:
     return _active.keep(module, shape, rate)
 
 
+def snapshot() -> "Provider | None":
+    """A copy of the active provider as it stands (its call counts so far), or None: what a
+    recomputation (gradient checkpointing) needs to draw the same masks again later."""
+    return None if _active is None else snapshot_of(_active)
+
+
+@contextmanager
+def replaying(saved: "Provider | None"):
+    """Supply the masks `saved` (a `snapshot`) would have drawn next, whatever is active now: a
+    checkpointed layer's recomputation, run during backward after `supplying` has ended, then drops
+    the units its forward dropped. None: nothing changes."""
+    global _active
+    if saved is None:
+        yield
+        return
+    before = _active
+    _active = snapshot_of(saved)
+    try:
+        yield
+    finally:
+        _active = before
+
+
+def snapshot_of(saved: Provider) -> Provider:
+    copy = Provider((), saved.seed, saved.step)
+    copy.paths, copy.calls = saved.paths, dict(saved.calls)
+    return copy
+
+
 @contextmanager
 def supplying(named_modules: Iterable, seed: int, step: int):
     """Supply every Dropout in the tree `named_modules` ((path, module) pairs) with NumPy masks."""

@@ -62,6 +62,12 @@ def totals(ops: list[Op]) -> dict:
             "by_category": {c: sum(o.total for o in ops if o.category == c) for c in CATEGORIES}}
 
 
+def recomputed(cfg: Config, batch: int, length: int) -> dict:
+    """What full recomputation (gradient checkpointing every layer) adds to a training step: one more
+    forward of every repeated layer (`encoder.*`, `decoder.*`, `layers.*`): its `totals`."""
+    return totals([o for o in ops(cfg, batch, length) if re.match(r"(encoder|decoder|layers)\.", o.name)])
+
+
 def crossover(cfg: Config) -> dict:
     """The sequence length at which one layer's T^2 terms equal its T terms.
 

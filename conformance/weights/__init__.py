@@ -10,6 +10,6 @@
 directories through each family's `Checkpoint` table; `quantize` turns them into int8 weights.
 """
 from conformance.weights.canonical import (WeightsError, check, count, fingerprint, initialize, load,  # noqa: F401
-                                           load_config, save)
+                                           load_config, save, shapes)
 from conformance.weights.checkpoints import from_hf, from_original, permute_rotary, to_hf  # noqa: F401
 from conformance.weights.quantize import dequantize, quantize_int8, weight_bytes  # noqa: F401

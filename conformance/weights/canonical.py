@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance.core import files
+from conformance.core import files, lora as lora_lib
 from conformance.core.checks import FLOAT_DTYPES
 from conformance.core.config import Config
 from conformance.spec import registry
@@ -48,13 +48,21 @@ def initialize(cfg: Config, seed: int = 0, std: float = 0.02) -> dict[str, np.nd
     return out
 
 
-def check(cfg: Config, weights: dict[str, np.ndarray], finite: bool = True) -> None:
+def shapes(cfg: Config, lora=None) -> dict[str, tuple]:
+    """{canonical name: shape} of `cfg`'s model, with the adapters of `lora` (a LoraConfig) if given."""
+    expected = registry.param_shapes(cfg)
+    if lora is None:
+        return expected
+    return {**expected, **lora_lib.adapter_shapes(lora_lib.linear_shapes(expected, lora), lora)}
+
+
+def check(cfg: Config, weights: dict[str, np.ndarray], finite: bool = True, lora=None) -> None:
     """Raise one `WeightsError` naming every missing, unexpected, mis-shaped, non-array, non-float or
-    (unless `finite=False`) non-finite tensor."""
+    (unless `finite=False`) non-finite tensor; with `lora`, the adapters are expected too."""
     if not isinstance(weights, dict):
         raise WeightsError(f"weights must be a dict {{canonical name: np.ndarray}} (weights.initialize(cfg), "
                            f"weights.load(path)); received {type(weights).__name__}")
-    expected = registry.param_shapes(cfg)
+    expected = shapes(cfg, lora)
     int8 = set(int8_kernels(expected))
     problems = []
     for name in expected.keys() - weights.keys():

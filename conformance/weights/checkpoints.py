@@ -188,6 +188,12 @@ def to_hf(cfg: Config, w: dict[str, np.ndarray], path, architecture: str | None 
     return path
 
 
+def hf_names(cfg: Config, cls: str) -> dict[str, str]:
+    """{canonical name: the `transformers` class `cls`'s state_dict key} (one key may hold a fused tensor)."""
+    arch = families.get(cfg.kind).checkpoint(cfg)
+    return {c: h for c, h, _ in _rows(arch, cfg, "" if cls == arch.base_class else arch.prefix)}
+
+
 def config_to_hf(cfg: Config, arch: Checkpoint, cls: str) -> dict:
     hf = {"architectures": [cls], "model_type": arch.model_type, **arch.fixed, "tie_word_embeddings": True}
     for field, (key, _) in arch.fields.items():
