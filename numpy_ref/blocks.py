@@ -32,6 +32,7 @@ from numpy_ref._module import Module
 from numpy_ref.activations import Dropout
 from numpy_ref.attention import MultiHeadAttention
 from numpy_ref.feed_forward import FeedForward, GatedFeedForward
+from numpy_ref.moe import SparseMoeBlock
 from numpy_ref.normalization import LayerNorm, RMSNorm
 
 
@@ -41,7 +42,9 @@ def norm_for(cfg):
 
 
 def feed_forward_for(cfg):
-    """The feed-forward of `cfg.feed_forward`: act(x W1) W2, or down(act(gate x) * up x)."""
+    """The feed-forward of `cfg.feed_forward`: act(x W1) W2, down(act(gate x) * up x), or the sparse MoE."""
+    if cfg.feed_forward == "moe":
+        return SparseMoeBlock(cfg)
     return GatedFeedForward(cfg) if cfg.feed_forward == "gated" else FeedForward(cfg)
 
 

@@ -18,6 +18,8 @@ from tf_impl.feed_forward import FeedForward, GatedFeedForward
 from tf_impl.gpt2 import GPT2
 from tf_impl.llama import Llama
 from tf_impl.linear import Linear
+from tf_impl.mixtral import Mixtral
+from tf_impl.moe import SparseMoeBlock
 from tf_impl.normalization import LayerNorm, RMSNorm
 from tf_impl.patch_embedding import PatchEmbedding
 from tf_impl.relative_position import RelativePositionBias
@@ -28,6 +30,6 @@ from tf_impl.vit import ViT
 
 __all__ = ["Activation", "Bart", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout",
            "EncoderLayer", "FeedForward", "GPT2", "GatedFeedForward", "LayerNorm", "Linear", "Llama",
-           "MultiHeadAttention", "PatchEmbedding", "PositionEmbedding", "RMSNorm", "RelativePositionBias",
+           "Mixtral", "MultiHeadAttention", "PatchEmbedding", "PositionEmbedding", "RMSNorm", "RelativePositionBias",
            "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding", "SinusoidalPositionalEncoding",
-           "Softmax", "T5", "TokenEmbedding", "Transformer", "ViT"]
+           "Softmax", "SparseMoeBlock", "T5", "TokenEmbedding", "Transformer", "ViT"]

@@ -110,4 +110,9 @@ COMPONENTS = [
           {"default": V(), "causal": V({"causal": True}),  # the encoder's and the decoder's buckets
            "t5": V({"relative_buckets": 32, "relative_max_distance": 128})},
           args=lambda cfg: (cfg, not cfg.causal)),
+    # the mixture of experts' (Mixtral): 4 SwiGLU experts, 2 a token; top1 is Switch's routing, all4 dense
+    Entry("sparse_moe", "SparseMoeBlock",
+          TINY.replace(kind="sparse_moe", feed_forward="moe", activation="silu", d_ff=48, num_experts=4,
+                       experts_per_token=2), hidden,
+          {"default": V(), "top1": V({"experts_per_token": 1}), "all4": V({"experts_per_token": 4})}),
 ]
