@@ -3,7 +3,7 @@ Switch, Fedus et al. 2021). E SwiGLU experts; each token runs through only k of 
 
     logits = x W_router                  (N, E)  a linear router, no bias
     p = softmax(logits)                  (N, E)
-    top = the k largest p of each token  (N, k)  ties: the lower expert index first
+    top = the k largest p of each token  (N, k)  exact ties: the lower expert index first
     r = p[top] / sum p[top]              (N, k)  the softmax over the selected experts alone
     y_n = sum_j r_nj FFN_top_nj(x_n)     (N, D)  each expert a GatedFeedForward (SwiGLU)
 
@@ -45,8 +45,9 @@ from numpy_ref.linear import Linear
 
 
 def top_k(probs, k):
-    """(N, k) the indices of each row's k largest probabilities, largest first; of equal ones the
-    lower index (torch.topk and tf.math.top_k break ties the same way)."""
+    """(N, k) the indices of each row's k largest probabilities, largest first; of equal ones the lower
+    index, as tf.math.top_k. torch.topk promises no order among equals (and on CPU takes another): where
+    two frameworks' probabilities tie, they may route differently (`conformance.compare.routing`)."""
     return np.argsort(-probs, axis=-1, kind="stable")[:, :k]                     # (N, k)
 
 

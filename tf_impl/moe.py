@@ -1,7 +1,7 @@
 """Mirrors `numpy_ref.moe`. Differs: the experts are a list of Keras layers named `experts.{e}`; a
 token's experts come from `keras.ops.top_k`, the routed tokens from `keras.ops.nonzero` (a tensor of
 data-dependent length: eager, or a TensorFlow graph; not a JAX jit), and their outputs are added back
-with `keras.ops.scatter`. Not here: the backwards (TensorFlow's)."""
+with `keras.ops.scatter`; one-hot rows are a comparison with `arange` (tf2onnx's OneHot fails the checker). Not here: the backwards (TensorFlow's)."""
 from keras import ops
 
 from conformance.core import checks, trace
@@ -15,15 +15,20 @@ def top_k(probs, k):
     return ops.top_k(probs, k, sorted=True)[1]                                    # (N, k)
 
 
+def one_hot(index, E, dtype):
+    """(..., E) 1 at each index: a comparison, which tf2onnx exports (its OneHot node fails onnx.checker)."""
+    return ops.cast(ops.expand_dims(index, -1) == ops.arange(E, dtype=index.dtype), dtype)
+
+
 def routing_weights(probs, index):
     top = ops.take_along_axis(probs, index, axis=-1)                              # (N, k)
-    chosen = ops.one_hot(index, ops.shape(probs)[-1], dtype=probs.dtype)          # (N, k, E)
+    chosen = one_hot(index, probs.shape[-1], probs.dtype)                         # (N, k, E)
     return ops.sum(chosen * (top / ops.sum(top, axis=-1, keepdims=True))[..., None], axis=1)  # (N, E)
 
 
 def expert_fractions(indices, num_experts, mask=None):
     mask = ops.ones(ops.shape(indices[0])[:1], "float64") if mask is None else ops.cast(mask, "float64")
-    counts = sum(ops.sum(ops.one_hot(i, num_experts, dtype="float64") * mask[:, None, None], axis=(0, 1))
+    counts = sum(ops.sum(one_hot(i, num_experts, "float64") * mask[:, None, None], axis=(0, 1))
                  for i in indices)
     return counts / (len(indices) * ops.sum(mask))                                # (E,)
 

@@ -110,9 +110,10 @@ COMPONENTS = [
           {"default": V(), "causal": V({"causal": True}),  # the encoder's and the decoder's buckets
            "t5": V({"relative_buckets": 32, "relative_max_distance": 128})},
           args=lambda cfg: (cfg, not cfg.causal)),
-    # the mixture of experts' (Mixtral): 4 SwiGLU experts, 2 a token; top1 is Switch's routing, all4 dense
+    # the mixture of experts' (Mixtral): 4 SwiGLU experts, 2 a token (3; all 4: dense). Not k = 1: renormalized
+    # over one expert its weight is p / p = 1, and the router gets no gradient but rounding (numpy_ref.moe)
     Entry("sparse_moe", "SparseMoeBlock",
           TINY.replace(kind="sparse_moe", feed_forward="moe", activation="silu", d_ff=48, num_experts=4,
                        experts_per_token=2), hidden,
-          {"default": V(), "top1": V({"experts_per_token": 1}), "all4": V({"experts_per_token": 4})}),
+          {"default": V(), "top3": V({"experts_per_token": 3}), "all4": V({"experts_per_token": 4})}),
 ]

@@ -78,8 +78,7 @@ WALKTHROUGH = Walkthrough(
 
 FAMILY = Family(
     entry=Entry("mixtral", "Mixtral", TINY, causal_lm_inputs,
-                {"default": V(), "top1": V({"experts_per_token": 1}),
-                 "left_padded": V(options={"left_pad": True})},
+                {"default": V(), "left_padded": V(options={"left_pad": True})},
                 is_model=True),
     presets=PRESETS,
     tasks={"causal_lm": Task("none")},
