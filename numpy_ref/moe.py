@@ -1,5 +1,5 @@
-"""Mixture of experts: Mixtral's sparse feed-forward (Jiang et al. 2024, after Shazeer et al. 2017 and
-Switch, Fedus et al. 2021). E SwiGLU experts; each token runs through only k of them.
+"""Mixture of experts: Mixtral's sparse feed-forward (Jiang et al. 2024, after Shazeer et al.
+2017 and Switch, Fedus et al. 2021). E SwiGLU experts; each token runs through only k of them.
 
     logits = x W_router                  (N, E)  a linear router, no bias
     p = softmax(logits)                  (N, E)
@@ -8,30 +8,32 @@ Switch, Fedus et al. 2021). E SwiGLU experts; each token runs through only k of 
     y_n = sum_j r_nj FFN_top_nj(x_n)     (N, D)  each expert a GatedFeedForward (SwiGLU)
 
 Renormalizing the top-k probabilities is the softmax of the k selected logits (the shared
-denominator cancels): `transformers`' MixtralSparseMoeBlock computes it this way, in this order.
-`routing` (N, E) holds r at the selected experts and 0 elsewhere: the dense view of the choice.
+denominator cancels): `transformers`' MixtralSparseMoeBlock computes it this way, in this
+order. `routing` (N, E) holds r at the selected experts and 0 elsewhere: the dense view.
 
-Why it pays: the parameters are E experts' (3 D F each), but a token costs k experts' FLOPs,
-6 k D F, plus the router's 2 D E. Mixtral 8x7B holds 46.7B parameters and runs 12.9B a token.
+Why it pays: the parameters are E experts' (3 D F each), but a token costs k experts'
+FLOPs, 6 k D F, plus the router's 2 D E. Mixtral 8x7B holds 46.7B parameters and runs
+12.9B a token.
 
-Gradients flow through the selected experts and through their weights r; the choice `top` itself
-is piecewise constant in the logits (a small change never changes it, a large one jumps), so it has
-no gradient, and an expert that no token chose gets a zero one. With r_e = p_e / S (S = sum of
-the selected p), dp_e = (dr_e - sum_j r_j dr_j) / S at the selected experts, 0 at the others, and
-then softmax's backward to the logits.
+Gradients flow through the selected experts and through their weights r; the choice `top`
+is piecewise constant in the logits (a small change never changes it, a large one jumps),
+so it has no gradient, and an expert no token chose gets a zero one. With r_e = p_e / S
+(S = sum of the selected p), dp_e = (dr_e - sum_j r_j dr_j) / S at the selected experts,
+0 at the others, then softmax's backward to the logits. With k = 1, r = p / p = 1: the
+router learns nothing from the task loss (Switch weights by p itself for this reason).
 
-The load-balancing loss (Switch Transformer eqs. 4-6; `transformers`' `load_balancing_loss_func`):
-over the L MoE layers and the N (unpadded) tokens,
+The load-balancing loss (Switch Transformer eqs. 4-6; `transformers`'
+`load_balancing_loss_func`), over the L MoE layers and the N (unpadded) tokens:
 
-    f_e = (1 / (L N)) sum_l sum_n [e in top_ln]   the fraction of routing slots given to e (sums to k)
-    P_e = (1 / (L N)) sum_l sum_n p_lne           the mean router probability of e
-    aux = E sum_e f_e P_e
+    f_e = (1 / (L N)) sum_l sum_n [e in top_ln]   share of routing slots (sums to k)
+    P_e = (1 / (L N)) sum_l sum_n p_lne           mean router probability of e
+    aux = E sum_e f_e P_e                         k when both are uniform
 
-It is smallest when both are uniform; f is piecewise constant, so the gradient reaches the router
-through P alone: d aux / d p_lne = E f_e / (L N). The training loss adds `router_aux_loss_coef` aux.
+f is piecewise constant, so the gradient reaches the router through P alone:
+d aux / d p_lne = E f_e / (L N). The training loss adds `router_aux_loss_coef` aux.
 
-Costs: the router 2 N D E; softmax 5 N E; each routed token one expert, k N in all, 6 D F each
-(plus the activation and the product); the combine, one multiply-add per routed element.
+Costs: the router 2 N D E; softmax 5 N E; each routed token one expert, k N in all, 6 D F
+each (plus the activation and the product); the combine, one multiply-add per element.
 """
 import numpy as np
 

@@ -12,7 +12,8 @@ outside any float tolerance, and no bug. So the comparison is in three parts:
    that is not a near-tie; a disagreement there is a routing bug, pinned to the layer's `routing` op;
 3. outputs are compared at the tokens whose result no near-tie can reach: in a model a choice at
    (row b, position t) reaches position t and, through the causal attention of the layers above,
-   every later position of row b; in a lone MoE block only the token itself. Outputs that are not
+   every later position of row b (the last layer's, only its own token); in a lone MoE block only the
+   token itself. Outputs that are not
    per token (the load-balancing loss) are compared only when there is no near-tie at all.
 
 Exact ties (two identical router columns) are the plainest case: NumPy's stable sort and
@@ -88,12 +89,13 @@ def agreement(reference: dict, other: dict, k: int, dtype: str, batch_shape: tup
     layers = moe_layers(reference)
     result = Agreement(tokens=int(np.prod(batch_shape)))
     ambiguous = np.zeros(batch_shape, bool)
-    for layer in layers:
+    for i, layer in enumerate(layers):
         ties = near_ties(reference[f"{layer}probs"], k, dtype)
         result.ties[layer] = ties
         result.differ[layer] = (selection(reference[f"{layer}routing"]) != selection(other[f"{layer}routing"])).any(-1)
         tied = ties.reshape(batch_shape)
-        ambiguous |= np.maximum.accumulate(tied, axis=-1) if mixes_tokens else tied
+        spreads = mixes_tokens and i < len(layers) - 1  # no attention after the last layer's experts
+        ambiguous |= np.maximum.accumulate(tied, axis=-1) if spreads else tied
     result.ambiguous = ambiguous
     return result
 

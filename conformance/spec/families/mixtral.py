@@ -50,10 +50,16 @@ def _read_mixtral(hf, cls):
     return {**read_common({**hf, "rope_theta": theta}, cls), "rope_theta": float(theta)}
 
 
+def _write_mixtral(cfg, cls):
+    """Mistral's keys, and transformers' eager experts (the per-expert loop of MixtralExperts, which runs in
+    float64 too; its default grouped_mm kernel takes float32 and half precision only)."""
+    return {**write_common(cfg, cls), "experts_implementation": "eager"}
+
+
 CHECKPOINTS = (
     _checkpoint("mixtral", "Mixtral", {**LLAMA_CONSTANTS, "kind": "mixtral", "use_bias": False, "feed_forward": "moe"},
                 MODULES, fields=MOE_FIELDS, fixed={"router_jitter_noise": 0.0}, read=_read_mixtral,
-                write=write_common),
+                write=_write_mixtral),
 )
 
 # ------------------------------------------------------------------------------ walkthrough
@@ -71,14 +77,14 @@ WALKTHROUGH = Walkthrough(
      Step("layers.0.feed_forward.output", "sum_j r_j FFN_j(x): each expert ran only on its own tokens."),
      Step("aux_loss", "E sum_e f_e P_e: k (here 2) when routing is uniform, larger when unbalanced.")),
     shows=("num_layers", "num_experts", "experts_per_token", "d_ff", "router_aux_loss_coef", "rope_theta"),
-    transformers_steps={"logits": ("logits", None), "aux_loss": ("aux_loss", None)},
+    transformers_steps={"logits": ("logits", None)},
     transformers_dtype="float32",
     transformers_why="its router softmax is float32 in every dtype (router_logits.float())",
 )
 
 FAMILY = Family(
     entry=Entry("mixtral", "Mixtral", TINY, causal_lm_inputs,
-                {"default": V(), "left_padded": V(options={"left_pad": True})},
+                {"default": V()},
                 is_model=True),
     presets=PRESETS,
     tasks={"causal_lm": Task("none")},
