@@ -21,6 +21,11 @@ from conformance.suites.test_routing import token_shape
 MIXTRAL_8X7B = 46_702_792_704
 
 
+def test_mixtral_8x7b_counts_46_7b_from_its_declared_shapes():
+    assert params.count(presets.get("mixtral-8x7b"))["total"] == MIXTRAL_8X7B
+
+
+@pytest.mark.full  # building 32 layers of 8 experts on the meta device takes ~10 s
 def test_mixtral_8x7b_counts_as_transformers_without_allocating():
     """Counted from the declared shapes, and by MixtralForCausalLM built on the meta device: 46.7B, equal."""
     cfg = presets.get("mixtral-8x7b")
@@ -106,6 +111,9 @@ def test_routing_agrees_with_transformers_and_near_ties_are_counted(oracle):
 
 # ------------------------------------------------------------------ near-ties, made to happen
 
+TIED_MIXTRAL = 10  # of its 2 layers x 14 tokens, with every router's experts 1 and 2 tied (measured)
+
+
 def tied_router(w: dict) -> dict:
     """The weights with every router's expert 2 a copy of expert 1: the two tie on every token."""
     out = dict(w)
@@ -135,7 +143,7 @@ def test_tied_experts_are_near_ties_counted_and_left_out(name, framework):
     promises no order and on CPU takes another (measured: 5 of the block's 9), as transformers does. No
     choice differs anywhere else, and the outputs match at every token no near-tie reaches."""
     agreement, results, _ = run_tied(name, framework)
-    assert agreement.near_tie_count > 0, agreement.summary()
+    assert agreement.near_tie_count == {"sparse_moe": 9, "mixtral": TIED_MIXTRAL}[name], agreement.summary()
     assert not agreement.unambiguous_disagreements(), agreement.summary()
     if framework != "torch":
         assert agreement.differ_at_ties == 0, agreement.summary()
@@ -173,3 +181,45 @@ def test_a_planted_biased_top_k_is_caught_and_pinned_to_its_layer(monkeypatch):
     agreement, _, _ = run_tied("mixtral", "torch")
     wrong = agreement.unambiguous_disagreements()
     assert wrong and wrong[0].startswith("layers.0.feed_forward.routing token "), agreement.summary()
+
+
+@pytest.mark.full
+def test_near_tie_counts_on_mixtral_tiny_are_the_documented_ones():
+    """docs/techniques/mixture_of_experts.md's table: mixtral-tiny, 4 x 64 tokens, seed 0."""
+    from conformance.spec import families
+    cfg, family = presets.get("mixtral-tiny"), families.get("mixtral")
+    inputs = family.inputs(cfg, batch=4, length=64, seed=0)
+    for std, float32_ties in ((0.02, 0), (0.2, 2)):
+        w = weights.initialize(cfg, seed=0, std=std)
+        _, ref = build("numpy", cfg, w, dtype="float64").trace(**inputs)
+        for framework in ("torch", "tf"):
+            for dtype, ties in (("float64", 0), ("float32", float32_ties)):
+                _, trace = build(framework, cfg, w, dtype=dtype).trace(**inputs)
+                a = routing.agreement(ref, trace, 2, dtype, inputs["input_ids"].shape, True)
+                assert (a.near_tie_count, a.differ_at_ties, len(a.unambiguous_disagreements())) == (ties, 0, 0)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """The tiny Mixtral after 2 AdamW steps of causal-LM training with a large aux coefficient, in NumPy."""
+    from conformance import training
+    cfg = registry.get("mixtral").tiny.replace(router_aux_loss_coef=0.5)
+    tcfg = training.TrainConfig(task="causal_lm", steps=2, seq_len=8)
+    cfg, w, batches, tcfg = (*training.setup(cfg, "causal_lm", tcfg), tcfg)
+    return cfg, w, batches, tcfg
+
+
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_training_adds_the_weighted_aux_loss_in_every_framework(trained, framework):
+    """The training loss is the LM loss + router_aux_loss_coef x aux_loss (transformers' Mixtral with labels):
+    after 2 steps each framework's weights equal the NumPy reference's, whose router moved differently
+    from a run without the aux term."""
+    from conformance import training
+    cfg, w, batches, tcfg = trained
+    ref = training.train("numpy", cfg, w, batches, training.for_framework(tcfg, framework))
+    run = training.train(framework, cfg, w, batches, training.for_framework(tcfg, framework), dtype="float64")
+    assert training.worst(training.weight_errors(run.weights, ref.weights))[1] < 1e-9
+    plain = training.train("numpy", cfg.replace(router_aux_loss_coef=0.0), w, batches,
+                           training.for_framework(tcfg, framework))
+    router = "layers.0.feed_forward.router.kernel"
+    assert np.abs(plain.weights[router] - ref.weights[router]).max() > 1e-6
