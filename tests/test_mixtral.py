@@ -223,3 +223,41 @@ def test_training_adds_the_weighted_aux_loss_in_every_framework(trained, framewo
                            training.for_framework(tcfg, framework))
     router = "layers.0.feed_forward.router.kernel"
     assert np.abs(plain.weights[router] - ref.weights[router]).max() > 1e-6
+
+
+def hf_written(tmp_path, **changes):
+    """A MixtralForCausalLM directory written by transformers' own save_pretrained (random weights, never a
+    download), with config.json fields that are not MixtralConfig's defaults."""
+    import transformers
+    config = transformers.MixtralConfig(vocab_size=61, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=5,
+                                        num_experts_per_tok=3, router_aux_loss_coef=0.02, rope_theta=5e5,
+                                        max_position_embeddings=128, **changes)
+    torch.manual_seed(0)
+    model = transformers.MixtralForCausalLM(config).eval()
+    model.save_pretrained(tmp_path)
+    return model
+
+
+def test_from_hf_reads_what_transformers_writes(tmp_path):
+    """save_pretrained's layout (block_sparse_moe.experts.{e}.w1/w2/w3, the router `gate`) imports with every
+    field, and the reference's logits and aux loss equal transformers' (the twins equal the reference: the
+    generated suites)."""
+    model = hf_written(tmp_path)
+    cfg, w = weights.from_hf(tmp_path)
+    assert (cfg.kind, cfg.num_experts, cfg.experts_per_token, cfg.router_aux_loss_coef, cfg.rope_theta) == \
+        ("mixtral", 5, 3, 0.02, 5e5)
+    ids = np.random.default_rng(0).integers(0, 61, (2, 6))
+    with torch.no_grad():
+        expected = model(torch.from_numpy(ids), output_router_logits=True)
+    ours = build("numpy", cfg, w, dtype="float64")(input_ids=ids)
+    for key, want in (("logits", expected.logits), ("aux_loss", expected.aux_loss)):
+        result = compare(f"numpy {key}", ours[key], want.numpy(), TOLERANCES["float32"])
+        assert result.passed, str(result)
+
+
+def test_router_jitter_noise_is_refused_by_name(tmp_path):
+    hf_written(tmp_path, router_jitter_noise=0.1)
+    with pytest.raises(ValueError, match=r"config.json router_jitter_noise must be 0.0 to import as "
+                                         r"MixtralForCausalLM; received 0.1"):
+        weights.from_hf(tmp_path)
