@@ -1,6 +1,7 @@
 """Mirrors `numpy_ref.moe`. Differs: the experts are an `nn.ModuleList`; a token's experts come from
 `torch.topk` (as `transformers`' MixtralTopKRouter), the routed tokens from `torch.nonzero`, and their
-outputs are summed back with `index_add` (as MixtralExperts). Not here: the backwards (autograd's)."""
+outputs are summed back with `index_add` (as MixtralExperts), cast to the block's input dtype first (under
+autocast the experts' matmuls come out in the low dtype). Not here: the backwards (autograd's)."""
 import torch
 from torch import nn
 
@@ -52,6 +53,6 @@ class SparseMoeBlock(nn.Module):
         y = torch.zeros_like(h)                                                   # (N, D)
         for e, expert in enumerate(self.experts):  # every expert runs, on the tokens that chose it (maybe none)
             token = torch.nonzero((index == e).any(dim=-1)).squeeze(-1)           # (n_e,)
-            y = y.index_add(0, token, routing[token, e, None] * expert(h[token]))  # (n_e, D)
+            y = y.index_add(0, token, (routing[token, e, None] * expert(h[token])).to(y.dtype))  # (n_e, D)
         self.router_probs, self.router_index = probs, index
         return tap("output", y.reshape(x.shape))                                  # (..., D)

@@ -88,6 +88,8 @@ class TFBackend(Backend):
             object.__delattr__(module, "call")
 
     def to_numpy(self, x):
+        if len(getattr(x, "shape", (0,))) == 0:  # TensorFlow cannot hand over a 0-d bfloat16 tensor (Mixtral's aux_loss)
+            return keras.ops.convert_to_numpy(keras.ops.reshape(x, (1,))).reshape(())
         return keras.ops.convert_to_numpy(x)
 
     def take_rows(self, x, rows):
