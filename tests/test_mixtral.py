@@ -261,3 +261,13 @@ def test_router_jitter_noise_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"config.json router_jitter_noise must be 0.0 to import as "
                                          r"MixtralForCausalLM; received 0.1"):
         weights.from_hf(tmp_path)
+
+
+def test_a_checkpoint_routing_to_more_experts_than_it_has_is_refused_naming_the_key(tmp_path):
+    import json
+    hf_written(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_experts_per_tok": 6}))
+    with pytest.raises(ValueError, match=r"Config.experts_per_token must be at most num_experts=5 .*received "
+                                         r"experts_per_token=6 \(read from config.json num_experts_per_tok\)"):
+        weights.from_hf(tmp_path)
