@@ -16,7 +16,6 @@ from conformance.core.config import Config
 from conformance.costs import flops, params
 from conformance.oracles import transformers as hf
 from conformance.spec import registry
-from conformance.suites.test_routing import token_shape
 
 MIXTRAL_8X7B = 46_702_792_704
 
@@ -131,7 +130,8 @@ def run_tied(name, framework, dtype="float32", built=None):
     inputs = entry.inputs(cfg, seed=0, batch=2, length=7)
     reference, ref_trace = build("numpy", cfg, w, dtype="float64").trace(**inputs)
     out, trace = (built(cfg, w) if built else build(framework, cfg, w, dtype=dtype)).trace(**inputs)
-    agreement = routing.agreement(ref_trace, trace, cfg.experts_per_token, dtype, token_shape(inputs), entry.is_model)
+    agreement = routing.agreement(ref_trace, trace, cfg.experts_per_token, dtype, routing.token_shape(inputs),
+                                  entry.is_model)
     return agreement, routing.compare_unambiguous(f"{framework} {name} tied", out, reference, dtype, agreement), \
         (out, reference)
 

@@ -50,6 +50,11 @@ def near_ties(probs, k: int, dtype: str) -> np.ndarray:
     return ranked[:, k - 1] - ranked[:, k] <= margin(dtype, ranked[:, k - 1])
 
 
+def token_shape(inputs: dict) -> tuple:
+    """(B, T): how the routed tokens of a run's inputs are laid out (a model's ids, a block's (B, T, D) x)."""
+    return tuple(np.shape(inputs["input_ids"])) if "input_ids" in inputs else tuple(np.shape(inputs["x"])[:-1])
+
+
 def moe_layers(records: dict) -> list[str]:
     """The trace prefixes of the MoE blocks in a trace ('layers.0.feed_forward.', or '' for a lone block)."""
     return [key[: -len("routing")] for key in records if key.split(".")[-1] == "routing" and
@@ -100,16 +105,21 @@ def agreement(reference: dict, other: dict, k: int, dtype: str, batch_shape: tup
     return result
 
 
-def compare_unambiguous(label: str, out: dict, reference: dict, dtype: str, routing: Agreement) -> list:
-    """`compare_outputs` at the tokens no near-tie reaches: there the other run's values are replaced by the
-    reference's; an output that is not per token is left out when any near-tie exists."""
+def unambiguous(out: dict, reference: dict, routing: Agreement) -> dict:
+    """`out` where no near-tie reaches, the reference's values elsewhere; an output that is not per token is
+    left out when any near-tie exists."""
     mask = routing.ambiguous
-    kept_out, kept_ref = {}, {}
+    kept = {}
     for key, value in out.items():
         value, ref = np.asarray(value), np.asarray(reference[key])
         if value.shape[: mask.ndim] == mask.shape:
-            where = mask.reshape(*mask.shape, *([1] * (value.ndim - mask.ndim)))
-            kept_out[key], kept_ref[key] = np.where(where, ref, value), ref
+            kept[key] = np.where(mask.reshape(*mask.shape, *([1] * (value.ndim - mask.ndim))), ref, value)
         elif not mask.any():
-            kept_out[key], kept_ref[key] = value, ref
-    return compare_outputs(label, kept_out, kept_ref, dtype)
+            kept[key] = value
+    return kept
+
+
+def compare_unambiguous(label: str, out: dict, reference: dict, dtype: str, routing: Agreement) -> list:
+    """`compare_outputs` at the tokens no near-tie reaches (`unambiguous`)."""
+    kept = unambiguous(out, reference, routing)
+    return compare_outputs(label, kept, {k: reference[k] for k in kept}, dtype)
