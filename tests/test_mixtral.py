@@ -271,3 +271,12 @@ def test_a_checkpoint_routing_to_more_experts_than_it_has_is_refused_naming_the_
     with pytest.raises(ValueError, match=r"Config.experts_per_token must be at most num_experts=5 .*received "
                                          r"experts_per_token=6 \(read from config.json num_experts_per_tok\)"):
         weights.from_hf(tmp_path)
+
+
+def test_transformers_counts_the_same_active_expert_flops():
+    """FlopCounterMode on MixtralForCausalLM (eager) counts the matmul FLOPs our reference declares: its
+    experts, too, run on their routed rows only (k N in all)."""
+    cfg = presets.get("mixtral-tiny")
+    inputs = {"input_ids": np.zeros((1, 16), np.int64)}
+    declared = flops.totals(flops.collapse(registry.get("mixtral").reference(cfg).flops(input_ids=(1, 16))))
+    assert hf.flop_counts(cfg, inputs, ("eager",))["eager"]["total"] == declared["matmul"] == 18_546_688
