@@ -17,6 +17,8 @@ from numpy_ref.gpt2 import GPT2
 from numpy_ref.llama import Llama
 from numpy_ref.linear import Linear
 from numpy_ref.linear_attention import LinearAttention, PerformerAttention
+from numpy_ref.mixtral import Mixtral
+from numpy_ref.moe import SparseMoeBlock
 from numpy_ref.normalization import LayerNorm, RMSNorm
 from numpy_ref.patch_embedding import PatchEmbedding
 from numpy_ref.relative_position import RelativePositionBias
@@ -27,6 +29,6 @@ from numpy_ref.vit import ViT
 
 __all__ = ["Activation", "Bart", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout",
            "EncoderLayer", "FeedForward", "GPT2", "GatedFeedForward", "LayerNorm", "Linear", "LinearAttention",
-           "Llama", "MultiHeadAttention", "PatchEmbedding", "PerformerAttention", "PositionEmbedding", "RMSNorm",
-           "RelativePositionBias", "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding",
-           "SinusoidalPositionalEncoding", "Softmax", "T5", "TokenEmbedding", "Transformer", "ViT"]
+           "Llama", "Mixtral", "MultiHeadAttention", "PatchEmbedding", "PerformerAttention", "PositionEmbedding",
+           "RMSNorm", "RelativePositionBias", "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding",
+           "SinusoidalPositionalEncoding", "Softmax", "SparseMoeBlock", "T5", "TokenEmbedding", "Transformer", "ViT"]

@@ -218,6 +218,12 @@ def saved(module) -> Saved:
     return stack.pop()
 
 
+def peek(module) -> Saved:
+    """`module`'s most recent unconsumed call, left on its stack: a model reading a child's taps (the
+    MoE routing the load-balancing loss was computed from) before the child's backward pops it."""
+    return _running.stacks[id(module)][-1]
+
+
 def last_output(module):
     """The output of `module`'s most recent unconsumed call, read before its backward pops it."""
     return _running.stacks[id(module)][-1].output

@@ -16,10 +16,9 @@ costs O(t + S), not O(t^2 + t S). T5's decoder layer is this one, pre-norm, with
 biases and a relative position bias on the self-attention scores (`position_bias`, computed once
 per stack); BART's is post-norm, as the 2017 paper's.
 
-The LLaMA family's layer is the pre-norm encoder layer with other parts (config fields, not
-another class): RMSNorm for the layer norms (`cfg.norm`), the gated feed-forward
-(`cfg.feed_forward`), rotary attention with grouped-query heads and, per layer, a sliding
-window (`cfg.sliding(i)`). Gemma 2 adds a norm on each sub-layer's output too, "sandwich" norms:
+The LLaMA family's layer is the pre-norm encoder layer with other parts (config fields, not another class): RMSNorm
+(`cfg.norm`), the gated feed-forward or Mixtral's experts (`cfg.feed_forward`), rotary grouped-query attention and,
+per layer, a sliding window (`cfg.sliding(i)`). Gemma 2 adds a norm on each sub-layer's output too, "sandwich" norms:
     x = x + LN_out(Attention(LN(x)));   x = x + LN_out(FFN(LN(x)))
 
 A layer's costs are its sub-blocks' (`residual_costs`): the sub-layer, the residual add (one
@@ -32,6 +31,7 @@ from numpy_ref._module import Module
 from numpy_ref.activations import Dropout
 from numpy_ref.attention import MultiHeadAttention
 from numpy_ref.feed_forward import FeedForward, GatedFeedForward
+from numpy_ref.moe import SparseMoeBlock
 from numpy_ref.normalization import LayerNorm, RMSNorm
 
 
@@ -41,8 +41,8 @@ def norm_for(cfg):
 
 
 def feed_forward_for(cfg):
-    """The feed-forward of `cfg.feed_forward`: act(x W1) W2, or down(act(gate x) * up x)."""
-    return GatedFeedForward(cfg) if cfg.feed_forward == "gated" else FeedForward(cfg)
+    """The feed-forward of `cfg.feed_forward`: act(x W1) W2, down(act(gate x) * up x), or the sparse MoE."""
+    return {"moe": SparseMoeBlock, "gated": GatedFeedForward}.get(cfg.feed_forward, FeedForward)(cfg)
 
 
 def residual(x, sublayer, norm, dropout, norm_first, output_norm=None):

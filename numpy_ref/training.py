@@ -165,7 +165,12 @@ class Trainer:
                     autograd.recording(self.model) as tape:
                 out = self.model(**inputs)
             loss, dlogits = self.loss(out["logits"], batch["labels"])
-            tape.backward({"logits": dlogits / k})
+            cotangent = {"logits": dlogits / k}
+            if "aux_loss" in out:  # a mixture of experts: + coef x its load-balancing loss, as transformers' Mixtral
+                coef = self.model.cfg.router_aux_loss_coef
+                loss = loss + coef * float(out["aux_loss"])
+                cotangent["aux_loss"] = np.asarray(coef / k, out["aux_loss"].dtype)
+            tape.backward(cotangent)
             for name in grads:
                 grads[name] += tape.param_grads[name]
             total += loss / k

@@ -46,7 +46,7 @@ def test_runs_at_other_shapes_than_exported(name, variant, source, exporter):
     results = compare_outputs(f"onnx[{exporter}] {name}", out, build("numpy", cfg, w, dtype="float64")(**inputs),
                               "float32")
     assert all(r.passed for r in results), "\n".join(map(str, results))
-    assert all(v.shape[0] == 3 for v in out.values())
+    assert all(v.shape[0] == 3 for v in out.values() if v.ndim)  # a scalar (Mixtral's aux_loss) has no batch axis
 
 
 @pytest.mark.parametrize("name,exporter", [("gpt2", "dynamo"), ("gpt2", "tf2onnx"), ("llama", "torchscript"),

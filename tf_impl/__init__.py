@@ -19,6 +19,8 @@ from tf_impl.gpt2 import GPT2
 from tf_impl.llama import Llama
 from tf_impl.linear import Linear
 from tf_impl.linear_attention import LinearAttention, PerformerAttention
+from tf_impl.mixtral import Mixtral
+from tf_impl.moe import SparseMoeBlock
 from tf_impl.normalization import LayerNorm, RMSNorm
 from tf_impl.patch_embedding import PatchEmbedding
 from tf_impl.relative_position import RelativePositionBias
@@ -29,6 +31,6 @@ from tf_impl.vit import ViT
 
 __all__ = ["Activation", "Bart", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout",
            "EncoderLayer", "FeedForward", "GPT2", "GatedFeedForward", "LayerNorm", "Linear", "LinearAttention",
-           "Llama", "MultiHeadAttention", "PatchEmbedding", "PerformerAttention", "PositionEmbedding", "RMSNorm",
-           "RelativePositionBias", "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding",
-           "SinusoidalPositionalEncoding", "Softmax", "T5", "TokenEmbedding", "Transformer", "ViT"]
+           "Llama", "Mixtral", "MultiHeadAttention", "PatchEmbedding", "PerformerAttention", "PositionEmbedding",
+           "RMSNorm", "RelativePositionBias", "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding",
+           "SinusoidalPositionalEncoding", "Softmax", "SparseMoeBlock", "T5", "TokenEmbedding", "Transformer", "ViT"]

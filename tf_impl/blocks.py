@@ -4,6 +4,7 @@ from tf_impl._layer import Layer
 from tf_impl.activations import Dropout
 from tf_impl.attention import MultiHeadAttention
 from tf_impl.feed_forward import FeedForward, GatedFeedForward
+from tf_impl.moe import SparseMoeBlock
 from tf_impl.normalization import LayerNorm, RMSNorm
 
 
@@ -13,7 +14,9 @@ def norm_for(cfg, **kwargs):
 
 
 def feed_forward_for(cfg, **kwargs):
-    """The feed-forward of `cfg.feed_forward`: act(x W1) W2, or down(act(gate x) * up x)."""
+    """The feed-forward of `cfg.feed_forward`: act(x W1) W2, down(act(gate x) * up x), or the sparse MoE."""
+    if cfg.feed_forward == "moe":
+        return SparseMoeBlock(cfg, **kwargs)
     return GatedFeedForward(cfg, **kwargs) if cfg.feed_forward == "gated" else FeedForward(cfg, **kwargs)
 
 

@@ -161,6 +161,8 @@ class Trainer:
                     tf.GradientTape() as tape:
                 out = self.model(**tensors, training=True)
                 loss = self.loss(out["logits"], labels)
+                if "aux_loss" in out:  # a mixture of experts: + coef x its load-balancing loss
+                    loss = loss + self.model.cfg.router_aux_loss_coef * out["aux_loss"]
                 scaled = loss / k  # inside the tape: an op outside it is not recorded
             micro = tape.gradient(scaled, variables)
             grads = [g + tf.convert_to_tensor(m) for g, m in zip(grads, micro)]

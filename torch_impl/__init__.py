@@ -18,6 +18,8 @@ from torch_impl.gpt2 import GPT2
 from torch_impl.llama import Llama
 from torch_impl.linear import Linear
 from torch_impl.linear_attention import LinearAttention, PerformerAttention
+from torch_impl.mixtral import Mixtral
+from torch_impl.moe import SparseMoeBlock
 from torch_impl.normalization import LayerNorm, RMSNorm
 from torch_impl.patch_embedding import PatchEmbedding
 from torch_impl.relative_position import RelativePositionBias
@@ -28,6 +30,6 @@ from torch_impl.vit import ViT
 
 __all__ = ["Activation", "Bart", "Bert", "Deberta", "DecoderLayer", "DisentangledAttention", "Dropout",
            "EncoderLayer", "FeedForward", "GPT2", "GatedFeedForward", "LayerNorm", "Linear", "LinearAttention",
-           "Llama", "MultiHeadAttention", "PatchEmbedding", "PerformerAttention", "PositionEmbedding", "RMSNorm",
-           "RelativePositionBias", "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding",
-           "SinusoidalPositionalEncoding", "Softmax", "T5", "TokenEmbedding", "Transformer", "ViT"]
+           "Llama", "Mixtral", "MultiHeadAttention", "PatchEmbedding", "PerformerAttention", "PositionEmbedding",
+           "RMSNorm", "RelativePositionBias", "RotaryEmbedding", "ScaledDotProductAttention", "SegmentEmbedding",
+           "SinusoidalPositionalEncoding", "Softmax", "SparseMoeBlock", "T5", "TokenEmbedding", "Transformer", "ViT"]

@@ -5,6 +5,7 @@ from conformance.core import checks, trace
 from torch_impl.activations import Dropout
 from torch_impl.attention import MultiHeadAttention
 from torch_impl.feed_forward import FeedForward, GatedFeedForward
+from torch_impl.moe import SparseMoeBlock
 from torch_impl.normalization import LayerNorm, RMSNorm
 
 
@@ -14,7 +15,9 @@ def norm_for(cfg):
 
 
 def feed_forward_for(cfg):
-    """The feed-forward of `cfg.feed_forward`: act(x W1) W2, or down(act(gate x) * up x)."""
+    """The feed-forward of `cfg.feed_forward`: act(x W1) W2, down(act(gate x) * up x), or the sparse MoE."""
+    if cfg.feed_forward == "moe":
+        return SparseMoeBlock(cfg)
     return GatedFeedForward(cfg) if cfg.feed_forward == "gated" else FeedForward(cfg)
 
 

@@ -130,6 +130,8 @@ class Trainer:
                     self.built.policy():
                 out = self.model(**tensors)
                 loss = self.loss(out["logits"], labels)
+                if "aux_loss" in out:  # a mixture of experts: + coef x its load-balancing loss
+                    loss = loss + self.model.cfg.router_aux_loss_coef * out["aux_loss"]
             scaled = loss / k if self.scaler is None else self.scaler.scale(loss / k)
             scaled.backward()
             total += float(loss.detach()) / k

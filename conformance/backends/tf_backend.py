@@ -88,6 +88,8 @@ class TFBackend(Backend):
             object.__delattr__(module, "call")
 
     def to_numpy(self, x):
+        if len(getattr(x, "shape", (0,))) == 0:  # TensorFlow cannot hand over a 0-d bfloat16 tensor (Mixtral's aux_loss)
+            return keras.ops.convert_to_numpy(keras.ops.reshape(x, (1,))).reshape(())
         return keras.ops.convert_to_numpy(x)
 
     def take_rows(self, x, rows):
@@ -217,16 +219,20 @@ class TFBackend(Backend):
             total = tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
         finally:
             tf.get_logger().setLevel(level)
-        by_type, missed = {}, {}
+        by_type, missed, unsized = {}, {}, {}
         for op in graph.get_operations():
+            if op.outputs and not op.outputs[0].shape.is_fully_defined():  # data-dependent rows: a MoE expert's
+                unsized[op.type] = unsized.get(op.type, 0) + 1   # (the profiler's formulas need static shapes)
+                continue
             value = tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value
+            floating = op.outputs and op.outputs[0].dtype.is_floating
             if value is not None:
                 by_type[op.type] = by_type.get(op.type, 0) + int(value)
-            elif op.type not in DATA_MOVEMENT and op.outputs and op.outputs[0].dtype.is_floating:
+            elif op.type not in DATA_MOVEMENT and floating:
                 missed[op.type] = missed.get(op.type, 0) + int(np.prod(op.outputs[0].shape))
         matmul = sum(v for k, v in by_type.items() if "MatMul" in k)
         return {"counter": "tf.compat.v1.profiler float_operation (MatMul + BatchMatMul)", "total": int(total),
-                "matmul": matmul, "by_op_type": by_type, "missed_elements": missed}
+                "matmul": matmul, "by_op_type": by_type, "missed_elements": missed, "unsized_ops": unsized}
 
     def matmul_gflops(self, n, repeats):
         import tensorflow as tf

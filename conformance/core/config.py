@@ -18,7 +18,7 @@ POSITIONS = ("learned", "sinusoidal", "rotary", "relative")
 RELATIVE_TERMS = ("c2p", "p2c")  # DeBERTa's disentangled terms: content-to-position, position-to-content
 HEADS = ("none", "mlm", "classification", "qa", "token_classification", "discriminator", "encoder")
 NORMS = ("layer", "rms")
-FEED_FORWARDS = ("standard", "gated")
+FEED_FORWARDS = ("standard", "gated", "moe")
 RMS_UPCASTS = ("none", "statistic", "all")
 ROTARY_PAIRINGS = ("half", "interleaved")
 ROPE_SCALINGS = ("none", "linear", "dynamic", "llama3", "yarn")
@@ -85,7 +85,8 @@ class Config:
     max_relative_positions: int | None = None  # DeBERTa: the distance the buckets reach; None: max_positions
     # ---- the LLaMA family (Llama, Mistral, Qwen2, Gemma, Gemma 2) and the components it brought
     norm: str = "layer"            # a model's normalization: "layer" (LayerNorm) or "rms" (RMSNorm, no mean, no beta)
-    feed_forward: str = "standard"  # a layer's MLP: "standard" act(x W1) W2, or "gated" down(act(gate x) * up x)
+    feed_forward: str = "standard"  # a layer's MLP: "standard" act(x W1) W2, or "gated" down(act(gate x) * up x);
+    #                                 "moe": a router and num_experts gated ones, experts_per_token a token (Mixtral)
     rms_norm_offset: float = 0.0   # RMSNorm y = x / rms(x) * (offset + g): Gemma stores g around 0, offset 1
     rms_norm_upcast: str = "statistic"  # half precision: "none"; "statistic" (HF Llama: normalize in float32,
     #                                     cast back, then scale); "all" (HF Gemma, keras-hub: scale in float32 too)
@@ -143,6 +144,10 @@ class Config:
     # ---- techniques (issue 19)
     weight_quantization: str = "none"  # "none" or "int8": every Linear's kernel as per-channel symmetric int8 (see
     #                                    WEIGHT_QUANTIZATIONS; make the weights with weights.quantize_int8)
+    # ---- mixture of experts (Mixtral): feed_forward="moe"
+    num_experts: int = 8           # E: the gated expert feed-forwards of each layer (num_local_experts)
+    experts_per_token: int = 2     # k: the experts each token is routed to (num_experts_per_tok), at most E
+    router_aux_loss_coef: float = 0.001  # the load-balancing loss's weight in the training loss (>= 0)
 
     def __post_init__(self):
         _check_types(self)
@@ -208,6 +213,9 @@ class Config:
             raise ValueError(f"Config.relative_max_distance must exceed relative_buckets // 2 = "
                              f"{self.relative_buckets // 2} (the exact buckets' reach); received "
                              f"relative_max_distance={self.relative_max_distance!r}")
+        if self.experts_per_token > self.num_experts:
+            raise ValueError(f"Config.experts_per_token must be at most num_experts={self.num_experts} (a token "
+                             f"picks k distinct experts); received experts_per_token={self.experts_per_token}")
         if self.position_offset >= self.max_positions:
             raise ValueError(f"Config.position_offset must be an int in [0, max_positions={self.max_positions}); "
                              f"received position_offset={self.position_offset!r}")
@@ -283,7 +291,7 @@ NON_NEGATIVE = ("sliding_window_right", "type_vocab_size", "pad_token_id", "posi
                 "position_offset")  # (no segment table: DeBERTa-v3; 0 buckets: exact relative distances;
 #                                     no offset: every learned table but BART's)
 SIGNED = ("rms_norm_offset",)              # any finite float
-RANGES = {"dropout": (0.0, 1.0)}           # a float in [low, high)
+RANGES = {"dropout": (0.0, 1.0), "router_aux_loss_coef": (0.0, math.inf)}  # a float in [low, high)
 MASK_FILL_MAX = -1e4  # the largest fill still far below any score: a fill near the scores (or above them)
 #                       leaves masked positions weight, and a positive one reverses the mask
 

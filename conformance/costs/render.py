@@ -74,6 +74,9 @@ def _flops(f):
                 missed = ", ".join(f"{k} ({_n(v)} elements)" for k, v in c["missed_elements"].items())
                 note = (f"all registered ops {_n(c['total'])} (analytic all ops {_n(t['all'])}); "
                         f"no formula for: {missed or 'none'}")
+                if c.get("unsized_ops"):  # a mixture of experts: its experts' rows are known only when run
+                    note += ("; not counted, of data-dependent shape: "
+                             + ", ".join(f"{k} x{v}" for k, v in c["unsized_ops"].items()))
             else:
                 note = "matmuls only (" + ", ".join(f"{k} {_n(v)}" for k, v in c["by_op"].items()) + ")"
             rows.append((f"{fw}, {c['counter']}", _n(c["matmul"]), _ratio(c["matmul"], t["matmul"]), note))

@@ -303,6 +303,26 @@ def transformers_gated_feed_forward(cfg, w, x, dtype="float64"):
         return mlp(_t(x, dtype)).numpy()
 
 
+def transformers_sparse_moe(cfg, w, x, dtype="float64"):
+    """`MixtralSparseMoeBlock`: its router `gate.weight` (E, D) is the canonical router kernel transposed, its
+    `experts.gate_up_proj` (E, 2F, D) each expert's gate and up kernels transposed and stacked, `down_proj`
+    (E, D, F) the down kernels transposed. Its router softmax is float32 whatever the dtype."""
+    torch = _torch()
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+    E = cfg.num_experts
+    block = MixtralSparseMoeBlock(MixtralConfig(hidden_size=cfg.d_model, intermediate_size=cfg.d_ff, num_local_experts=E,
+                                                num_experts_per_tok=cfg.experts_per_token, hidden_act="silu",
+                                                experts_implementation="eager"))
+    block = block.to(getattr(torch, dtype)).eval()
+    gate_up = np.stack([np.concatenate([w[f"experts.{e}.gate.kernel"].T, w[f"experts.{e}.up.kernel"].T]) for e in range(E)])
+    with torch.no_grad():
+        block.gate.weight.copy_(torch.from_numpy(w["router.kernel"].T.copy()))
+        block.experts.gate_up_proj.copy_(torch.from_numpy(gate_up))
+        block.experts.down_proj.copy_(torch.from_numpy(np.stack([w[f"experts.{e}.down.kernel"].T for e in range(E)])))
+        return block(_t(x, dtype)).numpy()
+
+
 def transformers_rotary(cfg, q, k, position_ids, dtype="float32"):
     """transformers' own rotary embedding on q (B, H, T, Dh) and k (B, KV, T, Dh) -> {"q", "k"}:
     - "half" pairing, every feature: `LlamaRotaryEmbedding` built from a `LlamaConfig(rope_parameters=...)`

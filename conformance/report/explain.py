@@ -948,6 +948,22 @@ def gated_library(cfg, w, inputs, records, calls):
                     oracles.transformers_gated_feed_forward(cfg, w, x))]
 
 
+def moe_inputs(cfg):
+    x = _readable((1, 3, cfg.d_model))
+    return {"x": np.concatenate([x, x[:, :1]], axis=1)}                     # (1, 4, D): token 3 repeats token 0
+
+
+def moe_library(cfg, w, inputs, records, calls):
+    torch = _torch()
+    probs, k = _tensor(records["probs"]), cfg.experts_per_token
+    top, index = torch.topk(probs, k, dim=-1)
+    return [Library("probs", "torch.softmax(x @ W_router, -1)", _np(torch.softmax(_tensor(records["router.output"]), -1))),
+            Library("routing", "torch.topk(probs, k) renormalized, scattered to (N, E)",
+                    _np(torch.zeros_like(probs).scatter(-1, index, top / top.sum(-1, keepdim=True)))),
+            Library("output", "transformers MixtralSparseMoeBlock (router softmax in float32)",
+                    oracles.transformers_sparse_moe(cfg, w, inputs["x"]), dtype="float32")]
+
+
 def patch_inputs(cfg):
     """A 2-channel 4 x 4 image whose values say where they are: channel 0 counts 0..15 row by row, channel 1
     is 100 more."""
@@ -1228,6 +1244,22 @@ WALKTHROUGHS: dict[str, Walkthrough] = {w.name: w for w in [
                  Step("output", "The block's output (dropout is the identity at inference).")),
                 library=gated_library,
                 shows=("d_ff", "activation", "mlp_bias")),
+    Walkthrough("sparse_moe", "Top-k routing: a mixture of 4 SwiGLU experts (D = 8 -> F = 16 -> D), 2 a token, "
+                              "on 4 tokens; the 4th token repeats the 1st, so it is routed the same way.",
+                dict(LAYER, feed_forward="moe", activation="silu", num_experts=4, experts_per_token=2),
+                moe_inputs,
+                (Step("router.output", "One logit per expert and token: x @ W_router, no bias, (N, E)."),
+                 Step("probs", "softmax over the experts, each row; the k = 2 largest of a row are its experts.",
+                      "torch.topk breaks exact ties in no promised order, tf.math.top_k and NumPy's stable sort "
+                      "by the lower index: near-ties are compared apart (conformance.compare.routing)."),
+                 Step("routing", "The two chosen probabilities divided by their sum, zeros elsewhere: each row sums "
+                                 "to 1, the softmax of the two chosen logits alone.",
+                      "transformers' MixtralTopKRouter: topk of the float32 softmax, then top /= top.sum()."),
+                 Step("experts.0.gated", "Expert 0's SwiGLU middle, only for the tokens that chose it (rows of x "
+                                         "gathered): an expert no token chose runs on zero rows."),
+                 Step("output", "sum over the chosen experts of weight x expert(x), scattered back to each token: "
+                                "2 of the 4 experts' FLOPs a token, all 4 experts' parameters.")),
+                library=moe_library, shows=("num_experts", "experts_per_token", "d_ff", "activation")),
     Walkthrough("patch_embedding", "A 2-channel 4 x 4 image cut into four 2 x 2 patches, each projected to width 3; "
                                    "channel 0 counts 0..15 row by row, channel 1 is 100 more, so every value says "
                                    "where it came from.",

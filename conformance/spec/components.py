@@ -128,4 +128,10 @@ COMPONENTS = [
           {"default": V(), "no_mask": V(options={"mask": "none"}), "causal": V({"causal": True}, {"mask": "none"}),
            "padding_causal": V({"causal": True}), "features_4": V({"performer_features": 4}),
            "features_64": V({"performer_features": 64, "causal": True})}),
+    # the mixture of experts' (Mixtral): 4 SwiGLU experts, 2 a token (3; all 4: dense). Not k = 1: renormalized
+    # over one expert its weight is p / p = 1, and the router gets no gradient but rounding (numpy_ref.moe)
+    Entry("sparse_moe", "SparseMoeBlock",
+          TINY.replace(kind="sparse_moe", feed_forward="moe", activation="silu", d_ff=48, num_experts=4,
+                       experts_per_token=2), hidden,
+          {"default": V(), "top3": V({"experts_per_token": 3}), "all4": V({"experts_per_token": 4})}),
 ]

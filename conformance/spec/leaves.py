@@ -93,19 +93,23 @@ def join(path: str, leaf: str, sep: str = ".") -> str:
 
 def table_rows(modules: dict, shapes: dict) -> list[tuple[str, str, Leaf]]:
     """(canonical name, external module path, leaf) for every canonical parameter in `shapes` that a
-    table `{canonical module: (external module, leaves)}` maps; "{i}" in both stands for a layer index
+    table `{canonical module: (external module, leaves)}` maps; "{i}" in both stands for a layer index, "{e}"
+    for an expert's (Mixtral)
     (and "{i+1}" in the external path for the same index counted from 1, as keras-hub's ViT numbers its
     blocks), a module "" for the model itself."""
     rows = []
     for module, (external, leaves) in modules.items():
         for leaf in leaves:
-            pattern = re.compile(re.escape(join(module, leaf.canonical)).replace(re.escape("{i}"), r"(\d+)") + "$")
+            pattern = re.compile(re.escape(join(module, leaf.canonical)).replace(re.escape("{i}"), r"(?P<i>\d+)")
+                                 .replace(re.escape("{e}"), r"(?P<e>\d+)") + "$")
             for name in shapes:
                 m = pattern.match(name)
                 if m:
                     path = external
-                    if m.groups():
-                        path = path.replace("{i+1}", str(int(m.group(1)) + 1)).replace("{i}", m.group(1))
+                    if m.groupdict().get("i") is not None:
+                        path = path.replace("{i+1}", str(int(m.group("i")) + 1)).replace("{i}", m.group("i"))
+                    if m.groupdict().get("e") is not None:
+                        path = path.replace("{e}", m.group("e"))
                     rows.append((name, path, leaf))
     return rows
 

@@ -19,6 +19,7 @@ from conformance import weights
 from conformance.backends import build, environment, supports
 from conformance.backends.dtypes import LOW, MIXED
 from conformance.backends.finite import NonFiniteError, traced
+from conformance.compare import routing
 from conformance.spec import families, presets, registry
 from conformance.spec.registry import CASES, case_id
 from conformance.suites.cases import case_data
@@ -103,6 +104,18 @@ class Measured:
     seconds: float = 0.0
 
 
+def routed_outputs(cfg, inputs, ref_trace, trace, out, reference, dtype) -> tuple[dict, bool]:
+    """A mixture of experts' outputs as far as its routing allows them to be compared (`compare.routing`):
+    at tokens a near-tie reaches, the reference's own values (a per-token-free output, left out), and
+    whether its ops may be measured too (the same experts chosen at every token). Other models: unchanged."""
+    if not routing.moe_layers(ref_trace):
+        return out, True
+    agreement = routing.agreement(ref_trace, trace, cfg.experts_per_token, dtype, routing.token_shape(inputs),
+                                  "input_ids" in inputs)
+    clean = not any(d.any() for d in agreement.differ.values()) and not agreement.ambiguous.any()
+    return routing.unambiguous(out, reference, agreement), clean
+
+
 def _measure(label, regime, cfg, w, inputs, frameworks, dtypes, device, case=None) -> list[Measured]:
     """The float64 reference trace once, then each supported framework x dtype traced against it
     (outputs and every traced op); on another device also the cpu run of the same framework."""
@@ -118,8 +131,9 @@ def _measure(label, regime, cfg, w, inputs, frameworks, dtypes, device, case=Non
             t0 = time.perf_counter()
             try:
                 out, tr = traced(build(framework, cfg, w, device=device, dtype=dtype), inputs)
-                m.outputs = {k: error_stats(out[k], reference[k]) for k in reference}
-                for op in ref_trace:
+                out, ops = routed_outputs(cfg, inputs, ref_trace, tr, out, reference, dtype)
+                m.outputs = {k: error_stats(out[k], reference[k]) for k in reference if k in out}
+                for op in ref_trace if ops else ():
                     if op in tr:  # fused attention records no scores / probs
                         m.ops.setdefault(op_kind(op, kinds), []).append(error_stats(tr[op], ref_trace[op]))
                 if device != "cpu":
