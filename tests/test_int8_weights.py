@@ -121,7 +121,9 @@ def test_int8_is_within_its_own_row_and_misses_float32(name):
     for out in (int8_reference, build("torch", cfg8, w8)(**inputs)):
         results = compare_outputs(f"int8 {name}", out, reference, int8.ROW)
         assert results and all(r.passed for r in results), [str(r) for r in results]
-        assert all(30 < sqnr_db(out[k], reference[k]) < 90 for k in reference), \
+        # every activation output carries the quantization error; Mixtral's aux_loss, a mean over all tokens
+        # of router probabilities, averages it away (124 dB measured): held to the row, not to the band
+        assert all(30 < sqnr_db(out[k], reference[k]) < 90 for k in reference if k != "aux_loss"), \
             {k: sqnr_db(out[k], reference[k]) for k in reference}
         assert not all(r.passed for r in compare_outputs(f"int8 {name}", out, reference, "float32"))
 

@@ -1,7 +1,8 @@
 """Mirrors `numpy_ref.moe`. Differs: the experts are a list of Keras layers named `experts.{e}`; a
 token's experts come from `keras.ops.top_k`, the routed tokens from `keras.ops.nonzero` (a tensor of
 data-dependent length: eager, or a TensorFlow graph; not a JAX jit), and their outputs are added back
-with `keras.ops.scatter`; one-hot rows are a comparison with `arange` (tf2onnx's OneHot fails the checker). Not here: the backwards (TensorFlow's)."""
+with `keras.ops.scatter`. Not here: the backwards (TensorFlow's).
+Only here: `one_hot` (one-hot rows as a comparison with `arange`: tf2onnx's OneHot node fails onnx.checker)."""
 from keras import ops
 
 from conformance.core import checks, trace
@@ -22,7 +23,7 @@ def one_hot(index, E, dtype):
 
 def routing_weights(probs, index):
     top = ops.take_along_axis(probs, index, axis=-1)                              # (N, k)
-    chosen = one_hot(index, probs.shape[-1], probs.dtype)                         # (N, k, E)
+    chosen = one_hot(index, probs.shape[-1], probs.dtype)                         # N x k one-hot rows of E
     return ops.sum(chosen * (top / ops.sum(top, axis=-1, keepdims=True))[..., None], axis=1)  # (N, E)
 
 
@@ -60,8 +61,8 @@ class SparseMoeBlock(Layer):
         routing = tap("routing", routing_weights(probs, index))                   # (N, E)
         y = ops.zeros_like(h)                                                     # (N, D)
         for e, expert in enumerate(self.experts):  # every expert runs, on the tokens that chose it (maybe none)
-            token = ops.reshape(ops.nonzero(ops.any(index == e, axis=-1))[0], (-1, 1))  # (n_e, 1)
-            chosen = ops.take(routing[:, e:e + 1], token[:, 0], axis=0) * expert(ops.take(h, token[:, 0], axis=0))
-            y = y + ops.scatter(token, chosen, ops.shape(h))                      # (n_e, D)
+            token = ops.nonzero(ops.any(index == e, axis=-1))[0]                   # (n_e,)
+            chosen = ops.take(routing[:, e:e + 1], token, axis=0) * expert(ops.take(h, token, axis=0))
+            y = y + ops.scatter(token[:, None], chosen, ops.shape(h))             # (n_e, D)
         self.router_probs, self.router_index = probs, index
         return tap("output", ops.reshape(y, ops.shape(x)))                        # (..., D)
