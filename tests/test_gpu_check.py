@@ -40,6 +40,7 @@ def header_cells(markdown: str, first: str) -> list[str]:
     return [c.strip() for c in line.strip("|").split("|")]
 
 
+@pytest.mark.full  # 80 s each on 2 cores: the default tier's time goes to the models
 def test_dry_run_runs_every_part_and_writes_the_report(tmp_path):
     # Keras on torch and tensorflow: a third subprocess, jax's, would not fit the 400 s beside the other parts
     # on a 2-core runner; tf_impl on jax is conformance/suites/test_keras_backends.py's
@@ -88,6 +89,7 @@ def test_dry_run_runs_every_part_and_writes_the_report(tmp_path):
         assert header_cells(evidence, first) == header_cells(md, first)
 
 
+@pytest.mark.full  # 80 s each on 2 cores: the default tier's time goes to the models
 def test_dry_run_without_tensorflow_skips_the_keras_on_tf_parts(tmp_path):
     shim = tmp_path / "shim"
     shim.mkdir()
