@@ -147,7 +147,7 @@ def test_figures_command_writes_every_table_and_figure(tmp_path):
     figures = {p.name for p in (tmp_path / "figures").glob("*.png")}
     assert tables == {p.name for p in (docsrc.DOCS / "generated").glob("*.md")}
     assert figures == {"positional_encoding.png", "attention_patterns.png", "error_by_depth.png",
-                       "cost_vs_length.png", "softmax_scale.png", "pre_post_norm.png"}
+                       "cost_vs_length.png", "softmax_scale.png", "pre_post_norm.png", "linear_attention_error.png"}
     assert all((tmp_path / "figures" / f).read_bytes()[:4] == b"\x89PNG" for f in figures)
 
 
