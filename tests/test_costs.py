@@ -277,3 +277,17 @@ def test_encoder_decoder_cache_bytes_are_what_the_cache_holds(framework, kind):
     assert held(cache, ("cross_key", "cross_value")) == cross
     small = presets.get("t5-small")
     assert memory.kv_cache_per_token(small, 4) == memory.kv_cache_per_source_token(small, 4) == 24 * 1024
+
+
+def test_tensorflow_flop_count_of_a_moe_names_its_unsized_ops_and_prints_nothing(capfd):
+    """A MoE's expert rows have data-dependent shapes that TensorFlow's profiler cannot count: they are
+    returned as `unsized_ops` (the report names them), and the profiler's own native line about them
+    ("N ops no flops stats due to incomplete shapes") stays off the user's terminal."""
+    from conformance.spec.registry import CASES
+    from conformance.suites.cases import case_data
+    entry, cfg, w, inputs, _ = case_data(*next(c for c in CASES if c[0] == "sparse_moe"))
+    m = build("tf", cfg, w, dtype="float32", training=False)
+    capfd.readouterr()
+    counted = m.backend.count_flops(m, inputs)
+    assert counted["unsized_ops"].get("MatMul", 0) > 0, counted["unsized_ops"]
+    assert capfd.readouterr() == ("", "")

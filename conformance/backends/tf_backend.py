@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import io
 import os
 
 import numpy as np
@@ -215,8 +216,9 @@ class TFBackend(Backend):
         options["output"] = "none"
         level = tf.get_logger().level
         tf.get_logger().setLevel("ERROR")  # the v1 profiler warns that its shape helper is deprecated
-        try:
-            total = tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
+        try:  # and writes "N ops no flops stats due to incomplete shapes" (a MoE's experts) to sys.stderr:
+            with contextlib.redirect_stderr(io.StringIO()):  # counted below as `unsized_ops`, and reported
+                total = tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
         finally:
             tf.get_logger().setLevel(level)
         by_type, missed, unsized = {}, {}, {}
