@@ -1,4 +1,4 @@
-"""keras-hub's backbones (BERT, GPT-2, Llama, Mistral, Qwen, Gemma, ViT) as oracles, loaded with the canonical weights.
+"""keras-hub's backbones (BERT, GPT-2, Llama, Mistral, Qwen, Gemma, Mixtral, ViT) as oracles, loaded with the canonical weights.
 
     kh = backbone(cfg)                    # built from the Config's dimensions, no preset, no download
     load(kh, cfg, w)                      # every keras-hub variable set once, from KERAS_HUB below
@@ -50,6 +50,9 @@ exactly the named cause by rebuilding our reference with keras-hub's choice):
   `query_pre_attn_scalar` cannot be expressed) and its blocks keep epsilon 1e-6. None of
   them take position_ids: positions are 0..T-1, so a left-padded batch is refused
   (`refusal` names the input), as are QK-norm and fused attention.
+- Mixtral (`MixtralBackbone`): Mistral's numerics, and each layer's experts stacked in three
+  (E, in, out) variables that the table addresses row by row ("P#e.leaf", `stacked`); it runs every
+  expert on every token and weighs them by the same renormalized top-k routing (zero elsewhere).
 - ViT (`ViTBackbone`): pre-norm, the exact GELU, the epsilon it is given (its own default and
   what its Hugging Face converter leaves it at: 1e-6, against transformers' 1e-12), images channels
   last; it ends at its final norm (no pooler), holds the position table of the one image size it
@@ -63,6 +66,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import numpy as np
 
 from conformance import weights as weights_lib
@@ -177,8 +181,17 @@ def comparable(cfg: Config, outputs: dict, inputs: dict) -> dict:
     keep = np.asarray(mask) > 0                                                   # (B, T)
     return {k: np.where(keep.reshape(*keep.shape, *([1] * (np.ndim(v) - 2))), v, 0)
             if np.ndim(v) >= 2 and np.shape(v)[:2] == keep.shape else v for k, v in outputs.items()}
+def stacked(path: str) -> tuple[str, int | None]:
+    """("P.leaf", e) for a path "P#e.leaf" (or "/leaf"), row e of a variable that stacks several modules'
+    tensors (keras-hub's Mixtral experts, (E, in, out)); (path, None) for any other path."""
+    m = re.fullmatch(r"(.*)#(\d+)([./][^./]+)", path)
+    return (m.group(1) + m.group(3), int(m.group(2))) if m else (path, None)
+
+
 def _variable(model, path: str, by_path: dict):
-    """The variable at `path`: an "@" chain of attributes and indices, else a variable path; None if absent."""
+    """The variable at `path`: an "@" chain of attributes and indices, else a variable path (a stacked
+    variable's own, for "P#e/leaf"); None if absent."""
+    path = stacked(path)[0]
     if not path.startswith("@"):
         return by_path.get(path)
     obj = model
@@ -201,8 +214,15 @@ def load(model, cfg: Config, w: dict[str, np.ndarray]):
     if unknown or unset:
         raise ValueError(f"keras-hub {table(cfg).backbone} variables do not line up with its table: "
                          f"not in the model {unknown}, never set {unset}")
-    for name, (_, v, leaf) in rows.items():
-        v.assign(leaf.to_external(w[name], cfg).astype(v.dtype))
+    stacks = {}  # a stacked variable is assembled row by row, then assigned once
+    for name, (path, v, leaf) in rows.items():
+        value, row = leaf.to_external(w[name], cfg), stacked(path)[1]
+        if row is None:
+            v.assign(value.astype(v.dtype))
+        else:
+            stacks.setdefault(v.path, (v, np.array(v.numpy())))[1][row] = value
+    for v, value in stacks.values():
+        v.assign(value.astype(v.dtype))
     return model
 
 
@@ -214,8 +234,10 @@ def extra_variables(model, cfg: Config) -> list[str]:
 def export(model, cfg: Config) -> dict[str, np.ndarray]:
     """keras-hub's variables back under canonical names and layout (the inverse of `load`)."""
     by_path = {v.path: v for v in model.weights}
-    return {name: leaf.to_canonical(_variable(model, path, by_path).numpy(), cfg)
-            for name, (path, leaf) in variable_map(cfg).items()}
+    def value(path):
+        array, row = _variable(model, path, by_path).numpy(), stacked(path)[1]
+        return array if row is None else array[row]
+    return {name: leaf.to_canonical(value(path), cfg) for name, (path, leaf) in variable_map(cfg).items()}
 
 
 def inputs(cfg: Config, **ours) -> dict[str, np.ndarray]:

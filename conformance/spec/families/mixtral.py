@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from conformance.core.config import Config
 from conformance.spec.entry import Entry, Variant as V
-from conformance.spec.families.llama import (COMMON, FIELDS, LINEAR, LLAMA_CONSTANTS, _checkpoint, _modules,
+from conformance.spec.families.llama import (COMMON, FIELDS, KERAS_INPUTS, KERAS_KERNEL, LINEAR, LLAMA_CONSTANTS,
+                                             NO_EXTRAS, _checkpoint, _common_dims, _keras_llama_modules, _modules,
                                              read_common, write_common)
-from conformance.spec.family import Decoding, Family, Step, Task, Walkthrough
+from conformance.spec.family import Decoding, Family, KerasHub, Step, Task, Walkthrough
 from conformance.spec.inputs import causal_lm_inputs
+from conformance.spec.leaves import Leaf
 
 MOE = dict(COMMON, kind="mixtral", feed_forward="moe", rope_theta=1000000.0, layer_norm_eps=1e-5,
            tie_embeddings=False, checkpoint="mixtral")
@@ -62,6 +64,29 @@ CHECKPOINTS = (
                 write=_write_mixtral),
 )
 
+# ------------------------------------------------------------------ keras-hub: MixtralBackbone, experts stacked
+
+# keras-hub keeps each layer's experts as three (E, in, out) variables; "P#{e}.leaf" is expert e's row of
+# the variable P.leaf (`conformance.oracles.keras_hub`). Its expert math is the same SwiGLU, run densely on
+# every token and weighted by the same renormalized top-k routing (zero for the experts not chosen).
+KERAS_MOE = "@transformer_layers.{i}._sparse_moe_block"  # by attribute: the block's name has a global counter
+KERAS_MODULES = {**{k: v for k, v in _keras_llama_modules().items() if ".feed_forward." not in k},
+                 "layers.{i}.feed_forward.router": (f"{KERAS_MOE}._sparse_feedforward_gate_dense", KERAS_KERNEL),
+                 **{f"layers.{{i}}.feed_forward.experts.{{e}}.{ours}": (
+                     f"{KERAS_MOE}.expert_bank#{{e}}", (Leaf("kernel", f"_expert_feedforward_{theirs}_dense"),))
+                    for ours, theirs in (("gate", "gate"), ("up", "intermediate"), ("down", "output"))}}
+KERAS_HUB = (
+    # as MistralBackbone: RMSNorm scaled in float32 before the cast back, the rotary table in float32, an
+    # untied head; its window defaults to 512 tokens, so no window is asked for as the whole context
+    KerasHub("MixtralBackbone", KERAS_MODULES, {"rms_norm_upcast": "all", "rotary_float32": True,
+                                                "tie_embeddings": False},
+             {**NO_EXTRAS, "use_bias": False, "rope_scaling": "none", "layer_types": ()},
+             lambda cfg: {**_common_dims(cfg), "num_experts": cfg.num_experts, "top_k": cfg.experts_per_token,
+                          "router_aux_loss_coef": cfg.router_aux_loss_coef,
+                          "sliding_window": cfg.sliding_window or cfg.max_positions},
+             KERAS_INPUTS, {"last_hidden_state": None}, tied_logits=True, model_type="mixtral"),
+)
+
 # ------------------------------------------------------------------------------ walkthrough
 
 WALKTHROUGH = Walkthrough(
@@ -92,6 +117,7 @@ FAMILY = Family(
     generates=True,
     decoding=Decoding(position_ids=True),
     checkpoints=CHECKPOINTS,
+    keras_hub=KERAS_HUB,
     walkthrough=WALKTHROUGH,
     base_preset="mixtral-8x7b",
 )
