@@ -27,6 +27,7 @@ DEFAULT_TIER = ("bert", "gpt2")  # the two cheapest conversions, an encoder and 
 # model -> what the TFLite converter finds no builtin (nor, in ai-edge-litert, flex) kernel for
 LITERT_REFUSES = {
     "llama": "'tf.Cos' on tensor<2x7x8xf64>",  # rotary angles in float64 (tf_impl.rotary): no float64 cos
+    "mixtral": "'tf.Cos' on tensor<2x7x8xf64>",  # a Llama: the same rotary table
 }
 
 
