@@ -15,6 +15,7 @@ import pytest
 from conformance.backends import FRAMEWORKS, backend, build, supports
 from conformance.compare.compiled import compiled_run, introduced, modes_of
 from conformance.compare.tolerance import TOLERANCES
+from conformance.spec import registry
 from conformance.spec.registry import CASES, case_id
 from conformance.suites.cases import case_data
 
@@ -23,8 +24,22 @@ MODES = modes_of([f for f in FRAMEWORKS if backend(f).compile_modes])
 APPROXIMATE = 2.0 ** -12  # relative error of an approximate reciprocal (rcpps) left unrefined
 
 
+# (framework, mode) -> a Config field value it cannot compile, and what was measured: declared, and the
+# declaration checked (`test_a_declared_miscompile_still_fails`: the day the compiler changes, it says so)
+MISCOMPILES = {
+    ("tf", "xla"): (("feed_forward", "moe"), "a mixture of experts' per-expert token lists (keras.ops.nonzero) "
+                                             "have data-dependent length: XLA's outputs are wrong (max abs 56)"),
+}
+
+
+def miscompiled(case, framework, mode) -> bool:
+    declared = MISCOMPILES.get((framework, mode))
+    return declared is not None and getattr(registry.get(case[0]).config(case[1]), declared[0][0]) == declared[0][1]
+
+
 def combos(cases):
-    return [(c, f, m) for c in cases for f, m in MODES if supports(f, c, "float32", "cpu") is None]
+    return [(c, f, m) for c in cases for f, m in MODES if supports(f, c, "float32", "cpu") is None
+            and not miscompiled(c, f, m)]
 
 
 def tiers():
@@ -118,3 +133,12 @@ def test_modes_of_names_the_modes_each_framework_has():
     with pytest.raises(ValueError, match=r"modes must name compile modes of frameworks \['tf'\], tf: "
                                          r"\['function', 'xla'\]; received modes=\['inductor'\]"):
         modes_of(["tf"], ["inductor"])
+
+
+@pytest.mark.parametrize("framework,mode", sorted(MISCOMPILES))
+def test_a_declared_miscompile_still_fails(framework, mode):
+    """What `MISCOMPILES` declares is measured, not assumed: the compiled forward of the smallest case with
+    that field fails the float32 row against the reference (while its eager forward passes the suite)."""
+    (field, value), _ = MISCOMPILES[(framework, mode)]
+    case = next(c for c in CASES if getattr(registry.get(c[0]).config(c[1]), field) == value)
+    assert not run_of(case, framework, mode).passed, f"{case_id(case)} now compiles under {framework} {mode}"

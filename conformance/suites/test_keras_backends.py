@@ -87,7 +87,13 @@ def test_keras_backend_gradients_match_reference(keras_runs, case, framework, dt
     assert all(r.passed for r in rows), failure_message(rows)
 
 
-@pytest.mark.parametrize("case,framework,dtype", _params({"keras-jax": ("float32",)}))
+# a mixture of experts finds each expert's tokens with keras.ops.nonzero, of data-dependent length: jax.jit
+# cannot trace it (checked below, so the day it can, the test says so)
+UNJITTABLE = [c for c in CASES if registry.get(c[0]).config(c[1]).feed_forward == "moe"]
+
+
+@pytest.mark.parametrize("case,framework,dtype", _params({"keras-jax": ("float32",)},
+                                                         [c for c in CASES if c not in UNJITTABLE]))
 def test_keras_jax_jit_matches_reference_and_eager(keras_runs, case, framework, dtype, request):
     """`jax.jit` of stateless_call against the reference under the float32 row; jitted and eager agree to
     float32 roundoff; with --full every module also runs jitted alone on its eager input."""
@@ -135,3 +141,11 @@ def test_keras_jax_float64_downcast_is_named_and_real(keras_runs):
     assert "keras/src/backend/jax/numpy.py" in run.note and "BIT64_TO_BIT32_DTYPE" in run.note
     exact = _run(keras_runs, ("linear", "default"), "keras-jax", "float64")
     assert exact.downcasts == [] and exact.passed and max(c.max_abs for c in exact.comparisons) < 1e-13
+
+
+@pytest.mark.parametrize("case,framework,dtype", _params({"keras-jax": ("float32",)}, UNJITTABLE[:1]))
+def test_a_mixture_of_experts_is_not_jittable_and_says_why(keras_runs, case, framework, dtype):
+    """Declared above (`UNJITTABLE`), and measured: jax.jit of a MoE stops at the data-dependent nonzero
+    with jax's own error, reported as the run's one line, while its eager run passes the suite."""
+    compiled = _run(keras_runs, case, framework, dtype).compiled
+    assert "ConcretizationTypeError" in compiled.get("error", ""), compiled
