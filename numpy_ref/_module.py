@@ -83,12 +83,14 @@ class Module:
     def param_shapes(self) -> dict[str, tuple]:
         return {name: tuple(p.shape) for name, p in self.named_parameters()}
 
-    def load_weights(self, weights: dict[str, np.ndarray], dtype="float64") -> "Module":
-        """Set every parameter from `weights` (already checked by `conformance.weights`)."""
+    def load_weights(self, weights: dict[str, np.ndarray], dtype="float64", partial: bool = False) -> "Module":
+        """Set every parameter from `weights` (already checked by `conformance.weights`), one at a time;
+        `partial`: only those `weights` names, the others stay declared `Param`s (using one is an error)."""
         for path, module in self.named_modules():
             for name in module._param_names:
                 key = f"{path}.{name}" if path else name
-                setattr(module, name, np.asarray(weights[key], dtype=dtype))
+                if not partial or key in weights:
+                    setattr(module, name, np.asarray(weights[key], dtype=dtype))
         return self
 
     def train(self, mode: bool = True) -> "Module":

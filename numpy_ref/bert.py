@@ -118,12 +118,17 @@ class Bert(Module):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         """input_ids, attention_mask (1 = attend), token_type_ids: (B, T)."""
         checks.token_inputs(checks.spec(input_ids), checks.spec(attention_mask), checks.spec(token_type_ids))
-        tap = trace.tap_for(self)
         if token_type_ids is None:
             token_type_ids = np.zeros_like(input_ids)
         h = self.embeddings(input_ids, token_type_ids)             # (B, T, D)
         for layer in self.encoder:
             h = layer(h, mask=attention_mask)                      # (B, T, D)
+        return self.head(h)
+
+    def head(self, h):
+        """After the last layer: the pooler and the task head. A streamed run calls it alone
+        (`conformance.report.stream`)."""
+        tap = trace.tap_for(self)
         out = {"last_hidden_state": h}
         if self.pooler is not None:
             out["pooled_output"] = tap("pooled", np.tanh(self.pooler(h[:, 0])))  # (B, D)

@@ -5,6 +5,7 @@ load and run use Keras alone, so the same backend runs tf_impl under another KER
 (`conformance.compare.keras_backends`)."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
@@ -28,33 +29,47 @@ DATA_MOVEMENT = {"Const", "Placeholder", "ReadVariableOp", "Reshape", "Transpose
                  "Fill", "ZerosLike", "OnesLike", "BroadcastTo"}  # ops that move data: no FLOPs to miss
 
 
+@contextlib.contextmanager
+def _plain_errors():
+    """Keras decorates an exception raised inside call() with argument info and ANSI codes; with
+    filtering off it passes the mirror's ValueError through word for word."""
+    config = keras.config
+    filtering = config.is_traceback_filtering_enabled()
+    config.disable_traceback_filtering()
+    try:
+        yield
+    finally:
+        if filtering:
+            config.enable_traceback_filtering()
+
+
 class TFBackend(Backend):
     name = "tf"
     package = "tf_impl"
     dtypes = tuple(d for d in DTYPES if d != "tf32")
     unsupported = {"tf32": "TF32 is a GPU mode and the tf framework runs on cpu only in this harness"}
 
-    def construct(self, entry, cfg, dtype, device):
-        return entry.implementation(self.package)(*entry.args(cfg), dtype=dtype)
+    def instantiate(self, cls, args, kwargs, dtype, device):
+        return getattr(importlib.import_module(self.package), cls)(*args, **kwargs, dtype=dtype)
 
-    def load(self, module, weights, dtype):
-        _layer.load_weights(module, weights)
+    def load(self, module, weights, dtype, partial=False):
+        _layer.load_weights(module, weights, partial)
 
     def inputs(self, inputs, dtype, device="cpu"):
         return {k: keras.ops.convert_to_tensor(cast_input(v, dtype)) for k, v in inputs.items()}
 
     def run(self, module, inputs, training, call=None):
         args, kwargs = call or ((), inputs)
-        # Keras decorates an exception raised inside call() with argument info and ANSI codes;
-        # with filtering off it passes the mirror's ValueError through word for word.
-        config = keras.config
-        filtering = config.is_traceback_filtering_enabled()
-        config.disable_traceback_filtering()
-        try:
+        with _plain_errors():
             return module(*args, **kwargs, training=training)
-        finally:
-            if filtering:
-                config.enable_traceback_filtering()
+
+    def run_method(self, module, method, call, training):
+        """A method is no Keras call: it takes no `training`, and the layers it calls run in inference mode."""
+        if training:
+            raise ValueError(f"the tf framework runs a model's {method} alone in inference only; "
+                             f"received training=True")
+        with _plain_errors():
+            return getattr(module, method)(*call[0], **call[1])
 
     def to_numpy(self, x):
         return keras.ops.convert_to_numpy(x)
@@ -147,9 +162,9 @@ class TFBackend(Backend):
         return {"counter": "tf.compat.v1.profiler float_operation (MatMul + BatchMatMul)", "total": int(total),
                 "matmul": matmul, "by_op_type": by_type, "missed_elements": missed}
 
-    def matmul_gflops(self, n, repeats):
+    def matmul_gflops(self, n, repeats, dtype="float32"):
         import tensorflow as tf
-        a, b = (tf.constant(np.random.default_rng(i).standard_normal((n, n), dtype=np.float32)) for i in range(2))
+        a, b = (tf.constant(np.random.default_rng(i).standard_normal((n, n)).astype(dtype)) for i in range(2))
         return 2 * n**3 / best_seconds(lambda: tf.linalg.matmul(a, b).numpy(), repeats) / 1e9
 
     def environment(self):

@@ -10,6 +10,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 from tabulate import tabulate
 
 from conformance import costs, weights
@@ -21,7 +22,8 @@ from numpy_ref.embeddings import sinusoidal_encoding
 SCHEMA = 1
 
 
-def record(preset, cfg, w, inputs, env, runs, costs: dict | None = None) -> dict:
+def record(preset, cfg, w, inputs, env, runs, costs: dict | None = None, canonical: int | None = None) -> dict:
+    """`canonical`: the parameters the weights hold, where `w` is not a dict of them (a streamed run)."""
     return {
         "costs": costs,
         "schema": SCHEMA,
@@ -29,8 +31,8 @@ def record(preset, cfg, w, inputs, env, runs, costs: dict | None = None) -> dict
         "config": cfg.to_dict(),
         "environment": env,
         "inputs": {k: list(v.shape) for k, v in inputs.items()},
-        "parameters": {"canonical": weights.count(w),
-                       "declared": sum(int(__import__("numpy").prod(s)) for s in registry.param_shapes(cfg).values()),
+        "parameters": {"canonical": weights.count(w) if canonical is None else canonical,
+                       "declared": sum(int(np.prod(s)) for s in registry.param_shapes(cfg).values()),
                        **{r.framework: r.params for r in runs}},
         "runs": [{
             "framework": r.framework, "dtype": r.dtype, "passed": r.passed,
@@ -76,6 +78,9 @@ def markdown(rec: dict) -> str:
         lines += [train_report.markdown(rec["train"]), ""]
     if rec.get("onnx"):
         lines += [onnx.markdown(rec["onnx"]), ""]
+    if rec.get("stream"):
+        from conformance.report import stream
+        lines += [stream.markdown(rec["stream"]), ""]
     lines += ["## Tolerance table", "",
               tabulate([(k, t["atol"], t["rtol"], t["scale_rtol"], t["reason"]) for k, t in rec["tolerances"].items()],
                        ["dtype", "atol", "rtol", "scale_rtol (x max |ref|)", "why"], tablefmt="github"), ""]
@@ -164,11 +169,12 @@ def html_page(rec: dict, md: str, figures: dict[str, str] | None = None) -> str:
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 
-def write(rec: dict, out_dir, figures: dict[str, str] | None = None) -> list[Path]:
+def write(rec: dict, out_dir, figures: dict[str, str] | None = None, name: str | None = None) -> list[Path]:
+    """`name`: the files' stem (default: the preset; a streamed run's is PRESET-stream)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = markdown(rec)
-    paths = [out_dir / f"{rec['preset']}.{ext}" for ext in ("md", "json", "html")]
+    paths = [out_dir / f"{name or rec['preset']}.{ext}" for ext in ("md", "json", "html")]
     paths[0].write_text(md)
     paths[1].write_text(json.dumps(rec, indent=1, sort_keys=True, default=float))
     paths[2].write_text(html_page(rec, md, figures))
