@@ -261,6 +261,7 @@ def _report_streamed(args, cfg, source, runs, budget) -> int:
     p = stream.plan(args.preset, cfg, source, inputs, runs, args.out, budget, name=name)
     print(f"streaming {args.preset} ({cfg.num_layers} layers, policy {'keep' if p.keep else 'drop'}, head in "
           f"{-(-cfg.vocab_size // p.chunk)} chunk(s)); state in {p.state}", file=sys.stderr)
+    load_at_start = round(os.getloadavg()[0], 2)  # the machine is shared: timings under load are not comparable
     rates = stream.matmul_rates(runs)
     with tqdm(total=2 * cfg.num_layers + 2, desc="embeddings", file=sys.stderr, leave=False, disable=None) as bar:
         def progress(label):
@@ -270,7 +271,7 @@ def _report_streamed(args, cfg, source, runs, budget) -> int:
     depth = presets.get(args.preset).num_layers if args.preset in presets.names() else cfg.num_layers
     sec["cost_model"] = stream.cost_model(sec, cfg, args.batch, args.seq_len, rates, depth)
     env = runner.environment(args.seed, stream.fingerprint(source), source.description, args.frameworks)
-    env["load_average_at_end"] = round(os.getloadavg()[0], 2)
+    env.update(load_average_at_start=load_at_start, load_average_at_end=round(os.getloadavg()[0], 2))
     section = costs.costs(cfg, args.batch, args.seq_len, args.frameworks, measure=False)
     rec = stream.record(p, env, section)
     rec["stream"] = sec

@@ -36,9 +36,9 @@ def threads_env(threads: int) -> dict:
 
 
 @contextlib.contextmanager
-def executor(workers: int | None = None, cluster: str | None = None):
-    """A Dask client on `workers` local worker processes or at the scheduler `cluster`; None for neither
-    (the jobs then run in this process)."""
+def executor(workers: int | None = None, cluster: str | None = None, timeout: float = CONNECT_SECONDS):
+    """A Dask client on `workers` local worker processes or at the scheduler `cluster` (answering within
+    `timeout` seconds); None for neither (the jobs then run in this process)."""
     if workers is None and cluster is None:
         yield None
         return
@@ -49,9 +49,9 @@ def executor(workers: int | None = None, cluster: str | None = None):
     try:
         if cluster is not None:
             try:
-                client = Client(cluster, timeout=f"{CONNECT_SECONDS}s")
+                client = Client(cluster, timeout=f"{timeout}s")
             except (OSError, TimeoutError, ValueError) as e:
-                raise ValueError(f"--cluster {cluster}: no Dask scheduler answered within {CONNECT_SECONDS} s "
+                raise ValueError(f"--cluster {cluster}: no Dask scheduler answered within {timeout:g} s "
                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no reply'}); start "
                                  f"one with `dask scheduler` and workers with `dask worker ADDRESS`") from None
         else:

@@ -419,8 +419,8 @@ def head_stage(p: Plan, parts: Parts, h: dict) -> dict:
         wall = time.perf_counter() - t0
     offsets = [a for a, _ in bounds]
 
-    def put_together(name, pieces, dtype):
-        return merge(name, pieces, TOLERANCES[dtype], offsets) if name.split(".")[-1] in stack.logits else pieces[0]
+    def put_together(name, pieces, dtype, key=None):
+        return merge(name, pieces, TOLERANCES[dtype], offsets) if (key or name) in stack.logits else pieces[0]
 
     result = {"ops": {}, "outputs": {}, "chained": {}, "replayed": {}, "chunks": len(bounds), "chunk_rows": p.chunk,
               "seconds": seconds, "allocator": peaks, "wall": wall, "rss_start": peak.start, "rss_peak": peak.peak}
@@ -428,7 +428,7 @@ def head_stage(p: Plan, parts: Parts, h: dict) -> dict:
         merged = [put_together(n, pieces, dtype) for n, pieces in ops[label].items()]
         result["ops"][label] = _ops(merged)
         for mode in ("chained", "replayed"):
-            comparisons = [put_together(pieces[0].name, pieces, dtype) for pieces in outs[(mode, label)].values()]
+            comparisons = [put_together(pieces[0].name, pieces, dtype, key) for key, pieces in outs[(mode, label)].items()]
             result[mode][label] = {"outputs": {c.name.split(".", 1)[1]: [c.max_abs, c.max_rel, c.passed]
                                                for c in sorted(comparisons, key=lambda c: c.name)},
                                    "passed": all(c.passed for c in comparisons)}
@@ -530,7 +530,7 @@ def run(p: Plan, workers: int | None = None, cluster: str | None = None, progres
     with fanout.executor(workers, cluster) as client:
         fan["warm_up"] = fanout.warm(client, [REFERENCE[0], *[f for f, _ in p.runs]])
         t0 = time.perf_counter()
-        jobs = (replay_job(p, i, boundary[i], boundary[i + 1]) for i in todo)
+        jobs = [replay_job(p, i, boundary[i], boundary[i + 1]) for i in todo]
         for done, result in enumerate(fanout.map_jobs(client, replay_layer, jobs)):
             _write(state / f"replay-{result['layer']:05d}.json", json.dumps(result, default=float))
             say(f"layer {done + 1}/{len(todo)} replayed")
@@ -621,8 +621,8 @@ def layer_flops(cfg: Config, batch: int, seq_len: int, i: int = 0) -> int:
 
 def matmul_rates(runs: list, n: int = 1024, repeats: int = 3) -> dict:
     """GFLOP/s of an (n, n) matmul in each run's framework and compute dtype (float64 for the reference)."""
-    return {f"{f} {d}": backend(f).matmul_gflops(n, repeats, "float64" if d == "float64" else "float32")
-            for f, d in [REFERENCE, *runs]}
+    return {("reference" if (f, d) == REFERENCE else f"{f} {d}"):
+            backend(f).matmul_gflops(n, repeats, "float64" if d == "float64" else "float32") for f, d in [REFERENCE, *runs]}
 
 
 def cost_model(sec: dict, cfg: Config, batch: int, seq_len: int, rates: dict, depth: int | None = None) -> dict:

@@ -401,7 +401,7 @@ STACK = Stack(
     rows={"embeddings.token.table": "input_ids"},
     vocabulary={"embeddings.token.table": 0, "lm_head.kernel": 1},
     head_reads=lambda cfg: ("embeddings.token.table",) if cfg.tie_embeddings else (),
-    logits=("uncapped_logits", "logits"),
+    logits=("lm_head.output", "uncapped_logits", "logits"),
 )
 
 FAMILY = Family(
