@@ -494,7 +494,6 @@ def run(p: Plan, workers: int | None = None, cluster: str | None = None, progres
     parts = _WORKER_PARTS.setdefault(p.keep, Parts(p.keep))  # this process's: replay in-process reuses them
     wall = {}
     resumed = []
-    t0 = time.perf_counter()
     say("embeddings")
     embeddings = _read(state / "embeddings.json")
     if embeddings is None:
@@ -506,8 +505,7 @@ def run(p: Plan, workers: int | None = None, cluster: str | None = None, progres
         resumed.append("embeddings")
     boundary = [h["reference"]]
     layers = []
-    wall["embeddings"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    wall["embeddings"] = embeddings["wall"]
     for i in range(L):
         say(f"layer {i + 1}/{L} chained")
         name = state / f"chain-{i:05d}"
@@ -521,7 +519,7 @@ def run(p: Plan, workers: int | None = None, cluster: str | None = None, progres
             resumed.append(f"layer {i} chained")
         boundary.append(h["reference"])
         layers.append(result)
-    wall["chain"] = time.perf_counter() - t0
+    wall["chain"] = sum(r["wall"] for r in layers)  # each layer's own time, also when read back
     if workers is not None or cluster is not None:
         parts.clear()  # the workers build their own
     todo = [i for i in range(L) if not (state / f"replay-{i:05d}.json").is_file()]
@@ -536,9 +534,10 @@ def run(p: Plan, workers: int | None = None, cluster: str | None = None, progres
             say(f"layer {done + 1}/{len(todo)} replayed")
         wall["replay"] = fan["replay_seconds"] = time.perf_counter() - t0
     replays = [_read(state / f"replay-{i:05d}.json") for i in range(L)]
+    if todo != list(range(L)):  # some jobs ran before: their own time, not this run's
+        wall["replay"] = sum(r["wall"] for r in replays)
     parts.clear()
     say("head")
-    t0 = time.perf_counter()
     head = _read(state / "head.json")
     if head is None:
         head = head_stage(p, parts, h)
@@ -546,7 +545,7 @@ def run(p: Plan, workers: int | None = None, cluster: str | None = None, progres
     else:
         resumed.append("head")
     parts.clear()
-    wall["head"] = time.perf_counter() - t0
+    wall["head"] = head["wall"]
     return section(p, embeddings, layers, replays, head, wall, fan, resumed)
 
 
@@ -608,6 +607,7 @@ def record(p: Plan, env: dict, costs_section: dict | None = None) -> dict:
     rec = write.record(p.preset, p.cfg, None, p.inputs, env, runs, costs_section,
                        canonical=sum(int(np.prod(s)) for s in p.source.shapes.values()))
     rec["parameters"] = {k: v for k, v in rec["parameters"].items() if k in ("canonical", "declared")}
+    rec["name"] = p.name
     return rec
 
 
