@@ -251,7 +251,7 @@ def _labelled(arrays: dict) -> dict:
 class Parts:
     """Each framework's module of the part at hand. With `keep`, a layer's module is built once per
     framework, dtype and layer options, and every later layer's weights are loaded into it; without,
-    each is built for its layer and dropped after (`done`)."""
+    each is built for its layer and let go after (`release`)."""
 
     def __init__(self, keep: bool):
         self.keep, self.cache = keep, {}
@@ -279,9 +279,9 @@ class Parts:
         b.load(built.module, weights, dtype, partial=True)
         return built
 
-    def done(self, built=None):
+    def release(self):
+        """After a part's module is let go: without `keep`, its memory is handed back before the next is built."""
         if not self.keep:
-            del built
             gc.collect()
 
     def clear(self):
@@ -306,12 +306,15 @@ def _prefixed(records: dict, prefix: str) -> dict:
     return {prefix + k: v for k, v in records.items()}
 
 
-def _run_part(framework, dtype, make, call) -> tuple:
-    """Build and load with `make()`, run `call(built)`: ((output, records), seconds, peaks)."""
+def _run_part(parts: Parts, framework: str, make, call) -> tuple:
+    """Build and load with `make()`, run `call(built)`: (its result, {load, forward} seconds, allocator peaks).
+    The module is let go before this returns (kept only in `parts`' cache, under `keep`)."""
     built, load_seconds, load_peaks = _measured(framework, make)
-    (out, records), forward_seconds, run_peaks = _measured(framework, lambda: call(built))
+    result, forward_seconds, run_peaks = _measured(framework, lambda: call(built))
+    del built
+    parts.release()
     peaks = {k: max(load_peaks.get(k, 0), v) for k, v in run_peaks.items()}
-    return built, out, records, {"load": load_seconds, "forward": forward_seconds}, peaks
+    return result, {"load": load_seconds, "forward": forward_seconds}, peaks
 
 
 # ------------------------------------------------------------------------------ stages
@@ -346,16 +349,14 @@ def _stage(p: Plan, parts: Parts, make, call, h: dict, prefix: str) -> tuple[dic
     outputs = {}
     with RSSPeak() as peak:
         t0 = time.perf_counter()
-        built, out, ref_records, seconds, peaks = _run_part(*REFERENCE, lambda: make(*REFERENCE),
-                                                            lambda b: call(b, h.get("reference")))
-        parts.done(built)
+        (out, ref_records), seconds, peaks = _run_part(parts, REFERENCE[0], lambda: make(*REFERENCE),
+                                                       lambda b: call(b, h.get("reference")))
         ref_records = _prefixed(ref_records, prefix)
         outputs["reference"] = out
         result["seconds"]["reference"], result["allocator"]["reference"] = seconds, peaks
         for (framework, dtype), label in zip(p.runs, p.labels):
-            built, out, records, seconds, peaks = _run_part(framework, dtype, lambda: make(framework, dtype),
-                                                            lambda b: call(b, h.get(label)))
-            parts.done(built)
+            (out, records), seconds, peaks = _run_part(parts, framework, lambda: make(framework, dtype),
+                                                       lambda b: call(b, h.get(label)))
             ops = compare_traces(ref_records, _prefixed(records, prefix), dtype)
             output = compare(f"{prefix}output", out, outputs["reference"], TOLERANCES[dtype])
             first = next((c.name for c in ops if not c.passed), None)
@@ -393,11 +394,13 @@ def head_stage(p: Plan, parts: Parts, h: dict) -> dict:
             part_cfg = cfg.replace(num_layers=0, layer_types=(), vocab_size=(b - a) if chunked else 1)
             ref = {}
             for (framework, dtype), label in [(REFERENCE, "reference"), *zip(p.runs, p.labels)]:
-                built, out, records, s, pk = _run_part(
-                    framework, dtype, lambda: parts.model(framework, dtype, part_cfg, weights),
-                    lambda bt: bt.trace_call((h[label],), method="head"))
-                replayed = built.trace_call((h["reference"],), method="head")[0] if label != "reference" else None
-                parts.done(built)
+                def both(bt, label=label):  # chained: its own last hidden state; replayed: the reference's
+                    out, records = bt.trace_call((h[label],), method="head")
+                    return out, records, bt.trace_call((h["reference"],), method="head")[0] if label != "reference" \
+                        else None
+
+                (out, records, replayed), s, pk = _run_part(
+                    parts, framework, lambda: parts.model(framework, dtype, part_cfg, weights), both)
                 seconds.setdefault(label, {"load": 0.0, "forward": 0.0})
                 for k in s:
                     seconds[label][k] += s[k]
@@ -471,13 +474,11 @@ def replay_layer(job: dict) -> dict:
         t0 = time.perf_counter()
         for framework, dtype in job["runs"]:
             label = f"{framework} {dtype}"
-            built, load, peaks_load = _measured(framework, lambda: parts.layer(framework, dtype, cfg, stack, i, weights))
-            out, forward, peaks_run = _measured(framework, lambda: built.replay("", [job["h_in"]], job["kwargs"]))
-            parts.done(built)
+            out, seconds, peaks = _run_part(parts, framework, lambda: parts.layer(framework, dtype, cfg, stack, i, weights),
+                                            lambda built: built.replay("", [job["h_in"]], job["kwargs"]))
             c = compare(f"{prefix}output", out, job["h_out"], TOLERANCES[dtype])
             result["replayed"][label] = {"max_abs": c.max_abs, "max_rel": c.max_rel, "passed": c.passed}
-            result["seconds"][label] = {"load": load, "forward": forward}
-            result["allocator"][label] = {k: max(peaks_load.get(k, 0), v) for k, v in peaks_run.items()}
+            result["seconds"][label], result["allocator"][label] = seconds, peaks
         result["wall"] = time.perf_counter() - t0
     result["rss_start"], result["rss_peak"] = peak.start, peak.peak
     return result

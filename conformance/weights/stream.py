@@ -134,7 +134,8 @@ class Initialized(Source):
             if cursor is None or start < cursor.start:  # a stream only goes forward: start it again
                 cursor = self._cursors[name] = _Cursor(self._stream(name))
             return cursor.take(start, stop)
-        return np.concatenate([b[:, start:stop] for b in self._stream(name)], axis=0)
+        # copies, not views: each block is let go as soon as its columns are out
+        return np.concatenate([b[:, start:stop].copy() for b in self._stream(name)], axis=0)
 
     def rows(self, name, index):
         index = np.asarray(index)
