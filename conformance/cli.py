@@ -273,7 +273,7 @@ def _report_streamed(args, cfg, source, runs, budget) -> int:
     env = runner.environment(args.seed, stream.fingerprint(source), source.description, args.frameworks)
     env.update(load_average_at_start=load_at_start, load_average_at_end=round(os.getloadavg()[0], 2))
     section = costs.costs(cfg, args.batch, args.seq_len, args.frameworks, measure=False)
-    rec = stream.record(p, env, section)
+    rec = report.stream_record(p, env, section)
     rec["stream"] = sec
     titles = {"flops": "FLOPs against sequence length and batch", "memory": "Memory against sequence length and batch"}
     paths = report.write(rec, args.out, {titles.get(k, k): png for k, png in costs.plots(section).items()}, name=name)

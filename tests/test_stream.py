@@ -21,7 +21,7 @@ from safetensors.numpy import load_file, save_file
 
 from conformance import weights
 from conformance.core.config import Config
-from conformance.report import fanout, runner, stream
+from conformance.report import fanout, runner, stream, write
 from conformance.spec import presets, registry
 from conformance.weights import canonical
 from conformance.weights import stream as sources
@@ -36,7 +36,7 @@ def streamed(cfg, tmp_path, runs=RUNS, batch=2, seq_len=8, preset="tiny", **opti
     if "chunk" in options:
         p.chunk = options.pop("chunk")
     sec = stream.run(p, **options)
-    return p, sec, stream.record(p, {})
+    return p, sec, write.stream_record(p, {})
 
 
 def whole(cfg, runs=RUNS, batch=2, seq_len=8):
@@ -217,7 +217,7 @@ def test_a_checkpoint_directory_streams_tensor_by_tensor(tmp_path):
     p = stream.plan("llama-tiny", hf_cfg, source, inputs, [("torch", "float32")], tmp_path / "out")
     stream.run(p)
     _, _, initialized = streamed(cfg, tmp_path / "init", [("torch", "float32")])
-    assert per_op_streamed(stream.record(p, {})) == per_op_streamed(initialized)
+    assert per_op_streamed(write.stream_record(p, {})) == per_op_streamed(initialized)
 
 
 def test_a_missing_layer_tensor_is_named_with_its_layer(tmp_path):

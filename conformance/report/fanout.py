@@ -32,7 +32,7 @@ def threads_env(threads: int) -> dict:
     """The environment that sizes every thread pool a worker's frameworks start to `threads`."""
     return {**{k: str(threads) for k in THREAD_VARIABLES}, "TF_NUM_INTEROP_THREADS": "1",
             "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow"),
-            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+            "PYTHONPATH": os.pathsep.join(dict.fromkeys(os.path.abspath(p or ".") for p in sys.path))}  # this code
 
 
 @contextlib.contextmanager

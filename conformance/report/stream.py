@@ -128,7 +128,8 @@ def stack_of(cfg: Config) -> Stack:
     family = families.FAMILIES.get(cfg.kind)
     if family is None or family.stack is None:
         have = [f.name for f in families.FAMILIES.values() if f.stack is not None]
-        raise ValueError(f"a streamed run takes a model family that declares its Stack {have}; received kind={cfg.kind!r}")
+        raise ValueError(f"a streamed run takes a model family that declares its Stack {have}; "
+                         f"received kind={cfg.kind!r}")
     return family.stack
 
 
@@ -203,7 +204,8 @@ def plan(preset: str, cfg: Config, source: Source, inputs: dict, runs: list, out
     chunks = -(-cfg.vocab_size // max(1, est["layer_parameters"] // per_row)) if per_row else 1
     chunk = -(-cfg.vocab_size // chunks)  # balanced: every chunk the same size but the last
     ident = {"preset": preset, "config": cfg.to_dict(), "weights": source.identity(), "runs": runs,
-             "inputs": {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16] for k, v in inputs.items()},
+             "inputs": {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16]
+                        for k, v in inputs.items()},
              "chunk": chunk}
     key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
     name = name or f"{preset}-stream"
@@ -431,7 +433,8 @@ def head_stage(p: Plan, parts: Parts, h: dict) -> dict:
         merged = [put_together(n, pieces, dtype) for n, pieces in ops[label].items()]
         result["ops"][label] = _ops(merged)
         for mode in ("chained", "replayed"):
-            comparisons = [put_together(pieces[0].name, pieces, dtype, key) for key, pieces in outs[(mode, label)].items()]
+            comparisons = [put_together(pieces[0].name, pieces, dtype, key)
+                           for key, pieces in outs[(mode, label)].items()]
             result[mode][label] = {"outputs": {c.name.split(".", 1)[1]: [c.max_abs, c.max_rel, c.passed]
                                                for c in sorted(comparisons, key=lambda c: c.name)},
                                    "passed": all(c.passed for c in comparisons)}
@@ -474,7 +477,8 @@ def replay_layer(job: dict) -> dict:
         t0 = time.perf_counter()
         for framework, dtype in job["runs"]:
             label = f"{framework} {dtype}"
-            out, seconds, peaks = _run_part(parts, framework, lambda: parts.layer(framework, dtype, cfg, stack, i, weights),
+            out, seconds, peaks = _run_part(parts, framework,
+                                            lambda: parts.layer(framework, dtype, cfg, stack, i, weights),
                                             lambda built: built.replay("", [job["h_in"]], job["kwargs"]))
             c = compare(f"{prefix}output", out, job["h_out"], TOLERANCES[dtype])
             result["replayed"][label] = {"max_abs": c.max_abs, "max_rel": c.max_rel, "passed": c.passed}
@@ -593,23 +597,18 @@ def runs_of(p: Plan, embeddings_ops: dict, layers_ops: list, head: dict):
     return out
 
 
-def record(p: Plan, env: dict, costs_section: dict | None = None) -> dict:
-    """The report's record (`write.record`'s keys, so every view of a whole-model report reads it) with the
-    `stream` section; the per-op lists come back from the state directory."""
-    from conformance.report import write
+def runs(p: Plan) -> list:
+    """The whole-model report's `Run`s, read back from the state directory: every op in execution order, the
+    head's outputs, each framework's forward and load seconds summed over the parts."""
     state = p.state
     embeddings = _read(state / "embeddings.json")
     layers = [_read(state / f"chain-{i:05d}.json") for i in range(p.cfg.num_layers)]
     head = _read(state / "head.json")
-    runs = runs_of(p, embeddings["ops"], [r["ops"] for r in layers], head)
-    for r, label in zip(runs, p.labels):
+    out = runs_of(p, embeddings["ops"], [r["ops"] for r in layers], head)
+    for r, label in zip(out, p.labels):
         r.seconds = sum(s["seconds"][label]["forward"] for s in (embeddings, *layers, head))
         r.build_seconds = sum(s["seconds"][label]["load"] for s in (embeddings, *layers, head))
-    rec = write.record(p.preset, p.cfg, None, p.inputs, env, runs, costs_section,
-                       canonical=sum(int(np.prod(s)) for s in p.source.shapes.values()))
-    rec["parameters"] = {k: v for k, v in rec["parameters"].items() if k in ("canonical", "declared")}
-    rec["name"] = p.name
-    return rec
+    return out
 
 
 # ------------------------------------------------------------------------------ cost model
@@ -623,7 +622,8 @@ def layer_flops(cfg: Config, batch: int, seq_len: int, i: int = 0) -> int:
 def matmul_rates(runs: list, n: int = 1024, repeats: int = 3) -> dict:
     """GFLOP/s of an (n, n) matmul in each run's framework and compute dtype (float64 for the reference)."""
     return {("reference" if (f, d) == REFERENCE else f"{f} {d}"):
-            backend(f).matmul_gflops(n, repeats, "float64" if d == "float64" else "float32") for f, d in [REFERENCE, *runs]}
+            backend(f).matmul_gflops(n, repeats, "float64" if d == "float64" else "float32")
+            for f, d in [REFERENCE, *runs]}
 
 
 def cost_model(sec: dict, cfg: Config, batch: int, seq_len: int, rates: dict, depth: int | None = None) -> dict:
@@ -642,14 +642,22 @@ def cost_model(sec: dict, cfg: Config, batch: int, seq_len: int, rates: dict, de
     replay = float(np.median([r["replay_wall"] for r in layers]))
     depth = depth or cfg.num_layers
     fixed = sec["wall"]["embeddings"] + sec["wall"]["head"]
+    check = None
+    if len(sec["layers"]) > 4:  # the projection from a few layers, against this run's own depth
+        few = sec["layers"][1:4]
+        per_layer = float(np.median([r["wall"] for r in few]) + np.median([r["replay_wall"] for r in few]))
+        measured = fixed + sum(r["wall"] + r["replay_wall"] for r in sec["layers"])
+        check = {"from_layers": [r["layer"] for r in few], "layers": len(sec["layers"]),
+                 "projected_seconds": fixed + len(sec["layers"]) * per_layer, "measured_seconds": measured}
     return {"layer_flops": fl, "per_framework": per, "layer_chain_seconds": chain, "layer_replay_seconds": replay,
             "layer_parameters": sec["estimate"]["layer_parameters"], "depth": depth,
             "projected_seconds": fixed + depth * (chain + replay),
             "projected_chain_seconds": fixed + depth * chain, "projected_replay_worker_seconds": depth * replay,
-            "measured_seconds": sec["wall"]["total"], "estimated_peak": p_estimate(sec), "measured_peak": sec["peak_rss"]}
+            "measured_seconds": sec["wall"]["total"], "estimated_peak": _estimated_peak(sec),
+            "measured_peak": sec["peak_rss"], "projection_check": check}
 
 
-def p_estimate(sec: dict) -> int:
+def _estimated_peak(sec: dict) -> int:
     return sec["baseline_rss"] + sec["estimate"]["keep" if sec["policy"] == "keep" else "drop"]
 
 
@@ -672,16 +680,20 @@ def markdown(sec: dict) -> str:
     labels = list(sec["layers"][0]["chained"]) if sec["layers"] else []
     g = lambda b: f"{b / GiB:.2f}"  # noqa: E731
     est = sec["estimate"]
+    fan = sec["fanout"]
+    where = (f"{fan['workers']} local worker processes" if fan["workers"] else
+             f"the cluster at {fan['cluster']}" if fan["cluster"] else "this process")
     lines = ["## Streamed run: one layer at a time", "",
              f"Policy **{sec['policy']}** (each framework's layer module "
-             + ("kept and reloaded layer after layer" if sec["policy"] == "keep" else "built and dropped for every layer")
+             + ("kept and reloaded layer after layer" if sec["policy"] == "keep"
+                else "built and dropped for every layer")
              + f"), memory budget {g(sec['budget'])} GiB; the head in {sec['chunks']} chunk(s) of "
              f"{sec['chunk_rows']:,} vocabulary rows. Resident before the run (interpreter, libraries): "
              f"{g(sec['baseline_rss'])} GiB.", "",
              "| measure | GiB |", "|---|---|",
              f"| peak resident set of the run | {g(sec['peak_rss'])} |",
              f"| ... over the resident set before it | {g(sec['peak_over_baseline'])} |",
-             f"| peak resident set of a replay job ({'its worker' if sec['fanout']['workers'] or sec['fanout']['cluster'] else 'this process'}) | {g(sec['replay_peak_rss'])} |",
+             f"| peak resident set of a replay job ({where}) | {g(sec['replay_peak_rss'])} |",
              f"| estimated need ({sec['policy']}, over the baseline) | {g(est[sec['policy']])} |",
              f"| bound: 1.5 x one layer in every framework + activations | {g(sec['memory_bound'])} |",
              f"| whole-model estimate | {g(est['whole'])} |", "",
@@ -699,7 +711,8 @@ def markdown(sec: dict) -> str:
               "load (build or reuse, and load the weights) + forward, chained pass; resident-set peak of the "
               "chained pass.", "",
               "| layer | " + " | ".join(f"{label} chained (output) | {label} replayed" for label in labels)
-              + " | " + " | ".join(f"{label} s" for label in ["reference", *labels]) + " | wall s | replay s | RSS GiB |",
+              + " | " + " | ".join(f"{label} s" for label in ["reference", *labels])
+              + " | wall s | replay s | RSS GiB |",
               "|" + "---|" * (1 + 2 * len(labels) + len(labels) + 1 + 3)]
     for r in sec["layers"]:
         cells = []
@@ -707,7 +720,8 @@ def markdown(sec: dict) -> str:
             c, rp = r["chained"][label], r["replayed"][label]
             cells += [f"{c['max_abs']:.2e} ({c['output_max_abs']:.2e}){'' if c['passed'] else ' FAIL'}",
                       f"{rp['max_abs']:.2e}{'' if rp['passed'] else ' FAIL'}"]
-        secs = [f"{r['seconds'][label]['load']:.1f} + {r['seconds'][label]['forward']:.2f}" for label in ["reference", *labels]]
+        secs = [f"{r['seconds'][label]['load']:.1f} + {r['seconds'][label]['forward']:.2f}"
+                for label in ["reference", *labels]]
         lines.append(f"| {r['layer']} | " + " | ".join(cells + secs)
                      + f" | {r['wall']:.1f} | {r['replay_wall']:.1f} | {g(r['rss_peak'])} |")
     head = sec["head"]
@@ -721,23 +735,32 @@ def markdown(sec: dict) -> str:
                 f"{a:.2e}{'' if ok else ' FAIL'}" for a, _, ok in outs.values()) + " |")
     allocs = [(stage, label, k, v) for stage, s in (("embeddings", sec["embeddings"]), ("head", head))
               for label, peaks in s["allocator"].items() for k, v in peaks.items()]
+    first_layer = sec["layers"][0]["allocator"] if sec["layers"] else {}
     allocs += [("largest layer", label, k, max(r["allocator"][label].get(k, 0) for r in sec["layers"]))
-               for label in ["reference", *labels] for k in (sec["layers"][0]["allocator"].get(label, {}) if sec["layers"] else {})]
+               for label in ["reference", *labels] for k in first_layer.get(label, {})]
     lines += ["", "### Allocator peaks", "",
               "Each framework's own allocator record over its part (NumPy: tracemalloc; torch: the CPU allocator's "
               "events in torch.profiler; TensorFlow keeps no CPU allocator statistics: its memory is in the resident "
               "set only).", "", "| part | framework | measure | GiB |", "|---|---|---|---|"]
     lines += [f"| {stage} | {label} | {k} | {g(v)} |" for stage, label, k, v in allocs]
-    w, fan = sec["wall"], sec["fanout"]
-    where = (f"{fan['workers']} local worker processes" if fan["workers"] else
-             f"the cluster at {fan['cluster']}" if fan["cluster"] else "this process")
+    w = sec["wall"]
     lines += ["", "### Wall time", "",
               "| phase | seconds |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in w.items()]
-    lines += ["", f"Replay jobs ({fan['jobs']} run now) on {where}."
-              + (f" Resumed from an earlier run: {', '.join(sec['resumed'])}." if sec["resumed"] else "")]
+    lines += ["", f"Replay jobs ({fan['jobs']} run by this invocation) on {where}." + _resumed(sec["resumed"])]
     if sec.get("cost_model"):
         lines += ["", cost_markdown(sec["cost_model"])]
     return "\n".join(lines)
+
+
+def _resumed(resumed: list) -> str:
+    if not resumed:
+        return ""
+    chained = sum(r.endswith(" chained") for r in resumed)
+    replayed = sum(r.endswith(" replayed") for r in resumed)
+    parts = (["the embeddings"] * ("embeddings" in resumed) + [f"{chained} chained layers"] * bool(chained)
+             + [f"{replayed} replayed layers"] * bool(replayed) + ["the head"] * ("head" in resumed))
+    return (f" Read back from an earlier run with the same arguments (their times are that run's): "
+            f"{', '.join(parts)}.")
 
 
 def _layer_name(i) -> str:
@@ -755,13 +778,19 @@ def cost_markdown(cm: dict) -> str:
               f"{v['forward_over_bound']:.2f} | {v['load_seconds']:.2f} |" for k, v in cm["per_framework"].items()]
     lines += ["", f"A layer's wall time: {cm['layer_chain_seconds']:.1f} s chained, {cm['layer_replay_seconds']:.1f} s "
               f"replayed. Projected to {cm['depth']} layers (embeddings and head once, every layer chained and "
-              f"replayed on one worker): {cm['projected_seconds'] / 60:.1f} min, of which {cm['projected_chain_seconds'] / 60:.1f} "
-              f"min chained (one worker, in order) and {cm['projected_replay_worker_seconds'] / 60:.1f} worker-minutes "
-              f"of replay (any number of workers); measured for this run: {cm['measured_seconds'] / 60:.1f} min. "
+              f"replayed on one worker): {cm['projected_seconds'] / 60:.1f} min, of which "
+              f"{cm['projected_chain_seconds'] / 60:.1f} min chained (one worker, in order) and "
+              f"{cm['projected_replay_worker_seconds'] / 60:.1f} worker-minutes of replay (any number of workers); measured for this run: {cm['measured_seconds'] / 60:.1f} min. "
               f"Peak memory does not grow with depth: estimated {cm['estimated_peak'] / GiB:.2f} GiB, measured "
               f"{cm['measured_peak'] / GiB:.2f} GiB."]
+    check = cm.get("projection_check")
+    if check:
+        ratio = check["measured_seconds"] / check["projected_seconds"]
+        lines += ["", f"The projection checked on this run: from layers {check['from_layers']} alone, "
+                  f"{check['layers']} layers were projected at {check['projected_seconds'] / 60:.1f} min of parts; "
+                  f"they took {check['measured_seconds'] / 60:.1f} min ({ratio:.2f}x)."]
     for name, wh in cm.get("worker_hours", {}).items():
-        lines.append(f"- {name}: {wh['layers']} layers of {wh['layer_parameters']:,} parameters ({wh['scale']:.1f}x this "
-                     f"run's): {wh['chain_hours']:.2f} h chained + {wh['replay_worker_hours']:.2f} worker-hours "
+        lines.append(f"- {name}: {wh['layers']} layers of {wh['layer_parameters']:,} parameters "
+                     f"({wh['scale']:.1f}x this run's): {wh['chain_hours']:.2f} h chained + {wh['replay_worker_hours']:.2f} worker-hours "
                      f"replayed = {wh['worker_hours']:.2f} worker-hours")
     return "\n".join(lines)

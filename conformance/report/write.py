@@ -15,7 +15,7 @@ from tabulate import tabulate
 
 from conformance import costs, weights
 from conformance.compare.tolerance import TOLERANCES
-from conformance.report import onnx, training as train_report
+from conformance.report import onnx, stream, training as train_report
 from conformance.spec import registry
 from numpy_ref.embeddings import sinusoidal_encoding
 
@@ -45,6 +45,16 @@ def record(preset, cfg, w, inputs, env, runs, costs: dict | None = None, canonic
         "tolerances": {k: {"atol": t.atol, "rtol": t.rtol, "scale_rtol": t.scale_rtol, "reason": t.reason}
                        for k, t in TOLERANCES.items()},
     }
+
+
+def stream_record(p: "stream.Plan", env: dict, costs: dict | None = None) -> dict:
+    """The record of a streamed run (`conformance.report.stream`): `record`'s keys, so every view of a whole-model
+    report reads it, and the run's name; its `stream` section is the caller's to add."""
+    rec = record(p.preset, p.cfg, None, p.inputs, env, stream.runs(p), costs,
+                 canonical=sum(int(np.prod(s)) for s in p.source.shapes.values()))
+    rec["parameters"] = {k: v for k, v in rec["parameters"].items() if k in ("canonical", "declared")}
+    rec["name"] = p.name
+    return rec
 
 
 def markdown(rec: dict) -> str:
@@ -79,7 +89,6 @@ def markdown(rec: dict) -> str:
     if rec.get("onnx"):
         lines += [onnx.markdown(rec["onnx"]), ""]
     if rec.get("stream"):
-        from conformance.report import stream
         lines += [stream.markdown(rec["stream"]), ""]
     lines += ["## Tolerance table", "",
               tabulate([(k, t["atol"], t["rtol"], t["scale_rtol"], t["reason"]) for k, t in rec["tolerances"].items()],
