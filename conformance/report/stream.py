@@ -200,13 +200,16 @@ def plan(preset: str, cfg: Config, source: Source, inputs: dict, runs: list, out
     keep = baseline + est["keep"] <= budget
     head = [n for n in registry.get(cfg.kind).reference(cfg.replace(num_layers=0, layer_types=())).param_shapes()
             if not n.startswith(stack.embeddings + ".")] + list(stack.head_reads(cfg))
-    per_row = sum(int(np.prod(source.shapes[n])) // cfg.vocab_size for n in head if n in stack.vocabulary)
-    chunks = -(-cfg.vocab_size // max(1, est["layer_parameters"] // per_row)) if per_row else 1
+    # a chunk's model holds every vocabulary tensor at the chunk's rows (an untied model's token table too,
+    # built though the head never reads it), and weighs no more than a layer
+    zero = registry.param_shapes(cfg.replace(num_layers=0, layer_types=()))
+    per_row = sum(int(np.prod(shape)) // cfg.vocab_size for n, shape in zero.items() if n in stack.vocabulary)
+    reads = any(n in stack.vocabulary for n in head)
+    chunks = -(-cfg.vocab_size // max(1, est["layer_parameters"] // per_row)) if reads and per_row else 1
     chunk = -(-cfg.vocab_size // chunks)  # balanced: every chunk the same size but the last
     ident = {"preset": preset, "config": cfg.to_dict(), "weights": source.identity(), "runs": runs,
              "inputs": {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16]
-                        for k, v in inputs.items()},
-             "chunk": chunk}
+                        for k, v in inputs.items()}}  # not the chunk: only the head depends on it (head_file)
     key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
     name = name or f"{preset}-stream"
     state = Path(out_dir) / STATE / f"{name}-{key}"
@@ -229,6 +232,11 @@ def _write(path: Path, text: str | None = None, arrays: dict | None = None) -> N
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def head_file(p: Plan) -> Path:
+    """The head's result: named by its chunk, the one thing it depends on that the other parts do not."""
+    return p.state / f"head-{p.chunk}rows.json"
 
 
 def _read(path: Path) -> dict | None:
@@ -276,8 +284,13 @@ class Parts:
     def model(self, framework: str, dtype: str, cfg: Config, weights) -> Built:
         """The family's model for `cfg` (no layers, a part of the vocabulary), loaded with `weights` only."""
         b, entry = backend(framework), registry.get(cfg.kind)
-        built = self._get(("model", framework, dtype, cfg),
-                          lambda: Built(b, entry, cfg, b.construct(entry, cfg, dtype, "cpu"), dtype, False))
+        key = ("model", framework, dtype, cfg)
+        stale = [k for k in self.cache if k[:3] == key[:3] and k != key]  # the head's last, shorter chunk
+        for k in stale:
+            del self.cache[k]
+        if stale:
+            gc.collect()  # let the other chunk's model go before this one is built: one at a time
+        built = self._get(key, lambda: Built(b, entry, cfg, b.construct(entry, cfg, dtype, "cpu"), dtype, False))
         b.load(built.module, weights, dtype, partial=True)
         return built
 
@@ -543,10 +556,10 @@ def run(p: Plan, workers: int | None = None, cluster: str | None = None, progres
         wall["replay"] = sum(r["wall"] for r in replays)
     parts.clear()
     say("head")
-    head = _read(state / "head.json")
+    head = _read(head_file(p))
     if head is None:
         head = head_stage(p, parts, h)
-        _write(state / "head.json", json.dumps(head, default=float))
+        _write(head_file(p), json.dumps(head, default=float))
     else:
         resumed.append("head")
     parts.clear()
@@ -603,7 +616,7 @@ def runs(p: Plan) -> list:
     state = p.state
     embeddings = _read(state / "embeddings.json")
     layers = [_read(state / f"chain-{i:05d}.json") for i in range(p.cfg.num_layers)]
-    head = _read(state / "head.json")
+    head = _read(head_file(p))
     out = runs_of(p, embeddings["ops"], [r["ops"] for r in layers], head)
     for r, label in zip(out, p.labels):
         r.seconds = sum(s["seconds"][label]["forward"] for s in (embeddings, *layers, head))
