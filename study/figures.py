@@ -152,6 +152,16 @@ def streaming_md(reports: str | Path = "reports") -> str:
             h = stream.worker_hours(cm, cfg)
             wh.append((f"{rec['preset']}, {rec['config']['num_layers']} layers", name, f"{h['scale']:.1f}",
                        f"{h['chain_hours']:.2f}", f"{h['replay_worker_hours']:.2f}", f"{h['worker_hours']:.2f}"))
+    whole = Path(reports).parent / "bench" / "results" / "stream-whole.json"  # bench/bench_stream.py --whole
+    if whole.is_file():
+        both = json.loads(whole.read_text())
+        out += "\nThe same report whole and streamed, each in a fresh process (peak resident set from the kernel, " \
+               "interpreter and libraries included; `bench/results/stream-whole.md`):\n\n"
+        out += _md(["preset", "parameters", "whole: peak RSS GiB", "streamed: peak RSS GiB", "streamed / whole",
+                    "whole s", "streamed s"],
+                   [(r["preset"], f"{r['parameters']:,}", f"{r['whole']['peak_rss'] / gib:.2f}",
+                     f"{r['streamed']['peak_rss'] / gib:.2f}", f"{r['streamed']['peak_rss'] / r['whole']['peak_rss']:.2f}",
+                     f"{r['whole']['seconds']:.0f}", f"{r['streamed']['seconds']:.0f}") for r in both])
     out += "\nWhat a check would cost, from each run's measured per-layer seconds scaled by layer parameters " \
            "(batch 1, the same sequence length, this machine's 2 cores per worker):\n\n"
     out += _md(["measured on", "check", "layer size x", "chained h (one worker)", "replayed worker-h",
