@@ -328,7 +328,7 @@ class Built:
         sub = self.submodule(path)
         kwargs = {k: v for k, v in kwargs.items() if k != "training"}  # Keras records it; `self.training` rules
         named = self.backend.argument_names(sub, args, kwargs)
-        floats = [k for k, v in named.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f"]
+        floats = [k for k, v in named.items() if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating)]
         tensors = {k: self.convert(v) for k, v in named.items()}
         return self.backend.module_gradients(self, sub, f"{path}." if path else "", tensors, floats, cotangent)
 

@@ -48,7 +48,7 @@ def numpy_dtype(name: str):
 def cast_input(x, dtype: str):
     """A float input in the dtype the framework is fed (integers and bools unchanged)."""
     x = np.asarray(x)
-    if x.dtype.kind == "f" or x.dtype.name == "bfloat16":
+    if np.issubdtype(x.dtype, np.floating) or x.dtype.name == "bfloat16":
         return x.astype(numpy_dtype(parameter_dtype(dtype)))
     return x
 

@@ -64,7 +64,7 @@ class Summary:
 
     @classmethod
     def of(cls, a: np.ndarray) -> "Summary":
-        finite = a[np.isfinite(a)] if a.dtype.kind == "f" else a
+        finite = a[np.isfinite(a)] if np.issubdtype(a.dtype, np.floating) else a
         return cls(a.shape, str(a.dtype), float(finite.mean()) if finite.size else 0.0,
                    float(finite.std()) if finite.size else 0.0,
                    float(np.abs(finite).max()) if finite.size else 0.0,

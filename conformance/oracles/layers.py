@@ -29,7 +29,7 @@ def _torch():
 def _t(x, dtype):
     torch = _torch()
     x = np.asarray(x)
-    return torch.from_numpy(x.astype(dtype) if x.dtype.kind == "f" else x)
+    return torch.from_numpy(x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x)
 
 
 def _activation(cfg):

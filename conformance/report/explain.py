@@ -493,7 +493,7 @@ def _torch():
 def _tensor(x, dtype="float64"):
     torch = _torch()
     x = np.asarray(x)
-    return torch.from_numpy(np.ascontiguousarray(x.astype(dtype) if x.dtype.kind == "f" else x))
+    return torch.from_numpy(np.ascontiguousarray(x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x))
 
 
 def _keras():

@@ -492,11 +492,11 @@ def part_tf32(s: Settings, rep: Report) -> None:
     units = [("case", (name, "default")) for name in TF32_CASES if (name, "default") in s.cases]
     units += [("preset", p) for p in s.presets[:1]]
     rows = []
-    for kind, what in rep.clock.units("tf32", units, lambda u: case_id(u[1]) if u[0] == "case" else u[1],
+    for unit, what in rep.clock.units("tf32", units, lambda u: case_id(u[1]) if u[0] == "case" else u[1],
                                       estimate=1 if s.dry_run else 5):
-        rep.say(f"tf32 {what if kind == 'preset' else case_id(what)}")
+        rep.say(f"tf32 {what if unit == 'preset' else case_id(what)}")
         try:
-            if kind == "case":
+            if unit == "case":
                 _, cfg, w, inputs, reference = case_data(*what)
                 rows.append(_tf32_unit(s, case_id(what), cfg, w, inputs, reference))
             else:
@@ -504,7 +504,7 @@ def part_tf32(s: Settings, rep: Report) -> None:
                 w = weights.initialize(cfg, seed=0)
                 rows.append(_tf32_unit(s, what, cfg, w, families.get(cfg.kind).inputs(cfg, 1, s.seq_len)))
         except Exception as e:
-            rep.error("tf32", what if kind == "preset" else case_id(what), e)
+            rep.error("tf32", what if unit == "preset" else case_id(what), e)
     env = rep.data.get("environment", {})
     capable = s.device == "cpu" or bool(env.get("tf32_capable_gpu"))
     effect = min((r["ratio"] for r in rows), default=0.0)  # TF32 must show in every case: the flags took

@@ -111,7 +111,7 @@ def test_weight_and_input_gradients_match_finite_differences(case):
 def check_against_finite_differences(name, variant):
     entry, model, inputs, cotangent = setup(name, variant)
     tape, grads_in = recorded(model, inputs, cotangent)
-    floats = {k for k, v in inputs.items() if v.dtype.kind == "f"}
+    floats = {k for k, v in inputs.items() if np.issubdtype(v.dtype, np.floating)}
     assert set(grads_in) == floats  # every floating input, no ids, masks or keep masks
     params = dict(model.named_parameters())
     assert {k: v.shape for k, v in tape.param_grads.items()} == {k: v.shape for k, v in params.items()}
@@ -164,7 +164,7 @@ def test_activation_gradients_are_the_trace_keys_and_match_finite_differences(ca
     records = forward.records
     # the one exclusion: constants (the sinusoidal encoding, rotary's cos and sin: integer positions, no weights)
     constant = set(autograd.constant_keys(model, records))
-    expected = {k for k, v in records.items() if v.dtype.kind == "f" and k not in constant}
+    expected = {k for k, v in records.items() if np.issubdtype(v.dtype, np.floating) and k not in constant}
     assert list(tape.activation_grads) == [k for k in records if k in expected]  # the trace's order
     noise = NOISE * np.finfo(np.float64).eps * loss(model(**inputs), cotangent)[1] / H
     rng = np.random.default_rng(3)

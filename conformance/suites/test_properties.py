@@ -72,12 +72,12 @@ def rotary_case(draw):
     positions anywhere below max_positions (a cache's offset, a left-padded row's zeros)."""
     kv = draw(st.integers(1, 3))
     heads, pairs = kv * draw(st.integers(1, 3)), draw(st.integers(2, 6))
-    kind = draw(st.sampled_from(["none", "linear", "dynamic", "llama3", "yarn"]))
-    fewest = 2 if kind == "dynamic" else 1  # dynamic's base grows as ^(Dr / (Dr - 2)): Dr > 2
+    rope_type = draw(st.sampled_from(["none", "linear", "dynamic", "llama3", "yarn"]))
+    fewest = 2 if rope_type == "dynamic" else 1  # dynamic's base grows as ^(Dr / (Dr - 2)): Dr > 2
     rotated = 2 * draw(st.integers(fewest if draw(st.booleans()) else pairs, pairs))
     cfg = registry.get("rotary_embedding").tiny.replace(
         d_model=heads * 2 * pairs, num_heads=heads, num_kv_heads=kv, rotary_dim=rotated,
-        rotary_pairing=draw(st.sampled_from(["half", "interleaved"])), rope_scaling=kind,
+        rotary_pairing=draw(st.sampled_from(["half", "interleaved"])), rope_scaling=rope_type,
         rope_factor=draw(st.sampled_from([2.0, 4.0, 8.0])), max_positions=draw(st.integers(8, 64)),
         rotary_float32=draw(st.booleans()))
     batch, length = draw(st.integers(1, 3)), draw(st.integers(1, 8))
