@@ -101,6 +101,19 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--train", action="store_true",
                      help="also compare every gradient with the NumPy backward and run a few AdamW steps in each "
                           "framework (section 'Gradients' and 'Training steps')")
+    rep.add_argument("--stream", action="store_true",
+                     help="one layer at a time, for models larger than memory (also chosen by itself when the "
+                          "whole model's estimated peak passes --memory-budget); writes PRESET-stream.*")
+    rep.add_argument("--memory-budget", default=None,
+                     help="bytes this run may use, e.g. 12GiB (default: 80%% of this machine's memory, or of what is "
+                          "free if less)")
+    rep.add_argument("--workers", type=_positive, default=None,
+                     help="streamed: run the per-layer replay jobs on N local worker processes (Dask)")
+    rep.add_argument("--cluster", default=None,
+                     help="streamed: run the replay jobs on the Dask cluster whose scheduler is at ADDRESS "
+                          "(tcp://host:8786)")
+    rep.add_argument("--layers", type=_positive, default=None,
+                     help="streamed: only the model's first N layers, at full width (writes PRESET-Nlayers-stream.*)")
     cmp_ = sub.add_parser("compare", help="per-op error table and the first op out of tolerance")
     common(cmp_)
     cmp_.add_argument("--top", type=_positive, default=15, help="how many of the worst ops to list")
@@ -276,9 +289,26 @@ def _run_steps(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from conformance.report import runner, write as report
+    from conformance.report import runner, stream, write as report
+    from conformance.weights.stream import open_source
+    from conformance.spec import families
     from conformance import weights
     from conformance import costs
+    budget = stream.parse_bytes(args.memory_budget) if args.memory_budget else stream.default_budget()
+    cfg, source = open_source(args.preset, args.weights, args.seed, args.layers)
+    runs = [(f, d) for f in args.frameworks for d in args.dtype if (f, d) != stream.REFERENCE]
+    streamed = args.stream
+    if not streamed and getattr(families.FAMILIES.get(cfg.kind), "stack", None) is not None:
+        need = stream.rss() + stream.estimate(cfg, runs, args.batch, args.seq_len)["whole"]
+        if need > budget:
+            print(f"tmirror report: the whole model needs about {need / stream.GiB:.1f} GiB, over --memory-budget "
+                  f"{budget / stream.GiB:.1f} GiB: streaming it one layer at a time", file=sys.stderr)
+            streamed = True
+    if streamed:
+        return _report_streamed(args, cfg, source, runs, budget)
+    for option in ("workers", "cluster", "layers"):
+        if getattr(args, option) is not None:
+            raise ValueError(f"--{option} goes with a streamed run (--stream); received --{option} {getattr(args, option)}")
     train_steps = len(args.dtype) + 3 if args.train else 0  # a step per gradient dtype, training, mixed, memory
     with Progress(_run_steps(args) + 3 + args.onnx + train_steps, "report", args.progress) as bar:
         cfg, w, source, inputs, reference_trace, runs = _run(args, bar)
@@ -314,6 +344,41 @@ def cmd_report(args) -> int:
         print(f" train: {'pass' if train_ok else 'FAIL'}  (every gradient, and the weights after the training steps)")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0 if all(r.passed for r in runs) and train_ok else 1
+
+
+def _report_streamed(args, cfg, source, runs, budget) -> int:
+    from conformance import costs
+    from conformance.report import runner, stream, write as report
+    from conformance.spec import presets
+    if args.onnx or args.train:
+        raise ValueError("--stream does not combine with --onnx or --train: each needs the whole model at once")
+    inputs = runner.model_inputs(cfg, args.batch, args.seq_len, args.seed)
+    name = f"{args.preset}-{args.layers}layers-stream" if args.layers else f"{args.preset}-stream"
+    p = stream.plan(args.preset, cfg, source, inputs, runs, args.out, budget, name=name)
+    print(f"streaming {args.preset} ({cfg.num_layers} layers, policy {'keep' if p.keep else 'drop'}, head in "
+          f"{-(-cfg.vocab_size // p.chunk)} chunk(s)); state in {p.state}", file=sys.stderr)
+    load_at_start = round(os.getloadavg()[0], 2)  # the machine is shared: timings under load are not comparable
+    rates = stream.matmul_rates(runs)
+    with Progress(2 * cfg.num_layers + 2, "embeddings", args.progress) as bar:
+        sec = stream.run(p, args.workers, args.cluster, bar.step)
+    depth = presets.get(args.preset).num_layers if args.preset in presets.names() else cfg.num_layers
+    sec["cost_model"] = stream.cost_model(sec, cfg, args.batch, args.seq_len, rates, depth)
+    env = runner.environment(args.seed, stream.fingerprint(source), source.description, args.frameworks)
+    env.update(load_average_at_start=load_at_start, load_average_at_end=round(os.getloadavg()[0], 2))
+    section = costs.costs(cfg, args.batch, args.seq_len, args.frameworks, measure=False)
+    rec = report.stream_record(p, env, section)
+    rec["stream"] = sec
+    titles = {"flops": "FLOPs against sequence length and batch", "memory": "Memory against sequence length and batch"}
+    paths = report.write(rec, args.out, {titles.get(k, k): png for k, png in costs.plots(section).items()}, name=name)
+    first = sec["first_layer_out_of_tolerance"]
+    for label in p.labels:
+        run = next(r for r in rec["runs"] if f"{r['framework']} {r['dtype']}" == label)
+        print(f"{label:>14}: {'pass' if run['passed'] and first['replayed'][label] is None else 'FAIL'}  "
+              f"first op out of tolerance: {run['first_divergence'] or 'none'}; first layer out of tolerance: "
+              f"chained {first['chained'][label]}, replayed {first['replayed'][label]}")
+    print(f"peak resident set {sec['peak_rss'] / stream.GiB:.2f} GiB, {sec['wall']['total'] / 60:.1f} min")
+    print("wrote " + ", ".join(str(path) for path in paths))
+    return 0 if stream.passed(sec) and all(r["passed"] for r in rec["runs"]) else 1
 
 
 def cmd_compare(args) -> int:

@@ -83,11 +83,14 @@ class Module:
     def param_shapes(self) -> dict[str, tuple]:
         return {name: tuple(p.shape) for name, p in self.named_parameters()}
 
-    def load_weights(self, weights: dict[str, np.ndarray], dtype="float64") -> "Module":
-        """Set every parameter from `weights` (already checked by `conformance.weights`)."""
+    def load_weights(self, weights: dict[str, np.ndarray], dtype="float64", partial: bool = False) -> "Module":
+        """Set every parameter from `weights` (already checked by `conformance.weights`), one at a time;
+        `partial`: only those `weights` names, the others stay declared `Param`s (using one is an error)."""
         for path, module in self.named_modules():
             for name in module._param_names:
                 key = f"{path}.{name}" if path else name
+                if partial and key not in weights:
+                    continue
                 w = weights[key]  # an integer tensor (int8 weights) keeps its dtype
                 setattr(module, name, w if np.asarray(w).dtype.kind == "i" else np.asarray(w, dtype=dtype))
         return self

@@ -74,6 +74,11 @@ class GPT2(Module):
         h = self.embeddings(input_ids, past)                                  # (B, T, D)
         for i, layer in enumerate(self.layers):
             h = layer(h, mask=attention_mask, cache=None if cache is None else cache[i])
+        return self.head(h)
+
+    def head(self, h):
+        """After the last layer: the final layer norm and the tied logits. A streamed run calls it alone
+        (`conformance.report.stream`)."""
         h = self.final_norm(h)                                                # (B, T, D)
         logits = h @ self.embeddings.token.table.T                            # (B, T, V)
         return {"logits": trace.tap_for(self)("logits", logits), "last_hidden_state": h}

@@ -141,6 +141,60 @@ def fine_tuning_md(f) -> str:
 
 # -------------------------------------------------------------------------------- figures
 
+def streaming_md(reports: str | Path = "reports") -> str:
+    """The streamed reports committed under reports/ (`tmirror report --stream`), and what a 70B and a 405B
+    check would cost from their measured per-layer figures (`conformance.report.stream.worker_hours`)."""
+    import json
+
+    from conformance.report import stream
+    from conformance.spec import presets
+    gib = 2.0 ** 30
+    recs = [json.loads(p.read_text()) for p in sorted(Path(reports).glob("*-stream.json"))]
+    rows = []
+    for rec in recs:
+        s, env = rec["stream"], rec["environment"]
+        labels = list(s["layers"][0]["chained"])
+        worst = lambda mode: ", ".join(f"{lb} {max(r[mode][lb]['max_abs'] for r in s['layers']):.1e}"  # noqa: E731
+                                       for lb in labels)
+        first = s["first_layer_out_of_tolerance"]
+        rows.append((f"`reports/{rec['name']}.md`",
+                     f"{s['estimate']['layer_parameters']:,}", s["policy"],
+                     f"{s['peak_rss'] / gib:.2f} ({s['peak_over_baseline'] / gib:.2f})", f"{s['memory_bound'] / gib:.2f}",
+                     f"{s['estimate']['whole'] / gib:.0f}", f"{s['wall']['total'] / 60:.1f}",
+                     f"{s['cost_model']['layer_chain_seconds']:.1f} + {s['cost_model']['layer_replay_seconds']:.1f}",
+                     worst("chained"), worst("replayed"),
+                     "none" if all(v is None for m in first.values() for v in m.values()) else json.dumps(first),
+                     f"{env.get('load_average_at_start')}, {env.get('load_average_at_end')}"))
+    out = _md(["report", "layer parameters", "policy", "peak RSS GiB (over baseline)", "bound GiB",
+               "whole model GiB", "wall min", "layer s (chained + replayed)", "worst chained error",
+               "worst replayed error", "first layer out of tolerance", "load at start, end"], rows)
+    targets = {"llama3-70b (80 layers)": presets.get("llama3-70b"),
+               "Llama 3.1 405B (126 layers)": presets.get("llama3-70b").replace(d_model=16384, num_heads=128,
+                                                                                 d_ff=53248, num_layers=126)}
+    wh = []
+    for rec in recs:
+        cm = rec["stream"]["cost_model"]
+        for name, cfg in targets.items():
+            h = stream.worker_hours(cm, cfg)
+            wh.append((f"{rec['preset']}, {rec['config']['num_layers']} layers", name, f"{h['scale']:.1f}",
+                       f"{h['chain_hours']:.2f}", f"{h['replay_worker_hours']:.2f}", f"{h['worker_hours']:.2f}"))
+    whole = Path(reports).parent / "bench" / "results" / "stream-whole.json"  # bench/bench_stream.py --whole
+    if whole.is_file():
+        both = json.loads(whole.read_text())
+        out += "\nThe same report whole and streamed, each in a fresh process (peak resident set from the kernel, " \
+               "interpreter and libraries included; `bench/results/stream-whole.md`):\n\n"
+        out += _md(["preset", "parameters", "whole: peak RSS GiB", "streamed: peak RSS GiB", "streamed / whole",
+                    "whole s", "streamed s"],
+                   [(r["preset"], f"{r['parameters']:,}", f"{r['whole']['peak_rss'] / gib:.2f}",
+                     f"{r['streamed']['peak_rss'] / gib:.2f}", f"{r['streamed']['peak_rss'] / r['whole']['peak_rss']:.2f}",
+                     f"{r['whole']['seconds']:.0f}", f"{r['streamed']['seconds']:.0f}") for r in both])
+    out += "\nWhat a check would cost, from each run's measured per-layer seconds scaled by layer parameters " \
+           "(batch 1, the same sequence length, this machine's 2 cores per worker):\n\n"
+    out += _md(["measured on", "check", "layer size x", "chained h (one worker)", "replayed worker-h",
+                "worker-hours"], wh)
+    return out
+
+
 def positional_encoding_png(path: Path) -> Path:
     from numpy_ref.embeddings import sinusoidal_encoding
     plt = _plt()
@@ -333,6 +387,7 @@ def write_all(docs: str | Path = "docs", quick: bool = False, progress=print) ->
     write("lora_parameters.md", lora_parameters_md(q.lora_parameters()))
     progress("one training step per fine-tuning method...")
     write("fine_tuning.md", fine_tuning_md(q.fine_tuning_methods()))
+    write("streaming.md", streaming_md(docs.parent / "reports"))
     written.append(positional_encoding_png(fig / "positional_encoding.png"))
     written.append(attention_patterns_png(fig / "attention_patterns.png"))
     from study import efficiency

@@ -82,6 +82,7 @@ def test_generated_numbers_are_current():
     assert (docsrc.DOCS / "generated" / "parameters.md").read_text() == figures.parameters_md()
     assert (docsrc.DOCS / "generated" / "families.md").read_text() == figures.families_md(
         __import__("study.questions").questions.model_families(), 128)
+    assert (docsrc.DOCS / "generated" / "streaming.md").read_text() == figures.streaming_md(docsrc.ROOT / "reports")
 
 
 @pytest.mark.parametrize("kind, arg, expected", [

@@ -188,10 +188,12 @@ def param_shapes(layer) -> dict[str, tuple]:
     return {name: tuple(v.shape) for name, v in named_weights(layer)}
 
 
-def load_weights(layer, weights: dict):
-    """Set every weight from the canonical dict `weights` (name -> np.ndarray)."""
+def load_weights(layer, weights: dict, partial: bool = False):
+    """Set every weight from the canonical dict `weights` (name -> np.ndarray), one at a time; `partial`:
+    only those `weights` names, the others keep their initial values."""
     for name, variable in named_weights(layer):
-        variable.assign(keras.ops.cast(weights[name], variable.dtype))
+        if not partial or name in weights:
+            variable.assign(keras.ops.cast(weights[name], variable.dtype))
     return layer
 
 

@@ -58,10 +58,15 @@ class Llama(Model):
             checks.position_ids("position_ids", checks.spec(position_ids), checks.shape_of(input_ids))
         if cache is not None and not cache:
             cache.extend({} for _ in self.layers)
-        tap = trace.tap_for(self)
         h = self.embeddings(input_ids)                                           # (B, T, D)
         for i, layer in enumerate(self.layers):
             h = layer(h, mask=attention_mask, cache=None if cache is None else cache[i], position_ids=position_ids)
+        return self.head(h)
+
+    def head(self, h):
+        """After the last layer: the final norm and the logits, tied or not. A streamed run calls it alone
+        (`conformance.report.stream`)."""
+        tap = trace.tap_for(self)
         h = self.final_norm(h)                                                   # (B, T, D)
         logits = (ops.matmul(h, ops.transpose(self.embeddings.token.table)) if self.lm_head is None
                   else self.lm_head(h))                                          # (B, T, V)

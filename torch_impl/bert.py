@@ -100,12 +100,18 @@ class Bert(nn.Module):
             checks.no_segments("token_type_ids")
         if cfg.pad_positions and not torch.compiler.is_exporting():  # a traced id has no value to check
             checks.padding_at_the_ends("input_ids", input_ids.detach().cpu().numpy(), cfg.pad_token_id)
-        tap = trace.tap_for(self)
         if token_type_ids is None and cfg.type_vocab_size:
             token_type_ids = torch.zeros_like(input_ids)
         h = self.embeddings(input_ids, token_type_ids)             # (B, T, D)
         for i in range(cfg.num_layers):
             h = self.encoder[cfg.layer_group(i)](h, mask=attention_mask)  # (B, T, D)
+        return self.head(h)
+
+    def head(self, h):
+        """After the last layer: the pooler and the task head. A streamed run calls it alone
+        (`conformance.report.stream`)."""
+        cfg = self.cfg
+        tap = trace.tap_for(self)
         out = {"last_hidden_state": h}
         if self.pooler is not None:
             out["pooled_output"] = tap("pooled", torch.tanh(self.pooler(h[:, 0])))  # (B, D)

@@ -103,10 +103,15 @@ class Backend:
             raise ValueError(f"{self.name} does not support dtype={dtype!r} on device={device!r}: {why}")
 
     # ---- construct, load, convert
-    def construct(self, entry: Entry, cfg: Config, dtype: str, device: str):
+    def construct(self, entry: Entry, cfg: Config, dtype: str, device: str, **options):
+        """`entry`'s module for `cfg` in this framework, `options` its constructor's keyword arguments
+        after the entry's own (one layer of a model, `conformance.report.stream`)."""
         raise NotImplementedError
 
-    def load(self, module, weights: dict, dtype: str) -> None:
+    def load(self, module, weights, dtype: str, partial: bool = False) -> None:
+        """Set `module`'s parameters from `weights` (canonical names -> arrays, any Mapping: read one tensor
+        at a time, so a lazy Mapping never has the whole model in memory). `partial`: only the names in
+        `weights`; the others stay as constructed (a streamed run loads the part of a model it runs)."""
         raise NotImplementedError
 
     def inputs(self, inputs: dict, dtype: str, device: str = "cpu") -> dict:
@@ -147,6 +152,11 @@ class Backend:
         traced or compiled while it lasts)."""
         raise ValueError(f"the {self.name} framework cannot change a module's output")
         yield
+
+    def run_method(self, module, method: str, call: tuple, training: bool):
+        """Call `module.method(*args, **kwargs)` for call=(args, kwargs), as `run` calls the module (a model's
+        `head`, which a streamed run calls alone)."""
+        raise NotImplementedError
 
     def policy(self, dtype: str, device: str):
         """What a call needs beyond its weights' dtype (autocast, TF32), for the length of the call."""
@@ -216,7 +226,15 @@ class Backend:
 
     def allocator_peaks(self, built: "Built", inputs: dict) -> dict[str, int]:
         """{measure: peak bytes} of one forward from the framework's own allocator statistics."""
-        return {}
+        with self.tracking_allocator() as peaks:
+            built(**inputs)
+        return peaks
+
+    @contextlib.contextmanager
+    def tracking_allocator(self):
+        """A context whose dict is filled on exit with {measure: peak bytes over the start of the block} from
+        the framework's own allocator statistics; empty where it keeps none."""
+        yield {}
 
     def training_memory(self, built: "Built", inputs: dict) -> dict | None:
         """Bytes autograd saves for one forward, and the state per parameter after one AdamW step."""
@@ -226,8 +244,8 @@ class Backend:
         """Peak allocator bytes of one `trainer.step(micro_batches)`; None where there is no allocator record."""
         return None
 
-    def matmul_gflops(self, n: int, repeats: int) -> float:
-        """GFLOP/s of an (n, n) @ (n, n) float32 matmul: 2 n^3 FLOPs, best of `repeats`."""
+    def matmul_gflops(self, n: int, repeats: int, dtype: str = "float32") -> float:
+        """GFLOP/s of an (n, n) @ (n, n) matmul in `dtype` (float32 or float64): 2 n^3 FLOPs, best of `repeats`."""
         raise NotImplementedError
 
     # ---- models of other libraries (conformance.compare.external): walk, record calls, rerun one
@@ -396,6 +414,21 @@ class Built:
                                    call=([self.convert(a) for a in args], {k: self.convert(v) for k, v in kwargs.items()}))
         return {k: self.backend.to_numpy(v) for k, v in out.items()} if isinstance(out, dict) \
             else self.backend.to_numpy(out)
+
+    def trace_call(self, args=(), kwargs=None, path: str = "", method: str | None = None) -> tuple:
+        """(output, records) of one call, on NumPy arguments, of the submodule at `path` or of the module's
+        `method`, traced under this module's names: a part of a model run alone (a streamed run)."""
+        kwargs = kwargs or {}
+        with trace.recording(self.backend.named_modules(self.module), self.backend.to_numpy) as t, self.policy():
+            call = ([self.convert(a) for a in args], {k: self.convert(v) for k, v in kwargs.items()})
+            if method is None:
+                out = self.backend.run(self.submodule(path), None, self.training, call=call)
+            else:
+                out = self.backend.run_method(self.module, method, call, self.training)
+        outputs = {k: self.backend.to_numpy(v) for k, v in as_dict(out).items()}
+        floats = {f"argument {i}": a for i, a in enumerate([*args, *kwargs.values()]) if isinstance(a, np.ndarray)}
+        finite.check_finite(self, floats, outputs, t.records)
+        return (outputs if isinstance(out, dict) else outputs["output"]), t.records
 
     def module_gradients(self, path: str, args: list, kwargs: dict, cotangent: np.ndarray) -> tuple[dict, dict]:
         """(input gradients by argument name, weight gradients by canonical name) of the submodule at

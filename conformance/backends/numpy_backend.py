@@ -2,6 +2,7 @@
 gradients from its hand-written backward (`numpy_ref.autograd`)."""
 from __future__ import annotations
 
+import contextlib
 import tracemalloc
 
 import numpy as np
@@ -26,11 +27,11 @@ class NumpyBackend(Backend):
         "tf32": "TF32 is a GPU matmul mode",
     }
 
-    def construct(self, entry, cfg, dtype, device):
-        return entry.construct(self.package, cfg)
+    def construct(self, entry, cfg, dtype, device, **options):
+        return entry.construct(self.package, cfg, **options)
 
-    def load(self, module, weights, dtype):
-        module.load_weights(weights, dtype)
+    def load(self, module, weights, dtype, partial=False):
+        module.load_weights(weights, dtype, partial)
 
     def inputs(self, inputs, dtype, device="cpu"):
         return {k: cast_input(v, dtype) for k, v in inputs.items()}
@@ -39,6 +40,10 @@ class NumpyBackend(Backend):
         args, kwargs = call or ((), inputs)
         module.train(training)
         return module(*args, **kwargs)
+
+    def run_method(self, module, method, call, training):
+        module.train(training)
+        return getattr(module, method)(*call[0], **call[1])
 
     def take_rows(self, x, rows):
         return np.take(x, rows, axis=0)
@@ -52,19 +57,21 @@ class NumpyBackend(Backend):
     def export(self, module, shapes):
         return {k: np.asarray(v) for k, v in module.named_parameters()}
 
-    def allocator_peaks(self, built, inputs):
-        """NumPy reports its buffers to `tracemalloc`: the peak over the start of one forward."""
+    @contextlib.contextmanager
+    def tracking_allocator(self):
+        """NumPy reports its buffers to `tracemalloc`: the peak over the start of the block."""
+        peaks = {}
         tracemalloc.start()
         try:
             start = tracemalloc.get_traced_memory()[0]
             tracemalloc.reset_peak()
-            built(**inputs)
-            return {"tracemalloc_peak": tracemalloc.get_traced_memory()[1] - start}
+            yield peaks
+            peaks["tracemalloc_peak"] = tracemalloc.get_traced_memory()[1] - start
         finally:
             tracemalloc.stop()
 
-    def matmul_gflops(self, n, repeats):
-        a, b = (np.random.default_rng(i).standard_normal((n, n), dtype=np.float32) for i in range(2))
+    def matmul_gflops(self, n, repeats, dtype="float32"):
+        a, b = (np.random.default_rng(i).standard_normal((n, n)).astype(dtype) for i in range(2))
         return 2 * n**3 / best_seconds(lambda: a @ b, repeats) / 1e9
 
     def gradients(self, built, inputs, cotangents, seed):

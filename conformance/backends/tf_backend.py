@@ -41,6 +41,20 @@ def keras_layers(layer, path: str = "", seen: set | None = None):
             yield from keras_layers(child, f"{path}/{child.name}" if path else child.name, seen)
 
 
+@contextlib.contextmanager
+def _plain_errors():
+    """Keras decorates an exception raised inside call() with argument info and ANSI codes; with
+    filtering off it passes the mirror's ValueError through word for word."""
+    config = keras.config
+    filtering = config.is_traceback_filtering_enabled()
+    config.disable_traceback_filtering()
+    try:
+        yield
+    finally:
+        if filtering:
+            config.enable_traceback_filtering()
+
+
 class TFBackend(Backend):
     name = "tf"
     package = "tf_impl"
@@ -49,27 +63,27 @@ class TFBackend(Backend):
     compile_modes = {"function": "tf.function: one TensorFlow graph (Grappler's rewrites, oneDNN kernels)",
                      "xla": "tf.function(jit_compile=True): the graph compiled by XLA (fused CPU kernels)"}
 
-    def construct(self, entry, cfg, dtype, device):
-        return entry.construct(self.package, cfg, dtype=dtype)
+    def construct(self, entry, cfg, dtype, device, **options):
+        return entry.construct(self.package, cfg, **options, dtype=dtype)
 
-    def load(self, module, weights, dtype):
-        _layer.load_weights(module, weights)
+    def load(self, module, weights, dtype, partial=False):
+        _layer.load_weights(module, weights, partial)
 
     def inputs(self, inputs, dtype, device="cpu"):
         return {k: keras.ops.convert_to_tensor(cast_input(v, dtype)) for k, v in inputs.items()}
 
     def run(self, module, inputs, training, call=None):
         args, kwargs = call or ((), inputs)
-        # Keras decorates an exception raised inside call() with argument info and ANSI codes;
-        # with filtering off it passes the mirror's ValueError through word for word.
-        config = keras.config
-        filtering = config.is_traceback_filtering_enabled()
-        config.disable_traceback_filtering()
-        try:
+        with _plain_errors():
             return module(*args, **kwargs, training=training)
-        finally:
-            if filtering:
-                config.enable_traceback_filtering()
+
+    def run_method(self, module, method, call, training):
+        """A method is no Keras call: it takes no `training`, and the layers it calls run in inference mode."""
+        if training:
+            raise ValueError(f"the tf framework runs a model's {method} alone in inference only; "
+                             f"received training=True")
+        with _plain_errors():
+            return getattr(module, method)(*call[0], **call[1])
 
     def compile(self, module, mode):
         """`tf.function(module)`, with `jit_compile=True` for "xla": called by `run` as the layer is (`training`
@@ -236,9 +250,9 @@ class TFBackend(Backend):
         return {"counter": "tf.compat.v1.profiler float_operation (MatMul + BatchMatMul)", "total": int(total),
                 "matmul": matmul, "by_op_type": by_type, "missed_elements": missed, "unsized_ops": unsized}
 
-    def matmul_gflops(self, n, repeats):
+    def matmul_gflops(self, n, repeats, dtype="float32"):
         import tensorflow as tf
-        a, b = (tf.constant(np.random.default_rng(i).standard_normal((n, n), dtype=np.float32)) for i in range(2))
+        a, b = (tf.constant(np.random.default_rng(i).standard_normal((n, n)).astype(dtype)) for i in range(2))
         return 2 * n**3 / best_seconds(lambda: tf.linalg.matmul(a, b).numpy(), repeats) / 1e9
 
     def environment(self):

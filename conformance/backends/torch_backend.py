@@ -139,15 +139,22 @@ class TorchBackend(Backend):
     def available_devices(self):
         return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 
-    def construct(self, entry, cfg, dtype, device):
-        module = entry.construct(self.package, cfg)
+    def construct(self, entry, cfg, dtype, device, **options):
+        module = entry.construct(self.package, cfg, **options)
         return module.to(device=device, dtype=getattr(torch, parameter_dtype(dtype)))
 
-    def load(self, module, weights, dtype):
+    def load(self, module, weights, dtype, partial=False):
+        """One tensor at a time, each copied into its parameter (in its layout and dtype): at most one
+        canonical tensor's torch-layout copy is alive beside the parameters."""
         names = canonical_names(module)
-        state = {names[c][0]: torch.from_numpy(np.ascontiguousarray(names[c][1].to_external(a)))
-                 for c, a in weights.items()}
-        module.load_state_dict(state, strict=True)
+        unexpected = [c for c in weights if c not in names]
+        if unexpected:
+            raise ValueError(f"weights the {type(module).__name__} module has no parameter for: {unexpected[:5]}")
+        state = module.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for c, (key, leaf) in names.items():
+                if not partial or c in weights:
+                    state[key].copy_(torch.from_numpy(np.ascontiguousarray(leaf.to_external(weights[c]))))
 
     def inputs(self, inputs, dtype, device="cpu"):
         return {k: tensor(v, dtype, device) for k, v in inputs.items()}
@@ -194,6 +201,11 @@ class TorchBackend(Backend):
             module.train(training)
         with torch.no_grad():
             return module(*args, **kwargs)
+
+    def run_method(self, module, method, call, training):
+        module.train(training)
+        with torch.no_grad():
+            return getattr(module, method)(*call[0], **call[1])
 
     @contextlib.contextmanager
     def policy(self, dtype, device):
@@ -329,9 +341,16 @@ class TorchBackend(Backend):
 
     def allocator_peaks(self, built, inputs):
         x = self.inputs(inputs, built.dtype, built.device)
-        with torch.no_grad(), profiling_memory() as prof:
+        with torch.no_grad(), self.tracking_allocator() as peaks:
             built.module(**x)
-        return {"allocator_peak": _peak(prof)}
+        return peaks
+
+    @contextlib.contextmanager
+    def tracking_allocator(self):
+        peaks = {}
+        with profiling_memory() as prof:
+            yield peaks
+        peaks["allocator_peak"] = _peak(prof)
 
     def training_memory(self, built, inputs):
         """Bytes saved for backward (`saved_tensors_hooks`, one count per storage, parameters excluded)
@@ -377,8 +396,8 @@ class TorchBackend(Backend):
                 "gradients_bytes": sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None),
                 "adamw_state_bytes": state}
 
-    def matmul_gflops(self, n, repeats):
-        a, b = (torch.from_numpy(np.random.default_rng(i).standard_normal((n, n), dtype=np.float32)) for i in range(2))
+    def matmul_gflops(self, n, repeats, dtype="float32"):
+        a, b = (torch.from_numpy(np.random.default_rng(i).standard_normal((n, n)).astype(dtype)) for i in range(2))
         return 2 * n**3 / best_seconds(lambda: a @ b, repeats) / 1e9
 
     def environment(self):

@@ -241,3 +241,28 @@ def compare_outputs(label: str, actual: dict, reference: dict, dtype: str) -> li
         else:
             results.append(compare(name, actual[key], reference[key], tol))
     return results
+
+
+def merge(name: str, parts: list[Comparison], tol: Tolerance, offsets: list[int]) -> Comparison:
+    """One comparison of a tensor compared in pieces along its last axis, the piece at `offsets[i]`
+    (a head run in chunks of the vocabulary): the max abs error, max rel error and verdict of `compare`
+    on the whole tensor. Elementwise rows decide each element on its own, so the whole passes when
+    every piece does; a max-norm row bounds the whole tensor's largest error by scale_rtol times its
+    largest |reference|, the largest over the pieces (never a piece's own scale)."""
+    broken = next((p for p in parts if not np.isfinite(p.max_abs)), None)  # a shape or non-finite mismatch
+    if broken is not None:
+        return Comparison(name, broken.max_abs, broken.max_rel, broken.worst_index, False, broken.detail, broken.scale)
+    i = int(np.argmax([p.max_abs for p in parts]))
+    max_abs, scale = parts[i].max_abs, max(p.scale for p in parts)
+    if tol.scale_rtol:
+        if tol.atol or tol.rtol:
+            raise ValueError(f"a tolerance row with both elementwise and max-norm bounds cannot be merged over "
+                             f"pieces; received atol={tol.atol}, rtol={tol.rtol}, scale_rtol={tol.scale_rtol}")
+        max_rel = max_abs / scale if scale else (0.0 if not max_abs else np.inf)
+        passed = max_abs <= tol.scale_rtol * scale
+    else:
+        max_rel, passed = max(p.max_rel for p in parts), all(p.passed for p in parts)
+        i = next((j for j, p in enumerate(parts) if not p.passed), i)
+    worst = tuple(parts[i].worst_index[:-1]) + (parts[i].worst_index[-1] + offsets[i],) if parts[i].worst_index else ()
+    detail = "" if passed or not tol.scale_rtol else f"max-norm relative error, bound {tol.scale_rtol:g}"
+    return Comparison(name, max_abs, max_rel, worst, passed, detail, scale)

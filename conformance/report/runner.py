@@ -6,6 +6,7 @@ reference, the first op out of tolerance, the parameter count and the forward ti
 """
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import time
@@ -83,6 +84,8 @@ def run(cfg, w, inputs, frameworks, dtypes, repeats=3, progress=None, summary=No
         summary = weights.count(w) > SUMMARY_ABOVE_PARAMS or tokens > SUMMARY_ABOVE_TOKENS
     reference_model = build("numpy", cfg, w, dtype="float64")
     reference, reference_trace = reference_model.trace(summary=summary, full=FULL, **inputs)
+    del reference_model  # its trace is all that is needed: one model in memory at a time
+    gc.collect()
     runs = []
     for framework in frameworks:
         for dtype in dtypes:
@@ -103,6 +106,8 @@ def run(cfg, w, inputs, frameworks, dtypes, repeats=3, progress=None, summary=No
             runs.append(Run(framework, dtype, out, compare_outputs(framework, out, reference, dtype),
                             compare_traces(reference_trace, tr, dtype), m.num_parameters(),
                             float(np.median(times)), built))
+            del m, tr  # freed before the next framework's model is built
+            gc.collect()
     return reference, reference_trace, runs
 
 

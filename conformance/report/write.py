@@ -10,19 +10,21 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 from tabulate import tabulate
 
 from conformance import costs, weights
 from conformance.core import files
 from conformance.compare.tolerance import TOLERANCES
-from conformance.report import onnx, training as train_report
+from conformance.report import onnx, stream, training as train_report
 from conformance.spec import registry
 from numpy_ref.embeddings import sinusoidal_encoding
 
 SCHEMA = 1
 
 
-def record(preset, cfg, w, inputs, env, runs, costs: dict | None = None) -> dict:
+def record(preset, cfg, w, inputs, env, runs, costs: dict | None = None, canonical: int | None = None) -> dict:
+    """`canonical`: the parameters the weights hold, where `w` is not a dict of them (a streamed run)."""
     return {
         "costs": costs,
         "schema": SCHEMA,
@@ -30,8 +32,8 @@ def record(preset, cfg, w, inputs, env, runs, costs: dict | None = None) -> dict
         "config": cfg.to_dict(),
         "environment": env,
         "inputs": {k: list(v.shape) for k, v in inputs.items()},
-        "parameters": {"canonical": weights.count(w),
-                       "declared": sum(int(__import__("numpy").prod(s)) for s in registry.param_shapes(cfg).values()),
+        "parameters": {"canonical": weights.count(w) if canonical is None else canonical,
+                       "declared": sum(int(np.prod(s)) for s in registry.param_shapes(cfg).values()),
                        **{r.framework: r.params for r in runs}},
         "runs": [{
             "framework": r.framework, "dtype": r.dtype, "passed": r.passed,
@@ -103,6 +105,16 @@ INTRO = ("Every framework runs the same weights and inputs; each is compared wit
          "output by output and op by op.")
 
 
+def stream_record(p: "stream.Plan", env: dict, costs: dict | None = None) -> dict:
+    """The record of a streamed run (`conformance.report.stream`): `record`'s keys, so every view of a whole-model
+    report reads it, and the run's name; its `stream` section is the caller's to add."""
+    rec = record(p.preset, p.cfg, None, p.inputs, env, stream.runs(p), costs,
+                 canonical=sum(int(np.prod(s)) for s in p.source.shapes.values()))
+    rec["parameters"] = {k: v for k, v in rec["parameters"].items() if k in ("canonical", "declared")}
+    rec["name"] = p.name
+    return rec
+
+
 def markdown(rec: dict) -> str:
     headline, lines = _verdict_lines(verdict(rec))
     return "\n".join([f"# {rec['preset']}: conformance report", "", f"**{headline}.**", "", *lines,
@@ -137,6 +149,8 @@ def body(rec: dict) -> str:
         lines += [train_report.markdown(rec["train"]), ""]
     if rec.get("onnx"):
         lines += [onnx.markdown(rec["onnx"]), ""]
+    if rec.get("stream"):
+        lines += [stream.markdown(rec["stream"]), ""]
     lines += ["## Tolerance table", "",
               tabulate([(k, t["atol"], t["rtol"], t["scale_rtol"], t["reason"]) for k, t in rec["tolerances"].items()],
                        ["dtype", "atol", "rtol", "scale_rtol (x max |ref|)", "why"], tablefmt="github"), ""]
@@ -316,11 +330,11 @@ def html_page(rec: dict, figures: dict[str, str] | None = None) -> str:
             f"<main><h1>{html.escape(title)}</h1>{main}</main></div></body></html>")
 
 
-def write(rec: dict, out_dir, figures: dict[str, str] | None = None) -> list[Path]:
-    """PRESET.md, .json and .html in `out_dir`, all three or none: each is rendered in memory first,
-    then they are written together (`core.files.write_all`)."""
+def write(rec: dict, out_dir, figures: dict[str, str] | None = None, name: str | None = None) -> list[Path]:
+    """NAME.md, .json and .html in `out_dir` (`name`: the preset, or a streamed run's PRESET-stream), all
+    three or none: each is rendered in memory first, then they are written together (`core.files.write_all`)."""
     out_dir = files.directory(out_dir, "report directory")
     md = markdown(rec)
     texts = [md, json.dumps(rec, indent=1, sort_keys=True, default=float), html_page(rec, figures=figures)]
-    return files.write_all({out_dir / f"{rec['preset']}.{ext}": text for ext, text in zip(("md", "json", "html"), texts)},
-                           "report file")
+    return files.write_all({out_dir / f"{name or rec['preset']}.{ext}": text
+                            for ext, text in zip(("md", "json", "html"), texts)}, "report file")

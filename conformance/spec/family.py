@@ -2,7 +2,8 @@
 
 One `Family` per module in `conformance.spec.families` holds the registry entry and its
 variants, the presets, the inputs of a whole-model run, the training tasks and their heads,
-the Hugging Face checkpoint table, the keras-hub table and the walkthrough. Every harness
+the Hugging Face checkpoint table, the keras-hub table, the walkthrough and how a streamed run
+takes the model apart (`Stack`). Every harness
 feature (weights, checkpoints, costs, training, reports, ONNX, explain) reads these fields;
 none asks which family it is looking at.
 """
@@ -159,6 +160,39 @@ class Decoding:
     cache: bool = True
 
 
+def _no_options(cfg: Config, i: int) -> dict:
+    return {}
+
+
+def _reads_nothing(cfg: Config) -> tuple:
+    return ()
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A model taken apart for a streamed run (`conformance.report.stream`): its embeddings, its
+    layers one at a time, its head. Each part is the model's own code run alone: the embeddings
+    submodule and the `head` method (everything after the last layer) of the model built with no
+    layers and only the vocabulary rows at hand, and each layer as the class the model builds it
+    from. So a part's trace names are the whole model's, and a layer run alone is the layer the
+    whole model runs: the streamed and whole-model traces agree name by name and number by number.
+
+    `rows`: tables the embeddings look up, read only at the ids of an input (a 128k-row table
+    costs B T rows). `vocabulary`: parameters with a vocabulary axis; when the head reads one
+    (its own modules' parameters and `head_reads`), it runs in chunks of the vocabulary and its
+    `logits` trace names and outputs are put back together along their last axis."""
+    layers: str                                 # the attribute holding the layers: trace names `layers.{i}.*`
+    embedding_call: Callable[[dict], tuple]     # the model's inputs -> (args, kwargs) of the embeddings call
+    layer_call: Callable[[dict], dict]          # the model's inputs -> keyword arguments of every layer call
+    layer: str = "EncoderLayer"                 # each layer's class, by the same name in every mirror
+    layer_options: Callable[[Config, int], dict] = _no_options  # layer i's constructor arguments after cfg
+    embeddings: str = "embeddings"              # the submodule that makes the first hidden state
+    rows: dict = field(default_factory=dict)    # table -> the input whose ids pick its rows
+    vocabulary: dict = field(default_factory=dict)  # parameter -> its vocabulary axis
+    head_reads: Callable[[Config], tuple] = _reads_nothing  # parameters of other modules the head reads
+    logits: tuple = ("logits",)                 # the head's trace names and outputs along the vocabulary
+
+
 @dataclass(frozen=True)
 class Family:
     entry: Entry
@@ -174,6 +208,7 @@ class Family:
     walkthrough: Walkthrough | None = None
     variant_walkthroughs: dict = field(default_factory=dict)  # variant -> Walkthrough: a variant worth reading alone
     base_preset: str | None = None     # the full-size preset the docs quote and the --full tier runs
+    stack: Stack | None = None         # how a streamed run takes it apart; None: it cannot be streamed
 
     @property
     def name(self) -> str:

@@ -32,20 +32,39 @@ def initialize(cfg: Config, seed: int = 0, std: float = 0.02) -> dict[str, np.nd
     """Deterministic float32 weights for `cfg`.
 
     Each tensor draws from its own stream seeded by (seed, name), so adding a parameter
-    never changes the others. Kernels and tables ~ N(0, std) as in BERT and GPT-2. Biases
+    never changes the others, and any one tensor can be made alone (`initialize_tensor`), or a
+    table row block by row block (`initialize_rows`), with the same numbers. Kernels and tables
+    ~ N(0, std) as in BERT and GPT-2. Biases
     and layer-norm shifts ~ N(0, std) and gains ~ 1 + N(0, std) rather than exactly 0 and 1:
     a zero bias would hide a bias that is dropped, and a unit gain one that is ignored.
     Performer's random features (`random_features`) ~ N(0, 1): FAVOR+'s projection, the same in every framework.
     Gemma's RMSNorm scales by (offset + gamma): its gains start at 1 - offset + N(0, std), so the
     scale it applies starts near 1 there too (transformers initializes them to 0).
     """
+    return {name: initialize_tensor(cfg, name, shape, seed, std) for name, shape in registry.param_shapes(cfg).items()}
+
+
+def initialize_tensor(cfg: Config, name: str, shape: tuple, seed: int = 0, std: float = 0.02) -> np.ndarray:
+    """The tensor `name` of `initialize(cfg, seed, std)`, made alone."""
+    return next(initialize_rows(cfg, name, shape, seed, std, rows=max(shape[0], 1) if shape else 1))
+
+
+def initialize_rows(cfg: Config, name: str, shape: tuple, seed: int = 0, std: float = 0.02, rows: int = 4096):
+    """The tensor `name` of `initialize(cfg, seed, std)` as successive blocks of `rows` rows (axis 0).
+
+    The blocks are drawn one after another from the tensor's one stream, and concatenated they
+    are the whole tensor bit for bit: numpy's Generator hands out the same sequence of normals
+    whether asked for it at once or in pieces (PCG64 keeps the unused half of a 64-bit draw for
+    the next float32 call; `tests/test_stream.py` checks blocks of awkward sizes). A table too
+    large to hold is read this way: the embedding lookup keeps the rows it needs, the head runs
+    block by block."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     gain = np.float32(1.0 - (cfg.rms_norm_offset if cfg.norm == "rms" else 0.0))
-    out = {}
-    for name, shape in registry.param_shapes(cfg).items():
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        w = rng.standard_normal(shape, dtype=np.float32) * np.float32(1.0 if name.endswith(RANDOM) else std)
-        out[name] = w + gain if name.endswith(".gamma") else w
-    return out
+    total = shape[0] if shape else 1
+    for start in range(0, max(total, 1), rows):
+        block = (min(rows, total - start), *shape[1:]) if shape else ()
+        w = rng.standard_normal(block, dtype=np.float32) * np.float32(1.0 if name.endswith(RANDOM) else std)
+        yield w + gain if name.endswith(".gamma") else w
 
 
 def shapes(cfg: Config, lora=None) -> dict[str, tuple]:

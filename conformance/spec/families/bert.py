@@ -15,9 +15,11 @@ The published dimensions give exactly `transformers`' parameter counts (`*Model.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from conformance.core.config import Config
 from conformance.spec.entry import Entry, Variant as V
-from conformance.spec.family import Checkpoint, Family, KerasHub, Step, Task, Walkthrough
+from conformance.spec.family import Checkpoint, Family, KerasHub, Stack, Step, Task, Walkthrough
 from conformance.spec.inputs import token_inputs
 from conformance.spec.leaves import (KERAS_DENSE as DENSE, KERAS_HEADS_IN as HEADS_IN, KERAS_HEADS_OUT as HEADS_OUT,
                                      KERAS_NORM, KERAS_TABLE as TABLE, TORCH_EMBEDDING as EMBEDDING, TORCH_LINEAR as LINEAR,
@@ -372,6 +374,16 @@ WALKTHROUGH = Walkthrough(
                         "encoder.0.output": ("hidden_states", 1), "pooled": ("pooler_output", None)},
 )
 
+STACK = Stack(
+    layers="encoder",
+    embedding_call=lambda x: ((x["input_ids"], x.get("token_type_ids", np.zeros_like(x["input_ids"]))), {}),
+    layer_call=lambda x: {"mask": x.get("attention_mask")},
+    rows={"embeddings.token.table": "input_ids"},
+    vocabulary={"embeddings.token.table": 0, "mlm.bias": 0},
+    head_reads=lambda cfg: ("embeddings.token.table",) if cfg.head == "mlm" else (),  # the tied MLM decoder
+)
+
+
 # The same RoBERTa on two rows of the same three tokens, right- and left-padded: the positions come from
 # the ids, so both rows' real tokens sit at 2, 3, 4 and come out the same.
 ROBERTA_WALKTHROUGH = Walkthrough(
@@ -433,4 +445,5 @@ FAMILY = Family(
     checkpoints=(HF, ROBERTA_HF, DISTILBERT_HF, ELECTRA_HF, ALBERT_HF), keras_hub=KERAS_HUB,
     walkthrough=WALKTHROUGH, variant_walkthroughs={"roberta": ROBERTA_WALKTHROUGH, "albert": ALBERT_WALKTHROUGH},
     base_preset="bert-base",
+    stack=STACK,
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conformance.core.config import Config
 from conformance.spec.entry import Entry, Variant as V
-from conformance.spec.family import Checkpoint, Family, KerasHub, Step, Task, Walkthrough
+from conformance.spec.family import Checkpoint, Family, KerasHub, Stack, Step, Task, Walkthrough
 from conformance.spec.inputs import token_inputs
 from conformance.spec.leaves import (KERAS_DENSE as DENSE, KERAS_HEADS_IN as HEADS_IN, KERAS_HEADS_OUT as HEADS_OUT,
                                      KERAS_NORM, KERAS_TABLE as TABLE, TORCH_EMBEDDING as EMBEDDING, TORCH_LINEAR as LINEAR,
@@ -100,6 +100,15 @@ WALKTHROUGH = Walkthrough(
                         "final_norm.output": ("hidden_states", -1), "logits": ("logits", None)},
 )
 
+STACK = Stack(
+    layers="layers",
+    embedding_call=lambda x: ((x["input_ids"], 0), {}),  # no cache: positions from 0
+    layer_call=lambda x: {"mask": x.get("attention_mask")},
+    rows={"embeddings.token.table": "input_ids"},
+    vocabulary={"embeddings.token.table": 0},
+    head_reads=lambda cfg: ("embeddings.token.table",),  # the tied head
+)
+
 FAMILY = Family(
     entry=Entry("gpt2", "GPT2", TINY, token_inputs,
                 {"default": V(), "fused": V({"attention_impl": "fused"})}, is_model=True),
@@ -109,4 +118,5 @@ FAMILY = Family(
     pretraining="causal_lm",
     generates=True,
     checkpoints=(HF,), keras_hub=(KERAS_HUB,), walkthrough=WALKTHROUGH, base_preset="gpt2",
+    stack=STACK,
 )

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from conformance.core.config import Config
 from conformance.spec.entry import Entry, Variant as V
-from conformance.spec.family import Checkpoint, Decoding, Family, KerasHub, Original, Step, Task, Walkthrough
+from conformance.spec.family import (Checkpoint, Decoding, Family, KerasHub, Original, Stack, Step, Task,
+                                     Walkthrough)
 from conformance.spec.inputs import causal_lm_inputs
 from conformance.spec.leaves import KERAS_HEADS_IN, KERAS_HEADS_OUT, Leaf
 
@@ -392,6 +393,17 @@ WALKTHROUGH = Walkthrough(
     transformers_why="its rotary cos and sin are float32 in every dtype, 1e-7 off float64's",
 )
 
+STACK = Stack(
+    layers="layers",
+    embedding_call=lambda x: ((x["input_ids"],), {}),
+    layer_call=lambda x: {"mask": x.get("attention_mask"), "position_ids": x.get("position_ids")},
+    layer_options=lambda cfg, i: {"sliding": cfg.sliding(i)},  # as Llama builds layer i: Gemma 2 alternates
+    rows={"embeddings.token.table": "input_ids"},
+    vocabulary={"embeddings.token.table": 0, "lm_head.kernel": 1},
+    head_reads=lambda cfg: ("embeddings.token.table",) if cfg.tie_embeddings else (),
+    logits=("lm_head.output", "uncapped_logits", "logits"),
+)
+
 FAMILY = Family(
     entry=Entry("llama", "Llama", TINY, causal_lm_inputs,
                 {"default": V(),
@@ -421,4 +433,5 @@ FAMILY = Family(
     keras_hub=KERAS_HUB,
     walkthrough=WALKTHROUGH,
     base_preset="llama3.2-1b",
+    stack=STACK,
 )
