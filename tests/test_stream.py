@@ -244,6 +244,15 @@ def test_a_budget_below_one_layer_names_the_minimum(tmp_path):
         stream.parse_bytes("lots")
 
 
+def test_shared_layers_are_refused_by_name(tmp_path):
+    """ALBERT runs one layer's weights at every step: there is no layer i to load for i > 0."""
+    cfg = registry.get("bert").config("albert")
+    with pytest.raises(ValueError, match=r"ALBERT's layers share them: num_layer_groups must be None or "
+                                         r"num_layers=3; received num_layer_groups=1"):
+        stream.plan("albert", cfg, sources.Initialized(cfg), runner.model_inputs(cfg, 1, 4),
+                    [("torch", "float32")], tmp_path)
+
+
 def test_an_unreachable_cluster_is_one_error():
     with pytest.raises(ValueError, match=r"--cluster tcp://127\.0\.0\.1:9: no Dask scheduler answered within 2 s"):
         with fanout.executor(cluster="tcp://127.0.0.1:9", timeout=2):
@@ -293,7 +302,7 @@ def test_a_model_over_the_budget_streams_by_itself(tmp_path, monkeypatch):
 
 def test_config_of_a_zero_layer_part():
     """The parts a streamed run builds: no layers, and a vocabulary of the rows at hand."""
-    cfg = presets.get("llama-tiny").replace(num_layers=0, layer_types=(), vocab_size=3)
+    cfg = presets.get("llama-tiny").without_layers(vocab_size=3)
     assert isinstance(cfg, Config) and set(registry.param_shapes(cfg)) == {"embeddings.token.table",
                                                                            "final_norm.gamma", "lm_head.kernel"}
 

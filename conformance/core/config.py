@@ -9,6 +9,7 @@ never a literal in model code.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -266,6 +267,16 @@ class Config:
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
+
+    def without_layers(self, **changes) -> "Config":
+        """This config, with `changes`, and no layers: a model's embeddings and head alone, which a streamed
+        run builds to run those parts (`conformance.report.stream`). `changes` are checked as `replace`
+        checks them; only here may num_layers be 0, which a model a user builds never has."""
+        checked = self.replace(**changes)
+        shell = copy.copy(checked)
+        object.__setattr__(shell, "num_layers", 0)
+        object.__setattr__(shell, "layer_types", ())
+        return shell
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -195,7 +195,9 @@ def expression(module, op: str) -> tuple[str, int, str]:
         functions = [f for _, f in inspect.getmembers(module, inspect.isfunction)  # the forward's helpers
                      if f.__module__ == module.__name__ and not f.__name__.endswith("backward")]
         functions = sorted(functions, key=lambda f: (not _taps_for_impl(owner, f), f.__code__.co_firstlineno))
-        for fn in [cls.forward, *functions]:
+        methods = [f for n, f in vars(cls).items()  # what the forward calls on self (a model's head)
+                   if inspect.isfunction(f) and n != "forward" and not n.endswith("backward")]
+        for fn in [cls.forward, *methods, *functions]:
             lines, first = inspect.getsourcelines(fn)
             for i, line in enumerate(lines):
                 if needle in line:

@@ -130,6 +130,10 @@ def stack_of(cfg: Config) -> Stack:
         have = [f.name for f in families.FAMILIES.values() if f.stack is not None]
         raise ValueError(f"a streamed run takes a model family that declares its Stack {have}; "
                          f"received kind={cfg.kind!r}")
+    if cfg.num_layer_groups is not None and cfg.num_layer_groups != cfg.num_layers:
+        raise ValueError(f"a streamed run loads each layer's own weights, and ALBERT's layers share them: "
+                         f"num_layer_groups must be None or num_layers={cfg.num_layers}; received "
+                         f"num_layer_groups={cfg.num_layer_groups}")
     return family.stack
 
 
@@ -198,11 +202,11 @@ def plan(preset: str, cfg: Config, source: Source, inputs: dict, runs: list, out
                          f"layer in {max(est['layer_bytes'], key=est['layer_bytes'].get)} and one tensor in flight, "
                          f"{baseline / GiB:.2f} GiB of libraries already resident)")
     keep = baseline + est["keep"] <= budget
-    head = [n for n in registry.get(cfg.kind).reference(cfg.replace(num_layers=0, layer_types=())).param_shapes()
+    head = [n for n in registry.get(cfg.kind).reference(cfg.without_layers()).param_shapes()
             if not n.startswith(stack.embeddings + ".")] + list(stack.head_reads(cfg))
     # a chunk's model holds every vocabulary tensor at the chunk's rows (an untied model's token table too,
     # built though the head never reads it), and weighs no more than a layer
-    zero = registry.param_shapes(cfg.replace(num_layers=0, layer_types=()))
+    zero = registry.param_shapes(cfg.without_layers())
     per_row = sum(int(np.prod(shape)) // cfg.vocab_size for n, shape in zero.items() if n in stack.vocabulary)
     reads = any(n in stack.vocabulary for n in head)
     chunks = -(-cfg.vocab_size // max(1, est["layer_parameters"] // per_row)) if reads and per_row else 1
@@ -348,7 +352,7 @@ def embeddings_stage(p: Plan, parts: Parts) -> tuple[dict, dict]:
         rows = np.unique(inputs[key])
         weights[table] = p.source.rows(table, rows)
         inputs[key] = np.searchsorted(rows, inputs[key])
-    part_cfg = cfg.replace(num_layers=0, layer_types=(), vocab_size=len(rows) if rows is not None else cfg.vocab_size)
+    part_cfg = cfg.without_layers(vocab_size=len(rows) if rows is not None else cfg.vocab_size)
     args, kwargs = stack.embedding_call(inputs)
     return _stage(p, parts, lambda f, d: parts.model(f, d, part_cfg, weights),
                   lambda built, h: built.trace_call(args, kwargs, path=stack.embeddings), {}, "")
@@ -394,7 +398,7 @@ def head_stage(p: Plan, parts: Parts, h: dict) -> dict:
     """The head of every framework, chained (its own last hidden state) and replayed (the reference's),
     chunk by chunk of the vocabulary; the `logits` names compared in pieces and merged."""
     cfg, stack = p.cfg, p.stack
-    names = [n for n in registry.get(cfg.kind).reference(cfg.replace(num_layers=0, layer_types=())).param_shapes()
+    names = [n for n in registry.get(cfg.kind).reference(cfg.without_layers()).param_shapes()
              if not n.startswith(stack.embeddings + ".")] + list(stack.head_reads(cfg))
     chunked = {n: stack.vocabulary[n] for n in names if n in stack.vocabulary}
     fixed = {n: p.source.tensor(n) for n in names if n not in chunked}
@@ -410,7 +414,7 @@ def head_stage(p: Plan, parts: Parts, h: dict) -> dict:
         for a, b in bounds:
             weights = dict(fixed)
             weights.update({n: p.source.block(n, axis, a, b) for n, axis in chunked.items()})
-            part_cfg = cfg.replace(num_layers=0, layer_types=(), vocab_size=(b - a) if chunked else 1)
+            part_cfg = cfg.without_layers(vocab_size=(b - a) if chunked else 1)
             ref = {}
             for (framework, dtype), label in [(REFERENCE, "reference"), *zip(p.runs, p.labels)]:
                 def both(bt, label=label):  # chained: its own last hidden state; replayed: the reference's
