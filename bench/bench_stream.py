@@ -155,7 +155,7 @@ def markdown(rec, fan, args) -> str:
                          f"{f['replay_peak_rss'] / GiB:.2f} | {f['same_numbers_as_in_process']} |")
     lines += ["", "## Per-layer time against the FLOP bound", "",
               f"One layer: {cm['layer_flops'] / 1e9:.2f} GFLOP at batch 1, sequence {args.seq_len}.", "",
-              "| framework | matmul GFLOP/s (1024^2) | FLOP bound s | forward s | ratio | load s |", "|---|---|---|---|---|---|"]
+              "| framework | matmul GFLOP/s (the layer's widest matmul) | FLOP bound s | forward s (untraced) | ratio | load s |", "|---|---|---|---|---|---|"]
     lines += [f"| {k} | {v['gflops_rate']:.1f} | {v['flop_bound_seconds']:.3f} | {v['forward_seconds']:.3f} | "
               f"{v['forward_over_bound']:.2f} | {v['load_seconds']:.2f} |" for k, v in cm["per_framework"].items()]
     return "\n".join(lines) + "\n"

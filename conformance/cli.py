@@ -358,7 +358,7 @@ def _report_streamed(args, cfg, source, runs, budget) -> int:
     print(f"streaming {args.preset} ({cfg.num_layers} layers, policy {'keep' if p.keep else 'drop'}, head in "
           f"{-(-cfg.vocab_size // p.chunk)} chunk(s)); state in {p.state}", file=sys.stderr)
     load_at_start = round(os.getloadavg()[0], 2)  # the machine is shared: timings under load are not comparable
-    rates = stream.matmul_rates(runs)
+    rates = stream.matmul_rates(runs, stream.layer_matmul(cfg, args.batch, args.seq_len))
     with Progress(2 * cfg.num_layers + 2, "embeddings", args.progress) as bar:
         sec = stream.run(p, args.workers, args.cluster, bar.step)
     depth = presets.get(args.preset).num_layers if args.preset in presets.names() else cfg.num_layers

@@ -154,16 +154,19 @@ def test_a_bug_in_one_layer_is_pinned_to_it(tmp_path, monkeypatch):
     """torch loads layer 1's query kernel untransposed (square: no shape check sees it). Replayed, only layer 1
     is out of tolerance; chained, layer 1 and every layer after it (they inherit the error)."""
     cfg = presets.get("llama-tiny").replace(num_layers=4)
-    correct = stream.Parts.layer
+    one, every = stream.Parts.layer, stream.Parts.layers  # a layer loaded alone (drop), or in every framework (keep)
 
-    def buggy(self, framework, dtype, cfg, stack, i, weights):
-        built = correct(self, framework, dtype, cfg, stack, i, weights)
+    def planted(built, framework, i):
         if framework == "torch" and i == 1:
             q = built.module.attention.query.weight
             q.data = q.data.T.contiguous()
         return built
 
-    monkeypatch.setattr(stream.Parts, "layer", buggy)
+    monkeypatch.setattr(stream.Parts, "layer", lambda self, framework, dtype, cfg, stack, i, weights:
+                        planted(one(self, framework, dtype, cfg, stack, i, weights), framework, i))
+    monkeypatch.setattr(stream.Parts, "layers", lambda self, pairs, cfg, stack, i, weights:
+                        {pair: (planted(built, pair[0], i), seconds)
+                         for pair, (built, seconds) in every(self, pairs, cfg, stack, i, weights).items()})
     _, sec, rec = streamed(cfg, tmp_path, [("torch", "float32"), ("numpy", "float32")])
     first = sec["first_layer_out_of_tolerance"]
     assert first["replayed"] == {"torch float32": 1, "numpy float32": None}

@@ -52,6 +52,13 @@ def as_dict(out) -> dict:
     return out if isinstance(out, dict) else {"output": out}
 
 
+def matmul_operands(n, dtype: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """(a, b, FLOPs) of `Backend.matmul_gflops`'s matmul: n an int (square) or (m, k, p)."""
+    m, k, p = (n, n, n) if isinstance(n, int) else n
+    a, b = (np.random.default_rng(i).standard_normal(shape).astype(dtype) for i, shape in enumerate(((m, k), (k, p))))
+    return a, b, 2 * m * k * p
+
+
 def best_seconds(fn, repeats: int = 3, warm_up: bool = True) -> float:
     """The fastest of `repeats` calls of `fn`, after one call that pays first-call costs."""
     if warm_up:
@@ -107,6 +114,11 @@ class Backend:
         """`entry`'s module for `cfg` in this framework, `options` its constructor's keyword arguments
         after the entry's own (one layer of a model, `conformance.report.stream`)."""
         raise NotImplementedError
+
+    def construct_for_loading(self, entry: Entry, cfg: Config, dtype: str, device: str, **options):
+        """`construct`, for a module whose every weight is loaded next: where a framework can, it skips
+        drawing the initial values it would throw away (a streamed run builds layers of 10^8 weights)."""
+        return self.construct(entry, cfg, dtype, device, **options)
 
     def load(self, module, weights, dtype: str, partial: bool = False) -> None:
         """Set `module`'s parameters from `weights` (canonical names -> arrays, any Mapping: read one tensor
@@ -244,8 +256,10 @@ class Backend:
         """Peak allocator bytes of one `trainer.step(micro_batches)`; None where there is no allocator record."""
         return None
 
-    def matmul_gflops(self, n: int, repeats: int, dtype: str = "float32") -> float:
-        """GFLOP/s of an (n, n) @ (n, n) matmul in `dtype` (float32 or float64): 2 n^3 FLOPs, best of `repeats`."""
+    def matmul_gflops(self, n, repeats: int, dtype: str = "float32") -> float:
+        """GFLOP/s of an (n, n) @ (n, n) matmul in `dtype` (float32 or float64), or (m, k) @ (k, p) for
+        n=(m, k, p) (a layer's own shape: a few tokens against a wide weight run at memory speed, not at
+        a square matmul's): 2 m k p FLOPs, best of `repeats`."""
         raise NotImplementedError
 
     # ---- models of other libraries (conformance.compare.external): walk, record calls, rerun one

@@ -7,7 +7,7 @@ import tracemalloc
 
 import numpy as np
 
-from conformance.backends.base import Backend, Gradients, as_dict, best_seconds, cotangents_for
+from conformance.backends.base import Backend, Gradients, as_dict, best_seconds, cotangents_for, matmul_operands
 from conformance.backends.dtypes import cast_input
 from conformance.core import trace
 from numpy_ref import autograd
@@ -71,8 +71,8 @@ class NumpyBackend(Backend):
             tracemalloc.stop()
 
     def matmul_gflops(self, n, repeats, dtype="float32"):
-        a, b = (np.random.default_rng(i).standard_normal((n, n)).astype(dtype) for i in range(2))
-        return 2 * n**3 / best_seconds(lambda: a @ b, repeats) / 1e9
+        a, b, flops = matmul_operands(n, dtype)
+        return flops / best_seconds(lambda: a @ b, repeats) / 1e9
 
     def gradients(self, built, inputs, cotangents, seed):
         module = built.module

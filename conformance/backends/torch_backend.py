@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from conformance.backends.base import Backend, Gradients, as_dict, best_seconds, cotangents_for
+from conformance.backends.base import Backend, Gradients, as_dict, best_seconds, cotangents_for, matmul_operands
 from conformance.backends.dtypes import DTYPES, MIXED, cast_input, compute_dtype, numpy_dtype, parameter_dtype
 from conformance.core import quiet, trace
 from conformance.spec.leaves import TORCH_EMBEDDING, TORCH_LINEAR, TORCH_NORM, Leaf
@@ -128,6 +128,11 @@ def _peak(prof) -> int:
     return int(np.cumsum([e.nbytes() for e in events]).max(initial=0))
 
 
+def _viewable(a: np.ndarray) -> np.ndarray:
+    """`a`, or a copy where torch.from_numpy cannot view it (negative strides, read-only memory)."""
+    return a if a.flags.writeable and min(a.strides, default=0) >= 0 else np.ascontiguousarray(a).copy()
+
+
 class TorchBackend(Backend):
     name = "torch"
     package = "torch_impl"
@@ -144,8 +149,8 @@ class TorchBackend(Backend):
         return module.to(device=device, dtype=getattr(torch, parameter_dtype(dtype)))
 
     def load(self, module, weights, dtype, partial=False):
-        """One tensor at a time, each copied into its parameter (in its layout and dtype): at most one
-        canonical tensor's torch-layout copy is alive beside the parameters."""
+        """One tensor at a time, each copied into its parameter (in its layout and dtype) straight from
+        the canonical array: a transposed layout is read through a strided view, with no copy between."""
         names = canonical_names(module)
         unexpected = [c for c in weights if c not in names]
         if unexpected:
@@ -154,7 +159,7 @@ class TorchBackend(Backend):
         with torch.no_grad():
             for c, (key, leaf) in names.items():
                 if not partial or c in weights:
-                    state[key].copy_(torch.from_numpy(np.ascontiguousarray(leaf.to_external(weights[c]))))
+                    state[key].copy_(torch.from_numpy(_viewable(leaf.to_external(weights[c]))))
 
     def inputs(self, inputs, dtype, device="cpu"):
         return {k: tensor(v, dtype, device) for k, v in inputs.items()}
@@ -397,8 +402,9 @@ class TorchBackend(Backend):
                 "adamw_state_bytes": state}
 
     def matmul_gflops(self, n, repeats, dtype="float32"):
-        a, b = (torch.from_numpy(np.random.default_rng(i).standard_normal((n, n)).astype(dtype)) for i in range(2))
-        return 2 * n**3 / best_seconds(lambda: a @ b, repeats) / 1e9
+        a, b, flops = matmul_operands(n, dtype)
+        a, b = torch.from_numpy(a), torch.from_numpy(b)
+        return flops / best_seconds(lambda: a @ b, repeats) / 1e9
 
     def environment(self):
         env = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),

@@ -31,6 +31,7 @@ each allocator's peak and the resident-set peak.
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import hashlib
 import json
@@ -88,6 +89,25 @@ class RSSPeak:
             self.peak = rss()
 
 
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return None
+
+
+_LIBC = _libc()
+
+
+def hand_back() -> None:
+    """Free what nothing reaches, and hand the C heap's free pages back to the OS (glibc's malloc_trim):
+    arrays under glibc's mmap threshold (32 MiB: a layer's smaller kernels) are freed into the heap,
+    which otherwise keeps them resident, and the resident set creeps up layer after layer."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
 def machine_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
@@ -140,7 +160,8 @@ def stack_of(cfg: Config) -> Stack:
 def estimate(cfg: Config, runs: list, batch: int, seq_len: int) -> dict:
     """Bytes a run needs, from the config alone: the whole-model path (canonical float32 weights and the
     float64 reference at once, then one framework at a time) and a streamed one, keeping every framework's
-    copy of a layer (`keep`) or one framework's at a time (`drop`); a head chunk holds no more than a layer."""
+    copy of a layer (`keep`) or one framework's at a time (`drop`), each with one canonical tensor in flight
+    and its float64 copy; a head chunk holds no more than a layer."""
     stack, shapes = stack_of(cfg), registry.param_shapes(cfg)
     model = registry.get(cfg.kind).reference(cfg)
     everyone = [REFERENCE, *[r for r in runs if r != REFERENCE]]
@@ -156,7 +177,7 @@ def estimate(cfg: Config, runs: list, batch: int, seq_len: int) -> dict:
     total = sum(int(np.prod(s)) for s in shapes.values())
     return {"parameters": total, "layer_parameters": max(params), "largest_tensor": largest,
             "layer_bytes": copies, "activations": int(acts),
-            "keep": 4 * max(params) + sum(copies.values()) + int(acts),
+            "keep": sum(copies.values()) + (4 + 8) * largest + int(acts),
             "drop": max(copies.values()) + (4 + 8) * largest + int(acts),
             "whole": 4 * total + max(_itemsize(d) for _, d in everyone) * total + int(acts) * cfg.num_layers}
 
@@ -280,14 +301,38 @@ class Parts:
             self.cache[key] = built
         return built
 
-    def layer(self, framework: str, dtype: str, cfg: Config, stack: Stack, i: int, weights) -> Built:
+    def _layer_module(self, framework: str, dtype: str, cfg: Config, stack: Stack, i: int) -> Built:
         b, entry = backend(framework), registry.get(cfg.kind)
         options = stack.layer_options(cfg, i)
         key = ("layer", framework, dtype, json.dumps(options, sort_keys=True, default=str))
-        built = self._get(key, lambda: Built(b, entry, cfg, b.construct(replace(entry, cls=stack.layer, args=_cfg_only), cfg, dtype, "cpu", **options),
-                                              dtype, False))
-        b.load(built.module, weights, dtype)
+        layer = replace(entry, cls=stack.layer, args=_cfg_only)
+        return self._get(key, lambda: Built(b, entry, cfg, b.construct_for_loading(layer, cfg, dtype, "cpu", **options),
+                                            dtype, False))
+
+    def layer(self, framework: str, dtype: str, cfg: Config, stack: Stack, i: int, weights) -> Built:
+        """Layer i in one framework and dtype, loaded with `weights` (all of the layer's tensors)."""
+        built = self._layer_module(framework, dtype, cfg, stack, i)
+        backend(framework).load(built.module, weights, dtype)
         return built
+
+    def layers(self, pairs: list, cfg: Config, stack: Stack, i: int, weights) -> dict:
+        """Layer i in every (framework, dtype) of `pairs` at once (`keep`): each canonical tensor is read
+        once and copied into every framework's module before the next is read, so beside the modules no
+        more than one tensor (and its conversions) is in memory. {pair: (Built, seconds)}: each one's
+        build (its first layer only) and load time; reading the tensors is no framework's."""
+        built, seconds = {}, {}
+        for pair in pairs:
+            t0 = time.perf_counter()
+            built[pair] = self._layer_module(*pair, cfg, stack, i)
+            seconds[pair] = time.perf_counter() - t0
+        for name in weights:
+            tensor = {name: weights[name]}
+            for framework, dtype in pairs:
+                t0 = time.perf_counter()
+                backend(framework).load(built[(framework, dtype)].module, tensor, dtype, partial=True)
+                seconds[(framework, dtype)] += time.perf_counter() - t0
+            del tensor
+        return {pair: (built[pair], seconds[pair]) for pair in pairs}
 
     def model(self, framework: str, dtype: str, cfg: Config, weights) -> Built:
         """The family's model for `cfg` (no layers, a part of the vocabulary), loaded with `weights` only."""
@@ -297,19 +342,19 @@ class Parts:
         for k in stale:
             del self.cache[k]
         if stale:
-            gc.collect()  # let the other chunk's model go before this one is built: one at a time
-        built = self._get(key, lambda: Built(b, entry, cfg, b.construct(entry, cfg, dtype, "cpu"), dtype, False))
+            hand_back()  # let the other chunk's model go before this one is built: one at a time
+        built = self._get(key, lambda: Built(b, entry, cfg, b.construct_for_loading(entry, cfg, dtype, "cpu"), dtype, False))
         b.load(built.module, weights, dtype, partial=True)
         return built
 
     def release(self):
         """After a part's module is let go: without `keep`, its memory is handed back before the next is built."""
         if not self.keep:
-            gc.collect()
+            hand_back()
 
     def clear(self):
         self.cache.clear()
-        gc.collect()
+        hand_back()
 
 
 def _measured(framework: str, fn):
@@ -329,15 +374,22 @@ def _prefixed(records: dict, prefix: str) -> dict:
     return {prefix + k: v for k, v in records.items()}
 
 
-def _run_part(parts: Parts, framework: str, make, call) -> tuple:
+def _run_part(parts: Parts, framework: str, make, call, plain=None) -> tuple:
     """Build and load with `make()`, run `call(built)`: (its result, {load, forward} seconds, allocator peaks).
-    The module is let go before this returns (kept only in `parts`' cache, under `keep`)."""
+    `plain(built)`: the same call untraced and unwatched by any allocator record, timed once more
+    (`forward_plain`: what the cost model sets against the FLOP bound). The module is let go before this
+    returns (kept only in `parts`' cache, under `keep`)."""
     built, load_seconds, load_peaks = _measured(framework, make)
     result, forward_seconds, run_peaks = _measured(framework, lambda: call(built))
+    seconds = {"load": load_seconds, "forward": forward_seconds}
+    if plain is not None:
+        t0 = time.perf_counter()
+        plain(built)
+        seconds["forward_plain"] = time.perf_counter() - t0
     del built
     parts.release()
     peaks = {k: max(load_peaks.get(k, 0), v) for k, v in run_peaks.items()}
-    return result, {"load": load_seconds, "forward": forward_seconds}, peaks
+    return result, seconds, peaks
 
 
 # ------------------------------------------------------------------------------ stages
@@ -361,25 +413,41 @@ def embeddings_stage(p: Plan, parts: Parts) -> tuple[dict, dict]:
 def layer_stage(p: Plan, parts: Parts, i: int, h: dict) -> tuple[dict, dict]:
     """Layer i of every framework, each fed its own previous output: (result, {label: output})."""
     prefix = f"{p.stack.layers}.{i}."
-    weights = p.source.mapping(p.source.names(prefix), prefix, cache=p.keep)
+    weights = p.source.mapping(p.source.names(prefix), prefix)
     kwargs = p.stack.layer_call(p.inputs)
-    return _stage(p, parts, lambda f, d: parts.layer(f, d, p.cfg, p.stack, i, weights),
-                  lambda built, x: built.trace_call((x,), kwargs), h, prefix)
+    traced, plain = (lambda built, x: built.trace_call((x,), kwargs)), (lambda built, x: built.replay("", [x], kwargs))
+    if p.keep:  # every framework's module is kept: all of them loaded together, a tensor at a time
+        return _stage(p, parts, None, traced, h, prefix,
+                      lambda: parts.layers([REFERENCE, *p.runs], p.cfg, p.stack, i, weights), plain)
+    return _stage(p, parts, lambda f, d: parts.layer(f, d, p.cfg, p.stack, i, weights), traced, h, prefix,
+                  plain=plain)
 
 
-def _stage(p: Plan, parts: Parts, make, call, h: dict, prefix: str) -> tuple[dict, dict]:
+def _stage(p: Plan, parts: Parts, make, call, h: dict, prefix: str, load_all=None, plain=None) -> tuple[dict, dict]:
+    """Each framework's part built and loaded by `make(framework, dtype)`, or all at once by `load_all()`
+    ({pair: (Built, load seconds)}, `Parts.layers`), then run by `call(built, its input)` (and timed
+    untraced by `plain(built, its input)`, `_run_part`)."""
     result = {"ops": {}, "chained": {}, "seconds": {}, "allocator": {}}
     outputs = {}
+    hand_back()  # the last stage's garbage is not this one's peak
     with RSSPeak() as peak:
         t0 = time.perf_counter()
-        (out, ref_records), seconds, peaks = _run_part(parts, REFERENCE[0], lambda: make(*REFERENCE),
-                                                       lambda b: call(b, h.get("reference")))
+        loaded = load_all() if load_all is not None else None
+
+        def part(framework, dtype, x):
+            untraced = None if plain is None else (lambda b: plain(b, x))
+            if loaded is None:
+                return _run_part(parts, framework, lambda: make(framework, dtype), lambda b: call(b, x), untraced)
+            built, load_seconds = loaded[(framework, dtype)]
+            out, seconds, peaks = _run_part(parts, framework, lambda: built, lambda b: call(b, x), untraced)
+            return out, {**seconds, "load": load_seconds}, peaks
+
+        (out, ref_records), seconds, peaks = part(*REFERENCE, h.get("reference"))
         ref_records = _prefixed(ref_records, prefix)
         outputs["reference"] = out
         result["seconds"]["reference"], result["allocator"]["reference"] = seconds, peaks
         for (framework, dtype), label in zip(p.runs, p.labels):
-            (out, records), seconds, peaks = _run_part(parts, framework, lambda: make(framework, dtype),
-                                                       lambda b: call(b, h.get(label)))
+            (out, records), seconds, peaks = part(framework, dtype, h.get(label))
             ops = compare_traces(ref_records, _prefixed(records, prefix), dtype)
             output = compare(f"{prefix}output", out, outputs["reference"], TOLERANCES[dtype])
             first = next((c.name for c in ops if not c.passed), None)
@@ -491,16 +559,21 @@ def replay_layer(job: dict) -> dict:
     stack = stack_of(cfg)
     parts = _WORKER_PARTS.setdefault(job["keep"], Parts(job["keep"]))
     prefix = f"{stack.layers}.{i}."
-    weights = source.mapping(source.names(prefix), prefix, cache=job["keep"])
+    weights = source.mapping(source.names(prefix), prefix)
     result = {"layer": i, "replayed": {}, "seconds": {}, "allocator": {}, "pid": os.getpid(),
               "host": os.uname().nodename}
+    hand_back()
     with RSSPeak() as peak:
         t0 = time.perf_counter()
+        loaded = parts.layers(job["runs"], cfg, stack, i, weights) if job["keep"] else {}
         for framework, dtype in job["runs"]:
             label = f"{framework} {dtype}"
-            out, seconds, peaks = _run_part(parts, framework,
-                                            lambda: parts.layer(framework, dtype, cfg, stack, i, weights),
-                                            lambda built: built.replay("", [job["h_in"]], job["kwargs"]))
+            built, load_seconds = loaded.get((framework, dtype), (None, None))
+            make = (lambda: built) if built is not None else lambda: parts.layer(framework, dtype, cfg, stack, i, weights)
+            out, seconds, peaks = _run_part(parts, framework, make,
+                                            lambda b: b.replay("", [job["h_in"]], job["kwargs"]))
+            if load_seconds is not None:
+                seconds["load"] = load_seconds
             c = compare(f"{prefix}output", out, job["h_out"], TOLERANCES[dtype])
             result["replayed"][label] = {"max_abs": c.max_abs, "max_rel": c.max_rel, "passed": c.passed}
             result["seconds"][label], result["allocator"][label] = seconds, peaks
@@ -640,11 +713,17 @@ def layer_flops(cfg: Config, batch: int, seq_len: int, i: int = 0) -> int:
     return flops.totals(list(layer.flops((batch, seq_len, cfg.d_model))))["all"]
 
 
-def matmul_rates(runs: list, n: int = 1024, repeats: int = 3) -> dict:
-    """GFLOP/s of an (n, n) matmul in each run's framework and compute dtype (float64 for the reference)."""
+def matmul_rates(runs: list, shape, repeats: int = 3) -> dict:
+    """GFLOP/s of a matmul of `shape` (`Backend.matmul_gflops`) in each run's framework and compute dtype
+    (float64 for the reference)."""
     return {("reference" if (f, d) == REFERENCE else f"{f} {d}"):
-            backend(f).matmul_gflops(n, repeats, "float64" if d == "float64" else "float32")
+            backend(f).matmul_gflops(shape, repeats, "float64" if d == "float64" else "float32")
             for f, d in [REFERENCE, *runs]}
+
+
+def layer_matmul(cfg: Config, batch: int, seq_len: int) -> tuple[int, int, int]:
+    """(m, k, p) of a layer's widest matmul: its B T tokens through the feed-forward's first kernel."""
+    return batch * seq_len, cfg.d_model, cfg.d_ff
 
 
 def cost_model(sec: dict, cfg: Config, batch: int, seq_len: int, rates: dict, depth: int | None = None) -> dict:
@@ -654,7 +733,8 @@ def cost_model(sec: dict, cfg: Config, batch: int, seq_len: int, rates: dict, de
     layers = sec["layers"][1:] or sec["layers"]  # layer 0 pays first-call costs (module construction, caches)
     per = {}
     for label, rate in rates.items():
-        forward = float(np.median([r["seconds"][label]["forward"] for r in layers]))
+        forward = float(np.median([r["seconds"][label].get("forward_plain", r["seconds"][label]["forward"])
+                                   for r in layers]))
         load = float(np.median([r["seconds"][label]["load"] for r in layers]))
         bound = fl / (rate * 1e9)
         per[label] = {"gflops_rate": rate, "flop_bound_seconds": bound, "forward_seconds": forward,
@@ -670,7 +750,7 @@ def cost_model(sec: dict, cfg: Config, batch: int, seq_len: int, rates: dict, de
         measured = fixed + sum(r["wall"] + r["replay_wall"] for r in sec["layers"])
         check = {"from_layers": [r["layer"] for r in few], "layers": len(sec["layers"]),
                  "projected_seconds": fixed + len(sec["layers"]) * per_layer, "measured_seconds": measured}
-    return {"layer_flops": fl, "per_framework": per, "layer_chain_seconds": chain, "layer_replay_seconds": replay,
+    return {"layer_flops": fl, "matmul_shape": list(layer_matmul(cfg, batch, seq_len)), "per_framework": per, "layer_chain_seconds": chain, "layer_replay_seconds": replay,
             "layer_parameters": sec["estimate"]["layer_parameters"], "depth": depth,
             "projected_seconds": fixed + depth * (chain + replay),
             "projected_chain_seconds": fixed + depth * chain, "projected_replay_worker_seconds": depth * replay,
@@ -791,8 +871,9 @@ def _layer_name(i) -> str:
 def cost_markdown(cm: dict) -> str:
     lines = ["### Cost model", "",
              f"One layer: {cm['layer_flops'] / 1e9:.2f} GFLOP forward, {cm['layer_parameters']:,} parameters. Forward "
-             "time against the FLOP bound at each framework's measured (1024 x 1024) matmul rate, medians over layers "
-             "(layer 0 left out: it pays module construction):", "",
+             "time (untraced, no allocator record) against the FLOP bound at each framework's matmul rate measured on "
+             "the layer's widest matmul, ({} x {}) @ ({} x {}); medians over layers (layer 0 left out: it pays module "
+             "construction):".format(*cm["matmul_shape"][:2], *cm["matmul_shape"][1:]), "",
              "| framework | matmul GFLOP/s | FLOP bound s | forward s | forward / bound | load s |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {k} | {v['gflops_rate']:.1f} | {v['flop_bound_seconds']:.3f} | {v['forward_seconds']:.3f} | "

@@ -66,10 +66,10 @@ class Source:
     def identity(self) -> dict:
         raise NotImplementedError
 
-    def mapping(self, names, prefix: str = "", cache: bool = False) -> "Tensors":
+    def mapping(self, names, prefix: str = "") -> "Tensors":
         """The tensors `names` as a Mapping under the names less `prefix`, each read when it is looked up
-        (`cache`: kept once read, for several frameworks to load the same layer)."""
-        return Tensors(self, list(names), prefix, cache)
+        and held by no one but the caller."""
+        return Tensors(self, list(names), prefix)
 
     def __getstate__(self):
         """Pickled (sent to a worker) without its open files and half-read streams."""
@@ -81,22 +81,16 @@ class Source:
 
 
 class Tensors(Mapping):
-    """Canonical tensors read from a `Source` on each lookup (or once, `cache=True`)."""
+    """Canonical tensors read from a `Source` on each lookup."""
 
-    def __init__(self, source: Source, names: list, prefix: str = "", cache: bool = False):
-        self.source, self.prefix, self.cache = source, prefix, cache
+    def __init__(self, source: Source, names: list, prefix: str = ""):
+        self.source, self.prefix = source, prefix
         self.keys_ = [n[len(prefix):] for n in names]
-        self.held: dict[str, np.ndarray] = {}
 
     def __getitem__(self, key):
-        if key not in self.held:
-            if key not in self.keys_:
-                raise KeyError(key)
-            value = self.source.tensor(self.prefix + key)
-            if not self.cache:
-                return value
-            self.held[key] = value
-        return self.held[key]
+        if key not in self.keys_:
+            raise KeyError(key)
+        return self.source.tensor(self.prefix + key)
 
     def __iter__(self):
         return iter(self.keys_)
