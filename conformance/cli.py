@@ -374,8 +374,9 @@ def _report_streamed(args, cfg, source, runs, budget) -> int:
     for label in p.labels:
         run = next(r for r in rec["runs"] if f"{r['framework']} {r['dtype']}" == label)
         print(f"{label:>14}: {'pass' if run['passed'] and first['replayed'][label] is None else 'FAIL'}  "
-              f"first op out of tolerance: {run['first_divergence'] or 'none'}; first layer out of tolerance: "
-              f"chained {first['chained'][label]}, replayed {first['replayed'][label]}")
+              f"first layer out of tolerance replayed (its own error): {first['replayed'][label]}; chained (the "
+              f"error accumulated by that depth): layer {first['chained'][label]}, first op "
+              f"{run['first_divergence'] or 'none'}")
     print(f"peak resident set {sec['peak_rss'] / stream.GiB:.2f} GiB, {sec['wall']['total'] / 60:.1f} min")
     print("wrote " + ", ".join(str(path) for path in paths))
     return 0 if stream.passed(sec) and all(r["passed"] for r in rec["runs"]) else 1

@@ -92,6 +92,7 @@ class Module:
                 if partial and key not in weights:
                     continue
                 w = weights[key]  # an integer tensor (int8 weights) keeps its dtype
+                setattr(module, name, Param(*np.shape(w)))  # the old array let go before the new one is made
                 setattr(module, name, w if np.asarray(w).dtype.kind == "i" else np.asarray(w, dtype=dtype))
         return self
 

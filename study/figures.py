@@ -163,7 +163,8 @@ def streaming_md(reports: str | Path = "reports") -> str:
                      f"{s['estimate']['whole'] / gib:.0f}", f"{s['wall']['total'] / 60:.1f}",
                      f"{s['cost_model']['layer_chain_seconds']:.1f} + {s['cost_model']['layer_replay_seconds']:.1f}",
                      worst("chained"), worst("replayed"),
-                     "none" if all(v is None for m in first.values() for v in m.values()) else json.dumps(first),
+                     "; ".join(f"{mode}: " + (", ".join(f"{lb} layer {v}" for lb, v in first[mode].items()
+                                                         if v is not None) or "none") for mode in ("chained", "replayed")),
                      f"{env.get('load_average_at_start')}, {env.get('load_average_at_end')}"))
     out = _md(["report", "layer parameters", "policy", "peak RSS GiB (over baseline)", "bound GiB",
                "whole model GiB", "wall min", "layer s (chained + replayed)", "worst chained error",

@@ -91,6 +91,6 @@ def map_jobs(client, fn, jobs):
             yield fn(job)
         return
     from distributed import as_completed
-    futures = client.map(fn, jobs, pure=False)
-    for future in as_completed(futures):
+    futures = [client.submit(fn, job, pure=False) for job in jobs]  # one task each: no one graph of every
+    for future in as_completed(futures):                            # job's activations (Dask warns past 10 MB)
         yield future.result()
