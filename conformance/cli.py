@@ -288,6 +288,13 @@ def _run_steps(args) -> int:
     return 1 + len(args.frameworks) * len(args.dtype) - (("numpy" in args.frameworks) and ("float64" in args.dtype))
 
 
+def _cost_figures(section: dict) -> dict[str, str]:
+    """The costs section's plots under the titles a report shows them with."""
+    from conformance import costs
+    titles = {"flops": "FLOPs against sequence length and batch", "memory": "Memory against sequence length and batch"}
+    return {titles.get(k, k): png for k, png in costs.plots(section).items()}
+
+
 def cmd_report(args) -> int:
     from conformance.report import runner, stream, write as report
     from conformance.weights.stream import open_source
@@ -316,9 +323,8 @@ def cmd_report(args) -> int:
         bar.step("costs", 0)
         section = costs.costs(cfg, args.batch, args.seq_len, args.frameworks, weights=w)
         bar.step("figures")
-        titles = {"flops": "FLOPs against sequence length and batch", "memory": "Memory against sequence length and batch"}
         figures = {**report.figures(cfg, reference_trace),
-                   **{titles.get(k, k): png for k, png in costs.plots(section).items()}}
+                   **_cost_figures(section)}
         rec = report.record(args.preset, cfg, w, inputs, env, runs, section)
         if args.onnx:
             from conformance.report import onnx
@@ -368,8 +374,7 @@ def _report_streamed(args, cfg, source, runs, budget) -> int:
     section = costs.costs(cfg, args.batch, args.seq_len, args.frameworks, measure=False)
     rec = report.stream_record(p, env, section)
     rec["stream"] = sec
-    titles = {"flops": "FLOPs against sequence length and batch", "memory": "Memory against sequence length and batch"}
-    paths = report.write(rec, args.out, {titles.get(k, k): png for k, png in costs.plots(section).items()}, name=name)
+    paths = report.write(rec, args.out, _cost_figures(section), name=name)
     first = sec["first_layer_out_of_tolerance"]
     for label in p.labels:
         run = next(r for r in rec["runs"] if f"{r['framework']} {r['dtype']}" == label)

@@ -66,9 +66,16 @@ def outputs_streamed(rec):
             for r in rec["runs"]}
 
 
-@pytest.mark.parametrize("preset", ["llama-tiny", "bert-tiny"])
-def test_streamed_per_op_numbers_equal_the_whole_model(preset, tmp_path):
-    cfg = presets.get(preset)
+STREAMED_CASES = {"llama-tiny": lambda: presets.get("llama-tiny"), "bert-tiny": lambda: presets.get("bert-tiny"),
+                  "gpt2-tiny": lambda: presets.get("gpt2-tiny"),
+                  # positions from the ids (the pad id renumbered with the rows), no segment table, E != D
+                  **{f"bert[{v}]": (lambda v=v: registry.get("bert").config(v)) for v in ("roberta", "distilbert",
+                                                                                            "electra")}}
+
+
+@pytest.mark.parametrize("case", list(STREAMED_CASES))
+def test_streamed_per_op_numbers_equal_the_whole_model(case, tmp_path):
+    cfg = STREAMED_CASES[case]()
     _, sec, rec = streamed(cfg, tmp_path)
     reference = whole(cfg)
     assert per_op_streamed(rec) == per_op_whole(reference)  # every op, every number, every verdict
@@ -76,6 +83,20 @@ def test_streamed_per_op_numbers_equal_the_whole_model(preset, tmp_path):
     assert stream.passed(sec) and sec["first_layer_out_of_tolerance"]["chained"] == {f"{f} {d}": None for f, d in RUNS}
     assert len(sec["layers"]) == cfg.num_layers and sec["peak_rss"] > 0
     assert all(r["allocator"]["torch float32"]["allocator_peak"] > 0 for r in sec["layers"])
+
+
+def test_positions_counted_from_the_ids_survive_the_renumbered_rows(tmp_path):
+    """RoBERTa counts positions from the ids, from its pad id (1) on. The streamed embeddings see the ids
+    renumbered into the rows they use: without 0 and 1 among them, the real token renumbered 1 would be
+    counted as a pad, and the pad renumbered 0 as a token."""
+    cfg = registry.get("bert").config("roberta")
+    inputs = {"input_ids": np.array([[5, 7, 9, 1, 1], [6, 8, 5, 7, 9]]),
+              "attention_mask": np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])}
+    runs = [("torch", "float32")]
+    p = stream.plan("roberta", cfg, sources.Initialized(cfg), inputs, runs, tmp_path)
+    stream.run(p)
+    _, _, reference = runner.run(cfg, weights.initialize(cfg), inputs, ["torch"], ["float32"], repeats=1, summary=False)
+    assert per_op_streamed(write.stream_record(p, {})) == per_op_whole(reference)
 
 
 def test_layers_stream_as_the_model_builds_them(tmp_path):

@@ -402,6 +402,8 @@ def embeddings_stage(p: Plan, parts: Parts) -> tuple[dict, dict]:
     rows = None
     for table, key in stack.rows.items():
         rows = np.unique(inputs[key])
+        if cfg.pad_positions:  # RoBERTa counts positions from the ids, from its pad id on: every id up to
+            rows = np.union1d(rows, np.arange(cfg.pad_token_id + 1))  # the pad's kept, so it keeps its number
         weights[table] = p.source.rows(table, rows)
         inputs[key] = np.searchsorted(rows, inputs[key])
     part_cfg = cfg.without_layers(vocab_size=len(rows) if rows is not None else cfg.vocab_size)
@@ -519,7 +521,7 @@ def head_stage(p: Plan, parts: Parts, h: dict) -> dict:
     result = {"ops": {}, "outputs": {}, "chained": {}, "replayed": {}, "chunks": len(bounds), "chunk_rows": p.chunk,
               "seconds": seconds, "allocator": peaks, "wall": wall, "rss_start": peak.start, "rss_peak": peak.peak}
     for (framework, dtype), label in zip(p.runs, p.labels):
-        merged = [put_together(n, pieces, dtype) for n, pieces in ops[label].items()]
+        merged = [put_together(n, pieces, dtype) for n, pieces in ops.get(label, {}).items()]  # none: no pooler
         result["ops"][label] = _ops(merged)
         for mode in ("chained", "replayed"):
             comparisons = [put_together(pieces[0].name, pieces, dtype, key)
