@@ -377,7 +377,7 @@ def test_build_refuses_what_is_not_a_config_or_weights():
     for bad in (cfg.to_dict(), None, "linear"):
         with pytest.raises(ValueError, match=rf"cfg must be a Config .*; received {type(bad).__name__}"):
             build("numpy", bad, w)
-    with pytest.raises(weights.WeightsError, match=r"weights must be a dict \{canonical name: np.ndarray\}"):
+    with pytest.raises(weights.WeightsError, match=r"weights must be a mapping \{canonical name: np.ndarray\}"):
         build("numpy", cfg, None)
     with pytest.raises(weights.WeightsError, match="non-array kernel: expected a NumPy array, received list"):
         build("torch", cfg, {**w, "kernel": w["kernel"].tolist()})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -75,12 +76,13 @@ def shapes(cfg: Config, lora=None) -> dict[str, tuple]:
     return {**expected, **lora_lib.adapter_shapes(lora_lib.linear_shapes(expected, lora), lora)}
 
 
-def check(cfg: Config, weights: dict[str, np.ndarray], finite: bool = True, lora=None) -> None:
+def check(cfg: Config, weights: Mapping[str, np.ndarray], finite: bool = True, lora=None) -> None:
     """Raise one `WeightsError` naming every missing, unexpected, mis-shaped, non-array, non-float or
     (unless `finite=False`) non-finite tensor; with `lora`, the adapters are expected too."""
-    if not isinstance(weights, dict):
-        raise WeightsError(f"weights must be a dict {{canonical name: np.ndarray}} (weights.initialize(cfg), "
-                           f"weights.load(path)); received {type(weights).__name__}")
+    if not isinstance(weights, Mapping):
+        raise WeightsError(f"weights must be a mapping {{canonical name: np.ndarray}} (weights.initialize(cfg), "
+                           f"weights.load(path), or a streamed Source.mapping read tensor by tensor); received "
+                           f"{type(weights).__name__}")
     expected = shapes(cfg, lora)
     int8 = set(int8_kernels(expected))
     problems = []
