@@ -42,16 +42,38 @@ def _proc(path, field) -> int:
         return 1024 * int(re.search(rf"{field}:\s+(\d+) kB", f.read()).group(1))
 
 
+def rss() -> int:
+    """The resident bytes of this process now (Linux; 0 elsewhere)."""
+    try:
+        return _proc("/proc/self/status", "VmRSS")
+    except OSError:
+        return 0
+
+
+class ResidentPeak:
+    """`with ResidentPeak() as p:` then `p.start` (resident bytes at entry) and `p.peak` (the kernel's
+    high-water mark over the block, VmHWM reset at entry); both None where /proc cannot say (not Linux)."""
+
+    def __enter__(self):
+        self.start = self.peak = None
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current VmRSS
+            self.start = _proc("/proc/self/status", "VmRSS")
+        except OSError:
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        if self.start is not None:
+            self.peak = _proc("/proc/self/status", "VmHWM")
+
+
 def rss_peak(fn) -> int | None:
     """Peak resident bytes during fn() over the resident bytes before it (Linux only)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current VmRSS
-        start = _proc("/proc/self/status", "VmRSS")
-    except OSError:
-        return None
-    fn()
-    return _proc("/proc/self/status", "VmHWM") - start
+    with ResidentPeak() as p:
+        fn()
+    return None if p.start is None else p.peak - p.start
 
 
 def available_bytes() -> int:

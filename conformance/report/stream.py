@@ -46,9 +46,10 @@ from conformance.backends import Built, backend
 from conformance.backends.dtypes import numpy_dtype, parameter_dtype
 from conformance.compare.divergence import compare_traces
 from conformance.compare.tolerance import TOLERANCES, Comparison, compare, merge
+from conformance.core import files
 from conformance.core.config import Config
 from conformance.costs import memory
-from conformance.costs.measure import available_bytes
+from conformance.costs.measure import ResidentPeak, available_bytes, rss
 from conformance.spec import families, registry
 from conformance.spec.family import Stack
 from conformance.weights.stream import Source
@@ -59,35 +60,6 @@ STATE = ".stream"  # under --out: one directory per run, named by what it depend
 
 
 # ------------------------------------------------------------------------------ memory
-
-def rss() -> int:
-    """The resident bytes of this process now (Linux; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
-class RSSPeak:
-    """The peak resident bytes over a block: the kernel's high-water mark (VmHWM), reset at the start."""
-
-    def __enter__(self):
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass
-        self.start, self.peak = rss(), 0
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            with open("/proc/self/status") as f:
-                self.peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
-        except (OSError, StopIteration):
-            self.peak = rss()
-
 
 def _libc():
     try:
@@ -204,6 +176,13 @@ class Plan:
         return [f"{f} {d}" for f, d in self.runs]
 
 
+def head_names(cfg: Config, stack: Stack) -> list[str]:
+    """The canonical tensors the head reads: a zero-layer model's own, outside its embeddings, and
+    `Stack.head_reads` (a tied table)."""
+    return [n for n in registry.param_shapes(cfg.without_layers()) if not n.startswith(stack.embeddings + ".")] \
+        + list(stack.head_reads(cfg))
+
+
 def plan(preset: str, cfg: Config, source: Source, inputs: dict, runs: list, out_dir, budget: int | None = None,
          name: str | None = None) -> Plan:
     """Check the budget and the source, pick the keep/drop policy and the head chunk. Raises a ValueError
@@ -223,8 +202,7 @@ def plan(preset: str, cfg: Config, source: Source, inputs: dict, runs: list, out
                          f"layer in {max(est['layer_bytes'], key=est['layer_bytes'].get)} and one tensor in flight, "
                          f"{baseline / GiB:.2f} GiB of libraries already resident)")
     keep = baseline + est["keep"] <= budget
-    head = [n for n in registry.get(cfg.kind).reference(cfg.without_layers()).param_shapes()
-            if not n.startswith(stack.embeddings + ".")] + list(stack.head_reads(cfg))
+    head = head_names(cfg, stack)
     # a chunk's model holds every vocabulary tensor at the chunk's rows (an untied model's token table too,
     # built though the head never reads it), and weighs no more than a layer
     zero = registry.param_shapes(cfg.without_layers())
@@ -246,17 +224,11 @@ def plan(preset: str, cfg: Config, source: Source, inputs: dict, runs: list, out
 # ------------------------------------------------------------------------------ state on disk
 
 def _write(path: Path, text: str | None = None, arrays: dict | None = None) -> None:
-    """Write a file whole or not at all: into a temp file beside it, then renamed over it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if arrays is not None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-        else:
-            tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """A state file whole or not at all (`core.files.write`): `text`, or `arrays` as an .npz."""
+    def savez(tmp: Path):
+        with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to the temporary's name
+            np.savez(f, **arrays)
+    files.write(path, savez if arrays is not None else text, "streamed-run state file")
 
 
 def head_file(p: Plan) -> Path:
@@ -432,7 +404,7 @@ def _stage(p: Plan, parts: Parts, make, call, h: dict, prefix: str, load_all=Non
     result = {"ops": {}, "chained": {}, "seconds": {}, "allocator": {}}
     outputs = {}
     hand_back()  # the last stage's garbage is not this one's peak
-    with RSSPeak() as peak:
+    with ResidentPeak() as peak:
         t0 = time.perf_counter()
         loaded = load_all() if load_all is not None else None
 
@@ -460,7 +432,7 @@ def _stage(p: Plan, parts: Parts, make, call, h: dict, prefix: str, load_all=Non
             result["seconds"][label], result["allocator"][label] = seconds, peaks
             outputs[label] = out
         result["wall"] = time.perf_counter() - t0
-    result["rss_start"], result["rss_peak"] = peak.start, peak.peak
+    result["rss_start"], result["rss_peak"] = peak.start or 0, peak.peak or 0  # 0: not Linux
     return result, outputs
 
 
@@ -468,8 +440,7 @@ def head_stage(p: Plan, parts: Parts, h: dict) -> dict:
     """The head of every framework, chained (its own last hidden state) and replayed (the reference's),
     chunk by chunk of the vocabulary; the `logits` names compared in pieces and merged."""
     cfg, stack = p.cfg, p.stack
-    names = [n for n in registry.get(cfg.kind).reference(cfg.without_layers()).param_shapes()
-             if not n.startswith(stack.embeddings + ".")] + list(stack.head_reads(cfg))
+    names = head_names(cfg, stack)
     chunked = {n: stack.vocabulary[n] for n in names if n in stack.vocabulary}
     fixed = {n: p.source.tensor(n) for n in names if n not in chunked}
     V = cfg.vocab_size
@@ -479,7 +450,7 @@ def head_stage(p: Plan, parts: Parts, h: dict) -> dict:
     first: dict = {}       # label -> {name: chunk 0's record} for what must not change from chunk to chunk
     seconds: dict = {}
     peaks: dict = {}
-    with RSSPeak() as peak:
+    with ResidentPeak() as peak:
         t0 = time.perf_counter()
         for a, b in bounds:
             weights = dict(fixed)
@@ -519,7 +490,8 @@ def head_stage(p: Plan, parts: Parts, h: dict) -> dict:
         return merge(name, pieces, TOLERANCES[dtype], offsets) if (key or name) in stack.logits else pieces[0]
 
     result = {"ops": {}, "outputs": {}, "chained": {}, "replayed": {}, "chunks": len(bounds), "chunk_rows": p.chunk,
-              "seconds": seconds, "allocator": peaks, "wall": wall, "rss_start": peak.start, "rss_peak": peak.peak}
+              "seconds": seconds, "allocator": peaks, "wall": wall,
+              "rss_start": peak.start or 0, "rss_peak": peak.peak or 0}  # 0: not Linux
     for (framework, dtype), label in zip(p.runs, p.labels):
         merged = [put_together(n, pieces, dtype) for n, pieces in ops.get(label, {}).items()]  # none: no pooler
         result["ops"][label] = _ops(merged)
@@ -565,7 +537,7 @@ def replay_layer(job: dict) -> dict:
     result = {"layer": i, "replayed": {}, "seconds": {}, "allocator": {}, "pid": os.getpid(),
               "host": os.uname().nodename}
     hand_back()
-    with RSSPeak() as peak:
+    with ResidentPeak() as peak:
         t0 = time.perf_counter()
         loaded = parts.layers(job["runs"], cfg, stack, i, weights) if job["keep"] else {}
         for framework, dtype in job["runs"]:
@@ -580,7 +552,7 @@ def replay_layer(job: dict) -> dict:
             result["replayed"][label] = {"max_abs": c.max_abs, "max_rel": c.max_rel, "passed": c.passed}
             result["seconds"][label], result["allocator"][label] = seconds, peaks
         result["wall"] = time.perf_counter() - t0
-    result["rss_start"], result["rss_peak"] = peak.start, peak.peak
+    result["rss_start"], result["rss_peak"] = peak.start or 0, peak.peak or 0  # 0: not Linux
     return result
 
 
